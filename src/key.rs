@@ -1,0 +1,299 @@
+//! Keys: what a vault is encrypted with, and where the key comes from.
+//!
+//! A key is either a passphrase (SQLCipher runs PBKDF2 over it on every
+//! connection: ~200 ms here) or a raw 256-bit key written `x'<64 hex>'` (no
+//! KDF: ~0.7 ms). Key files made by statevault always hold a raw key.
+//!
+//! Key material lives only in [`Zeroizing`] buffers, is wiped when dropped,
+//! and never reaches `Debug` output, error messages or logs: it is handed to
+//! SQLCipher through `sqlite3_key_v2`, never as SQL text.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use crate::{Error, Result};
+
+/// The environment variable that may hold the key (same format as a key file).
+pub const KEY_ENV: &str = "STATEVAULT_KEY";
+
+/// An encryption key. `Debug` shows only its kind.
+///
+/// ```
+/// use statevault::Key;
+///
+/// let key = Key::generate()?;
+/// assert!(key.is_raw());
+/// assert_eq!(format!("{key:?}"), "Key { kind: \"raw\", material: <redacted> }");
+/// # Ok::<(), statevault::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Key(Material);
+
+#[derive(Clone)]
+enum Material {
+    Passphrase(Zeroizing<String>),
+    Raw(Zeroizing<[u8; 32]>),
+}
+
+impl Key {
+    /// A passphrase key (SQLCipher derives the real key with PBKDF2 on each open).
+    pub fn passphrase(passphrase: impl Into<String>) -> Result<Key> {
+        let passphrase = Zeroizing::new(passphrase.into());
+        if passphrase.is_empty() {
+            return Err(Error::InvalidKey {
+                reason: "the passphrase is empty".into(),
+            });
+        }
+        Ok(Key(Material::Passphrase(passphrase)))
+    }
+
+    /// A raw 256-bit key (no key derivation on open).
+    pub fn raw(bytes: [u8; 32]) -> Key {
+        Key(Material::Raw(Zeroizing::new(bytes)))
+    }
+
+    /// A new random raw key from the operating system's generator.
+    pub fn generate() -> Result<Key> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        getrandom::fill(bytes.as_mut()).map_err(|e| Error::InvalidKey {
+            reason: format!("the system random generator failed: {e}"),
+        })?;
+        Ok(Key(Material::Raw(bytes)))
+    }
+
+    /// Parses the key-file format: `x'<64 hex digits>'` is a raw key, anything
+    /// else a passphrase. One trailing newline is ignored.
+    pub fn parse(text: &str) -> Result<Key> {
+        let text = text
+            .strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(text);
+        let Some(hex) = text
+            .strip_prefix("x'")
+            .or_else(|| text.strip_prefix("X'"))
+            .and_then(|t| t.strip_suffix('\''))
+        else {
+            return Key::passphrase(text);
+        };
+        if hex.len() != 64 {
+            return Err(Error::InvalidKey {
+                reason: format!("a raw key needs 64 hex digits, found {}", hex.len()),
+            });
+        }
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte =
+                u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| Error::InvalidKey {
+                    reason: "a raw key must be hex digits only".into(),
+                })?;
+        }
+        Ok(Key(Material::Raw(bytes)))
+    }
+
+    /// Reads a key file. It must not be readable by group or others.
+    pub fn read_file(path: &Path) -> Result<Key> {
+        let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(Error::InvalidKey {
+                reason: format!(
+                    "{} is readable by others (mode {:o}): chmod 600 it",
+                    path.display(),
+                    meta.permissions().mode() & 0o777
+                ),
+            });
+        }
+        let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| Error::io(path, e))?);
+        Key::parse(&text)
+    }
+
+    /// Writes the key to a new file, mode 0600. Fails if the file exists.
+    ///
+    /// The file appears whole or not at all: the key is written and synced
+    /// under a temporary name, then hard-linked into place (which fails if
+    /// another process got there first), so a concurrent reader never sees a
+    /// half-written key.
+    pub fn write_new_file(&self, path: &Path) -> Result<()> {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".statevault-key-")
+            .permissions(fs::Permissions::from_mode(0o600))
+            .tempfile_in(dir)
+            .map_err(|e| Error::io(dir, e))?;
+        let text = self.to_text();
+        tmp.write_all(text.as_bytes())
+            .and_then(|()| tmp.write_all(b"\n"))
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(|e| Error::io(tmp.path(), e))?;
+        fs::hard_link(tmp.path(), path).map_err(|e| Error::io(path, e))
+    }
+
+    /// Whether this is a raw key (as opposed to a passphrase).
+    pub fn is_raw(&self) -> bool {
+        matches!(self.0, Material::Raw(_))
+    }
+
+    /// The key-file text, which is also what `sqlite3_key_v2` takes.
+    fn to_text(&self) -> Zeroizing<String> {
+        match &self.0 {
+            Material::Passphrase(p) => p.clone(),
+            Material::Raw(bytes) => {
+                let mut text = Zeroizing::new(String::with_capacity(67));
+                text.push_str("x'");
+                for b in bytes.iter() {
+                    text.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+                    text.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+                }
+                text.push('\'');
+                text
+            }
+        }
+    }
+
+    /// Keys an open connection (must be the first call on it).
+    ///
+    /// # Safety
+    /// `db` must be a valid, open SQLite handle not used by another thread
+    /// for the duration of the call.
+    pub(crate) unsafe fn apply(&self, db: *mut libsqlite3_sys::sqlite3) -> Result<(), i32> {
+        let text = self.to_text();
+        let len = i32::try_from(text.len()).map_err(|_| libsqlite3_sys::SQLITE_TOOBIG)?;
+        // SAFETY: the caller guarantees `db`; the buffer outlives the call and
+        // SQLCipher copies what it needs.
+        let rc = unsafe {
+            libsqlite3_sys::sqlite3_key_v2(db, c"main".as_ptr(), text.as_ptr().cast(), len)
+        };
+        if rc == libsqlite3_sys::SQLITE_OK {
+            Ok(())
+        } else {
+            Err(rc)
+        }
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.0 {
+            Material::Passphrase(_) => "passphrase",
+            Material::Raw(_) => "raw",
+        };
+        f.debug_struct("Key")
+            .field("kind", &kind)
+            .field("material", &format_args!("<redacted>"))
+            .finish()
+    }
+}
+
+/// Where a vault's key comes from.
+#[derive(Debug, Clone, Default)]
+pub enum KeySource {
+    /// `STATEVAULT_KEY` if set, else the key file beside the database
+    /// (`<db>.key`), which is created with a new random raw key when the
+    /// database itself is created.
+    #[default]
+    Auto,
+    /// This key.
+    Key(Key),
+    /// The key in this file.
+    File(PathBuf),
+    /// No encryption: a plain SQLite file, for development.
+    None,
+}
+
+/// The key file that belongs to a database: `<db>.key`.
+pub fn default_key_file(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".key");
+    PathBuf::from(name)
+}
+
+impl KeySource {
+    /// Finds the key. `creating` says whether the database is being created,
+    /// in which case `Auto` makes the key file if there is none.
+    pub(crate) fn resolve(&self, db: &Path, creating: bool) -> Result<Option<Key>> {
+        match self {
+            KeySource::None => Ok(None),
+            KeySource::Key(key) => Ok(Some(key.clone())),
+            KeySource::File(path) => Key::read_file(path).map(Some),
+            KeySource::Auto => {
+                if let Some(text) = std::env::var_os(KEY_ENV) {
+                    let text =
+                        Zeroizing::new(text.into_string().map_err(|_| Error::InvalidKey {
+                            reason: format!("{KEY_ENV} is not valid UTF-8"),
+                        })?);
+                    return Key::parse(&text).map(Some);
+                }
+                let key_file = default_key_file(db);
+                if key_file.exists() {
+                    return Key::read_file(&key_file).map(Some);
+                }
+                if !creating {
+                    return Err(Error::KeyMissing {
+                        path: db.to_owned(),
+                        key_file,
+                    });
+                }
+                let key = Key::generate()?;
+                match key.write_new_file(&key_file) {
+                    Ok(()) => Ok(Some(key)),
+                    // Another process is creating the same vault: use its key.
+                    Err(Error::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                    {
+                        Key::read_file(&key_file).map(Some)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_key_text_round_trips() {
+        let key = Key::raw([0xab; 32]);
+        let text = key.to_text();
+        assert_eq!(text.len(), 67);
+        assert!(text.starts_with("x'abab"));
+        assert!(Key::parse(&text).unwrap().is_raw());
+        assert!(Key::parse(&format!("{}\n", *text)).unwrap().is_raw());
+    }
+
+    #[test]
+    fn other_text_is_a_passphrase() {
+        assert!(
+            !Key::parse("correct horse battery staple\n")
+                .unwrap()
+                .is_raw()
+        );
+        assert!(matches!(Key::parse(""), Err(Error::InvalidKey { .. })));
+        assert!(matches!(
+            Key::parse("x'abc'"),
+            Err(Error::InvalidKey { .. })
+        ));
+        let not_hex = format!("x'{}'", "zz".repeat(32));
+        assert!(matches!(
+            Key::parse(&not_hex),
+            Err(Error::InvalidKey { .. })
+        ));
+    }
+
+    #[test]
+    fn debug_never_shows_material() {
+        let shown = format!("{:?}", Key::passphrase("hunter2-secret").unwrap());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let shown = format!("{:?}", Key::raw([0x5a; 32]));
+        assert!(!shown.contains("5a5a"), "{shown}");
+    }
+}

@@ -1,0 +1,175 @@
+//! How every connection to the file is set up, whichever driver holds it.
+//!
+//! Order matters: first the busy timeout (another process may hold a lock
+//! while this one opens), then the key (SQLCipher must have it before the
+//! first page is read), then `auto_vacuum` (it only takes effect on a new
+//! file, before any table exists), WAL, `synchronous`, the page cache and
+//! foreign keys. Readers then switch to `query_only`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use rusqlite::OpenFlags;
+
+use crate::key::Key;
+use crate::{Error, Result};
+
+/// `synchronous` for the writer: what a power cut may cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Synchronous {
+    /// WAL + NORMAL: a commit survives a process crash; a power cut may lose
+    /// the last few commits, never the file's consistency.
+    #[default]
+    Normal,
+    /// WAL + FULL: every acknowledged commit survives a power cut.
+    Full,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
+/// Everything needed to open one more connection. Shared by all of a
+/// vault's connections; holds the key, which is wiped when the last
+/// connection factory is dropped.
+pub(crate) struct ConnSettings {
+    pub(crate) path: PathBuf,
+    pub(crate) key: Option<Key>,
+    pub(crate) synchronous: Synchronous,
+    pub(crate) cache_bytes: u64,
+    pub(crate) busy_timeout: Duration,
+}
+
+impl ConnSettings {
+    /// The pragmas that follow the key, as one batch. None of them writes to
+    /// a file that is already set up, so a refused open leaves it untouched.
+    pub(crate) fn setup_sql(&self) -> String {
+        format!(
+            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; \
+             PRAGMA cache_size = -{}; PRAGMA foreign_keys = ON;",
+            self.busy_timeout.as_millis(),
+            self.synchronous.pragma(),
+            (self.cache_bytes / 1024).max(64),
+        )
+    }
+
+    /// Keys a fresh handle. Errors name the database, never the key.
+    ///
+    /// # Safety
+    /// `db` must be a valid handle that no other thread uses during the call.
+    pub(crate) unsafe fn apply_key(&self, db: *mut libsqlite3_sys::sqlite3) -> Result<()> {
+        let Some(key) = &self.key else { return Ok(()) };
+        // SAFETY: forwarded from the caller.
+        unsafe { key.apply(db) }.map_err(|rc| Error::Corrupt {
+            path: self.path.clone(),
+            detail: format!("SQLCipher refused the key (code {rc})"),
+        })
+    }
+
+    /// Opens a rusqlite connection: keyed, set up, statement cache sized for
+    /// the hot lookups. A one-row read right after the key proves it before
+    /// anything could write, so a wrong key is seen with the file untouched.
+    ///
+    /// `creating` sets `auto_vacuum = INCREMENTAL` before the switch to WAL
+    /// writes the first page. Only then: the pragma rewrites the header
+    /// even when the value does not change.
+    pub(crate) fn open_rusqlite(&self, creating: bool) -> Result<rusqlite::Connection> {
+        silence_sqlcipher_log();
+        let classify = |e| classify(&self.path, self.key.is_some(), e);
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = rusqlite::Connection::open_with_flags(&self.path, flags).map_err(classify)?;
+        // Another process may be creating or migrating the file right now.
+        conn.busy_timeout(self.busy_timeout)?;
+        // SAFETY: the connection was just opened on this thread and is not shared.
+        unsafe { self.apply_key(conn.handle())? };
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+            .map_err(classify)?;
+        let mut setup = self.setup_sql();
+        if creating {
+            setup.insert_str(0, "PRAGMA auto_vacuum = INCREMENTAL; ");
+        }
+        retry_busy(self.busy_timeout, || conn.execute_batch(&setup)).map_err(classify)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(conn)
+    }
+}
+
+impl ConnSettings {
+    /// A bare keyed, read-only connection for integrity checks: no probe, no
+    /// setup, so that it opens even when the schema cannot be read.
+    pub(crate) fn open_for_check(&self) -> Result<rusqlite::Connection> {
+        silence_sqlcipher_log();
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = rusqlite::Connection::open_with_flags(&self.path, flags)
+            .map_err(|e| classify(&self.path, self.key.is_some(), e))?;
+        conn.busy_timeout(self.busy_timeout)?;
+        // SAFETY: the connection was just opened on this thread and is not shared.
+        unsafe { self.apply_key(conn.handle())? };
+        Ok(conn)
+    }
+}
+
+/// Retries `f` while SQLite answers SQLITE_BUSY without waiting, up to
+/// `timeout`. SQLite skips the busy handler when waiting could deadlock: two
+/// connections that both read a new file and then both switch it to WAL. One
+/// of them must let go and try again, which is what this does, with the same
+/// kind of growing pause SQLite's own busy handler uses.
+pub(crate) fn retry_busy<T>(
+    timeout: Duration,
+    mut f: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match f() {
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && started.elapsed() < timeout =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Turns SQLite's "not a database" / "corrupt" codes into statevault's words.
+pub(crate) fn classify(path: &Path, keyed: bool, e: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) if keyed => Error::WrongKey {
+            path: path.to_owned(),
+        },
+        Some(ErrorCode::NotADatabase) => Error::NotADatabase {
+            path: path.to_owned(),
+            reason: "SQLite cannot read its header (encrypted? then a key is needed)".into(),
+        },
+        Some(ErrorCode::DatabaseCorrupt) => Error::Corrupt {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        },
+        _ => Error::Sqlite(e),
+    }
+}
+
+/// SQLCipher logs "ERROR CORE ... hmac check failed" to stderr on a wrong key;
+/// statevault reports that itself, as a typed error. The level is global.
+fn silence_sqlcipher_log() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Ok(conn) = rusqlite::Connection::open_in_memory() {
+            // Without SQLCipher the pragma is unknown and ignored.
+            let _ = conn.execute_batch("PRAGMA cipher_log_level = NONE;");
+        }
+    });
+}
+
+/// Shared handle to the settings, for the sqlx connect hook.
+pub(crate) type SharedSettings = Arc<ConnSettings>;

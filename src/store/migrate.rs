@@ -1,0 +1,102 @@
+//! Schema migrations: sqlx's, embedded, in sqlx's own bookkeeping table.
+//!
+//! Files migrated by stock `sqlx migrate run` (plain files) and by statevault
+//! share `_sqlx_migrations`, so either can take over from the other. Before
+//! anything runs, the applied list is compared with the embedded one: a file
+//! from a newer build, or one whose applied migration differs from ours, is
+//! refused untouched.
+
+use sqlx::migrate::Migrator;
+
+use crate::{Error, Result};
+
+/// The migrations in `migrations/`, embedded at build time.
+pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// One migration, as this build knows it and as the file has it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationStatus {
+    /// The version (the file name's numeric prefix).
+    pub version: i64,
+    /// The description (the rest of the file name).
+    pub description: String,
+    /// Whether the file has it applied.
+    pub applied: bool,
+}
+
+/// What the file has applied, read through a hot reader (a tiny table).
+pub(crate) struct Applied {
+    rows: Vec<(i64, Vec<u8>, bool)>,
+}
+
+impl Applied {
+    pub(crate) fn read(conn: &rusqlite::Connection) -> rusqlite::Result<Applied> {
+        let exists: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '_sqlx_migrations')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Ok(Applied { rows: Vec::new() });
+        }
+        let mut stmt = conn
+            .prepare("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Applied { rows })
+    }
+
+    /// Refuses files this build must not migrate or use.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let supported = latest_version();
+        for (version, checksum, success) in &self.rows {
+            let Some(ours) = MIGRATOR.iter().find(|m| m.version == *version) else {
+                let found = self.rows.iter().map(|r| r.0).max().unwrap_or(*version);
+                return Err(Error::SchemaTooNew { found, supported });
+            };
+            if !success {
+                return Err(Error::MigrationMismatch {
+                    version: *version,
+                    reason: "it failed part-way and is marked dirty",
+                });
+            }
+            if ours.checksum.as_ref() != checksum.as_slice() {
+                return Err(Error::MigrationMismatch {
+                    version: *version,
+                    reason: "its checksum differs",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any embedded migration is not applied yet.
+    pub(crate) fn pending(&self) -> bool {
+        MIGRATOR
+            .iter()
+            .any(|m| !self.rows.iter().any(|r| r.0 == m.version))
+    }
+
+    /// The newest applied version, 0 for none.
+    pub(crate) fn version(&self) -> i64 {
+        self.rows.iter().map(|r| r.0).max().unwrap_or(0)
+    }
+
+    /// Every embedded migration with its state in the file.
+    pub(crate) fn status(&self) -> Vec<MigrationStatus> {
+        MIGRATOR
+            .iter()
+            .map(|m| MigrationStatus {
+                version: m.version,
+                description: m.description.to_string(),
+                applied: self.rows.iter().any(|r| r.0 == m.version),
+            })
+            .collect()
+    }
+}
+
+/// The newest migration this build embeds.
+pub(crate) fn latest_version() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}

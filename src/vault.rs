@@ -1,0 +1,483 @@
+//! [`Vault`]: the handle a service opens, and [`VaultOptions`], how it opens.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef};
+
+use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::key::{Key, KeySource};
+use crate::store::{self, CheckReport, MigrationStatus, OpenSpec, Store, Synchronous};
+use crate::{Error, Result};
+
+/// The environment variable naming the default database path.
+pub const DB_ENV: &str = "STATEVAULT_DB";
+/// The database path used when neither a path nor `STATEVAULT_DB` is given.
+pub const DEFAULT_DB: &str = "statevault.db";
+
+/// How to open a [`Vault`]. Every setting has a default; see each method.
+#[derive(Clone)]
+pub struct VaultOptions {
+    path: PathBuf,
+    key: KeySource,
+    create_if_missing: bool,
+    migrate: bool,
+    synchronous: Synchronous,
+    readers: usize,
+    cache_bytes: u64,
+    busy_timeout: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl VaultOptions {
+    /// Options for the database at `path`: key from [`KeySource::Auto`],
+    /// created (with its key file) if missing, migrated on open,
+    /// `synchronous=NORMAL`, 4 readers, a 64 MiB page cache per connection, a
+    /// 5 s busy timeout, the system clock.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        VaultOptions {
+            path: path.into(),
+            key: KeySource::Auto,
+            create_if_missing: true,
+            migrate: true,
+            synchronous: Synchronous::Normal,
+            readers: 4,
+            cache_bytes: 64 << 20,
+            busy_timeout: Duration::from_secs(5),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Options for the default database: `$STATEVAULT_DB`, else `statevault.db`.
+    pub fn from_env() -> Self {
+        VaultOptions::new(
+            std::env::var_os(DB_ENV).map_or_else(|| PathBuf::from(DEFAULT_DB), PathBuf::from),
+        )
+    }
+
+    /// Where the key comes from (default [`KeySource::Auto`]).
+    pub fn key_source(mut self, key: KeySource) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// Encrypt with this key.
+    pub fn key(self, key: Key) -> Self {
+        self.key_source(KeySource::Key(key))
+    }
+
+    /// Read the key from this file.
+    pub fn key_file(self, path: impl Into<PathBuf>) -> Self {
+        self.key_source(KeySource::File(path.into()))
+    }
+
+    /// No encryption: a plain SQLite file, readable by any SQLite tool.
+    pub fn no_encryption(self) -> Self {
+        self.key_source(KeySource::None)
+    }
+
+    /// Create the database (and, with [`KeySource::Auto`], its key file) if
+    /// it does not exist (default `true`).
+    pub fn create_if_missing(mut self, yes: bool) -> Self {
+        self.create_if_missing = yes;
+        self
+    }
+
+    /// Apply pending migrations on open (default `true`).
+    pub fn migrate(mut self, yes: bool) -> Self {
+        self.migrate = yes;
+        self
+    }
+
+    /// `synchronous` for every connection (default [`Synchronous::Normal`]).
+    pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
+        self.synchronous = synchronous;
+        self
+    }
+
+    /// How many hot-path reader connections (1–64, default 4).
+    pub fn readers(mut self, readers: usize) -> Self {
+        self.readers = readers;
+        self
+    }
+
+    /// SQLite page cache per connection, in bytes (at least 64 KiB, default
+    /// 64 MiB). SQLCipher decrypts and checks every page it reads from the
+    /// OS, so a cache that holds the working set saves that work.
+    pub fn page_cache_bytes(mut self, bytes: u64) -> Self {
+        self.cache_bytes = bytes;
+        self
+    }
+
+    /// How long to wait for another process's write lock (at most 1 h,
+    /// default 5 s).
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// The clock every facet reads (default [`SystemClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The database path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn spec(&self) -> OpenSpec<'_> {
+        OpenSpec {
+            path: &self.path,
+            key: &self.key,
+            create_if_missing: self.create_if_missing,
+            synchronous: self.synchronous,
+            cache_bytes: self.cache_bytes,
+            busy_timeout: self.busy_timeout,
+            readers: self.readers,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(1..=64).contains(&self.readers) {
+            return Err(Error::invalid(
+                "readers",
+                format!("{} is not in 1..=64", self.readers),
+            ));
+        }
+        if self.cache_bytes < 64 << 10 {
+            return Err(Error::invalid(
+                "page_cache_bytes",
+                format!("{} is less than 64 KiB", self.cache_bytes),
+            ));
+        }
+        if self.busy_timeout > Duration::from_secs(3600) {
+            return Err(Error::invalid("busy_timeout", "longer than an hour"));
+        }
+        if self.path.as_os_str().is_empty() {
+            return Err(Error::invalid("path", "empty"));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for VaultOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultOptions")
+            .field("path", &self.path)
+            .field("key", &self.key)
+            .field("create_if_missing", &self.create_if_missing)
+            .field("migrate", &self.migrate)
+            .field("synchronous", &self.synchronous)
+            .field("readers", &self.readers)
+            .field("cache_bytes", &self.cache_bytes)
+            .field("busy_timeout", &self.busy_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A handle to one vault file. Cheap to clone: clones share the connections.
+///
+/// Call [`close`](Vault::close) before the process exits: it flushes what is
+/// buffered and closes every connection (connections still open when `main`
+/// returns have crashed processes at exit with bundled SQLCipher).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> statevault::Result<()> {
+/// use statevault::{Vault, VaultOptions};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let vault = Vault::open(VaultOptions::new(dir.path().join("app.db"))).await?;
+/// assert!(vault.is_encrypted()); // key made beside it: app.db.key
+/// let info = vault.info().await?;
+/// assert_eq!(info.journal_mode, "wal");
+/// vault.close().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Vault {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    clock: Arc<dyn Clock>,
+}
+
+impl Vault {
+    /// Opens (and by default creates and migrates) the vault.
+    ///
+    /// Refuses, leaving the file as it was: a wrong key
+    /// ([`Error::WrongKey`]), a file that is not a database, a truncated
+    /// file, a schema newer than this build ([`Error::SchemaTooNew`]).
+    pub async fn open(options: VaultOptions) -> Result<Vault> {
+        options.validate()?;
+        tracing::debug!(?options, "opening vault");
+        let store = Store::open(options.spec()).await?;
+        let vault = Vault {
+            inner: Arc::new(Inner {
+                store,
+                clock: options.clock,
+            }),
+        };
+        if let Err(e) = vault.finish_open(options.migrate).await {
+            vault.close().await?;
+            return Err(e);
+        }
+        Ok(vault)
+    }
+
+    async fn finish_open(&self, migrate: bool) -> Result<()> {
+        if migrate {
+            self.store().migrate().await?;
+        }
+        if self.meta("created_at")?.is_none() && !self.store().applied()?.pending() {
+            self.record_creation().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the facts `info` shows about the file's origin, once.
+    async fn record_creation(&self) -> Result<()> {
+        let now = self.now();
+        let created_by = format!("statevault {}", env!("CARGO_PKG_VERSION"));
+        let mut tx = self.store().begin_write().await?;
+        sqlx::query!(
+            "INSERT INTO vault_meta (key, value, updated_at)
+             VALUES ('created_at', ?1, ?1), ('created_by', ?2, ?1)
+             ON CONFLICT (key) DO NOTHING",
+            now,
+            created_by,
+        )
+        .execute(&mut *tx)
+        .await?;
+        if self.is_encrypted() {
+            sqlx::query!(
+                "INSERT INTO vault_meta (key, value, updated_at) VALUES ('key_created_at', ?1, ?1)
+                 ON CONFLICT (key) DO NOTHING",
+                now,
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A fact from `vault_meta`, read on this thread.
+    pub(crate) fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.store().read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT value FROM vault_meta WHERE key = ?1")?;
+            let mut rows = stmt.query([key])?;
+            rows.next()?.map(|row| row.get(0)).transpose()
+        })
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        self.store().path()
+    }
+
+    /// Whether the file is encrypted (opened with a key).
+    pub fn is_encrypted(&self) -> bool {
+        self.store().encrypted()
+    }
+
+    /// The vault's clock, as every facet reads it.
+    pub fn clock(&self) -> &dyn Clock {
+        self.inner.clock.as_ref()
+    }
+
+    /// The vault clock's current time.
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    /// Every migration this build has, and whether the file has it applied.
+    pub fn migration_status(&self) -> Result<Vec<MigrationStatus>> {
+        Ok(self.store().applied()?.status())
+    }
+
+    /// Applies pending migrations (for vaults opened with `migrate(false)`).
+    pub async fn migrate(&self) -> Result<()> {
+        self.store().migrate().await?;
+        if self.meta("created_at")?.is_none() {
+            self.record_creation().await?;
+        }
+        Ok(())
+    }
+
+    /// What the file is: size, encryption, journal mode, schema, rows per table.
+    pub async fn info(&self) -> Result<Info> {
+        let path = self.path();
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let mut conn = self
+            .store()
+            .reader()
+            .acquire()
+            .await
+            .map_err(store::closed_or)?;
+        let cipher_version: Option<String> = sqlx::query_scalar("PRAGMA cipher_version")
+            .fetch_optional(&mut *conn)
+            .await?;
+        let journal_mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await?;
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut tables = BTreeMap::new();
+        for name in names {
+            // Table names come from sqlite_schema, quoted as identifiers.
+            let sql = format!("SELECT count(*) FROM \"{}\"", name.replace('"', "\"\""));
+            let rows: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+                .fetch_one(&mut *conn)
+                .await?;
+            tables.insert(name, rows);
+        }
+        drop(conn);
+        let applied = self.store().applied()?;
+        Ok(Info {
+            path: path.to_owned(),
+            file_bytes: size(path),
+            wal_bytes: size(Path::new(&wal)),
+            encrypted: self.is_encrypted(),
+            cipher_version,
+            journal_mode,
+            schema_version: applied.version(),
+            latest_schema_version: store::latest_version(),
+            created_at: self.meta("created_at")?,
+            key_created_at: self.meta("key_created_at")?,
+            tables,
+        })
+    }
+
+    /// Integrity checks of the file: SQLCipher's `cipher_integrity_check`
+    /// (every page's HMAC) when encrypted, then SQLite's `integrity_check` and
+    /// `foreign_key_check`. A check that cannot even run counts as failed.
+    pub async fn check(&self) -> Result<CheckReport> {
+        if self.store().reader().is_closed() {
+            return Err(Error::Closed);
+        }
+        Ok(self.store().check().await)
+    }
+
+    /// Checks the file at `options`' path without opening it as a vault, so
+    /// that files too damaged to open still get a report naming what is
+    /// wrong. Writes nothing, creates nothing.
+    pub async fn check_file(options: &VaultOptions) -> Result<CheckReport> {
+        options.validate()?;
+        Store::check_file(options.spec()).await
+    }
+
+    /// Runs SQL on a read-only connection and returns every row. Writes are
+    /// refused by SQLite (`query_only`).
+    pub async fn query_read_only(&self, sql: &str) -> Result<Rows> {
+        let mut conn = self
+            .store()
+            .reader()
+            .acquire()
+            .await
+            .map_err(store::closed_or)?;
+        let stmt = conn
+            .prepare(AssertSqlSafe(sql.to_owned()).into_sql_str())
+            .await?;
+        let columns = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
+        let rows = stmt
+            .query()
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| (0..row.len()).map(|i| json_value(row, i)).collect())
+            .collect::<Result<_>>()?;
+        Ok(Rows { columns, rows })
+    }
+
+    /// Flushes what is buffered and closes every connection. Later calls on
+    /// this handle or its clones fail with [`Error::Closed`]. Idempotent.
+    pub async fn close(&self) -> Result<()> {
+        self.store().close().await;
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Vault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vault")
+            .field("path", &self.path())
+            .field("encrypted", &self.is_encrypted())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A SQLite value as JSON: integers and reals as numbers, text as strings,
+/// blobs as `x'<hex>'` strings (the SQL literal form).
+fn json_value(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<serde_json::Value> {
+    use serde_json::Value;
+    let raw = row.try_get_raw(i)?;
+    if raw.is_null() {
+        return Ok(Value::Null);
+    }
+    let kind = raw.type_info().name().to_owned();
+    Ok(match kind.as_str() {
+        "INTEGER" => Value::from(row.try_get_unchecked::<i64, _>(i)?),
+        "REAL" => Value::from(row.try_get_unchecked::<f64, _>(i)?),
+        "BLOB" => {
+            let bytes = row.try_get_unchecked::<Vec<u8>, _>(i)?;
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            Value::from(format!("x'{hex}'"))
+        }
+        _ => Value::from(row.try_get_unchecked::<String, _>(i)?),
+    })
+}
+
+/// What [`Vault::info`] reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Info {
+    /// The database file.
+    pub path: PathBuf,
+    /// Its size in bytes (without the WAL).
+    pub file_bytes: u64,
+    /// The size of its `-wal` file (0 when there is none).
+    pub wal_bytes: u64,
+    /// Whether it is encrypted.
+    pub encrypted: bool,
+    /// SQLCipher's version (`PRAGMA cipher_version`).
+    pub cipher_version: Option<String>,
+    /// The journal mode, `wal` for a vault.
+    pub journal_mode: String,
+    /// The newest migration applied to the file.
+    pub schema_version: i64,
+    /// The newest migration this build has.
+    pub latest_schema_version: i64,
+    /// When statevault first created or adopted the file.
+    pub created_at: Option<String>,
+    /// When the current key was set.
+    pub key_created_at: Option<String>,
+    /// Rows per table.
+    pub tables: BTreeMap<String, i64>,
+}
+
+/// Rows from [`Vault::query_read_only`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Rows {
+    /// Column names, in order.
+    pub columns: Vec<String>,
+    /// One vector of values per row, in column order.
+    pub rows: Vec<Vec<serde_json::Value>>,
+}
