@@ -1,0 +1,188 @@
+//! `init`, `migrate`, `info`, `sql`, `check`: the file itself.
+
+use std::process::ExitCode;
+
+use statevault::{Result, Vault, VaultOptions, default_key_file};
+
+use super::print_json;
+
+pub async fn init(options: VaultOptions) -> Result<ExitCode> {
+    let existed = options.path().exists();
+    let vault = Vault::open(options.create_if_missing(true).migrate(true)).await?;
+    let path = vault.path().display().to_string();
+    if existed {
+        println!("{path}: exists, schema up to date");
+    } else if vault.is_encrypted() && default_key_file(vault.path()).exists() {
+        println!(
+            "{path}: created, encrypted; key in {}",
+            default_key_file(vault.path()).display()
+        );
+    } else if vault.is_encrypted() {
+        println!("{path}: created, encrypted");
+    } else {
+        println!("{path}: created, NOT encrypted (--no-encryption)");
+    }
+    vault.close().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn migrate(vault: &Vault, status: bool) -> Result<ExitCode> {
+    let before = vault.migration_status()?;
+    if status {
+        for m in &before {
+            let state = if m.applied { "applied" } else { "pending" };
+            println!("{} {:<8} {}", m.version, state, m.description);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    vault.migrate().await?;
+    let applied = before.iter().filter(|m| !m.applied).count();
+    println!("applied {applied} migration(s); schema up to date");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn info(vault: &Vault, json: bool) -> Result<ExitCode> {
+    let info = vault.info().await?;
+    if json {
+        print_json(&info)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let encrypted = match (&info.encrypted, &info.cipher_version) {
+        (true, Some(v)) => format!("yes (SQLCipher {v})"),
+        (true, None) => "yes".into(),
+        (false, _) => "no".into(),
+    };
+    let schema = if info.schema_version == info.latest_schema_version {
+        format!("{} (latest)", info.schema_version)
+    } else {
+        format!(
+            "{} (this build has {})",
+            info.schema_version, info.latest_schema_version
+        )
+    };
+    println!("path            {}", info.path.display());
+    println!("file_bytes      {}", info.file_bytes);
+    println!("wal_bytes       {}", info.wal_bytes);
+    println!("encrypted       {encrypted}");
+    println!("journal_mode    {}", info.journal_mode);
+    println!("schema_version  {schema}");
+    println!(
+        "created_at      {}",
+        info.created_at.as_deref().unwrap_or("-")
+    );
+    println!(
+        "key_created_at  {}",
+        info.key_created_at.as_deref().unwrap_or("-")
+    );
+    println!("tables");
+    for (name, rows) in &info.tables {
+        println!("  {name:<20} {rows:>10}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn sql(vault: &Vault, query: &str, json: bool) -> Result<ExitCode> {
+    let rows = vault.query_read_only(query).await?;
+    if json {
+        let objects: Vec<serde_json::Map<String, serde_json::Value>> = rows
+            .rows
+            .iter()
+            .map(|row| {
+                rows.columns
+                    .iter()
+                    .cloned()
+                    .zip(row.iter().cloned())
+                    .collect()
+            })
+            .collect();
+        print_json(&objects)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cells: Vec<Vec<String>> = rows
+        .rows
+        .iter()
+        .map(|r| r.iter().map(text_of).collect())
+        .collect();
+    let widths: Vec<usize> = (0..rows.columns.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([rows.columns[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |values: &[String]| {
+        values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+            .trim_end()
+            .to_owned()
+    };
+    println!("{}", line(&rows.columns));
+    println!(
+        "{}",
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("-+-")
+    );
+    for row in &cells {
+        println!("{}", line(row));
+    }
+    println!(
+        "({} row{})",
+        cells.len(),
+        if cells.len() == 1 { "" } else { "s" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks the file without opening it as a vault, so that a file too
+/// damaged to open still gets a report naming what is wrong.
+pub async fn check(options: &VaultOptions, json: bool) -> Result<ExitCode> {
+    let report = Vault::check_file(options).await?;
+    if json {
+        print_json(&report)?;
+    } else {
+        for check in &report.checks {
+            if check.ok {
+                println!("ok    {}", check.name);
+            } else {
+                println!("FAIL  {}", check.name);
+                for problem in check.problems.iter().take(20) {
+                    println!("      {problem}");
+                }
+                if check.problems.len() > 20 {
+                    println!("      … and {} more", check.problems.len() - 20);
+                }
+            }
+        }
+    }
+    if report.ok() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let failed: Vec<_> = report
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name)
+            .collect();
+        eprintln!("error: check failed: {}", failed.join(", "));
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// A JSON value as a table cell: strings without quotes, NULL spelled out.
+fn text_of(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "NULL".into(),
+        v => v.to_string(),
+    }
+}

@@ -1,0 +1,158 @@
+//! `statevault bench`: the standard workloads, each beside the physical limit
+//! measured in the same run. Vaults live in a temporary directory of the
+//! bench's own, removed at the end; `--db` is never touched.
+//!
+//! Figures are medians over several runs; nothing here asserts a timing.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use statevault::{Error, Key, Result, Vault, VaultOptions, default_key_file};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print JSON: {"open_ms": X, "workloads": {NAME: {"ops_per_sec": X, ...}}, ...}.
+    #[arg(long)]
+    json: bool,
+    /// Fewer repetitions: seconds instead of a minute, noisier figures.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// Opening an existing vault, beside rusqlite opening the same file.
+#[derive(Debug, Serialize)]
+struct Report {
+    /// Median time to open the existing encrypted vault (raw-key file).
+    open_ms: f64,
+    /// The same file opened by rusqlite with the same key: open, key, WAL, read the schema.
+    open_ms_rusqlite: f64,
+    /// `open_ms_rusqlite / open_ms` (1.0 = as fast as the limit).
+    open_ratio: f64,
+    /// Median time to open a vault keyed with a passphrase (PBKDF2, 256k iterations).
+    open_ms_passphrase: f64,
+    /// Opens measured per figure.
+    runs: usize,
+    /// Throughput workloads, by name (SPEC §7), each as ops/s with its limit.
+    workloads: serde_json::Map<String, serde_json::Value>,
+    machine: Machine,
+}
+
+#[derive(Debug, Serialize)]
+struct Machine {
+    cpu: String,
+    cores: usize,
+    os: &'static str,
+    sqlcipher: String,
+}
+
+pub async fn run(args: Args) -> Result<ExitCode> {
+    let dir = tempfile::tempdir().map_err(|e| Error::Io {
+        path: std::env::temp_dir(),
+        source: e,
+    })?;
+    let runs = if args.quick { 5 } else { 25 };
+
+    let raw_path = dir.path().join("raw.db");
+    let vault = Vault::open(VaultOptions::new(&raw_path)).await?;
+    let sqlcipher = vault.info().await?.cipher_version.unwrap_or_default();
+    vault.close().await?;
+    let open_ms = median_ms(runs, async || {
+        let started = Instant::now();
+        let vault = Vault::open(VaultOptions::new(&raw_path).create_if_missing(false)).await?;
+        let took = started.elapsed();
+        vault.close().await?;
+        Ok(took)
+    })
+    .await?;
+    let open_ms_rusqlite = median_ms(runs, async || rusqlite_open(&raw_path)).await?;
+
+    let pass_path = dir.path().join("passphrase.db");
+    let pass = || {
+        VaultOptions::new(&pass_path).key(Key::passphrase("bench passphrase").expect("non-empty"))
+    };
+    Vault::open(pass()).await?.close().await?;
+    let open_ms_passphrase = median_ms(runs.min(5), async || {
+        let started = Instant::now();
+        let vault = Vault::open(pass()).await?;
+        let took = started.elapsed();
+        vault.close().await?;
+        Ok(took)
+    })
+    .await?;
+
+    let report = Report {
+        open_ms,
+        open_ms_rusqlite,
+        open_ratio: open_ms_rusqlite / open_ms,
+        open_ms_passphrase,
+        runs,
+        workloads: serde_json::Map::new(),
+        machine: machine(sqlcipher),
+    };
+    if args.json {
+        super::print_json(&report)?;
+    } else {
+        let m = &report.machine;
+        println!(
+            "machine: {} ({} cores), {}, SQLCipher {}",
+            m.cpu, m.cores, m.os, m.sqlcipher
+        );
+        println!(
+            "open (raw-key file)   {:>8.2} ms   rusqlite {:>8.2} ms   ratio {:.2}",
+            report.open_ms, report.open_ms_rusqlite, report.open_ratio
+        );
+        println!(
+            "open (passphrase)     {:>8.2} ms",
+            report.open_ms_passphrase
+        );
+        println!("medians of {runs} runs");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The physical limit for opening: rusqlite, same file, same key, same setup.
+fn rusqlite_open(path: &Path) -> Result<Duration> {
+    let key_text = std::fs::read_to_string(default_key_file(path)).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let started = Instant::now();
+    let conn = rusqlite::Connection::open(path)?;
+    conn.execute_batch(&format!(
+        "PRAGMA key = \"{}\"; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
+        key_text.trim()
+    ))?;
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+    let took = started.elapsed();
+    drop(conn);
+    Ok(took)
+}
+
+async fn median_ms(runs: usize, mut once: impl AsyncFnMut() -> Result<Duration>) -> Result<f64> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        times.push(once().await?);
+    }
+    times.sort();
+    Ok(times[times.len() / 2].as_secs_f64() * 1e3)
+}
+
+fn machine(sqlcipher: String) -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        os: std::env::consts::OS,
+        sqlcipher,
+    }
+}

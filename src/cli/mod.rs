@@ -1,0 +1,146 @@
+//! Argument parsing, opening the vault, and the one place errors are printed.
+//!
+//! Every command that opens the vault closes it before `main` returns, on
+//! success and on error alike: connections left open at exit have crashed
+//! processes with bundled SQLCipher.
+
+mod admin;
+mod bench;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use statevault::{DB_ENV, DEFAULT_DB, KeySource, Result, Vault, VaultOptions};
+
+/// Keep all of a service's local state in one encrypted SQLite file.
+#[derive(Debug, Parser)]
+#[command(name = "statevault", version, about)]
+struct Cli {
+    /// The database file.
+    #[arg(long, global = true, env = DB_ENV, default_value = DEFAULT_DB)]
+    db: PathBuf,
+
+    /// Read the key from this file (default: $STATEVAULT_KEY, else <db>.key).
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        conflicts_with = "no_encryption"
+    )]
+    key_file: Option<PathBuf>,
+
+    /// Use (or create) a plain, unencrypted SQLite file.
+    #[arg(long, global = true)]
+    no_encryption: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the file and its key file if missing, and migrate it. Idempotent.
+    Init,
+    /// Apply pending migrations, or list applied and pending ones.
+    Migrate {
+        /// List migrations instead of applying them.
+        #[arg(long)]
+        status: bool,
+    },
+    /// Path, size, encryption, journal mode, schema version, rows per table.
+    Info {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run read-only SQL against the decrypted file and print the rows.
+    Sql {
+        /// The query.
+        query: String,
+        /// Print rows as JSON objects.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Integrity checks; exit 0 when all pass, 1 otherwise.
+    Check {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The standard workloads, in a temporary directory (never touches --db).
+    Bench(bench::Args),
+}
+
+/// Parses, runs, prints `error: ...` on failure. Exit codes: 0 success,
+/// 1 failure (or a failed check), 2 bad arguments.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints its own `error: ...` line (or the help text).
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let key = match (&cli.key_file, cli.no_encryption) {
+        (Some(path), _) => KeySource::File(path.clone()),
+        (None, true) => KeySource::None,
+        (None, false) => KeySource::Auto,
+    };
+    let options = VaultOptions::new(&cli.db).key_source(key);
+    match cli.command {
+        Command::Bench(args) => bench::run(args).await,
+        Command::Init => admin::init(options).await,
+        Command::Check { json } => admin::check(&options, json).await,
+        command => {
+            let vault = Vault::open(options.create_if_missing(false).migrate(false)).await?;
+            let result = dispatch(&vault, command).await;
+            let closed = vault.close().await;
+            let code = result?;
+            closed?;
+            Ok(code)
+        }
+    }
+}
+
+async fn dispatch(vault: &Vault, command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Migrate { status } => admin::migrate(vault, status).await,
+        Command::Info { json } => admin::info(vault, json).await,
+        Command::Sql { query, json } => admin::sql(vault, &query, json).await,
+        Command::Init | Command::Check { .. } | Command::Bench(_) => {
+            unreachable!("handled before the vault is opened")
+        }
+    }
+}
+
+/// Prints a value as pretty JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
