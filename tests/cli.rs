@@ -1,0 +1,251 @@
+//! The `statevault` binary: init, info, sql, migrate, check, bench, and how
+//! every failure looks (one `error:` line, non-zero exit, never a panic).
+
+mod common;
+
+use std::io::{Seek, SeekFrom, Write};
+
+use common::{assert_one_error_line, cli, run, stderr, stdout, tempdir};
+
+fn init(dir: &std::path::Path) {
+    let out = run(dir, &["init"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn init_is_idempotent_and_makes_a_private_encrypted_file() {
+    let dir = tempdir();
+    let out = run(dir.path(), &["init"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("created, encrypted"),
+        "{}",
+        stdout(&out)
+    );
+    let db = dir.path().join("statevault.db");
+    let key = std::fs::read(dir.path().join("statevault.db.key")).unwrap();
+    assert!(!std::fs::read(&db).unwrap().starts_with(b"SQLite format 3"));
+    assert_eq!(common::file_mode(&db), 0o600);
+
+    let out = run(dir.path(), &["init"]);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains("exists, schema up to date"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("statevault.db.key")).unwrap(),
+        key
+    );
+}
+
+#[test]
+fn info_json_has_the_documented_keys() {
+    let dir = tempdir();
+    init(dir.path());
+    let out = run(dir.path(), &["info", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "path",
+        "file_bytes",
+        "encrypted",
+        "journal_mode",
+        "schema_version",
+        "tables",
+    ] {
+        assert!(info.get(key).is_some(), "missing {key} in {info}");
+    }
+    assert_eq!(info["encrypted"], true);
+    assert_eq!(info["journal_mode"], "wal");
+    assert!(info["file_bytes"].as_u64().unwrap() > 0);
+    for table in [
+        "sessions",
+        "cache_entries",
+        "cache_tags",
+        "token_buckets",
+        "violations",
+        "audit_events",
+        "preferences",
+        "metrics",
+        "vault_meta",
+        "_sqlx_migrations",
+    ] {
+        assert!(info["tables"][table].is_i64(), "table {table} in {info}");
+    }
+    let text = stdout(&run(dir.path(), &["info"]));
+    assert!(text.contains("SQLCipher 4."), "{text}");
+}
+
+#[test]
+fn db_path_and_key_come_from_flags_or_the_environment() {
+    let dir = tempdir();
+    let key = format!("x'{}'", "4f".repeat(32));
+    let out = cli(dir.path())
+        .args(["init"])
+        .env("STATEVAULT_DB", "from-env.db")
+        .env("STATEVAULT_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.path().join("from-env.db").exists());
+    assert!(
+        !dir.path().join("from-env.db.key").exists(),
+        "the env key is used, no key file made"
+    );
+
+    let out = run(dir.path(), &["--db", "from-env.db", "info"]);
+    let err = assert_one_error_line(&out);
+    assert!(err.contains("no key"), "{err}");
+
+    let key_file = dir.path().join("k");
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+    common::chmod_private(&key_file);
+    let out = run(
+        dir.path(),
+        &["--db", "from-env.db", "--key-file", "k", "info", "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn wrong_key_is_one_clear_line_and_the_file_is_untouched() {
+    let dir = tempdir();
+    init(dir.path());
+    let db = dir.path().join("statevault.db");
+    let before = std::fs::read(&db).unwrap();
+    let key_file = dir.path().join("wrong.key");
+    std::fs::write(&key_file, format!("x'{}'\n", "00".repeat(32))).unwrap();
+    common::chmod_private(&key_file);
+    let out = run(dir.path(), &["--key-file", "wrong.key", "info"]);
+    let err = assert_one_error_line(&out);
+    assert!(err.contains("wrong key"), "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+}
+
+#[test]
+fn bad_files_get_one_error_line_each() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("text.db"), "hello, I am a text file\n").unwrap();
+    let err = assert_one_error_line(&run(dir.path(), &["--db", "text.db", "info"]));
+    assert!(err.contains("not a database"), "{err}");
+    let err = assert_one_error_line(&run(dir.path(), &["--db", "absent.db", "info"]));
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!dir.path().join("absent.db").exists());
+    let out = run(dir.path(), &["no-such-command"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).starts_with("error:"), "{}", stderr(&out));
+}
+
+#[test]
+fn sql_prints_rows_and_refuses_writes() {
+    let dir = tempdir();
+    init(dir.path());
+    let out = run(
+        dir.path(),
+        &[
+            "sql",
+            "--json",
+            "SELECT key, length(value) AS len FROM vault_meta ORDER BY key",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["key"], "created_at");
+    assert_eq!(rows[0]["len"], 24);
+
+    let text = stdout(&run(dir.path(), &["sql", "SELECT 1 AS one, 'two' AS two"]));
+    assert!(text.starts_with("one | two\n"), "{text}");
+    assert!(text.contains("(1 row)"), "{text}");
+
+    let out = run(dir.path(), &["sql", "DELETE FROM vault_meta"]);
+    assert_one_error_line(&out);
+    let n = stdout(&run(
+        dir.path(),
+        &["sql", "--json", "SELECT count(*) AS n FROM vault_meta"],
+    ));
+    assert!(n.contains("\"n\": 3"), "{n}");
+}
+
+#[test]
+fn migrate_status_lists_every_migration() {
+    let dir = tempdir();
+    init(dir.path());
+    let out = run(dir.path(), &["migrate", "--status"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    let count = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .count();
+    assert_eq!(text.lines().count(), count, "{text}");
+    assert!(text.lines().all(|l| l.contains(" applied ")), "{text}");
+    let out = run(dir.path(), &["migrate"]);
+    assert!(
+        stdout(&out).contains("applied 0 migration(s)"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn check_passes_then_names_corrupted_pages() {
+    let dir = tempdir();
+    init(dir.path());
+    let out = run(dir.path(), &["check"]);
+    assert!(out.status.success(), "{} {}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("ok    cipher_integrity"));
+
+    // Random bytes over the middle of the last page.
+    let db = dir.path().join("statevault.db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    let mut file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    file.seek(SeekFrom::Start(len - 2048)).unwrap();
+    file.write_all(&[0xA5; 512]).unwrap();
+    drop(file);
+
+    let out = run(dir.path(), &["check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("FAIL  cipher_integrity"), "{text}");
+    let page = len / 4096;
+    assert!(
+        text.contains(&format!("page {page}")),
+        "names the page: {text}"
+    );
+    assert!(
+        stderr(&out).starts_with("error: check failed"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn fifty_runs_exit_cleanly() {
+    let dir = tempdir();
+    init(dir.path());
+    for i in 0..50 {
+        let out = run(dir.path(), &["info", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "run {i}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn bench_quick_reports_open_ms_and_leaves_no_files() {
+    let dir = tempdir();
+    let out = run(dir.path(), &["bench", "--quick", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["open_ms"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        report["open_ms_rusqlite"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(report["workloads"].is_object(), "{report}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "bench writes nothing in the current directory"
+    );
+}

@@ -1,0 +1,153 @@
+//! Shared by the integration tests: temporary vaults, the CLI, and the
+//! external tools (which skip loudly when missing, and fail under
+//! `STATEVAULT_REQUIRE_TOOLS=1`, as in CI).
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use statevault::{FakeClock, Vault, VaultOptions};
+
+/// A fresh temporary directory (removed on drop).
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+/// Options for `dir/name` with a fake clock the test keeps a clone of.
+pub fn options(dir: &Path, name: &str) -> (VaultOptions, FakeClock) {
+    let clock = FakeClock::default();
+    (
+        VaultOptions::new(dir.join(name)).clock(clock.clone()),
+        clock,
+    )
+}
+
+/// A new encrypted vault (raw key in `<db>.key`) in `dir`, with a fake clock.
+pub async fn vault(dir: &Path) -> (Vault, FakeClock) {
+    let (options, clock) = options(dir, "vault.db");
+    (Vault::open(options).await.expect("open vault"), clock)
+}
+
+/// The `statevault` binary, run in `cwd` with no key or path from the
+/// environment unless the test sets them.
+pub fn cli(cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_statevault"));
+    cmd.current_dir(cwd)
+        .env_remove("STATEVAULT_KEY")
+        .env_remove("STATEVAULT_DB")
+        .env_remove("RUST_BACKTRACE");
+    cmd
+}
+
+/// Runs the CLI with `args` in `cwd`.
+pub fn run(cwd: &Path, args: &[&str]) -> Output {
+    cli(cwd).args(args).output().expect("run statevault")
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts the CLI failed the way every failure must look: non-zero exit,
+/// exactly one stderr line, starting `error:`, no panic or backtrace.
+pub fn assert_one_error_line(out: &Output) -> String {
+    let err = stderr(out);
+    assert!(
+        !out.status.success(),
+        "expected failure, stdout: {}",
+        stdout(out)
+    );
+    assert_eq!(err.lines().count(), 1, "one line on stderr, got: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+fn tools_required() -> bool {
+    std::env::var("STATEVAULT_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
+}
+
+/// `Some(path)` of an external program on PATH, or `None` after saying
+/// loudly that the test is skipped; under STATEVAULT_REQUIRE_TOOLS=1 a
+/// missing tool fails the test instead.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        missing(name, "not on PATH");
+    }
+    found
+}
+
+/// A Python interpreter that can `import sqlcipher3` (PyPI
+/// `sqlcipher3-binary`, SQLCipher 4): `$STATEVAULT_PYTHON`, else `python3`.
+pub fn sqlcipher_python() -> Option<PathBuf> {
+    let python = std::env::var_os("STATEVAULT_PYTHON")
+        .map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+    let ok = Command::new(&python)
+        .args(["-c", "import sqlcipher3"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        Some(python)
+    } else {
+        missing(
+            "sqlcipher3 (Python)",
+            "pip install sqlcipher3-binary, or point STATEVAULT_PYTHON at a python that has it",
+        );
+        None
+    }
+}
+
+fn missing(name: &str, how: &str) {
+    let message = format!("external tool {name} is missing ({how})");
+    if tools_required() {
+        panic!("{message}, and STATEVAULT_REQUIRE_TOOLS=1");
+    }
+    // Straight to the stderr handle: libtest captures `eprintln!` of passing
+    // tests, and a skip must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED: {message}; this test did not run ***\n"
+    );
+}
+
+/// The key file's text (`x'<hex>'`), for external clients.
+pub fn key_text(db: &Path) -> String {
+    std::fs::read_to_string(statevault::default_key_file(db))
+        .expect("key file")
+        .trim()
+        .to_owned()
+}
+
+/// Opens the file with rusqlite and the vault's key, bypassing statevault:
+/// what an attacker or a careless operator with the key could do.
+pub fn raw_connection(db: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(db).expect("open raw");
+    conn.execute_batch(&format!("PRAGMA key = \"{}\";", key_text(db)))
+        .expect("key");
+    conn
+}
+
+pub fn file_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+pub fn chmod_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
