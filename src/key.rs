@@ -140,6 +140,14 @@ impl Key {
         matches!(self.0, Material::Raw(_))
     }
 
+    /// The 32 bytes of a raw key; `None` for a passphrase.
+    pub(crate) fn raw_bytes(&self) -> Option<Zeroizing<[u8; 32]>> {
+        match &self.0 {
+            Material::Raw(bytes) => Some(bytes.clone()),
+            Material::Passphrase(_) => None,
+        }
+    }
+
     /// The key-file text, which is also what `sqlite3_key_v2` takes.
     fn to_text(&self) -> Zeroizing<String> {
         match &self.0 {
@@ -147,10 +155,7 @@ impl Key {
             Material::Raw(bytes) => {
                 let mut text = Zeroizing::new(String::with_capacity(67));
                 text.push_str("x'");
-                for b in bytes.iter() {
-                    text.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-                    text.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
-                }
+                text.push_str(&hex(bytes.as_slice()));
                 text.push('\'');
                 text
             }
@@ -176,6 +181,16 @@ impl Key {
             Err(rc)
         }
     }
+}
+
+/// Lower-case hex digits of `bytes`, in a buffer wiped on drop.
+pub(crate) fn hex(bytes: &[u8]) -> Zeroizing<String> {
+    let mut text = Zeroizing::new(String::with_capacity(bytes.len() * 2));
+    for b in bytes {
+        text.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+        text.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+    }
+    text
 }
 
 impl fmt::Debug for Key {

@@ -3,11 +3,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef};
+use zeroize::Zeroizing;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::key::{Key, KeySource};
@@ -209,6 +210,9 @@ pub struct Vault {
 struct Inner {
     store: Store,
     clock: Arc<dyn Clock>,
+    /// The secret behind [`Vault::keyed_hash`], from `vault_meta`
+    /// (`hash_salt`); set once the schema exists.
+    hash_salt: OnceLock<Zeroizing<[u8; 32]>>,
 }
 
 impl Vault {
@@ -225,6 +229,7 @@ impl Vault {
             inner: Arc::new(Inner {
                 store,
                 clock: options.clock,
+                hash_salt: OnceLock::new(),
             }),
         };
         if let Err(e) = vault.finish_open(options.migrate).await {
@@ -241,6 +246,19 @@ impl Vault {
         if self.meta("created_at")?.is_none() && !self.store().applied()?.pending() {
             self.record_creation().await?;
         }
+        self.load_hash_salt()
+    }
+
+    /// Loads the keyed-hash secret; a file created or adopted by this build
+    /// has one from [`Vault::record_creation`].
+    fn load_hash_salt(&self) -> Result<()> {
+        if let Some(hex) = self.meta("hash_salt")? {
+            let key = Key::parse(&format!("x'{hex}'"))?;
+            let salt = key
+                .raw_bytes()
+                .ok_or_else(|| Error::invalid("hash_salt", "not 32 bytes of hex"))?;
+            let _ = self.inner.hash_salt.set(salt);
+        }
         Ok(())
     }
 
@@ -255,6 +273,18 @@ impl Vault {
              ON CONFLICT (key) DO NOTHING",
             now,
             created_by,
+        )
+        .execute(&mut *tx)
+        .await?;
+        let salt = Key::generate()?
+            .raw_bytes()
+            .map(|bytes| crate::key::hex(bytes.as_slice()))
+            .ok_or_else(|| Error::invalid("hash_salt", "generated key is not raw"))?;
+        sqlx::query!(
+            "INSERT INTO vault_meta (key, value, updated_at) VALUES ('hash_salt', ?1, ?2)
+             ON CONFLICT (key) DO NOTHING",
+            *salt,
+            now,
         )
         .execute(&mut *tx)
         .await?;
@@ -294,6 +324,40 @@ impl Vault {
         self.store().encrypted()
     }
 
+    /// A keyed hash (HMAC-SHA256 under a secret random salt kept in the
+    /// encrypted file) of a value that identifies a person, such as an IP
+    /// address or a user agent. Equal inputs give equal hashes within one
+    /// vault, so they can be compared and counted; without the salt they
+    /// cannot be reversed by hashing guesses. `domain` separates uses
+    /// (`"ip"`, `"user_agent"`, …).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> statevault::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let vault = statevault::Vault::open(statevault::VaultOptions::new(dir.path().join("v.db"))).await?;
+    /// let a = vault.keyed_hash("ip", b"203.0.113.7")?;
+    /// assert_eq!(a, vault.keyed_hash("ip", b"203.0.113.7")?);
+    /// assert_ne!(a, vault.keyed_hash("user_agent", b"203.0.113.7")?);
+    /// # vault.close().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn keyed_hash(&self, domain: &str, value: &[u8]) -> Result<[u8; 32]> {
+        use hmac::{KeyInit, Mac};
+        let salt = self
+            .inner
+            .hash_salt
+            .get()
+            .ok_or_else(|| Error::invalid("vault", "not migrated yet: no hash salt"))?;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(salt.as_slice())
+            .map_err(|_| Error::invalid("hash_salt", "rejected by HMAC"))?;
+        mac.update(domain.as_bytes());
+        mac.update(&[0]);
+        mac.update(value);
+        Ok(mac.finalize().into_bytes().into())
+    }
+
     /// The vault's clock, as every facet reads it.
     pub fn clock(&self) -> &dyn Clock {
         self.inner.clock.as_ref()
@@ -315,7 +379,7 @@ impl Vault {
         if self.meta("created_at")?.is_none() {
             self.record_creation().await?;
         }
-        Ok(())
+        self.load_hash_salt()
     }
 
     /// What the file is: size, encryption, journal mode, schema, rows per table.

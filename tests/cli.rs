@@ -152,7 +152,7 @@ fn sql_prints_rows_and_refuses_writes() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(rows.len(), 3);
+    assert_eq!(rows.len(), 4);
     assert_eq!(rows[0]["key"], "created_at");
     assert_eq!(rows[0]["len"], 24);
 
@@ -166,7 +166,7 @@ fn sql_prints_rows_and_refuses_writes() {
         dir.path(),
         &["sql", "--json", "SELECT count(*) AS n FROM vault_meta"],
     ));
-    assert!(n.contains("\"n\": 3"), "{n}");
+    assert!(n.contains("\"n\": 4"), "{n}");
 }
 
 #[test]

@@ -103,7 +103,7 @@ for t in tables:
             "{table} unread: {text}"
         );
     }
-    assert!(text.contains("table vault_meta 3"), "{text}");
+    assert!(text.contains("table vault_meta 4"), "{text}");
 }
 
 #[test]

@@ -391,7 +391,7 @@ async fn read_only_sql_cannot_write() {
         .unwrap_err();
     assert!(err.to_string().contains("readonly"), "{err}");
     let n = scalar(&vault, "SELECT count(*) FROM vault_meta").await;
-    assert_eq!(n, 3);
+    assert_eq!(n, 4);
     vault.close().await.unwrap();
 }
 
