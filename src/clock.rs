@@ -107,6 +107,19 @@ impl From<DateTime<Utc>> for Timestamp {
     }
 }
 
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_rfc3339())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Timestamp::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl sqlx::Type<sqlx::Sqlite> for Timestamp {
     fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
         <String as sqlx::Type<sqlx::Sqlite>>::type_info()
@@ -231,6 +244,14 @@ mod tests {
         assert_eq!(Timestamp::from_millis(i64::MIN), Timestamp::MIN);
         let t = Timestamp::from_millis(5);
         assert_eq!(t.duration_since(Timestamp::from_millis(10)), Duration::ZERO);
+    }
+
+    #[test]
+    fn serde_uses_the_text_form() {
+        let t = Timestamp::from_millis(1_767_225_600_123);
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(json, "\"2026-01-01T00:00:00.123Z\"");
+        assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
     }
 
     #[test]

@@ -127,6 +127,22 @@ pub enum Error {
         reason: String,
     },
 
+    /// Creating a session would pass the per-user cap, and the policy is to refuse.
+    #[error("user {user_id} already has {max} live sessions (the limit)")]
+    SessionLimit {
+        /// The user.
+        user_id: String,
+        /// The cap (`SessionConfig::max_per_user`).
+        max: usize,
+    },
+
+    /// The operation needs a live session and the token is not one.
+    #[error("not a live session: {reason}")]
+    SessionNotValid {
+        /// Why: unknown token, expired, revoked, device fingerprint mismatch, …
+        reason: &'static str,
+    },
+
     /// The vault was closed; open it again to use it.
     #[error("the vault is closed")]
     Closed,

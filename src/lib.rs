@@ -11,6 +11,8 @@
 //!   `sqlite3_key_v2`), pragmas, WAL, the one sqlx writer, the sqlx read
 //!   pool, the rusqlite hot-path readers, migrations. Its module docs explain
 //!   which driver does what and why.
+//! - [`sessions`](crate::Sessions): bearer-token sessions: create, validate
+//!   on the caller's thread, rotate, revoke, cap per user, CSRF, typed data.
 //! - [`clock`](crate::Clock): time, injected; every facet reads the vault's clock.
 //! - [`key`](crate::Key): keys and where they come from; zeroized, never shown.
 //! - [`error`](crate::Error): the one error type.
@@ -37,11 +39,16 @@
 mod clock;
 mod error;
 mod key;
+mod sessions;
 mod store;
 mod vault;
 
 pub use clock::{Clock, FakeClock, SystemClock, Timestamp};
 pub use error::{Error, Result};
 pub use key::{KEY_ENV, Key, KeySource, default_key_file};
+pub use sessions::{
+    ExpiryReason, IssuedSession, NewSession, Secret, Session, SessionConfig, Sessions, Validation,
+    WhenFull,
+};
 pub use store::{Check, CheckReport, MigrationStatus, Synchronous};
 pub use vault::{DB_ENV, DEFAULT_DB, Info, Rows, Vault, VaultOptions};

@@ -3,15 +3,18 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::key::{Key, KeySource};
+use crate::sessions::{self, SessionConfig, Sessions};
 use crate::store::{self, CheckReport, MigrationStatus, OpenSpec, Store, Synchronous};
 use crate::{Error, Result};
 
@@ -31,14 +34,17 @@ pub struct VaultOptions {
     readers: usize,
     cache_bytes: u64,
     busy_timeout: Duration,
+    flush_interval: Duration,
     clock: Arc<dyn Clock>,
+    sessions: SessionConfig,
 }
 
 impl VaultOptions {
     /// Options for the database at `path`: key from [`KeySource::Auto`],
     /// created (with its key file) if missing, migrated on open,
     /// `synchronous=NORMAL`, 4 readers, a 64 MiB page cache per connection, a
-    /// 5 s busy timeout, the system clock.
+    /// 5 s busy timeout, buffered writes flushed every second, the system
+    /// clock, and each facet's default configuration.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         VaultOptions {
             path: path.into(),
@@ -49,7 +55,9 @@ impl VaultOptions {
             readers: 4,
             cache_bytes: 64 << 20,
             busy_timeout: Duration::from_secs(5),
+            flush_interval: Duration::from_secs(1),
             clock: Arc::new(SystemClock),
+            sessions: SessionConfig::default(),
         }
     }
 
@@ -121,6 +129,21 @@ impl VaultOptions {
         self
     }
 
+    /// How often buffered writes (last-seen touches, …) are written to the
+    /// file by the vault's background task (10 ms – 1 h, default 1 s). A
+    /// crash loses at most this much of them; [`Vault::close`] and
+    /// [`Vault::flush`] write them at once.
+    pub fn flush_interval(mut self, every: Duration) -> Self {
+        self.flush_interval = every;
+        self
+    }
+
+    /// How sessions behave (default [`SessionConfig::default`]).
+    pub fn sessions(mut self, config: SessionConfig) -> Self {
+        self.sessions = config;
+        self
+    }
+
     /// The clock every facet reads (default [`SystemClock`]).
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
@@ -163,7 +186,13 @@ impl VaultOptions {
         if self.path.as_os_str().is_empty() {
             return Err(Error::invalid("path", "empty"));
         }
-        Ok(())
+        if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&self.flush_interval) {
+            return Err(Error::invalid(
+                "flush_interval",
+                "not between 10 ms and 1 h",
+            ));
+        }
+        self.sessions.validate()
     }
 }
 
@@ -178,6 +207,8 @@ impl fmt::Debug for VaultOptions {
             .field("readers", &self.readers)
             .field("cache_bytes", &self.cache_bytes)
             .field("busy_timeout", &self.busy_timeout)
+            .field("flush_interval", &self.flush_interval)
+            .field("sessions", &self.sessions)
             .finish_non_exhaustive()
     }
 }
@@ -213,6 +244,19 @@ struct Inner {
     /// The secret behind [`Vault::keyed_hash`], from `vault_meta`
     /// (`hash_salt`); set once the schema exists.
     hash_salt: OnceLock<Zeroizing<[u8; 32]>>,
+    sessions: sessions::State,
+    /// Wakes the background flusher to stop it. A permit is stored when the
+    /// task is busy, so the signal is never lost.
+    shutdown: Arc<Notify>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    /// Dropping the last handle only signals the background task; `close()`
+    /// is what waits for it and writes what is buffered.
+    fn drop(&mut self) {
+        self.shutdown.notify_one();
+    }
 }
 
 impl Vault {
@@ -230,13 +274,37 @@ impl Vault {
                 store,
                 clock: options.clock,
                 hash_salt: OnceLock::new(),
+                sessions: sessions::State::new(options.sessions),
+                shutdown: Arc::new(Notify::new()),
+                flusher: Mutex::new(None),
             }),
         };
         if let Err(e) = vault.finish_open(options.migrate).await {
             vault.close().await?;
             return Err(e);
         }
+        vault.spawn_flusher(options.flush_interval);
         Ok(vault)
+    }
+
+    /// Starts the task that writes buffered state every `every`. It holds
+    /// only a weak reference, so it never keeps a dropped vault alive.
+    fn spawn_flusher(&self, every: Duration) {
+        let weak = Arc::downgrade(&self.inner);
+        let shutdown = self.inner.shutdown.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.notified() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                if let Err(e) = (Vault { inner }).flush().await {
+                    tracing::warn!(error = %e, "background flush failed; the writes stay buffered");
+                }
+            }
+        });
+        *lock(&self.inner.flusher) = Some(task);
     }
 
     async fn finish_open(&self, migrate: bool) -> Result<()> {
@@ -312,6 +380,19 @@ impl Vault {
 
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Sessions: create, validate, rotate, revoke, list.
+    pub fn sessions(&self) -> Sessions<'_> {
+        Sessions::new(self, &self.inner.sessions)
+    }
+
+    /// Writes every facet's buffered state now, in as few transactions as it
+    /// takes (one per facet). The background task does this every
+    /// `flush_interval`; call it when you need the file to have everything,
+    /// for instance before another process reads it.
+    pub async fn flush(&self) -> Result<()> {
+        self.sessions().flush().await
     }
 
     /// The database file.
@@ -472,12 +553,31 @@ impl Vault {
         Ok(Rows { columns, rows })
     }
 
-    /// Flushes what is buffered and closes every connection. Later calls on
-    /// this handle or its clones fail with [`Error::Closed`]. Idempotent.
+    /// Stops the background task, writes what is buffered, and closes every
+    /// connection. Later calls on this handle or its clones fail with
+    /// [`Error::Closed`]. Idempotent. If the final write fails, the
+    /// connections are closed all the same and the error is returned.
     pub async fn close(&self) -> Result<()> {
+        self.inner.shutdown.notify_one();
+        let task = lock(&self.inner.flusher).take();
+        if let Some(task) = task {
+            // The task ends at the signal; a panic in it is already logged.
+            let _ = task.await;
+        }
+        let flushed = if self.store().reader().is_closed() {
+            Ok(())
+        } else {
+            self.flush().await
+        };
         self.store().close().await;
-        Ok(())
+        flushed
     }
+}
+
+/// Locks a std mutex, ignoring poisoning: the data it guards stays valid
+/// whatever a panicking holder was doing.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl fmt::Debug for Vault {

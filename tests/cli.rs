@@ -242,10 +242,77 @@ fn bench_quick_reports_open_ms_and_leaves_no_files() {
         report["open_ms_rusqlite"].as_f64().unwrap() > 0.0,
         "{report}"
     );
-    assert!(report["workloads"].is_object(), "{report}");
+    for workload in ["session_create", "session_validate"] {
+        let w = &report["workloads"][workload];
+        assert!(
+            w["ops_per_sec"].as_f64().unwrap() > 0.0,
+            "{workload}: {report}"
+        );
+        assert!(
+            w["baseline_ops_per_sec"].as_f64().unwrap() > 0.0,
+            "{workload}: {report}"
+        );
+    }
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         0,
         "bench writes nothing in the current directory"
     );
+}
+
+#[test]
+fn session_commands_list_and_revoke() {
+    let dir = tempdir();
+    init(dir.path());
+    let db = dir.path().join("statevault.db");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tokens = rt.block_on(async {
+        let vault = statevault::Vault::open(statevault::VaultOptions::new(&db))
+            .await
+            .unwrap();
+        let mut tokens = Vec::new();
+        for user in ["ann", "ann", "ben"] {
+            let issued = vault
+                .sessions()
+                .create(statevault::NewSession::new(user))
+                .await
+                .unwrap();
+            tokens.push((issued.id, issued.token));
+        }
+        vault.close().await.unwrap();
+        tokens
+    });
+
+    let out = run(dir.path(), &["session", "list", "ann", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0]["id"], tokens[0].0.as_str());
+    let text = stdout(&out);
+    assert!(
+        !text.contains(tokens[0].1.expose()),
+        "tokens are never listed"
+    );
+
+    let out = run(dir.path(), &["session", "revoke", &tokens[0].0]);
+    assert!(stdout(&out).contains("revoked session"), "{}", stdout(&out));
+    let out = run(dir.path(), &["session", "revoke", "--user", "ann"]);
+    assert!(
+        stdout(&out).contains("revoked 1 session(s) of ann"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(dir.path(), &["session", "list", "ann"]);
+    assert!(
+        stdout(&out).contains("ann has no live sessions"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(dir.path(), &["session", "list", "ben"]);
+    assert!(stdout(&out).contains(&tokens[2].0), "{}", stdout(&out));
+    let out = run(dir.path(), &["session", "revoke"]);
+    assert_eq!(out.status.code(), Some(2), "an id or --user is required");
 }

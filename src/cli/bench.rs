@@ -82,13 +82,28 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     })
     .await?;
 
+    let budget = if args.quick {
+        Budget::QUICK
+    } else {
+        Budget::FULL
+    };
+    let mut workloads = serde_json::Map::new();
+    workloads.insert(
+        "session_create".into(),
+        super::bench_sessions::create(dir.path(), budget).await?,
+    );
+    workloads.insert(
+        "session_validate".into(),
+        super::bench_sessions::validate(dir.path(), budget).await?,
+    );
+
     let report = Report {
         open_ms,
         open_ms_rusqlite,
         open_ratio: open_ms_rusqlite / open_ms,
         open_ms_passphrase,
         runs,
-        workloads: serde_json::Map::new(),
+        workloads,
         machine: machine(sqlcipher),
     };
     if args.json {
@@ -108,26 +123,93 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             report.open_ms_passphrase
         );
         println!("medians of {runs} runs");
+        println!();
+        println!(
+            "{:<20} {:>12} {:>14} {:>6}  baseline (same run)",
+            "workload", "ops/s", "baseline ops/s", "ratio"
+        );
+        for (name, w) in &report.workloads {
+            let number = |key: &str| {
+                w.get(key)
+                    .and_then(serde_json::Value::as_f64)
+                    .unwrap_or(f64::NAN)
+            };
+            let baseline = w
+                .get("baseline")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            println!(
+                "{name:<20} {:>12.0} {:>14.0} {:>6.2}  {baseline}",
+                number("ops_per_sec"),
+                number("baseline_ops_per_sec"),
+                number("ratio"),
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The physical limit for opening: rusqlite, same file, same key, same setup.
 fn rusqlite_open(path: &Path) -> Result<Duration> {
-    let key_text = std::fs::read_to_string(default_key_file(path)).map_err(|source| Error::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let key = key_text(path)?;
     let started = Instant::now();
     let conn = rusqlite::Connection::open(path)?;
     conn.execute_batch(&format!(
-        "PRAGMA key = \"{}\"; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
-        key_text.trim()
+        "PRAGMA key = \"{key}\"; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
     ))?;
     conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
     let took = started.elapsed();
     drop(conn);
     Ok(took)
+}
+
+fn key_text(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(default_key_file(path)).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text.trim().to_owned())
+}
+
+/// A rusqlite connection to a bench vault set up like statevault's own:
+/// same key, WAL, `synchronous=NORMAL`, 64 MiB page cache. The baseline
+/// each workload is compared with.
+pub fn raw_connection(path: &Path) -> Result<rusqlite::Connection> {
+    let key = key_text(path)?;
+    let conn = rusqlite::Connection::open(path)?;
+    conn.execute_batch(&format!(
+        "PRAGMA key = \"{key}\"; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+         PRAGMA cache_size = -65536; PRAGMA foreign_keys = ON;"
+    ))?;
+    Ok(conn)
+}
+
+/// How long a workload runs: until `seconds` pass or `max_ops` are done.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    seconds: f64,
+    max_ops: u64,
+}
+
+impl Budget {
+    const FULL: Budget = Budget {
+        seconds: 3.0,
+        max_ops: 10_000_000,
+    };
+    const QUICK: Budget = Budget {
+        seconds: 0.3,
+        max_ops: 1_000_000,
+    };
+
+    /// Whether a run that started at `started` and did `ops` should stop.
+    pub fn spent(&self, started: Instant, ops: u64) -> bool {
+        ops >= self.max_ops || started.elapsed().as_secs_f64() >= self.seconds
+    }
+}
+
+/// Operations per second.
+pub fn per_sec(ops: u64, took: Duration) -> f64 {
+    ops as f64 / took.as_secs_f64().max(1e-9)
 }
 
 async fn median_ms(runs: usize, mut once: impl AsyncFnMut() -> Result<Duration>) -> Result<f64> {

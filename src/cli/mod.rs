@@ -6,6 +6,8 @@
 
 mod admin;
 mod bench;
+mod bench_sessions;
+mod session;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +70,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sessions: list a user's, revoke one or all of a user's.
+    #[command(subcommand)]
+    Session(session::Command),
     /// The standard workloads, in a temporary directory (never touches --db).
     Bench(bench::Args),
 }
@@ -133,6 +138,7 @@ async fn dispatch(vault: &Vault, command: Command) -> Result<ExitCode> {
         Command::Migrate { status } => admin::migrate(vault, status).await,
         Command::Info { json } => admin::info(vault, json).await,
         Command::Sql { query, json } => admin::sql(vault, &query, json).await,
+        Command::Session(command) => session::run(vault, command).await,
         Command::Init | Command::Check { .. } | Command::Bench(_) => {
             unreachable!("handled before the vault is opened")
         }

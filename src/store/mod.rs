@@ -94,6 +94,12 @@ impl Store {
         self.settings.key.is_some()
     }
 
+    /// The single writer, for one-statement writes (each its own transaction).
+    /// Several statements go through [`Store::begin_write`].
+    pub(crate) fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
     /// The sqlx read pool (`query_only`), for scans and admin queries.
     pub(crate) fn reader(&self) -> &SqlitePool {
         &self.reader
