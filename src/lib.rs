@@ -46,6 +46,8 @@ mod vault;
 pub use clock::{Clock, FakeClock, SystemClock, Timestamp};
 pub use error::{Error, Result};
 pub use key::{KEY_ENV, Key, KeySource, default_key_file};
+#[cfg(feature = "tower-sessions")]
+pub use sessions::TowerSessionStore;
 pub use sessions::{
     ExpiryReason, IssuedSession, NewSession, Secret, Session, SessionConfig, Sessions, Validation,
     WhenFull,

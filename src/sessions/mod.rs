@@ -45,6 +45,11 @@ use crate::clock::Timestamp;
 use crate::vault::{Vault, lock};
 use crate::{Error, Result};
 
+#[cfg(feature = "tower-sessions")]
+mod tower;
+#[cfg(feature = "tower-sessions")]
+pub use tower::TowerSessionStore;
+
 /// How sessions behave. Every field has a default; change the ones you need:
 ///
 /// ```
@@ -541,7 +546,7 @@ impl State {
     }
 
     /// Forgets rows whose tokens changed; called after the change committed.
-    fn forget(&self, hashes: &[[u8; 32]]) {
+    pub(crate) fn forget(&self, hashes: &[[u8; 32]]) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         for hash in hashes {
             if let Some(shard) = self.shard(hash) {
@@ -578,7 +583,7 @@ impl State {
 /// ```
 pub struct Sessions<'a> {
     vault: &'a Vault,
-    state: &'a State,
+    pub(crate) state: &'a State,
 }
 
 impl<'a> Sessions<'a> {
@@ -1087,6 +1092,76 @@ fn token_hashes(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<[u8; 32]>> {
             Ok(bytes.try_into().unwrap_or([0; 32]))
         })
         .collect()
+}
+
+/// A tower-sessions record as a row (see `tower.rs`).
+#[cfg(feature = "tower-sessions")]
+struct TowerRecord {
+    id: String,
+    token_hash: [u8; 32],
+    user_id: String,
+    data: String,
+    now: Timestamp,
+    expires_at: Timestamp,
+}
+
+/// Inserts a tower-sessions record, or (`replace`) updates the one with the
+/// same token hash. Without `replace`, returns false if the hash is taken.
+/// The row's idle timeout and rotation are pushed out of the way:
+/// tower-sessions moves `expires_at` itself.
+#[cfg(feature = "tower-sessions")]
+async fn sql_store_tower_record(vault: &Vault, r: TowerRecord, replace: bool) -> Result<bool> {
+    let conflict = if replace {
+        "ON CONFLICT (token_hash) DO UPDATE SET data = excluded.data, user_id = excluded.user_id,
+             expires_at = excluded.expires_at, rotation_due_at = excluded.rotation_due_at,
+             last_seen_at = excluded.last_seen_at"
+    } else {
+        "ON CONFLICT (token_hash) DO NOTHING"
+    };
+    let sql = format!(
+        "INSERT INTO sessions (id, token_hash, csrf_hash, user_id, data, created_at, last_seen_at,
+             idle_timeout_secs, expires_at, rotation_due_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?8) {conflict}"
+    );
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&r.id)
+        .bind(&r.token_hash[..])
+        .bind(&sha256(&r.token_hash)[..])
+        .bind(&r.user_id)
+        .bind(&r.data)
+        .bind(r.now)
+        .bind(i64::try_from(TEN_YEARS.as_secs()).unwrap_or(i64::MAX))
+        .bind(r.expires_at)
+        .execute(vault.store().writer())
+        .await
+        .map_err(crate::store::closed_or)?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// A live tower-sessions record's data and expiry, on the caller's thread.
+#[cfg(feature = "tower-sessions")]
+fn sql_load_tower_record(
+    vault: &Vault,
+    token_hash: &[u8; 32],
+    now: Timestamp,
+) -> Result<Option<(String, Timestamp)>> {
+    vault.store().read(|conn| {
+        let mut stmt = conn.prepare_cached(
+            "SELECT data, expires_at FROM sessions WHERE token_hash = ?1 AND revoked_at IS NULL AND expires_at > ?2",
+        )?;
+        let mut rows = stmt.query(rusqlite::params![&token_hash[..], now])?;
+        rows.next()?.map(|row| Ok((row.get(0)?, row.get(1)?))).transpose()
+    })
+}
+
+#[cfg(feature = "tower-sessions")]
+async fn sql_delete_by_token_hash(vault: &Vault, token_hash: &[u8; 32]) -> Result<()> {
+    sqlx::query("DELETE FROM sessions WHERE token_hash = ?1")
+        .bind(&token_hash[..])
+        .execute(vault.store().writer())
+        .await
+        .map_err(crate::store::closed_or)?;
+    Ok(())
 }
 
 fn check_user(user_id: &str) -> Result<()> {
