@@ -143,6 +143,15 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A preferences document or patch does not fit the defaults' schema.
+    #[error("invalid preference {field}: {reason}")]
+    InvalidPreference {
+        /// The field's path (`search_defaults.limit`); empty for the whole document.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The vault was closed; open it again to use it.
     #[error("the vault is closed")]
     Closed,

@@ -13,6 +13,10 @@
 //!   which driver does what and why.
 //! - [`sessions`](crate::Sessions): bearer-token sessions: create, validate
 //!   on the caller's thread, rotate, revoke, cap per user, CSRF, typed data.
+//! - [`audit`](crate::Audit): the hash-chained audit log, verifiable after
+//!   erasure and retention.
+//! - [`preferences`](crate::Preferences): per-user JSON over application
+//!   defaults, merge-patched, type-checked, upgraded on read.
 //! - [`clock`](crate::Clock): time, injected; every facet reads the vault's clock.
 //! - [`key`](crate::Key): keys and where they come from; zeroized, never shown.
 //! - [`error`](crate::Error): the one error type.
@@ -36,21 +40,30 @@
 //! # }
 //! ```
 
+mod audit;
 mod clock;
 mod error;
 mod key;
+mod prefs;
 mod sessions;
 mod store;
+mod users;
 mod vault;
 
+pub use audit::{
+    Audit, AuditConfig, AuditEvent, AuditQuery, BrokenLink, ChainReport, EventKind, GdprCategory,
+    StoredEvent,
+};
 pub use clock::{Clock, FakeClock, SystemClock, Timestamp};
 pub use error::{Error, Result};
 pub use key::{KEY_ENV, Key, KeySource, default_key_file};
+pub use prefs::{Preferences, PreferencesConfig, StoredPreferences, Upgrade, merge_patch};
 #[cfg(feature = "tower-sessions")]
 pub use sessions::TowerSessionStore;
 pub use sessions::{
-    ExpiryReason, IssuedSession, NewSession, Secret, Session, SessionConfig, Sessions, Validation,
-    WhenFull,
+    ExpiryReason, ExportedSession, IssuedSession, NewSession, Secret, Session, SessionConfig,
+    Sessions, Validation, WhenFull,
 };
 pub use store::{Check, CheckReport, MigrationStatus, Synchronous};
+pub use users::{ErasureReport, UserExport};
 pub use vault::{DB_ENV, DEFAULT_DB, Info, Rows, Vault, VaultOptions};

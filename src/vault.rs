@@ -12,8 +12,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
+use crate::audit::{self, Audit, AuditConfig};
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::key::{Key, KeySource};
+use crate::prefs::{Preferences, PreferencesConfig};
 use crate::sessions::{self, SessionConfig, Sessions};
 use crate::store::{self, CheckReport, MigrationStatus, OpenSpec, Store, Synchronous};
 use crate::{Error, Result};
@@ -37,6 +39,8 @@ pub struct VaultOptions {
     flush_interval: Duration,
     clock: Arc<dyn Clock>,
     sessions: SessionConfig,
+    audit: AuditConfig,
+    preferences: PreferencesConfig,
 }
 
 impl VaultOptions {
@@ -58,6 +62,8 @@ impl VaultOptions {
             flush_interval: Duration::from_secs(1),
             clock: Arc::new(SystemClock),
             sessions: SessionConfig::default(),
+            audit: AuditConfig::default(),
+            preferences: PreferencesConfig::default(),
         }
     }
 
@@ -144,6 +150,19 @@ impl VaultOptions {
         self
     }
 
+    /// The audit log's retention and limits (default [`AuditConfig::default`]).
+    pub fn audit(mut self, config: AuditConfig) -> Self {
+        self.audit = config;
+        self
+    }
+
+    /// The application's preference defaults, schema version and upgrades
+    /// (default: no defaults, any keys).
+    pub fn preferences(mut self, config: PreferencesConfig) -> Self {
+        self.preferences = config;
+        self
+    }
+
     /// The clock every facet reads (default [`SystemClock`]).
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
@@ -192,7 +211,9 @@ impl VaultOptions {
                 "not between 10 ms and 1 h",
             ));
         }
-        self.sessions.validate()
+        self.sessions.validate()?;
+        self.audit.validate()?;
+        self.preferences.validate()
     }
 }
 
@@ -209,6 +230,8 @@ impl fmt::Debug for VaultOptions {
             .field("busy_timeout", &self.busy_timeout)
             .field("flush_interval", &self.flush_interval)
             .field("sessions", &self.sessions)
+            .field("audit", &self.audit)
+            .field("preferences", &self.preferences)
             .finish_non_exhaustive()
     }
 }
@@ -245,6 +268,8 @@ struct Inner {
     /// (`hash_salt`); set once the schema exists.
     hash_salt: OnceLock<Zeroizing<[u8; 32]>>,
     sessions: sessions::State,
+    audit: audit::State,
+    preferences: PreferencesConfig,
     /// Wakes the background flusher to stop it. A permit is stored when the
     /// task is busy, so the signal is never lost.
     shutdown: Arc<Notify>,
@@ -275,6 +300,8 @@ impl Vault {
                 clock: options.clock,
                 hash_salt: OnceLock::new(),
                 sessions: sessions::State::new(options.sessions),
+                audit: audit::State::new(options.audit),
+                preferences: options.preferences,
                 shutdown: Arc::new(Notify::new()),
                 flusher: Mutex::new(None),
             }),
@@ -387,12 +414,24 @@ impl Vault {
         Sessions::new(self, &self.inner.sessions)
     }
 
+    /// The audit log: append, query, verify the chain.
+    pub fn audit(&self) -> Audit<'_> {
+        Audit::new(self, &self.inner.audit)
+    }
+
+    /// Preferences: per-user JSON merged over the application's defaults.
+    pub fn preferences(&self) -> Preferences<'_> {
+        Preferences::new(self, &self.inner.preferences)
+    }
+
     /// Writes every facet's buffered state now, in as few transactions as it
     /// takes (one per facet). The background task does this every
     /// `flush_interval`; call it when you need the file to have everything,
     /// for instance before another process reads it.
     pub async fn flush(&self) -> Result<()> {
-        self.sessions().flush().await
+        let sessions = self.sessions().flush().await;
+        let audit = self.audit().flush().await;
+        sessions.and(audit)
     }
 
     /// The database file.

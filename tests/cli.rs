@@ -242,7 +242,7 @@ fn bench_quick_reports_open_ms_and_leaves_no_files() {
         report["open_ms_rusqlite"].as_f64().unwrap() > 0.0,
         "{report}"
     );
-    for workload in ["session_create", "session_validate"] {
+    for workload in ["session_create", "session_validate", "audit_append"] {
         let w = &report["workloads"][workload];
         assert!(
             w["ops_per_sec"].as_f64().unwrap() > 0.0,
@@ -315,4 +315,107 @@ fn session_commands_list_and_revoke() {
     assert!(stdout(&out).contains(&tokens[2].0), "{}", stdout(&out));
     let out = run(dir.path(), &["session", "revoke"]);
     assert_eq!(out.status.code(), Some(2), "an id or --user is required");
+}
+
+#[test]
+fn audit_prefs_and_user_commands() {
+    let dir = tempdir();
+    init(dir.path());
+    let db = dir.path().join("statevault.db");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let vault = statevault::Vault::open(statevault::VaultOptions::new(&db))
+            .await
+            .unwrap();
+        vault
+            .sessions()
+            .create(statevault::NewSession::new("ann"))
+            .await
+            .unwrap();
+        for action in ["login", "search"] {
+            let event =
+                statevault::AuditEvent::new(statevault::EventKind::Auth, action).user("ann");
+            vault.audit().append(event).unwrap();
+        }
+        vault.close().await.unwrap();
+    });
+
+    let out = run(dir.path(), &["audit", "verify"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("ok: 2 events"), "{}", stdout(&out));
+    let out = run(dir.path(), &["audit", "tail", "-n", "1", "--json"]);
+    let tail: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tail[0]["action"], "search");
+
+    let out = run(
+        dir.path(),
+        &[
+            "prefs",
+            "set",
+            "ann",
+            r#"{"theme": "dark", "page": {"size": 10}}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(dir.path(), &["prefs", "set", "ann", r#"{"page": null}"#]);
+    assert!(
+        stdout(&out).contains("\"theme\": \"dark\"") && !stdout(&out).contains("page"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(dir.path(), &["prefs", "get", "ann"]);
+    assert!(
+        stdout(&out).contains("\"schema_version\": 1"),
+        "{}",
+        stdout(&out)
+    );
+    assert_one_error_line(&run(dir.path(), &["prefs", "set", "ann", "{not json"]));
+
+    let out = run(dir.path(), &["user", "export", "ann", "--out", "ann.json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(common::file_mode(&dir.path().join("ann.json")), 0o600);
+    let export: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("ann.json")).unwrap()).unwrap();
+    assert_eq!(export["sessions"].as_array().unwrap().len(), 1);
+    assert_eq!(export["audit_events"].as_array().unwrap().len(), 2);
+
+    let out = run(dir.path(), &["user", "erase", "ann"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("sessions") && text.contains("audit_events"),
+        "{text}"
+    );
+    let out = run(dir.path(), &["check"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("ok    audit_chain"),
+        "{}",
+        stdout(&out)
+    );
+
+    // An edit through SQL breaks the chain: audit verify and check say so.
+    let conn = common::raw_connection(&db);
+    conn.execute(
+        "UPDATE audit_events SET action = 'forged' WHERE seq = 3",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let out = run(dir.path(), &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("BROKEN at event 3"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(dir.path(), &["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("FAIL  audit_chain"),
+        "{}",
+        stdout(&out)
+    );
 }

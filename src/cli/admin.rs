@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use statevault::{Result, Vault, VaultOptions, default_key_file};
+use statevault::{Check, Result, Vault, VaultOptions, default_key_file};
 
 use super::print_json;
 
@@ -144,9 +144,25 @@ pub async fn sql(vault: &Vault, query: &str, json: bool) -> Result<ExitCode> {
 }
 
 /// Checks the file without opening it as a vault, so that a file too
-/// damaged to open still gets a report naming what is wrong.
+/// damaged to open still gets a report naming what is wrong; then, if the
+/// file is sound, opens it and verifies the audit chain.
 pub async fn check(options: &VaultOptions, json: bool) -> Result<ExitCode> {
-    let report = Vault::check_file(options).await?;
+    let mut report = Vault::check_file(options).await?;
+    if report.ok() {
+        let vault = Vault::open(options.clone().create_if_missing(false).migrate(false)).await?;
+        let chain = vault.audit().verify().await;
+        vault.close().await?;
+        let chain = chain?;
+        report.checks.push(Check {
+            name: "audit_chain",
+            ok: chain.ok,
+            problems: if chain.ok {
+                Vec::new()
+            } else {
+                vec![super::audit::describe(&chain)]
+            },
+        });
+    }
     if json {
         print_json(&report)?;
     } else {

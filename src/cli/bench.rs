@@ -96,6 +96,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         "session_validate".into(),
         super::bench_sessions::validate(dir.path(), budget).await?,
     );
+    workloads.insert(
+        "audit_append".into(),
+        super::bench_audit::append(dir.path(), budget).await?,
+    );
 
     let report = Report {
         open_ms,

@@ -5,9 +5,13 @@
 //! processes with bundled SQLCipher.
 
 mod admin;
+mod audit;
 mod bench;
+mod bench_audit;
 mod bench_sessions;
+mod prefs;
 mod session;
+mod user;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +77,15 @@ enum Command {
     /// Sessions: list a user's, revoke one or all of a user's.
     #[command(subcommand)]
     Session(session::Command),
+    /// The audit log: verify the chain, show the last events.
+    #[command(subcommand)]
+    Audit(audit::Command),
+    /// A user's preferences: show or merge-patch them.
+    #[command(subcommand)]
+    Prefs(prefs::Command),
+    /// Everything about a user: export it or erase it.
+    #[command(subcommand)]
+    User(user::Command),
     /// The standard workloads, in a temporary directory (never touches --db).
     Bench(bench::Args),
 }
@@ -139,6 +152,9 @@ async fn dispatch(vault: &Vault, command: Command) -> Result<ExitCode> {
         Command::Info { json } => admin::info(vault, json).await,
         Command::Sql { query, json } => admin::sql(vault, &query, json).await,
         Command::Session(command) => session::run(vault, command).await,
+        Command::Audit(command) => audit::run(vault, command).await,
+        Command::Prefs(command) => prefs::run(vault, command).await,
+        Command::User(command) => user::run(vault, command).await,
         Command::Init | Command::Check { .. } | Command::Bench(_) => {
             unreachable!("handled before the vault is opened")
         }

@@ -365,7 +365,7 @@ pub enum ExpiryReason {
 }
 
 /// A live session. `Debug` leaves out the data (it may hold upstream tokens).
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, serde::Deserialize)]
 pub struct Session {
     /// Public id.
     pub id: String,
@@ -423,6 +423,18 @@ impl fmt::Debug for Session {
             .field("device_bound", &self.device_bound)
             .finish_non_exhaustive()
     }
+}
+
+/// A session in a user's export: everything but its token and CSRF hashes.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ExportedSession {
+    /// The session.
+    #[serde(flatten)]
+    pub session: Session,
+    /// Its data.
+    pub data: serde_json::Value,
+    /// Why it was revoked, if it was.
+    pub revoked: Option<String>,
 }
 
 /// A session as the file has it, shared by memory and validation.
@@ -990,6 +1002,47 @@ impl<'a> Sessions<'a> {
                 (now < row.idle_expires_at()).then(|| row.session(now))
             })
             .collect())
+    }
+
+    /// Every session of a user, live or not, with its data (for export).
+    pub(crate) async fn export_user(&self, user_id: &str) -> Result<Vec<ExportedSession>> {
+        let now = self.vault.now();
+        let rows = self.vault.store().read(|conn| {
+            let mut stmt = conn.prepare_cached(concat!(
+                "SELECT ",
+                row_columns!(),
+                " FROM sessions WHERE user_id = ?1 ORDER BY created_at, id"
+            ))?;
+            stmt.query_map([user_id], Row::from_rusqlite)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(ExportedSession {
+                    data: serde_json::from_str(&row.data)?,
+                    revoked: row.revoked.clone(),
+                    session: row.session(now),
+                })
+            })
+            .collect()
+    }
+
+    /// Within the whole-user erase transaction: deletes the user's sessions,
+    /// returning their token hashes (to forget once committed).
+    pub(crate) async fn erase_user(
+        tx: &mut sqlx::SqliteConnection,
+        user_id: &str,
+    ) -> Result<Vec<[u8; 32]>> {
+        let rows = sqlx::query("DELETE FROM sessions WHERE user_id = ?1 RETURNING token_hash")
+            .bind(user_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        token_hashes(&rows)
+    }
+
+    /// Drops sessions whose rows are gone from memory; call after commit.
+    pub(crate) fn forget(&self, hashes: &[[u8; 32]]) {
+        self.state.forget(hashes);
     }
 
     /// Writes the buffered last-seen times in one transaction (multi-row

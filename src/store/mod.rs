@@ -100,6 +100,15 @@ impl Store {
         &self.writer
     }
 
+    /// The statement that puts a connection back to the configured
+    /// `synchronous` after a commit made with `FULL`.
+    pub(crate) fn synchronous_pragma(&self) -> &'static str {
+        match self.settings.synchronous {
+            Synchronous::Normal => "PRAGMA synchronous = NORMAL",
+            Synchronous::Full => "PRAGMA synchronous = FULL",
+        }
+    }
+
     /// The sqlx read pool (`query_only`), for scans and admin queries.
     pub(crate) fn reader(&self) -> &SqlitePool {
         &self.reader

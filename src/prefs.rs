@@ -1,0 +1,458 @@
+//! Preferences: one JSON document per user, merged over the application's
+//! defaults, updated by JSON merge patch (RFC 7386), checked against the
+//! defaults' types, with schema versions upgraded on read.
+//!
+//! The table keeps only the user's overrides (`document`), so a change of
+//! defaults reaches every user who did not override that value. A patch's
+//! `null` deletes an override, which brings the default back.
+//!
+//! Validation: a value whose key the defaults have must have the default's
+//! JSON type (object, array, string, number, boolean; a `null` default takes
+//! anything), and keys the defaults lack are refused unless
+//! [`PreferencesConfig::allow_unknown_keys`]. Errors name the field by its
+//! path (`search_defaults.limit`).
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::clock::Timestamp;
+use crate::{Error, Result, Vault};
+
+/// A function that upgrades a stored document by one schema version.
+pub type Upgrade = Arc<dyn Fn(&mut Value) -> std::result::Result<(), String> + Send + Sync>;
+
+/// The application's defaults, schema version and upgrades.
+///
+/// ```
+/// use serde_json::json;
+/// use statevault::PreferencesConfig;
+///
+/// let config = PreferencesConfig::new(json!({"theme": "dark", "page_size": 20}))
+///     // version 1 -> 2: "page_size" became "limit"
+///     .upgrade(|doc| {
+///         if let Some(size) = doc.as_object_mut().and_then(|o| o.remove("page_size")) {
+///             doc["limit"] = size;
+///         }
+///         Ok(())
+///     });
+/// assert_eq!(config.version(), 2);
+/// ```
+#[derive(Clone)]
+pub struct PreferencesConfig {
+    defaults: Value,
+    upgrades: Vec<Upgrade>,
+    allow_unknown: bool,
+}
+
+impl PreferencesConfig {
+    /// Defaults (a JSON object), schema version 1, unknown keys refused.
+    pub fn new(defaults: Value) -> Self {
+        PreferencesConfig {
+            defaults,
+            upgrades: Vec::new(),
+            allow_unknown: false,
+        }
+    }
+
+    /// The defaults of the seeds' music service (used by `statevault demo`).
+    pub fn seeds() -> Self {
+        PreferencesConfig::new(serde_json::json!({
+            "audio_quality": "HIGH",
+            "search_defaults": {"limit": 20, "include_explicit": true},
+            "cache_preferences": {"enable_cache": true, "cache_duration": 300},
+            "privacy": {"enable_analytics": true, "share_usage_data": false},
+        }))
+    }
+
+    /// Adds the upgrade from the current version to the next; the schema
+    /// version is 1 + the number of upgrades.
+    pub fn upgrade(
+        mut self,
+        f: impl Fn(&mut Value) -> std::result::Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.upgrades.push(Arc::new(f));
+        self
+    }
+
+    /// Accept keys the defaults do not have (default: refuse them).
+    pub fn allow_unknown_keys(mut self, yes: bool) -> Self {
+        self.allow_unknown = yes;
+        self
+    }
+
+    /// The schema version documents are written in.
+    pub fn version(&self) -> i64 {
+        1 + self.upgrades.len() as i64
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !self.defaults.is_object() {
+            return Err(Error::invalid(
+                "preferences.defaults",
+                "must be a JSON object",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for PreferencesConfig {
+    /// No defaults, unknown keys accepted: the store keeps whatever it is given.
+    fn default() -> Self {
+        PreferencesConfig::new(Value::Object(Map::new())).allow_unknown_keys(true)
+    }
+}
+
+impl fmt::Debug for PreferencesConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreferencesConfig")
+            .field("defaults", &self.defaults)
+            .field("version", &self.version())
+            .field("allow_unknown", &self.allow_unknown)
+            .finish()
+    }
+}
+
+/// A user's stored overrides, as the table has them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredPreferences {
+    /// The overrides (not merged with the defaults).
+    pub document: Value,
+    /// The schema version they were written in.
+    pub schema_version: i64,
+    /// When they were last changed.
+    pub updated_at: Timestamp,
+}
+
+/// The preferences facet of a vault; from [`Vault::preferences`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> statevault::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// use serde_json::json;
+/// use statevault::{PreferencesConfig, Vault, VaultOptions};
+///
+/// let vault = Vault::open(
+///     VaultOptions::new(dir.path().join("app.db")).preferences(PreferencesConfig::seeds()),
+/// )
+/// .await?;
+/// let prefs = vault.preferences();
+/// prefs.patch("alice", &json!({"search_defaults": {"limit": 50}})).await?;
+/// let merged = prefs.get("alice")?;
+/// assert_eq!(merged["search_defaults"], json!({"limit": 50, "include_explicit": true}));
+/// assert!(prefs.patch("alice", &json!({"search_defaults": {"limit": "many"}})).await.is_err());
+/// vault.close().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Preferences<'a> {
+    vault: &'a Vault,
+    config: &'a PreferencesConfig,
+}
+
+impl<'a> Preferences<'a> {
+    pub(crate) fn new(vault: &'a Vault, config: &'a PreferencesConfig) -> Self {
+        Preferences { vault, config }
+    }
+
+    /// The user's preferences: the defaults with their overrides merged in.
+    pub fn get(&self, user_id: &str) -> Result<Value> {
+        check_user(user_id)?;
+        let overrides = self.stored(user_id)?.map(|s| s.document);
+        let mut merged = self.config.defaults.clone();
+        if let Some(overrides) = overrides {
+            merge_patch(&mut merged, &overrides);
+        }
+        Ok(merged)
+    }
+
+    /// The user's preferences as `T`.
+    pub fn get_as<T: DeserializeOwned>(&self, user_id: &str) -> Result<T> {
+        serde_json::from_value(self.get(user_id)?).map_err(|e| Error::InvalidPreference {
+            field: String::new(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The user's overrides, upgraded to the current schema version; `None`
+    /// if the user has none. Read on the caller's thread.
+    pub fn stored(&self, user_id: &str) -> Result<Option<StoredPreferences>> {
+        let row = self.vault.store().read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT document, schema_version, updated_at FROM preferences WHERE user_id = ?1",
+            )?;
+            let mut rows = stmt.query([user_id])?;
+            rows.next()?
+                .map(|r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Timestamp>(2)?,
+                    ))
+                })
+                .transpose()
+        })?;
+        row.map(|(document, version, updated_at)| {
+            Ok(StoredPreferences {
+                document: self.upgraded(serde_json::from_str(&document)?, version)?,
+                schema_version: self.config.version(),
+                updated_at,
+            })
+        })
+        .transpose()
+    }
+
+    /// Runs the upgrades from `version` to the current one.
+    fn upgraded(&self, mut document: Value, version: i64) -> Result<Value> {
+        let current = self.config.version();
+        if version > current || version < 1 {
+            return Err(Error::InvalidPreference {
+                field: "schema_version".into(),
+                reason: format!(
+                    "the stored document has version {version}; this application knows 1 to {current}"
+                ),
+            });
+        }
+        for (i, upgrade) in self
+            .config
+            .upgrades
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(version - 1).unwrap_or(0))
+        {
+            upgrade(&mut document).map_err(|reason| Error::InvalidPreference {
+                field: "schema_version".into(),
+                reason: format!("upgrade from version {} failed: {reason}", i + 1),
+            })?;
+        }
+        Ok(document)
+    }
+
+    /// Applies a JSON merge patch (RFC 7386) to the user's overrides, checks
+    /// the result against the defaults, stores it, and returns the merged
+    /// preferences. Read, patch and write are one transaction.
+    pub async fn patch(&self, user_id: &str, patch: &Value) -> Result<Value> {
+        check_user(user_id)?;
+        if !patch.is_object() {
+            return Err(Error::InvalidPreference {
+                field: String::new(),
+                reason: "a preferences patch must be a JSON object".into(),
+            });
+        }
+        let mut tx = self.vault.store().begin_write().await?;
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT document, schema_version FROM preferences WHERE user_id = ?1")
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let mut overrides = match row {
+            Some((document, version)) => {
+                self.upgraded(serde_json::from_str(&document)?, version)?
+            }
+            None => Value::Object(Map::new()),
+        };
+        merge_patch(&mut overrides, patch);
+        let mut merged = self.config.defaults.clone();
+        merge_patch(&mut merged, &overrides);
+        check_types(
+            &self.config.defaults,
+            &merged,
+            "",
+            self.config.allow_unknown,
+        )?;
+        let now = self.vault.now();
+        sqlx::query(
+            "INSERT INTO preferences (user_id, document, schema_version, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (user_id) DO UPDATE SET document = excluded.document,
+                 schema_version = excluded.schema_version, updated_at = excluded.updated_at",
+        )
+        .bind(user_id)
+        .bind(overrides.to_string())
+        .bind(self.config.version())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(merged)
+    }
+
+    /// Replaces the user's preferences with `value` (checked like a patch).
+    pub async fn set_as<T: Serialize>(&self, user_id: &str, value: &T) -> Result<Value> {
+        self.reset(user_id).await?;
+        self.patch(user_id, &serde_json::to_value(value)?).await
+    }
+
+    /// Deletes the user's overrides: the defaults apply again.
+    pub async fn reset(&self, user_id: &str) -> Result<bool> {
+        check_user(user_id)?;
+        let done = sqlx::query("DELETE FROM preferences WHERE user_id = ?1")
+            .bind(user_id)
+            .execute(self.vault.store().writer())
+            .await
+            .map_err(crate::store::closed_or)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Within the whole-user erase transaction.
+    pub(crate) async fn erase_user(tx: &mut sqlx::SqliteConnection, user_id: &str) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM preferences WHERE user_id = ?1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// RFC 7386: objects merge key by key, `null` deletes, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(target) = target {
+        for (key, value) in patch {
+            if value.is_null() {
+                target.remove(key);
+            } else {
+                merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Every value whose key the defaults have must have the default's type.
+fn check_types(defaults: &Value, value: &Value, path: &str, allow_unknown: bool) -> Result<()> {
+    let (Value::Object(defaults), Value::Object(value)) = (defaults, value) else {
+        return Ok(());
+    };
+    for (key, v) in value {
+        let field = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        match defaults.get(key) {
+            None if allow_unknown => {}
+            None => {
+                return Err(Error::InvalidPreference {
+                    field,
+                    reason: "not a known preference".into(),
+                });
+            }
+            Some(Value::Null) => {}
+            Some(d) if std::mem::discriminant(d) != std::mem::discriminant(v) => {
+                return Err(Error::InvalidPreference {
+                    field,
+                    reason: format!("expected {}, found {}", kind(d), kind(v)),
+                });
+            }
+            Some(d) => check_types(d, v, &field, allow_unknown)?,
+        }
+    }
+    Ok(())
+}
+
+fn check_user(user_id: &str) -> Result<()> {
+    if user_id.is_empty() || user_id.len() > 256 {
+        return Err(Error::invalid("user_id", "must be 1 to 256 bytes"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc_7386_examples() {
+        let cases = [
+            (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+            (
+                json!({"a": "b"}),
+                json!({"b": "c"}),
+                json!({"a": "b", "b": "c"}),
+            ),
+            (json!({"a": "b"}), json!({"a": null}), json!({})),
+            (
+                json!({"a": "b", "b": "c"}),
+                json!({"a": null}),
+                json!({"b": "c"}),
+            ),
+            (json!({"a": ["b"]}), json!({"a": "c"}), json!({"a": "c"})),
+            (json!({"a": "c"}), json!({"a": ["b"]}), json!({"a": ["b"]})),
+            (
+                json!({"a": {"b": "c"}}),
+                json!({"a": {"b": "d", "c": null}}),
+                json!({"a": {"b": "d"}}),
+            ),
+            (
+                json!({"a": [{"b": "c"}]}),
+                json!({"a": [1]}),
+                json!({"a": [1]}),
+            ),
+            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
+            (json!({"a": "b"}), json!(["c"]), json!(["c"])),
+            (json!({"a": "foo"}), json!(null), json!(null)),
+            (json!({"a": "foo"}), json!("bar"), json!("bar")),
+            (
+                json!({"e": null}),
+                json!({"a": 1}),
+                json!({"e": null, "a": 1}),
+            ),
+            (
+                json!([1, 2]),
+                json!({"a": "b", "c": null}),
+                json!({"a": "b"}),
+            ),
+            (
+                json!({}),
+                json!({"a": {"bb": {"ccc": null}}}),
+                json!({"a": {"bb": {}}}),
+            ),
+        ];
+        for (target, patch, expected) in cases {
+            let mut t = target.clone();
+            merge_patch(&mut t, &patch);
+            assert_eq!(t, expected, "{target} + {patch}");
+        }
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let defaults = json!({"search": {"limit": 20}, "theme": "dark", "extra": null});
+        let err =
+            check_types(&defaults, &json!({"search": {"limit": "x"}}), "", false).unwrap_err();
+        assert!(err.to_string().contains("search.limit"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("expected a number, found a string"),
+            "{err}"
+        );
+        let err = check_types(&defaults, &json!({"colour": 1}), "", false).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+        check_types(&defaults, &json!({"colour": 1}), "", true).unwrap();
+        check_types(&defaults, &json!({"extra": [1, 2]}), "", false).unwrap();
+    }
+}

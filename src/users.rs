@@ -1,0 +1,119 @@
+//! Everything about one user, across every facet: export it (GDPR access)
+//! or erase it (GDPR erasure) in one transaction.
+//!
+//! Each facet owns its tables and contributes its part through its own
+//! module; this one only orders them and holds the transaction.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::StoredEvent;
+use crate::clock::Timestamp;
+use crate::prefs::{Preferences, StoredPreferences};
+use crate::sessions::{ExportedSession, Sessions};
+use crate::{Error, Result, Vault};
+
+/// Everything the vault holds about a user. Token hashes are left out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserExport {
+    /// The user.
+    pub user_id: String,
+    /// When the export was made (the vault's clock).
+    pub exported_at: Timestamp,
+    /// Every session, live or not, with its data.
+    pub sessions: Vec<ExportedSession>,
+    /// The stored preference overrides.
+    pub preferences: Option<serde_json::Value>,
+    /// Every audit event about the user, oldest first.
+    pub audit_events: Vec<StoredEvent>,
+}
+
+/// What [`Vault::erase_user`] removed, by table.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErasureReport {
+    /// The user.
+    pub user_id: String,
+    /// Rows removed (or, for `audit_events`, emptied) per table.
+    pub rows: BTreeMap<String, u64>,
+}
+
+impl Vault {
+    /// Everything about `user_id`, from every facet, as one document.
+    pub async fn export_user(&self, user_id: &str) -> Result<UserExport> {
+        check_user(user_id)?;
+        self.flush().await?;
+        Ok(UserExport {
+            user_id: user_id.to_owned(),
+            exported_at: self.now(),
+            sessions: self.sessions().export_user(user_id).await?,
+            preferences: self
+                .preferences()
+                .stored(user_id)?
+                .map(|StoredPreferences { document, .. }| document),
+            audit_events: self.audit().export_user(user_id).await?,
+        })
+    }
+
+    /// Erases `user_id` from every facet in one transaction: sessions and
+    /// preferences deleted, audit events emptied (the chain still verifies),
+    /// and one audit event recording that an erasure happened, with counts
+    /// but not the user. `secure_delete` is on (SQLCipher's default; made
+    /// sure of here) so that freed pages keep no copy, and the WAL is
+    /// checkpointed afterwards.
+    pub async fn erase_user(&self, user_id: &str) -> Result<ErasureReport> {
+        check_user(user_id)?;
+        self.sessions().flush().await?;
+        let audit = self.audit();
+        let _exclusive = audit.exclusive().await;
+        let mut conn = self
+            .store()
+            .writer()
+            .acquire()
+            .await
+            .map_err(crate::store::closed_or)?;
+        sqlx::query("PRAGMA secure_delete = ON")
+            .execute(&mut *conn)
+            .await?;
+        let erased = async {
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+            let result = async {
+                let mut rows = BTreeMap::new();
+                let hashes = Sessions::erase_user(&mut conn, user_id).await?;
+                rows.insert("sessions".to_owned(), hashes.len() as u64);
+                rows.insert(
+                    "preferences".to_owned(),
+                    Preferences::erase_user(&mut conn, user_id).await?,
+                );
+                let events = audit.erase_user(&mut conn, user_id, &rows).await?;
+                rows.insert("audit_events".to_owned(), events);
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+                Ok::<_, Error>((rows, hashes))
+            }
+            .await;
+            if result.is_err() {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            }
+            result
+        }
+        .await;
+        let (rows, hashes) = erased?;
+        self.sessions().forget(&hashes);
+        // Old page images may sit in the WAL until a checkpoint; readers can
+        // hold it back, so this is best effort.
+        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut *conn)
+            .await;
+        Ok(ErasureReport {
+            user_id: user_id.to_owned(),
+            rows,
+        })
+    }
+}
+
+fn check_user(user_id: &str) -> Result<()> {
+    if user_id.is_empty() || user_id.len() > 256 {
+        return Err(Error::invalid("user_id", "must be 1 to 256 bytes"));
+    }
+    Ok(())
+}
