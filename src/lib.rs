@@ -11,6 +11,9 @@
 //!   `sqlite3_key_v2`), pragmas, WAL, the one sqlx writer, the sqlx read
 //!   pool, the rusqlite hot-path readers, migrations. Its module docs explain
 //!   which driver does what and why.
+//! - [`limits`](crate::Limits): rate limits (token buckets with several
+//!   windows, violations, escalating penalties), in memory and written
+//!   behind, or shared between processes through the file.
 //! - [`clock`](crate::Clock): time, injected; every facet reads the vault's clock.
 //! - [`key`](crate::Key): keys and where they come from; zeroized, never shown.
 //! - [`error`](crate::Error): the one error type.
@@ -37,11 +40,16 @@
 mod clock;
 mod error;
 mod key;
+mod limits;
 mod store;
 mod vault;
 
 pub use clock::{Clock, FakeClock, SystemClock, Timestamp};
 pub use error::{Error, Result};
 pub use key::{KEY_ENV, Key, KeySource, default_key_file};
+pub use limits::{
+    ClientInfo, Decision, Limit, LimitStatus, Limits, LimitsConfig, Penalty, ResetCounts,
+    SweepCounts, Window, WindowStatus,
+};
 pub use store::{Check, CheckReport, MigrationStatus, Synchronous};
 pub use vault::{DB_ENV, DEFAULT_DB, Info, Rows, Vault, VaultOptions};

@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::key::{Key, KeySource};
+use crate::limits::{LimitsConfig, LimitsState};
 use crate::store::{self, CheckReport, MigrationStatus, OpenSpec, Store, Synchronous};
 use crate::{Error, Result};
 
@@ -32,6 +33,7 @@ pub struct VaultOptions {
     cache_bytes: u64,
     busy_timeout: Duration,
     clock: Arc<dyn Clock>,
+    limits: LimitsConfig,
 }
 
 impl VaultOptions {
@@ -50,6 +52,7 @@ impl VaultOptions {
             cache_bytes: 64 << 20,
             busy_timeout: Duration::from_secs(5),
             clock: Arc::new(SystemClock),
+            limits: LimitsConfig::default(),
         }
     }
 
@@ -127,6 +130,13 @@ impl VaultOptions {
         self
     }
 
+    /// The rate limits (default [`LimitsConfig::default`], the seeds'
+    /// limits); validated when the vault opens.
+    pub fn limits(mut self, limits: LimitsConfig) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// The database path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -178,6 +188,7 @@ impl fmt::Debug for VaultOptions {
             .field("readers", &self.readers)
             .field("cache_bytes", &self.cache_bytes)
             .field("busy_timeout", &self.busy_timeout)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -213,6 +224,8 @@ struct Inner {
     /// The secret behind [`Vault::keyed_hash`], from `vault_meta`
     /// (`hash_salt`); set once the schema exists.
     hash_salt: OnceLock<Zeroizing<[u8; 32]>>,
+    /// Rate-limit buckets in memory, written behind by [`Vault::flush`].
+    limits: LimitsState,
 }
 
 impl Vault {
@@ -223,6 +236,7 @@ impl Vault {
     /// file, a schema newer than this build ([`Error::SchemaTooNew`]).
     pub async fn open(options: VaultOptions) -> Result<Vault> {
         options.validate()?;
+        let limits = LimitsState::new(&options.limits)?;
         tracing::debug!(?options, "opening vault");
         let store = Store::open(options.spec()).await?;
         let vault = Vault {
@@ -230,6 +244,7 @@ impl Vault {
                 store,
                 clock: options.clock,
                 hash_salt: OnceLock::new(),
+                limits,
             }),
         };
         if let Err(e) = vault.finish_open(options.migrate).await {
@@ -312,6 +327,10 @@ impl Vault {
 
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    pub(crate) fn limits_state(&self) -> &LimitsState {
+        &self.inner.limits
     }
 
     /// The database file.
@@ -472,11 +491,20 @@ impl Vault {
         Ok(Rows { columns, rows })
     }
 
+    /// Writes what the facets buffer in memory (rate-limit buckets and
+    /// violations), each facet in one transaction.
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.limits.flush(self).await
+    }
+
     /// Flushes what is buffered and closes every connection. Later calls on
     /// this handle or its clones fail with [`Error::Closed`]. Idempotent.
+    /// The connections are closed even if the flush fails; its error is
+    /// returned.
     pub async fn close(&self) -> Result<()> {
+        let flushed = self.flush().await;
         self.store().close().await;
-        Ok(())
+        flushed
     }
 }
 
