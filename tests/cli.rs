@@ -243,6 +243,11 @@ fn bench_quick_reports_open_ms_and_leaves_no_files() {
         "{report}"
     );
     assert!(report["workloads"].is_object(), "{report}");
+    for name in ["ratelimit_check", "ratelimit_check_shared"] {
+        let w = &report["workloads"][name];
+        assert!(w["ops_per_sec"].as_f64().unwrap() > 0.0, "{name}: {report}");
+        assert!(w["ratio"].as_f64().unwrap() > 0.0, "{name}: {report}");
+    }
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         0,

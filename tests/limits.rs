@@ -561,3 +561,59 @@ async fn sweep_purges_old_violations_and_idle_buckets_in_batches() {
     assert_eq!(rows.rows.len(), 1);
     vault.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn cli_limits_status_and_reset() {
+    let dir = common::tempdir();
+    let (vault, _clock) = common::vault(dir.path()).await;
+    drain(&vault, "dave", "auth_attempts").await;
+    vault
+        .limits()
+        .check("dave", "api_calls", 20, &NONE)
+        .await
+        .unwrap();
+    vault.close().await.unwrap();
+
+    // The CLI runs on the real clock, which is far past the fake one: the
+    // buckets have refilled, the violation is no longer recent; but the
+    // rows are there.
+    let out = common::run(
+        dir.path(),
+        &["--db", "vault.db", "limits", "status", "dave", "--json"],
+    );
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["subject"], "dave");
+    let limits = json["limits"].as_array().unwrap();
+    assert_eq!(limits.len(), 4);
+    assert_eq!(limits[0]["limit"], "api_calls");
+    assert_eq!(limits[0]["windows"][0]["capacity"], 120.0);
+    assert_eq!(limits[1]["strict"], true);
+
+    let out = common::run(
+        dir.path(),
+        &["--db", "vault.db", "limits", "status", "dave"],
+    );
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(common::stdout(&out).contains("auth_attempts"));
+
+    let out = common::run(dir.path(), &["--db", "vault.db", "limits", "reset", "dave"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(
+        common::stdout(&out).contains("3 bucket(s), 1 violation(s)"),
+        "{}",
+        common::stdout(&out)
+    );
+    let raw = common::raw_connection(&dir.path().join("vault.db"));
+    let n: i64 = raw
+        .query_row(
+            "SELECT count(*) FROM token_buckets WHERE subject = 'dave'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 0);
+
+    let out = common::run(dir.path(), &["--db", "missing.db", "limits", "status", "x"]);
+    common::assert_one_error_line(&out);
+}
