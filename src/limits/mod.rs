@@ -325,15 +325,14 @@ impl LimitsState {
 
     fn mark_dirty(&self, subject: &str, idx: usize) {
         let mut shard = lock(self.shard(subject));
-        if let Some(entry) = shard
-            .subjects
+        let Shard { subjects, dirty } = &mut *shard;
+        if let Some(entry) = subjects
             .get_mut(subject)
             .and_then(|limits| limits[idx].as_mut())
+            .filter(|e| !e.dirty)
         {
-            if !entry.dirty {
-                entry.dirty = true;
-                shard.dirty.push((subject.to_owned(), idx));
-            }
+            entry.dirty = true;
+            dirty.push((subject.to_owned(), idx));
         }
     }
 
