@@ -600,28 +600,27 @@ impl Limits<'_> {
         cost: f64,
         client: &ClientInfo<'_>,
     ) -> Result<Decision> {
+        // The allowed path is the one statement alone, in its own
+        // transaction (SQLite takes the write lock before the statement
+        // reads, as `BEGIN IMMEDIATE` would). A refusal runs it again in a
+        // transaction that goes on to record the violation, so that the
+        // decision and the record see one state.
+        let mut conn = self
+            .vault
+            .store()
+            .writer()
+            .acquire()
+            .await
+            .map_err(crate::store::closed_or)?;
+        let fast = sql::shared_check(&mut conn, spec, subject, now, cost).await?;
+        drop(conn);
+        if let Some(allowed) = fast {
+            return Ok(shared_allowed(spec, allowed, now));
+        }
         let mut tx = self.vault.store().begin_write().await?;
-        if let Some((rows, recent)) = sql::shared_check(&mut tx, spec, subject, now, cost).await? {
+        if let Some(allowed) = sql::shared_check(&mut tx, spec, subject, now, cost).await? {
             tx.commit().await?;
-            let mut buckets: Vec<Bucket> = spec.windows.iter().map(|w| w.full(now)).collect();
-            for (period, tokens) in rows {
-                if let Some(i) = spec.window(period) {
-                    buckets[i].tokens = tokens;
-                }
-            }
-            let (remaining, full_at) = match bucket::summary(&spec.windows, &buckets, now) {
-                Outcome::Allowed { remaining, full_at } => (remaining, full_at),
-                Outcome::NotUntil(at) => (0, at),
-            };
-            return Ok(decision(
-                spec,
-                Verdict::Allowed {
-                    remaining,
-                    full_at,
-                    recent,
-                },
-                now,
-            ));
+            return Ok(shared_allowed(spec, allowed, now));
         }
         let since = Timestamp::from_millis(now.as_millis() - PENALTY_MEMORY_MS);
         let stored = sql::buckets_tx(&mut tx, subject, &spec.name).await?;
@@ -795,6 +794,34 @@ impl Limits<'_> {
         }
         Ok(counts)
     }
+}
+
+/// The decision for a shared-mode check that was allowed, from the rows the
+/// statement returned.
+fn shared_allowed(
+    spec: &CompiledLimit,
+    (rows, recent): (Vec<(i64, f64)>, usize),
+    now: Timestamp,
+) -> Decision {
+    let mut buckets: Vec<Bucket> = spec.windows.iter().map(|w| w.full(now)).collect();
+    for (period, tokens) in rows {
+        if let Some(i) = spec.window(period) {
+            buckets[i].tokens = tokens;
+        }
+    }
+    let (remaining, full_at) = match bucket::summary(&spec.windows, &buckets, now) {
+        Outcome::Allowed { remaining, full_at } => (remaining, full_at),
+        Outcome::NotUntil(at) => (0, at),
+    };
+    decision(
+        spec,
+        Verdict::Allowed {
+            remaining,
+            full_at,
+            recent,
+        },
+        now,
+    )
 }
 
 fn decision(spec: &CompiledLimit, verdict: Verdict, now: Timestamp) -> Decision {
