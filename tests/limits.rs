@@ -617,3 +617,56 @@ async fn cli_limits_status_and_reset() {
     let out = common::run(dir.path(), &["--db", "missing.db", "limits", "status", "x"]);
     common::assert_one_error_line(&out);
 }
+
+#[tokio::test]
+async fn a_failed_flush_loses_nothing() {
+    let dir = common::tempdir();
+    let (options, _clock) = common::options(dir.path(), "vault.db");
+    let vault = Vault::open(options.busy_timeout(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let subject = format!("u{i}");
+        vault
+            .limits()
+            .check(&subject, "playlist_ops", 13, &NONE)
+            .await
+            .unwrap();
+        vault
+            .limits()
+            .check(&subject, "playlist_ops", 1, &NONE)
+            .await
+            .unwrap();
+    }
+    // Another process holds the write lock: the flush fails before taking
+    // anything…
+    let raw = common::raw_connection(&dir.path().join("vault.db"));
+    raw.execute_batch("BEGIN IMMEDIATE").unwrap();
+    assert!(vault.flush().await.is_err());
+    raw.execute_batch("COMMIT").unwrap();
+    // …or a statement fails after the buckets were taken from memory.
+    raw.execute_batch(
+        "CREATE TRIGGER injected BEFORE INSERT ON violations
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+    )
+    .unwrap();
+    let err = vault.flush().await.unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    // Meanwhile more checks arrive.
+    vault
+        .limits()
+        .check("late", "playlist_ops", 2, &NONE)
+        .await
+        .unwrap();
+    raw.execute_batch("DROP TRIGGER injected").unwrap();
+    vault.flush().await.unwrap();
+    let count = |sql: &str| -> i64 { raw.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count("SELECT count(*) FROM token_buckets"), 22);
+    assert_eq!(count("SELECT count(*) FROM violations"), 10);
+    assert_eq!(
+        count("SELECT count(*) FROM token_buckets WHERE subject = 'u3' AND tokens = 0"),
+        1,
+        "the minute window was spent"
+    );
+    vault.close().await.unwrap();
+}
