@@ -670,3 +670,34 @@ async fn a_failed_flush_loses_nothing() {
     );
     vault.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_clock_stepping_back_refills_nothing_twice_in_either_mode() {
+    let dir = common::tempdir();
+    let limit = || Limit::new().window(Window::per(secs(10), 10.0));
+    let config = LimitsConfig::empty()
+        .limit("mem", limit())
+        .limit("sh", limit().shared(true));
+    let (vault, clock) = open(dir.path(), config).await;
+    let t0 = clock.now();
+    for name in ["mem", "sh"] {
+        clock.set(t0);
+        assert!(
+            vault
+                .limits()
+                .check("s", name, 5, &NONE)
+                .await
+                .unwrap()
+                .allowed
+        );
+        clock.set(statevault::Timestamp::from_millis(t0.as_millis() - 5_000));
+        let d = vault.limits().check("s", name, 1, &NONE).await.unwrap();
+        assert!(d.allowed && d.remaining == 4, "{name}: {d:?}");
+        // 2 s after t0: 4 + 2 tokens, not 4 + 7.
+        clock.set(statevault::Timestamp::from_millis(t0.as_millis() + 2_000));
+        let d = vault.limits().check("s", name, 7, &NONE).await.unwrap();
+        assert!(!d.allowed, "{name}: {d:?}");
+        assert_eq!(d.penalty.unwrap().duration, secs(10), "{name}");
+    }
+    vault.close().await.unwrap();
+}

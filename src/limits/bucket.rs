@@ -2,7 +2,9 @@
 //!
 //! Invariants:
 //! 1. `0 ≤ tokens ≤ capacity` after every step (refill caps, spending clamps).
-//! 2. Time going backwards refills nothing (elapsed time clamps to zero).
+//! 2. Time going backwards refills nothing (elapsed time clamps to zero),
+//!    and `last_refill` never moves back, so the same span is never
+//!    refilled twice when the clock steps back and then forward again.
 //! 3. The shared-mode SQL (see `sql.rs`) computes the same `refill` with the
 //!    same f64 operations, so both modes agree to the last bit.
 
@@ -80,7 +82,7 @@ pub(crate) fn decide(
     }
     for (w, b) in windows.iter().zip(state.iter_mut()) {
         b.tokens = (w.refill(*b, now) - cost).max(0.0);
-        b.last_refill = now;
+        b.last_refill = b.last_refill.max(now);
     }
     summary(windows, state, now)
 }
@@ -183,6 +185,28 @@ mod tests {
             decide(&w, &mut s, at, 2.0),
             Outcome::Allowed { remaining: 0, .. }
         ));
+    }
+
+    #[test]
+    fn a_clock_stepping_back_refills_nothing_twice() {
+        let w = [WindowSpec {
+            period_secs: 10,
+            capacity: 10.0,
+            rate_per_ms: 1.0 / 1_000.0,
+        }];
+        let mut s = [w[0].full(t(100_000))];
+        decide(&w, &mut s, t(100_000), 10.0);
+        // The clock steps back 5 s: nothing refilled, and nothing to spend.
+        assert!(matches!(
+            decide(&w, &mut s, t(95_000), 1.0),
+            Outcome::NotUntil(at) if at == t(96_000)
+        ));
+        assert_eq!(s[0].last_refill, t(100_000));
+        // Back where it was and 2 s on: 2 tokens, not 7.
+        let Outcome::Allowed { remaining, .. } = decide(&w, &mut s, t(102_000), 1.0) else {
+            panic!("2 tokens are there")
+        };
+        assert_eq!(remaining, 1);
     }
 
     #[test]

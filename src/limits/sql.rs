@@ -45,7 +45,8 @@ pub(crate) type StoredViolation = (Timestamp, Option<Timestamp>);
 ///
 /// Parameters: ?1 subject, ?2 limit, ?3 now (text), ?4 now (ms), ?5 cost,
 /// ?6 an hour ago (text), then (window_secs, capacity, rate per ms) for each
-/// window from ?7. The refill is `bucket::WindowSpec::refill`, in SQL.
+/// window from ?7. The refill is `bucket::WindowSpec::refill`, in SQL, and
+/// `last_refill_at` never moves back (text order is time order).
 pub(crate) fn shared_check_sql(windows: usize) -> String {
     let values: Vec<String> = (0..windows)
         .map(|i| {
@@ -55,15 +56,16 @@ pub(crate) fn shared_check_sql(windows: usize) -> String {
         .collect();
     format!(
         "WITH v(w, cap, rate) AS (VALUES {values}),
-         cur(w, tokens) AS (
+         cur(w, tokens, last) AS (
              SELECT v.w, CASE WHEN b.tokens IS NULL THEN v.cap ELSE min(v.cap, b.tokens
                  + max(0, ?4 - CAST(round(unixepoch(b.last_refill_at, 'subsec') * 1000) AS INTEGER))
-                 * v.rate) END
+                 * v.rate) END,
+                 max(coalesce(b.last_refill_at, ?3), ?3)
              FROM v LEFT JOIN token_buckets b
                ON b.subject = ?1 AND b.limit_name = ?2 AND b.window_secs = v.w
          )
          INSERT INTO token_buckets (subject, limit_name, window_secs, tokens, last_refill_at, updated_at)
-         SELECT ?1, ?2, w, max(0.0, tokens - ?5), ?3, ?3 FROM cur
+         SELECT ?1, ?2, w, max(0.0, tokens - ?5), last, ?3 FROM cur
          WHERE NOT EXISTS (SELECT 1 FROM cur WHERE tokens + {EPSILON:e} < ?5)
            AND NOT EXISTS (SELECT 1 FROM violations
                            WHERE subject = ?1 AND limit_name = ?2
