@@ -12,8 +12,11 @@
 //!   processes on one file each enforce the limit on their own (together up
 //!   to N × the budget), and the last one to flush a bucket wins.
 //! - **Shared**: each check is one atomic `INSERT … ON CONFLICT DO UPDATE …
-//!   RETURNING` inside a `BEGIN IMMEDIATE` transaction, so every process
-//!   (and every [`Vault`] handle) on the file shares one budget exactly.
+//!   RETURNING` on the writer, alone in its transaction (SQLite takes the
+//!   write lock before a write statement reads, as `BEGIN IMMEDIATE` would),
+//!   so every process (and every [`Vault`] handle) on the file shares one
+//!   budget exactly. A refusal runs it again inside `BEGIN IMMEDIATE` and
+//!   records the violation in the same transaction.
 //!
 //! # Guarantees
 //!
