@@ -152,6 +152,36 @@ pub enum Error {
         reason: String,
     },
 
+    /// A rate limit in the configuration is invalid.
+    #[error("invalid limit {limit:?}: {field}: {reason}")]
+    InvalidLimit {
+        /// The limit's name.
+        limit: String,
+        /// The field at fault (`windows`, `period`, `tokens`, `burst`, `name`).
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+
+    /// No limit of this name is configured.
+    #[error("unknown limit {name:?}")]
+    UnknownLimit {
+        /// The name asked for.
+        name: String,
+    },
+
+    /// A request costs more than the limit's capacity: it can never be
+    /// allowed, however long the caller waits.
+    #[error("a cost of {cost} never fits limit {limit:?} (capacity {capacity})")]
+    NeverFits {
+        /// The limit's name.
+        limit: String,
+        /// The cost asked for.
+        cost: u32,
+        /// The smallest capacity among the limit's windows.
+        capacity: f64,
+    },
+
     /// The vault was closed; open it again to use it.
     #[error("the vault is closed")]
     Closed,

@@ -17,6 +17,9 @@
 //!   erasure and retention.
 //! - [`preferences`](crate::Preferences): per-user JSON over application
 //!   defaults, merge-patched, type-checked, upgraded on read.
+//! - [`limits`](crate::Limits): rate limits (token buckets with several
+//!   windows, violations, escalating penalties), in memory and written
+//!   behind, or shared between processes through the file.
 //! - [`clock`](crate::Clock): time, injected; every facet reads the vault's clock.
 //! - [`key`](crate::Key): keys and where they come from; zeroized, never shown.
 //! - [`error`](crate::Error): the one error type.
@@ -44,6 +47,7 @@ mod audit;
 mod clock;
 mod error;
 mod key;
+mod limits;
 mod prefs;
 mod sessions;
 mod store;
@@ -57,6 +61,10 @@ pub use audit::{
 pub use clock::{Clock, FakeClock, SystemClock, Timestamp};
 pub use error::{Error, Result};
 pub use key::{KEY_ENV, Key, KeySource, default_key_file};
+pub use limits::{
+    ClientInfo, Decision, Limit, LimitStatus, Limits, LimitsConfig, Penalty, ResetCounts,
+    SweepCounts, ViolationRecord, Window, WindowStatus,
+};
 pub use prefs::{Preferences, PreferencesConfig, StoredPreferences, Upgrade, merge_patch};
 #[cfg(feature = "tower-sessions")]
 pub use sessions::TowerSessionStore;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::StoredEvent;
 use crate::clock::Timestamp;
+use crate::limits::{LimitStatus, ViolationRecord};
 use crate::prefs::{Preferences, StoredPreferences};
 use crate::sessions::{ExportedSession, Sessions};
 use crate::{Error, Result, Vault};
@@ -27,6 +28,10 @@ pub struct UserExport {
     pub preferences: Option<serde_json::Value>,
     /// Every audit event about the user, oldest first.
     pub audit_events: Vec<StoredEvent>,
+    /// The user's state under every rate limit (as a subject).
+    pub rate_limits: Vec<LimitStatus>,
+    /// The user's recorded rate-limit violations.
+    pub violations: Vec<ViolationRecord>,
 }
 
 /// What [`Vault::erase_user`] removed, by table.
@@ -52,11 +57,13 @@ impl Vault {
                 .stored(user_id)?
                 .map(|StoredPreferences { document, .. }| document),
             audit_events: self.audit().export_user(user_id).await?,
+            rate_limits: self.limits().status(user_id).await?,
+            violations: self.limits().violations_of(user_id).await?,
         })
     }
 
-    /// Erases `user_id` from every facet in one transaction: sessions and
-    /// preferences deleted, audit events emptied (the chain still verifies),
+    /// Erases `user_id` from every facet in one transaction: sessions,
+    /// preferences, rate-limit buckets and violations deleted, audit events emptied (the chain still verifies),
     /// and one audit event recording that an erasure happened, with counts
     /// but not the user. `secure_delete` is on (SQLCipher's default; made
     /// sure of here) so that freed pages keep no copy, and the WAL is
@@ -85,6 +92,9 @@ impl Vault {
                     "preferences".to_owned(),
                     Preferences::erase_user(&mut conn, user_id).await?,
                 );
+                let (buckets, violations) = self.limits().erase_subject(&mut conn, user_id).await?;
+                rows.insert("token_buckets".to_owned(), buckets);
+                rows.insert("violations".to_owned(), violations);
                 let events = audit.erase_user(&mut conn, user_id, &rows).await?;
                 rows.insert("audit_events".to_owned(), events);
                 sqlx::query("COMMIT").execute(&mut *conn).await?;
@@ -99,6 +109,7 @@ impl Vault {
         .await;
         let (rows, hashes) = erased?;
         self.sessions().forget(&hashes);
+        self.limits().forget(user_id);
         // Old page images may sit in the WAL until a checkpoint; readers can
         // hold it back, so this is best effort.
         let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 use crate::audit::{self, Audit, AuditConfig};
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::key::{Key, KeySource};
+use crate::limits::{LimitsConfig, LimitsState};
 use crate::prefs::{Preferences, PreferencesConfig};
 use crate::sessions::{self, SessionConfig, Sessions};
 use crate::store::{self, CheckReport, MigrationStatus, OpenSpec, Store, Synchronous};
@@ -41,6 +42,7 @@ pub struct VaultOptions {
     sessions: SessionConfig,
     audit: AuditConfig,
     preferences: PreferencesConfig,
+    limits: LimitsConfig,
 }
 
 impl VaultOptions {
@@ -64,6 +66,7 @@ impl VaultOptions {
             sessions: SessionConfig::default(),
             audit: AuditConfig::default(),
             preferences: PreferencesConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 
@@ -169,6 +172,13 @@ impl VaultOptions {
         self
     }
 
+    /// The rate limits (default [`LimitsConfig::default`], the seeds'
+    /// limits); validated when the vault opens.
+    pub fn limits(mut self, limits: LimitsConfig) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// The database path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -232,6 +242,7 @@ impl fmt::Debug for VaultOptions {
             .field("sessions", &self.sessions)
             .field("audit", &self.audit)
             .field("preferences", &self.preferences)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -274,6 +285,8 @@ struct Inner {
     /// task is busy, so the signal is never lost.
     shutdown: Arc<Notify>,
     flusher: Mutex<Option<JoinHandle<()>>>,
+    /// Rate-limit buckets in memory, written behind by [`Vault::flush`].
+    limits: LimitsState,
 }
 
 impl Drop for Inner {
@@ -292,6 +305,7 @@ impl Vault {
     /// file, a schema newer than this build ([`Error::SchemaTooNew`]).
     pub async fn open(options: VaultOptions) -> Result<Vault> {
         options.validate()?;
+        let limits = LimitsState::new(&options.limits)?;
         tracing::debug!(?options, "opening vault");
         let store = Store::open(options.spec()).await?;
         let vault = Vault {
@@ -304,6 +318,7 @@ impl Vault {
                 preferences: options.preferences,
                 shutdown: Arc::new(Notify::new()),
                 flusher: Mutex::new(None),
+                limits,
             }),
         };
         if let Err(e) = vault.finish_open(options.migrate).await {
@@ -431,7 +446,12 @@ impl Vault {
     pub async fn flush(&self) -> Result<()> {
         let sessions = self.sessions().flush().await;
         let audit = self.audit().flush().await;
-        sessions.and(audit)
+        let limits = self.inner.limits.flush(self).await;
+        sessions.and(audit).and(limits)
+    }
+
+    pub(crate) fn limits_state(&self) -> &LimitsState {
+        &self.inner.limits
     }
 
     /// The database file.

@@ -242,7 +242,13 @@ fn bench_quick_reports_open_ms_and_leaves_no_files() {
         report["open_ms_rusqlite"].as_f64().unwrap() > 0.0,
         "{report}"
     );
-    for workload in ["session_create", "session_validate", "audit_append"] {
+    for workload in [
+        "session_create",
+        "session_validate",
+        "audit_append",
+        "ratelimit_check",
+        "ratelimit_check_shared",
+    ] {
         let w = &report["workloads"][workload];
         assert!(
             w["ops_per_sec"].as_f64().unwrap() > 0.0,
@@ -252,6 +258,7 @@ fn bench_quick_reports_open_ms_and_leaves_no_files() {
             w["baseline_ops_per_sec"].as_f64().unwrap() > 0.0,
             "{workload}: {report}"
         );
+        assert!(w["ratio"].as_f64().unwrap() > 0.0, "{workload}: {report}");
     }
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),

@@ -3,7 +3,9 @@
 mod common;
 
 use serde_json::json;
-use statevault::{AuditEvent, EventKind, NewSession, PreferencesConfig, UserExport, Vault};
+use statevault::{
+    AuditEvent, ClientInfo, EventKind, NewSession, PreferencesConfig, UserExport, Vault,
+};
 
 async fn populated(dir: &std::path::Path) -> Vault {
     let (options, _clock) = common::options(dir, "users.db");
@@ -30,6 +32,14 @@ async fn populated(dir: &std::path::Path) -> Vault {
             .patch(user, &json!({"audio_quality": "LOW"}))
             .await
             .unwrap();
+        for _ in 0..7 {
+            // auth_attempts allows 5 per 15 minutes and is written at once.
+            vault
+                .limits()
+                .check(user, "auth_attempts", 1, &ClientInfo::none())
+                .await
+                .unwrap();
+        }
         for action in ["login", "search", "logout"] {
             vault
                 .audit()

@@ -100,6 +100,14 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         "audit_append".into(),
         super::bench_audit::append(dir.path(), budget).await?,
     );
+    workloads.insert(
+        "ratelimit_check".into(),
+        super::bench_limits::ratelimit_check(dir.path(), args.quick).await?,
+    );
+    workloads.insert(
+        "ratelimit_check_shared".into(),
+        super::bench_limits::ratelimit_check_shared(dir.path(), args.quick).await?,
+    );
 
     let report = Report {
         open_ms,
@@ -126,6 +134,14 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             "open (passphrase)     {:>8.2} ms",
             report.open_ms_passphrase
         );
+        for (name, w) in &report.workloads {
+            println!(
+                "{name:<24} {:>12} ops/s   baseline {:>12} ops/s   ratio {:.2}",
+                w["ops_per_sec"],
+                w["baseline_ops_per_sec"],
+                w["ratio"].as_f64().unwrap_or(0.0)
+            );
+        }
         println!("medians of {runs} runs");
         println!();
         println!(

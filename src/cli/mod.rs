@@ -8,7 +8,9 @@ mod admin;
 mod audit;
 mod bench;
 mod bench_audit;
+mod bench_limits;
 mod bench_sessions;
+mod limits;
 mod prefs;
 mod session;
 mod user;
@@ -88,6 +90,9 @@ enum Command {
     User(user::Command),
     /// The standard workloads, in a temporary directory (never touches --db).
     Bench(bench::Args),
+    /// Rate limits of a subject: status, reset.
+    #[command(subcommand)]
+    Limits(limits::Command),
 }
 
 /// Parses, runs, prints `error: ...` on failure. Exit codes: 0 success,
@@ -155,6 +160,7 @@ async fn dispatch(vault: &Vault, command: Command) -> Result<ExitCode> {
         Command::Audit(command) => audit::run(vault, command).await,
         Command::Prefs(command) => prefs::run(vault, command).await,
         Command::User(command) => user::run(vault, command).await,
+        Command::Limits(command) => limits::run(vault, command).await,
         Command::Init | Command::Check { .. } | Command::Bench(_) => {
             unreachable!("handled before the vault is opened")
         }
