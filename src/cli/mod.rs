@@ -10,6 +10,7 @@ mod bench;
 mod bench_audit;
 mod bench_limits;
 mod bench_sessions;
+mod demo;
 mod limits;
 mod prefs;
 mod session;
@@ -88,6 +89,9 @@ enum Command {
     /// Everything about a user: export it or erase it.
     #[command(subcommand)]
     User(user::Command),
+    /// The main job: drive a realistic service workload through every facet
+    /// and print a report.
+    Demo(demo::Args),
     /// The standard workloads, in a temporary directory (never touches --db).
     Bench(bench::Args),
     /// Rate limits of a subject: status, reset.
@@ -139,6 +143,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Bench(args) => bench::run(args).await,
         Command::Init => admin::init(options).await,
+        Command::Demo(args) => demo::run(options, args).await,
         Command::Check { json } => admin::check(&options, json).await,
         command => {
             let vault = Vault::open(options.create_if_missing(false).migrate(false)).await?;
@@ -161,7 +166,7 @@ async fn dispatch(vault: &Vault, command: Command) -> Result<ExitCode> {
         Command::Prefs(command) => prefs::run(vault, command).await,
         Command::User(command) => user::run(vault, command).await,
         Command::Limits(command) => limits::run(vault, command).await,
-        Command::Init | Command::Check { .. } | Command::Bench(_) => {
+        Command::Init | Command::Check { .. } | Command::Bench(_) | Command::Demo(_) => {
             unreachable!("handled before the vault is opened")
         }
     }

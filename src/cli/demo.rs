@@ -1,0 +1,516 @@
+//! `statevault demo`: the main job. Drives the workload of the seeds' music
+//! service through every facet of one vault file and prints what happened.
+//!
+//! Time is the vault's injected clock: the demo starts it at the real time
+//! and moves it forward by the simulated gap between requests, so hours of
+//! traffic (expiring sessions, due rotations, refilling buckets, running
+//! penalties) take seconds. Latencies in the report are real: wall-clock
+//! time of the vault work each request does.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::json;
+use statevault::{
+    AuditEvent, ClientInfo, Clock, EventKind, FakeClock, GdprCategory, NewSession,
+    PreferencesConfig, Result, Secret, SessionConfig, SystemClock, Validation, Vault, VaultOptions,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How many users.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(3..=100_000))]
+    users: u32,
+    /// How many API requests, in all.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    requests: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A small deterministic generator (xorshift64*): the demo needs skew, not
+/// cryptography, and the same seed gives the same traffic.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// An index in 0..n skewed toward 0: a few hot users and queries.
+    fn skewed(&mut self, n: usize) -> usize {
+        ((self.unit().powi(3) * n as f64) as usize).min(n - 1)
+    }
+}
+
+struct User {
+    id: String,
+    device: String,
+    ip: String,
+    token: Option<Secret>,
+}
+
+/// Latencies by endpoint, in microseconds.
+#[derive(Default)]
+struct Timings(BTreeMap<&'static str, Vec<f64>>);
+
+impl Timings {
+    fn record(&mut self, endpoint: &'static str, started: Instant) {
+        self.0
+            .entry(endpoint)
+            .or_default()
+            .push(started.elapsed().as_secs_f64() * 1e6);
+    }
+
+    fn report(&mut self) -> BTreeMap<&'static str, Latency> {
+        self.0
+            .iter_mut()
+            .map(|(endpoint, samples)| {
+                samples.sort_by(f64::total_cmp);
+                let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+                (
+                    *endpoint,
+                    Latency {
+                        requests: samples.len(),
+                        p50_us: at(0.50),
+                        p95_us: at(0.95),
+                        p99_us: at(0.99),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    requests: usize,
+    p50_us: f64,
+    p95_us: f64,
+    p99_us: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Counts {
+    requests: u64,
+    allowed: u64,
+    rate_limited: u64,
+    logins: u64,
+    failed_logins: u64,
+    locked_out: u64,
+    sessions_created: u64,
+    sessions_rotated: u64,
+    sessions_revoked: u64,
+    sessions_expired: u64,
+    preference_reads: u64,
+    preference_patches: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    path: String,
+    users: u32,
+    simulated_hours: f64,
+    wall_seconds: f64,
+    counts: Counts,
+    violations: i64,
+    penalties: i64,
+    live_sessions: i64,
+    latency_by_endpoint: BTreeMap<&'static str, Latency>,
+    audit_events: u64,
+    audit_chain_ok: bool,
+    exported_user: String,
+    exported_audit_events: usize,
+    erased_user: String,
+    erased_rows: BTreeMap<String, u64>,
+    swept: BTreeMap<&'static str, u64>,
+    file_bytes: u64,
+    wal_bytes: u64,
+    encrypted: bool,
+}
+
+pub async fn run(options: VaultOptions, args: Args) -> Result<ExitCode> {
+    let started = Instant::now();
+    let clock = FakeClock::new(SystemClock.now());
+    let start = clock.now();
+    let vault = Vault::open(
+        options
+            .clock(clock.clone())
+            .preferences(PreferencesConfig::seeds())
+            .sessions(demo_sessions()),
+    )
+    .await?;
+    let result = drive(&vault, &clock, &args).await;
+    let closed = vault.close().await;
+    let mut report = result?;
+    closed?;
+    report.simulated_hours = clock.now().duration_since(start).as_secs_f64() / 3600.0;
+    report.wall_seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        super::print_json(&report)?;
+    } else {
+        print(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sessions that live minutes, not days, so that a few simulated hours show
+/// rotation and expiry.
+fn demo_sessions() -> SessionConfig {
+    let mut config = SessionConfig::default();
+    config.idle_timeout = Duration::from_secs(20 * 60);
+    config.rotation_interval = Duration::from_secs(30 * 60);
+    config.absolute_lifetime = Duration::from_secs(4 * 3600);
+    config
+}
+
+async fn drive(vault: &Vault, clock: &FakeClock, args: &Args) -> Result<Report> {
+    let mut rng = Rng(0x5eed_cafe_f00d ^ u64::from(std::process::id()));
+    let mut counts = Counts::default();
+    let mut timings = Timings::default();
+    let mut users: Vec<User> = (0..args.users)
+        .map(|i| User {
+            id: format!("user-{i:05}"),
+            device: format!("device-{i}"),
+            ip: format!("198.51.100.{}", i % 250),
+            token: None,
+        })
+        .collect();
+
+    let progress = ProgressBar::new(args.requests);
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg:>10} [{bar:40}] {pos}/{len} requests ({per_sec}, {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    progress.set_message("serving");
+
+    let mut i = 0;
+    while i < args.requests {
+        let u = rng.skewed(users.len());
+        // A hot user now and then sends a burst that the limits must stop.
+        let burst = if rng.unit() < 0.01 { 40 } else { 1 };
+        for _ in 0..burst.min(args.requests - i) {
+            clock.advance(Duration::from_millis(if burst > 1 {
+                20
+            } else {
+                200 + rng.next() % 4_000
+            }));
+            request(vault, &mut users[u], &mut rng, &mut counts, &mut timings).await?;
+            i += 1;
+            progress.inc(1);
+        }
+        // Now and then someone logs out everywhere.
+        if rng.unit() < 0.002 {
+            let user = &mut users[rng.skewed(args.users as usize)];
+            counts.sessions_revoked += vault.sessions().revoke_user(&user.id).await?;
+            user.token = None;
+            vault
+                .audit()
+                .append(AuditEvent::new(EventKind::Auth, "logout_all").user(&user.id))?;
+        }
+    }
+    progress.finish_and_clear();
+
+    let exported_user = users[0].id.clone();
+    let export = vault.export_user(&exported_user).await?;
+    vault
+        .audit()
+        .append(AuditEvent::new(EventKind::DataAccess, "user.export").user(&exported_user))?;
+    let erased_user = users[users.len() - 1].id.clone();
+    let erased = vault.erase_user(&erased_user).await?;
+
+    vault.flush().await?;
+    let mut swept = BTreeMap::new();
+    swept.insert("sessions", vault.sessions().sweep(500).await?);
+    swept.insert("audit_events", vault.audit().sweep(500).await?);
+    let limits = vault.limits().sweep().await?;
+    swept.insert("violations", limits.violations);
+    swept.insert("token_buckets", limits.buckets);
+
+    let chain = vault.audit().verify().await?;
+    let scalar = |sql: &'static str| async move {
+        let rows = vault.query_read_only(sql).await?;
+        Ok::<_, statevault::Error>(rows.rows.first().and_then(|r| r[0].as_i64()).unwrap_or(0))
+    };
+    let now = vault.now().to_rfc3339();
+    let live_sessions = vault
+        .query_read_only(&format!(
+            "SELECT count(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > '{now}'"
+        ))
+        .await?
+        .rows[0][0]
+        .as_i64()
+        .unwrap_or(0);
+    let info = vault.info().await?;
+    Ok(Report {
+        path: vault.path().display().to_string(),
+        users: args.users,
+        simulated_hours: 0.0,
+        wall_seconds: 0.0,
+        counts,
+        violations: scalar("SELECT count(*) FROM violations").await?,
+        penalties: scalar("SELECT count(*) FROM violations WHERE penalty_until IS NOT NULL")
+            .await?,
+        live_sessions,
+        latency_by_endpoint: timings.report(),
+        audit_events: chain.events,
+        audit_chain_ok: chain.ok,
+        exported_user,
+        exported_audit_events: export.audit_events.len(),
+        erased_user,
+        erased_rows: erased.rows,
+        swept,
+        file_bytes: info.file_bytes,
+        wal_bytes: info.wal_bytes,
+        encrypted: info.encrypted,
+    })
+}
+
+/// Logs the user in: the strict `auth_attempts` limit first, then the
+/// password (wrong now and then, mostly for every tenth user), then a session, regenerated
+/// after login as a web framework would.
+async fn login(vault: &Vault, user: &mut User, rng: &mut Rng, counts: &mut Counts) -> Result<bool> {
+    let client = ClientInfo::none().ip(&user.ip);
+    let attempt = vault
+        .limits()
+        .check(&user.id, "auth_attempts", 1, &client)
+        .await?;
+    if !attempt.allowed {
+        counts.locked_out += 1;
+        vault.audit().append(
+            AuditEvent::new(EventKind::Auth, "login.locked_out")
+                .user(&user.id)
+                .client_ip(&user.ip),
+        )?;
+        return Ok(false);
+    }
+    // Every tenth user cannot type their password.
+    let wrong = if user.id.ends_with('0') { 0.7 } else { 0.05 };
+    if rng.unit() < wrong {
+        counts.failed_logins += 1;
+        vault.audit().append(
+            AuditEvent::new(EventKind::Auth, "login.failed")
+                .user(&user.id)
+                .client_ip(&user.ip),
+        )?;
+        return Ok(false);
+    }
+    let issued = vault
+        .sessions()
+        .create(
+            NewSession::new(&user.id)
+                .device_fingerprint(&user.device)
+                .client_ip(&user.ip)
+                .client_meta("route", "/mcp")
+                .data(&json!({"upstream_access_token": "demo", "country": "NO"}))?,
+        )
+        .await?;
+    let issued = vault
+        .sessions()
+        .regenerate(issued.token.expose(), Some(&user.device))
+        .await?;
+    counts.logins += 1;
+    counts.sessions_created += 1;
+    vault.audit().append(
+        AuditEvent::new(EventKind::Auth, "login")
+            .user(&user.id)
+            .session(&issued.id)
+            .client_ip(&user.ip),
+    )?;
+    user.token = Some(issued.token);
+    Ok(true)
+}
+
+/// One API request: session, rate limits, the work, the audit event.
+async fn request(
+    vault: &Vault,
+    user: &mut User,
+    rng: &mut Rng,
+    counts: &mut Counts,
+    timings: &mut Timings,
+) -> Result<()> {
+    counts.requests += 1;
+    if user.token.is_none() && !login(vault, user, rng, counts).await? {
+        return Ok(());
+    }
+    let endpoint = match rng.unit() {
+        r if r < 0.60 => "search",
+        r if r < 0.85 => "playlist.read",
+        r if r < 0.95 => "playlist.edit",
+        _ => "preferences",
+    };
+    let started = Instant::now();
+    let token = user
+        .token
+        .as_ref()
+        .map(|t| t.expose().to_owned())
+        .unwrap_or_default();
+    let session = match vault
+        .sessions()
+        .validate(&token, Some(&user.device))
+        .await?
+    {
+        Validation::Valid(session) => session,
+        other => {
+            if matches!(other, Validation::Expired { .. }) {
+                counts.sessions_expired += 1;
+            }
+            user.token = None;
+            return Ok(());
+        }
+    };
+    if session.rotation_due {
+        user.token = Some(
+            vault
+                .sessions()
+                .rotate(&token, Some(&user.device))
+                .await?
+                .token,
+        );
+        counts.sessions_rotated += 1;
+    }
+    let client = ClientInfo::none().ip(&user.ip);
+    let mut allowed = vault
+        .limits()
+        .check(&user.id, "api_calls", 1, &client)
+        .await?
+        .allowed;
+    let specific = match endpoint {
+        "search" => Some("search_queries"),
+        "playlist.edit" => Some("playlist_ops"),
+        _ => None,
+    };
+    if let Some(limit) = specific.filter(|_| allowed) {
+        allowed = vault
+            .limits()
+            .check(&user.id, limit, 1, &client)
+            .await?
+            .allowed;
+    }
+    if !allowed {
+        counts.rate_limited += 1;
+        timings.record("rate_limited", started);
+        return Ok(());
+    }
+    counts.allowed += 1;
+    if endpoint == "preferences" {
+        if rng.unit() < 0.5 {
+            let quality = ["LOW", "HIGH", "LOSSLESS"][rng.next() as usize % 3];
+            vault
+                .preferences()
+                .patch(&user.id, &json!({"audio_quality": quality}))
+                .await?;
+            counts.preference_patches += 1;
+        } else {
+            vault.preferences().get(&user.id)?;
+            counts.preference_reads += 1;
+        }
+    }
+    vault.audit().append(
+        AuditEvent::new(EventKind::ApiCall, endpoint)
+            .user(&user.id)
+            .session(&session.id)
+            .details(json!({"status": 200}))
+            .category(GdprCategory::Necessary),
+    )?;
+    timings.record(endpoint, started);
+    Ok(())
+}
+
+fn print(r: &Report) {
+    let c = &r.counts;
+    println!(
+        "statevault demo: {} ({} users; sessions idle out after 20 min, rotate after 30 min)",
+        r.path, r.users
+    );
+    println!(
+        "  {} requests over {:.1} simulated hours in {:.2} s ({:.0} requests/s)",
+        c.requests,
+        r.simulated_hours,
+        r.wall_seconds,
+        c.requests as f64 / r.wall_seconds.max(1e-9)
+    );
+    println!(
+        "  allowed {}, rate-limited {} (429)",
+        c.allowed, c.rate_limited
+    );
+    println!();
+    println!("  latency of the vault work per request (real time)");
+    println!(
+        "    {:<14} {:>9} {:>9} {:>9} {:>9}",
+        "endpoint", "requests", "p50 µs", "p95 µs", "p99 µs"
+    );
+    for (endpoint, l) in &r.latency_by_endpoint {
+        println!(
+            "    {endpoint:<14} {:>9} {:>9.1} {:>9.1} {:>9.1}",
+            l.requests, l.p50_us, l.p95_us, l.p99_us
+        );
+    }
+    println!();
+    println!(
+        "  logins {} ok, {} wrong password, {} locked out by auth_attempts",
+        c.logins, c.failed_logins, c.locked_out
+    );
+    println!(
+        "  sessions: {} created, {} rotated, {} expired, {} revoked; {} live now",
+        c.sessions_created,
+        c.sessions_rotated,
+        c.sessions_expired,
+        c.sessions_revoked,
+        r.live_sessions
+    );
+    println!(
+        "  rate limits: {} violations, {} with a penalty",
+        r.violations, r.penalties
+    );
+    println!(
+        "  preferences: {} reads, {} patches",
+        c.preference_reads, c.preference_patches
+    );
+    println!(
+        "  audit: {} events, chain {}",
+        r.audit_events,
+        if r.audit_chain_ok {
+            "verified"
+        } else {
+            "BROKEN"
+        }
+    );
+    println!(
+        "  export of {}: {} audit events",
+        r.exported_user, r.exported_audit_events
+    );
+    let erased: Vec<String> = r
+        .erased_rows
+        .iter()
+        .map(|(t, n)| format!("{t} {n}"))
+        .collect();
+    println!("  erasure of {}: {}", r.erased_user, erased.join(", "));
+    let swept: Vec<String> = r.swept.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    println!("  sweep: {}", swept.join(", "));
+    println!(
+        "  file: {} bytes (+ {} bytes of WAL), {}",
+        r.file_bytes,
+        r.wal_bytes,
+        if r.encrypted {
+            "encrypted"
+        } else {
+            "NOT encrypted"
+        }
+    );
+}
