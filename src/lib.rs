@@ -49,6 +49,7 @@ mod error;
 mod key;
 mod limits;
 mod prefs;
+mod retention;
 mod sessions;
 mod store;
 mod users;
@@ -66,6 +67,7 @@ pub use limits::{
     SweepCounts, ViolationRecord, Window, WindowStatus,
 };
 pub use prefs::{Preferences, PreferencesConfig, StoredPreferences, Upgrade, merge_patch};
+pub use retention::SweepReport;
 #[cfg(feature = "tower-sessions")]
 pub use sessions::TowerSessionStore;
 pub use sessions::{

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
@@ -38,6 +38,7 @@ pub struct VaultOptions {
     cache_bytes: u64,
     busy_timeout: Duration,
     flush_interval: Duration,
+    sweep_interval: Option<Duration>,
     clock: Arc<dyn Clock>,
     sessions: SessionConfig,
     audit: AuditConfig,
@@ -62,6 +63,7 @@ impl VaultOptions {
             cache_bytes: 64 << 20,
             busy_timeout: Duration::from_secs(5),
             flush_interval: Duration::from_secs(1),
+            sweep_interval: Some(Duration::from_secs(3600)),
             clock: Arc::new(SystemClock),
             sessions: SessionConfig::default(),
             audit: AuditConfig::default(),
@@ -147,6 +149,14 @@ impl VaultOptions {
         self
     }
 
+    /// How often the vault's background task runs retention
+    /// ([`Vault::sweep`]); `None` leaves it to the application or to
+    /// `statevault sweep` (at least 1 s; default hourly).
+    pub fn sweep_interval(mut self, every: Option<Duration>) -> Self {
+        self.sweep_interval = every;
+        self
+    }
+
     /// How sessions behave (default [`SessionConfig::default`]).
     pub fn sessions(mut self, config: SessionConfig) -> Self {
         self.sessions = config;
@@ -215,6 +225,12 @@ impl VaultOptions {
         if self.path.as_os_str().is_empty() {
             return Err(Error::invalid("path", "empty"));
         }
+        if self
+            .sweep_interval
+            .is_some_and(|every| every < Duration::from_secs(1))
+        {
+            return Err(Error::invalid("sweep_interval", "shorter than a second"));
+        }
         if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&self.flush_interval) {
             return Err(Error::invalid(
                 "flush_interval",
@@ -239,6 +255,7 @@ impl fmt::Debug for VaultOptions {
             .field("cache_bytes", &self.cache_bytes)
             .field("busy_timeout", &self.busy_timeout)
             .field("flush_interval", &self.flush_interval)
+            .field("sweep_interval", &self.sweep_interval)
             .field("sessions", &self.sessions)
             .field("audit", &self.audit)
             .field("preferences", &self.preferences)
@@ -281,19 +298,19 @@ struct Inner {
     sessions: sessions::State,
     audit: audit::State,
     preferences: PreferencesConfig,
-    /// Wakes the background flusher to stop it. A permit is stored when the
-    /// task is busy, so the signal is never lost.
-    shutdown: Arc<Notify>,
-    flusher: Mutex<Option<JoinHandle<()>>>,
+    /// Set to `true` to stop the background tasks; each one watches it, so
+    /// none misses the signal, busy or not.
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Rate-limit buckets in memory, written behind by [`Vault::flush`].
     limits: LimitsState,
 }
 
 impl Drop for Inner {
-    /// Dropping the last handle only signals the background task; `close()`
-    /// is what waits for it and writes what is buffered.
+    /// Dropping the last handle only signals the background tasks; `close()`
+    /// is what waits for them and writes what is buffered.
     fn drop(&mut self) {
-        self.shutdown.notify_one();
+        self.shutdown.send_replace(true);
     }
 }
 
@@ -316,8 +333,8 @@ impl Vault {
                 sessions: sessions::State::new(options.sessions),
                 audit: audit::State::new(options.audit),
                 preferences: options.preferences,
-                shutdown: Arc::new(Notify::new()),
-                flusher: Mutex::new(None),
+                shutdown: watch::Sender::new(false),
+                tasks: Mutex::new(Vec::new()),
                 limits,
             }),
         };
@@ -325,28 +342,41 @@ impl Vault {
             vault.close().await?;
             return Err(e);
         }
-        vault.spawn_flusher(options.flush_interval);
+        vault.spawn_periodic("flush", options.flush_interval, |vault| async move {
+            vault.flush().await
+        });
+        if let Some(every) = options.sweep_interval {
+            vault.spawn_periodic("sweep", every, |vault| async move {
+                vault.sweep().await.map(drop)
+            });
+        }
         Ok(vault)
     }
 
-    /// Starts the task that writes buffered state every `every`. It holds
-    /// only a weak reference, so it never keeps a dropped vault alive.
-    fn spawn_flusher(&self, every: Duration) {
+    /// Starts a task that runs `job` every `every` (real time: this is I/O
+    /// scheduling, not a TTL) until the vault closes or is dropped. It holds
+    /// only a weak reference, so it never keeps a dropped vault alive. A
+    /// failed run is logged and retried at the next tick.
+    fn spawn_periodic<F, Fut>(&self, name: &'static str, every: Duration, job: F)
+    where
+        F: Fn(Vault) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<()>> + Send,
+    {
         let weak = Arc::downgrade(&self.inner);
-        let shutdown = self.inner.shutdown.clone();
+        let mut shutdown = self.inner.shutdown.subscribe();
         let task = tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    () = shutdown.notified() => return,
+                    _ = shutdown.wait_for(|stop| *stop) => return,
                     () = tokio::time::sleep(every) => {}
                 }
                 let Some(inner) = weak.upgrade() else { return };
-                if let Err(e) = (Vault { inner }).flush().await {
-                    tracing::warn!(error = %e, "background flush failed; the writes stay buffered");
+                if let Err(e) = job(Vault { inner }).await {
+                    tracing::warn!(task = name, error = %e, "background task failed; it runs again at the next tick");
                 }
             }
         });
-        *lock(&self.inner.flusher) = Some(task);
+        lock(&self.inner.tasks).push(task);
     }
 
     async fn finish_open(&self, migrate: bool) -> Result<()> {
@@ -612,15 +642,15 @@ impl Vault {
         Ok(Rows { columns, rows })
     }
 
-    /// Stops the background task, writes what is buffered, and closes every
+    /// Stops the background tasks, writes what is buffered, and closes every
     /// connection. Later calls on this handle or its clones fail with
     /// [`Error::Closed`]. Idempotent. If the final write fails, the
     /// connections are closed all the same and the error is returned.
     pub async fn close(&self) -> Result<()> {
-        self.inner.shutdown.notify_one();
-        let task = lock(&self.inner.flusher).take();
-        if let Some(task) = task {
-            // The task ends at the signal; a panic in it is already logged.
+        self.inner.shutdown.send_replace(true);
+        let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
+        for task in tasks {
+            // Each task ends at the signal; a panic in one is already logged.
             let _ = task.await;
         }
         let flushed = if self.store().reader().is_closed() {

@@ -181,6 +181,10 @@ fn migrate_status_lists_every_migration() {
         .count();
     assert_eq!(text.lines().count(), count, "{text}");
     assert!(text.lines().all(|l| l.contains(" applied ")), "{text}");
+    let out = run(dir.path(), &["sweep", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let swept: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(swept["removed"]["sessions"], 0, "{swept}");
     let out = run(dir.path(), &["migrate"]);
     assert!(
         stdout(&out).contains("applied 0 migration(s)"),

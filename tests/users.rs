@@ -63,6 +63,14 @@ async fn export_has_everything_and_round_trips() {
     assert_eq!(export.sessions[0].data["upstream"], "alice-token");
     assert_eq!(export.preferences, Some(json!({"audio_quality": "LOW"})));
     assert_eq!(export.audit_events.len(), 3);
+    // The sixth attempt is a violation; the seventh falls in its penalty.
+    assert_eq!(export.violations.len(), 1);
+    assert!(
+        export
+            .rate_limits
+            .iter()
+            .any(|l| l.limit == "auth_attempts" && l.penalty_until.is_some())
+    );
     assert!(
         export
             .audit_events
@@ -91,11 +99,15 @@ async fn erase_leaves_nothing_of_the_user_and_the_chain_verifies() {
     assert_eq!(report.rows["sessions"], 2);
     assert_eq!(report.rows["preferences"], 1);
     assert_eq!(report.rows["audit_events"], 3);
+    assert_eq!(report.rows["violations"], 1);
+    assert!(report.rows["token_buckets"] >= 1);
 
     for (table, column) in [
         ("sessions", "user_id"),
         ("preferences", "user_id"),
         ("audit_events", "user_id"),
+        ("token_buckets", "subject"),
+        ("violations", "subject"),
     ] {
         let n = vault
             .query_read_only(&format!(
@@ -119,7 +131,14 @@ async fn erase_leaves_nothing_of_the_user_and_the_chain_verifies() {
         export.sessions.is_empty()
             && export.preferences.is_none()
             && export.audit_events.is_empty()
+            && export.violations.is_empty()
     );
+    let fresh = vault
+        .limits()
+        .check("alice", "auth_attempts", 1, &ClientInfo::none())
+        .await
+        .unwrap();
+    assert!(fresh.allowed, "no penalty left in memory either");
     let bob = vault.export_user("bob").await.unwrap();
     assert_eq!(
         (bob.sessions.len(), bob.audit_events.len()),

@@ -202,3 +202,16 @@ fn text_of(value: &serde_json::Value) -> String {
         v => v.to_string(),
     }
 }
+
+pub async fn sweep(vault: &Vault, json: bool) -> Result<ExitCode> {
+    let report = vault.sweep().await?;
+    if json {
+        print_json(&report)?;
+    } else {
+        for (table, rows) in &report.removed {
+            println!("{table:<14} {rows:>8} removed");
+        }
+        println!("{:<14} {:>8} pages given back", "file", report.pages_freed);
+    }
+    Ok(ExitCode::SUCCESS)
+}

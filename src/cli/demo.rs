@@ -135,7 +135,7 @@ struct Report {
     exported_audit_events: usize,
     erased_user: String,
     erased_rows: BTreeMap<String, u64>,
-    swept: BTreeMap<&'static str, u64>,
+    swept: BTreeMap<String, u64>,
     file_bytes: u64,
     wal_bytes: u64,
     encrypted: bool,
@@ -234,14 +234,7 @@ async fn drive(vault: &Vault, clock: &FakeClock, args: &Args) -> Result<Report> 
     let erased_user = users[users.len() - 1].id.clone();
     let erased = vault.erase_user(&erased_user).await?;
 
-    vault.flush().await?;
-    let mut swept = BTreeMap::new();
-    swept.insert("sessions", vault.sessions().sweep(500).await?);
-    swept.insert("audit_events", vault.audit().sweep(500).await?);
-    let limits = vault.limits().sweep().await?;
-    swept.insert("violations", limits.violations);
-    swept.insert("token_buckets", limits.buckets);
-
+    let swept = vault.sweep().await?.removed;
     let chain = vault.audit().verify().await?;
     let scalar = |sql: &'static str| async move {
         let rows = vault.query_read_only(sql).await?;

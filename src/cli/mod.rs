@@ -89,6 +89,12 @@ enum Command {
     /// Everything about a user: export it or erase it.
     #[command(subcommand)]
     User(user::Command),
+    /// Run retention now: each facet's expired rows, in small batches; print what went.
+    Sweep {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The main job: drive a realistic service workload through every facet
     /// and print a report.
     Demo(demo::Args),
@@ -162,6 +168,7 @@ async fn dispatch(vault: &Vault, command: Command) -> Result<ExitCode> {
         Command::Info { json } => admin::info(vault, json).await,
         Command::Sql { query, json } => admin::sql(vault, &query, json).await,
         Command::Session(command) => session::run(vault, command).await,
+        Command::Sweep { json } => admin::sweep(vault, json).await,
         Command::Audit(command) => audit::run(vault, command).await,
         Command::Prefs(command) => prefs::run(vault, command).await,
         Command::User(command) => user::run(vault, command).await,

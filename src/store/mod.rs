@@ -135,6 +135,26 @@ impl Store {
         &self.writer
     }
 
+    /// Returns free pages to the file system (`PRAGMA incremental_vacuum`)
+    /// and folds the WAL into the file without waiting for readers (`PRAGMA
+    /// wal_checkpoint(PASSIVE)`). Returns the pages freed.
+    pub(crate) async fn give_back_space(&self) -> Result<i64> {
+        let mut conn = self.writer.acquire().await.map_err(closed_or)?;
+        let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+            .fetch_one(&mut *conn)
+            .await?;
+        sqlx::query("PRAGMA incremental_vacuum")
+            .execute(&mut *conn)
+            .await?;
+        let left: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+            .fetch_one(&mut *conn)
+            .await?;
+        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut *conn)
+            .await?;
+        Ok(free - left)
+    }
+
     /// What the file has applied.
     pub(crate) fn applied(&self) -> Result<Applied> {
         self.read(Applied::read)

@@ -1,0 +1,44 @@
+//! Retention across the vault: each facet deletes what its retention rules
+//! say, in small batches (bounded rows per transaction, so a writer in
+//! another task or process never waits long), then the freed pages go back
+//! to the file system (`incremental_vacuum`, the file was created with
+//! `auto_vacuum=INCREMENTAL`) and a passive checkpoint folds the WAL in.
+//!
+//! The vault's background task runs this every `sweep_interval` (default
+//! hourly); `statevault sweep` runs it now.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::{Result, Vault};
+
+/// Rows per transaction for facets that take a batch size.
+const BATCH: usize = 500;
+
+/// What [`Vault::sweep`] removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SweepReport {
+    /// Rows removed per table.
+    pub removed: BTreeMap<String, u64>,
+    /// Pages given back to the file system by `incremental_vacuum`.
+    pub pages_freed: i64,
+}
+
+impl Vault {
+    /// Applies every facet's retention now (see the module docs).
+    pub async fn sweep(&self) -> Result<SweepReport> {
+        self.flush().await?;
+        let mut removed = BTreeMap::new();
+        removed.insert("sessions".to_owned(), self.sessions().sweep(BATCH).await?);
+        removed.insert("audit_events".to_owned(), self.audit().sweep(BATCH).await?);
+        let limits = self.limits().sweep().await?;
+        removed.insert("violations".to_owned(), limits.violations);
+        removed.insert("token_buckets".to_owned(), limits.buckets);
+        let pages_freed = self.store().give_back_space().await?;
+        Ok(SweepReport {
+            removed,
+            pages_freed,
+        })
+    }
+}
