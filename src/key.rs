@@ -168,13 +168,39 @@ impl Key {
     /// `db` must be a valid, open SQLite handle not used by another thread
     /// for the duration of the call.
     pub(crate) unsafe fn apply(&self, db: *mut libsqlite3_sys::sqlite3) -> Result<(), i32> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.hand_to(db, libsqlite3_sys::sqlite3_key_v2) }
+    }
+
+    /// Re-encrypts the open database with this key.
+    ///
+    /// # Safety
+    /// `db` must be a valid, open, keyed SQLite handle not used by another
+    /// thread for the duration of the call.
+    pub(crate) unsafe fn rekey(&self, db: *mut libsqlite3_sys::sqlite3) -> Result<(), i32> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.hand_to(db, libsqlite3_sys::sqlite3_rekey_v2) }
+    }
+
+    /// Passes the key text to `sqlite3_key_v2` or `sqlite3_rekey_v2`.
+    ///
+    /// # Safety
+    /// As for [`Key::apply`].
+    unsafe fn hand_to(
+        &self,
+        db: *mut libsqlite3_sys::sqlite3,
+        f: unsafe extern "C" fn(
+            *mut libsqlite3_sys::sqlite3,
+            *const std::ffi::c_char,
+            *const std::ffi::c_void,
+            std::ffi::c_int,
+        ) -> std::ffi::c_int,
+    ) -> Result<(), i32> {
         let text = self.to_text();
         let len = i32::try_from(text.len()).map_err(|_| libsqlite3_sys::SQLITE_TOOBIG)?;
         // SAFETY: the caller guarantees `db`; the buffer outlives the call and
         // SQLCipher copies what it needs.
-        let rc = unsafe {
-            libsqlite3_sys::sqlite3_key_v2(db, c"main".as_ptr(), text.as_ptr().cast(), len)
-        };
+        let rc = unsafe { f(db, c"main".as_ptr(), text.as_ptr().cast(), len) };
         if rc == libsqlite3_sys::SQLITE_OK {
             Ok(())
         } else {

@@ -44,6 +44,7 @@
 //! ```
 
 mod audit;
+mod backup;
 mod clock;
 mod error;
 mod key;
@@ -59,6 +60,7 @@ pub use audit::{
     Audit, AuditConfig, AuditEvent, AuditQuery, BrokenLink, ChainReport, EventKind, GdprCategory,
     StoredEvent,
 };
+pub use backup::{BACKUP_RETENTION, BackupReport, BackupVerification};
 pub use clock::{Clock, FakeClock, SystemClock, Timestamp};
 pub use error::{Error, Result};
 pub use key::{KEY_ENV, Key, KeySource, default_key_file};

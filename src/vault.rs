@@ -194,6 +194,12 @@ impl VaultOptions {
         &self.path
     }
 
+    /// How an existing file at this path would be opened (its key found).
+    pub(crate) fn resolve_settings(&self) -> Result<crate::store::SharedSettings> {
+        self.validate()?;
+        crate::store::existing_settings(&self.spec())
+    }
+
     fn spec(&self) -> OpenSpec<'_> {
         OpenSpec {
             path: &self.path,
@@ -608,7 +614,7 @@ impl Vault {
         if self.store().reader().is_closed() {
             return Err(Error::Closed);
         }
-        Ok(self.store().check().await)
+        self.store().check().await
     }
 
     /// Checks the file at `options`' path without opening it as a vault, so

@@ -6,6 +6,7 @@
 
 mod admin;
 mod audit;
+mod backup;
 mod bench;
 mod bench_audit;
 mod bench_limits;
@@ -95,6 +96,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write an encrypted backup, or verify one (`backup verify FILE`).
+    Backup(backup::BackupArgs),
+    /// Replace the vault with a verified backup (nothing else may have it open).
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+    },
+    /// Re-encrypt the vault with the key in FILE (nothing else may have it open).
+    Rekey {
+        /// The new key: `x'<64 hex>'` or a passphrase, mode 0600.
+        #[arg(long, value_name = "FILE")]
+        new_key_file: PathBuf,
+    },
     /// The main job: drive a realistic service workload through every facet
     /// and print a report.
     Demo(demo::Args),
@@ -145,11 +159,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         (None, true) => KeySource::None,
         (None, false) => KeySource::Auto,
     };
-    let options = VaultOptions::new(&cli.db).key_source(key);
+    let options = VaultOptions::new(&cli.db).key_source(key.clone());
     match cli.command {
         Command::Bench(args) => bench::run(args).await,
         Command::Init => admin::init(options).await,
         Command::Demo(args) => demo::run(options, args).await,
+        Command::Restore { file } => backup::restore(&options, &file).await,
+        Command::Rekey { new_key_file } => backup::rekey(options, &key, &new_key_file).await,
         Command::Check { json } => admin::check(&options, json).await,
         command => {
             let vault = Vault::open(options.create_if_missing(false).migrate(false)).await?;
@@ -169,11 +185,17 @@ async fn dispatch(vault: &Vault, command: Command) -> Result<ExitCode> {
         Command::Sql { query, json } => admin::sql(vault, &query, json).await,
         Command::Session(command) => session::run(vault, command).await,
         Command::Sweep { json } => admin::sweep(vault, json).await,
+        Command::Backup(args) => backup::backup(vault, args).await,
         Command::Audit(command) => audit::run(vault, command).await,
         Command::Prefs(command) => prefs::run(vault, command).await,
         Command::User(command) => user::run(vault, command).await,
         Command::Limits(command) => limits::run(vault, command).await,
-        Command::Init | Command::Check { .. } | Command::Bench(_) | Command::Demo(_) => {
+        Command::Init
+        | Command::Check { .. }
+        | Command::Bench(_)
+        | Command::Demo(_)
+        | Command::Restore { .. }
+        | Command::Rekey { .. } => {
             unreachable!("handled before the vault is opened")
         }
     }

@@ -38,8 +38,9 @@ pub struct Check {
 ///
 /// SQLCipher's `cipher_integrity_check` (every page's HMAC, naming the bad
 /// pages) runs first: it needs no schema, so it reports even when SQLite
-/// cannot read the file's tables.
-pub(crate) fn check_file(settings: &ConnSettings) -> CheckReport {
+/// cannot read the file's tables. A wrong key is not a report of a thousand
+/// bad pages but [`crate::Error::WrongKey`].
+pub(crate) fn check_file(settings: &ConnSettings) -> crate::Result<CheckReport> {
     let mut checks = Vec::new();
     let conn = match settings.open_for_check() {
         Ok(conn) => conn,
@@ -49,9 +50,19 @@ pub(crate) fn check_file(settings: &ConnSettings) -> CheckReport {
                 ok: false,
                 problems: vec![e.to_string()],
             });
-            return CheckReport { checks };
+            return Ok(CheckReport { checks });
         }
     };
+    if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())) {
+        match super::conn::classify(&settings.path, settings.key.is_some(), e) {
+            e @ crate::Error::WrongKey { .. } => return Err(e),
+            e => checks.push(Check {
+                name: "schema",
+                ok: false,
+                problems: vec![e.to_string()],
+            }),
+        }
+    }
     if settings.key.is_some() {
         checks.push(run(
             &conn,
@@ -67,7 +78,7 @@ pub(crate) fn check_file(settings: &ConnSettings) -> CheckReport {
         Some("ok"),
     ));
     checks.push(run(&conn, "foreign_keys", "PRAGMA foreign_key_check", None));
-    CheckReport { checks }
+    Ok(CheckReport { checks })
 }
 
 /// Runs a check pragma; every row that is not `ok_row` is a problem.

@@ -38,6 +38,7 @@ impl Synchronous {
 /// Everything needed to open one more connection. Shared by all of a
 /// vault's connections; holds the key, which is wiped when the last
 /// connection factory is dropped.
+#[derive(Clone)]
 pub(crate) struct ConnSettings {
     pub(crate) path: PathBuf,
     pub(crate) key: Option<Key>,
@@ -47,6 +48,14 @@ pub(crate) struct ConnSettings {
 }
 
 impl ConnSettings {
+    /// The same settings (key included) for another file: a backup.
+    pub(crate) fn for_path(&self, path: &Path) -> ConnSettings {
+        ConnSettings {
+            path: path.to_owned(),
+            ..self.clone()
+        }
+    }
+
     /// The pragmas that follow the key, as one batch. None of them writes to
     /// a file that is already set up, so a refused open leaves it untouched.
     pub(crate) fn setup_sql(&self) -> String {

@@ -77,12 +77,24 @@ impl Store {
     /// Checks an existing file without opening it as a vault (see [`check`]).
     pub(crate) async fn check_file(spec: OpenSpec<'_>) -> Result<CheckReport> {
         let (settings, _) = settings(&spec, false)?;
-        Ok(check_blocking(settings).await)
+        check_blocking(settings).await
     }
 
     /// Checks this store's file.
-    pub(crate) async fn check(&self) -> CheckReport {
+    pub(crate) async fn check(&self) -> Result<CheckReport> {
         check_blocking(self.settings.clone()).await
+    }
+
+    /// How this store's connections are made (path, key, pragmas).
+    pub(crate) fn settings(&self) -> &SharedSettings {
+        &self.settings
+    }
+
+    /// Closes the readers (hot and sqlx) but not the writer: for work that
+    /// must be the file's only connection.
+    pub(crate) async fn close_readers(&self) {
+        self.hot.close();
+        self.reader.close().await;
     }
 
     /// The database file.
@@ -196,6 +208,11 @@ impl Store {
     }
 }
 
+/// The connection settings of an existing file, without opening it.
+pub(crate) fn existing_settings(spec: &OpenSpec<'_>) -> Result<SharedSettings> {
+    settings(spec, false).map(|(settings, _)| settings)
+}
+
 /// Judges the file by its bytes, finds its key, and (when allowed and
 /// needed) creates it; returns the connection settings and whether it was created.
 fn settings(spec: &OpenSpec<'_>, create: bool) -> Result<(SharedSettings, bool)> {
@@ -234,16 +251,16 @@ fn settings(spec: &OpenSpec<'_>, create: bool) -> Result<(SharedSettings, bool)>
     Ok((settings, created))
 }
 
-async fn check_blocking(settings: SharedSettings) -> CheckReport {
+async fn check_blocking(settings: SharedSettings) -> Result<CheckReport> {
     match tokio::task::spawn_blocking(move || check::check_file(&settings)).await {
         Ok(report) => report,
-        Err(e) => CheckReport {
+        Err(e) => Ok(CheckReport {
             checks: vec![Check {
                 name: "check",
                 ok: false,
                 problems: vec![format!("the check task failed: {e}")],
             }],
-        },
+        }),
     }
 }
 

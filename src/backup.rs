@@ -1,0 +1,344 @@
+//! Backup, verify, restore and rekey: the whole file at once.
+//!
+//! - **Backup** is `VACUUM INTO` a new file: a consistent snapshot taken
+//!   while the vault is in use, encrypted with the same key and cipher
+//!   settings. It is written under a temporary name (created 0600 first,
+//!   since `VACUUM INTO` would otherwise use the default mode), switched to
+//!   WAL, synced, and renamed into place, so a crash never leaves a
+//!   half-written backup under the final name. By default it goes to a
+//!   `backups/` folder beside the database, where backups older than
+//!   `keep` (7 days) are deleted.
+//! - **Verify** opens a backup with the vault's key and runs the file checks
+//!   (every page's HMAC, `integrity_check`, foreign keys), the audit chain,
+//!   and counts rows; garbage and other keys are refused with the usual
+//!   typed errors.
+//! - **Restore** verifies the backup, refuses while any other connection has
+//!   the live file open, and copies the backup into it with SQLite's online
+//!   backup API: one write transaction, so the file is either the old one or
+//!   the restored one.
+//! - **Rekey** re-encrypts the file with a new key (`sqlite3_rekey_v2`, also
+//!   in WAL mode), records the date in `vault_meta` and in the audit log, and
+//!   closes the vault: the old key stops working.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::audit::{AuditEvent, ChainReport, EventKind};
+use crate::clock::Timestamp;
+use crate::key::{Key, KeySource};
+use crate::store::{CheckReport, ConnSettings};
+use crate::{Error, Result, Vault, VaultOptions};
+
+/// How long backups in the default folder are kept.
+pub const BACKUP_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What [`Vault::backup`] wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    /// The backup file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Older backups deleted from the default folder.
+    pub removed: Vec<PathBuf>,
+}
+
+/// What [`Vault::verify_backup`] found.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupVerification {
+    /// Whether every check passed and the chain holds.
+    pub ok: bool,
+    /// The file checks.
+    pub checks: CheckReport,
+    /// The audit chain.
+    pub chain: Option<ChainReport>,
+    /// Rows per table.
+    pub tables: BTreeMap<String, i64>,
+}
+
+impl Vault {
+    /// Writes a consistent, encrypted copy of the vault (see the module
+    /// docs). `out` names the file; by default it goes to `backups/` beside
+    /// the database, named by the vault clock's time, and older backups
+    /// there are deleted after [`BACKUP_RETENTION`].
+    pub async fn backup(&self, out: Option<&Path>) -> Result<BackupReport> {
+        self.flush().await?;
+        let now = self.now();
+        let (path, default_dir) = match out {
+            Some(path) => (path.to_owned(), None),
+            None => {
+                let dir = self
+                    .path()
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("backups");
+                fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                (dir.join(backup_name(self.path(), now)), Some(dir))
+            }
+        };
+        if path.exists() {
+            return Err(Error::invalid(
+                "backup path",
+                format!("{} exists already", path.display()),
+            ));
+        }
+        let settings = self.store().settings().clone();
+        let target = path.clone();
+        let bytes = tokio::task::spawn_blocking(move || write_backup(&settings, &target))
+            .await
+            .map_err(|e| Error::invalid("backup", format!("the backup task failed: {e}")))??;
+        let removed = match default_dir {
+            Some(dir) => prune(&dir, self.path(), now)?,
+            None => Vec::new(),
+        };
+        Ok(BackupReport {
+            path,
+            bytes,
+            removed,
+        })
+    }
+
+    /// Opens `path` with this vault's key and checks it: every page, the
+    /// integrity of the file, the audit chain; counts rows per table.
+    pub async fn verify_backup(&self, path: &Path) -> Result<BackupVerification> {
+        let key = self.store().settings().key.clone();
+        verify(path, key).await
+    }
+
+    /// Replaces the vault file at `options`' path with the verified backup
+    /// `backup`. Refuses, changing nothing, if the backup does not verify or
+    /// if any other connection has the vault open (stop the service first).
+    /// `progress(copied_pages, total_pages)` is called as the copy goes.
+    pub async fn restore(
+        options: &VaultOptions,
+        backup: &Path,
+        progress: impl FnMut(u64, u64) + Send + 'static,
+    ) -> Result<BackupVerification> {
+        let settings = options.resolve_settings()?;
+        let verification = verify(backup, settings.key.clone()).await?;
+        if !verification.ok {
+            return Err(Error::Corrupt {
+                path: backup.to_owned(),
+                detail: "the backup does not verify (run `statevault backup verify` for details)"
+                    .into(),
+            });
+        }
+        let backup = backup.to_owned();
+        tokio::task::spawn_blocking(move || copy_into(&settings, &backup, progress))
+            .await
+            .map_err(|e| Error::invalid("restore", format!("the restore task failed: {e}")))??;
+        Ok(verification)
+    }
+
+    /// Re-encrypts the file with `new_key` and closes the vault; reopen it
+    /// with the new key. Refuses if another process has the file open (its
+    /// connections would hold the old key). Records the date as
+    /// `key_created_at` in `vault_meta` and a `key.rotate` audit event.
+    pub async fn rekey(self, new_key: &Key) -> Result<()> {
+        if !self.is_encrypted() {
+            return Err(Error::NotEncrypted {
+                path: self.path().to_owned(),
+            });
+        }
+        let result = self.rekey_inner(new_key).await;
+        let closed = self.close().await;
+        result.and(closed)
+    }
+
+    async fn rekey_inner(&self, new_key: &Key) -> Result<()> {
+        self.audit()
+            .append(AuditEvent::new(EventKind::Admin, "key.rotate"))?;
+        self.flush().await?;
+        self.store().close_readers().await;
+        let mut conn = self
+            .store()
+            .writer()
+            .acquire()
+            .await
+            .map_err(crate::store::closed_or)?;
+        // Holding the file exclusively proves no other process has it open.
+        sqlx::query("PRAGMA locking_mode = EXCLUSIVE")
+            .execute(&mut *conn)
+            .await?;
+        let exclusive = sqlx::query("BEGIN EXCLUSIVE").execute(&mut *conn).await;
+        if exclusive.is_err() {
+            let _ = sqlx::query("PRAGMA locking_mode = NORMAL")
+                .execute(&mut *conn)
+                .await;
+            return Err(Error::invalid(
+                "rekey",
+                "another process has the vault open; stop it and try again",
+            ));
+        }
+        sqlx::query("COMMIT").execute(&mut *conn).await?;
+        {
+            let mut handle = conn.lock_handle().await?;
+            // SAFETY: the locked handle guarantees the worker thread is not
+            // using the connection during the call.
+            unsafe { new_key.rekey(handle.as_raw_handle().as_ptr()) }.map_err(|rc| {
+                Error::Corrupt {
+                    path: self.path().to_owned(),
+                    detail: format!("SQLCipher refused the new key (code {rc})"),
+                }
+            })?;
+        }
+        sqlx::query(
+            "INSERT INTO vault_meta (key, value, updated_at) VALUES ('key_created_at', ?1, ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(self.now())
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// `<stem>.<YYYYMMDDTHHMMSSmmmZ>.backup.db`
+fn backup_name(db: &Path, now: Timestamp) -> String {
+    let stem = db
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("statevault");
+    let stamp: String = now
+        .to_rfc3339()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    format!("{stem}.{stamp}.backup.db")
+}
+
+/// Deletes this database's backups in `dir` older than the retention.
+fn prune(dir: &Path, db: &Path, now: Timestamp) -> Result<Vec<PathBuf>> {
+    let stem = db
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("statevault");
+    let cutoff = backup_name(db, now.saturating_sub(BACKUP_RETENTION));
+    let mut removed = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Names sort by time: same stem, same fixed-width stamp.
+        if name.starts_with(&format!("{stem}.")) && name.ends_with(".backup.db") && name < cutoff {
+            fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+            removed.push(entry.path());
+        }
+    }
+    Ok(removed)
+}
+
+fn write_backup(settings: &ConnSettings, path: &Path) -> Result<u64> {
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("backup");
+    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?;
+    let written = (|| {
+        let source = settings.open_for_check()?;
+        let target = tmp
+            .to_str()
+            .ok_or_else(|| Error::invalid("backup path", "not UTF-8"))?;
+        source.execute("VACUUM INTO ?1", [target])?;
+        drop(source);
+        // Open it once as a vault connection would: WAL, so that verifying
+        // or restoring it later changes nothing in it.
+        let copy = settings.for_path(&tmp).open_rusqlite(false)?;
+        copy.close().map_err(|(_, e)| Error::Sqlite(e))?;
+        fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(&tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        fs::metadata(path)
+            .map(|m| m.len())
+            .map_err(|e| Error::io(path, e))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+async fn verify(path: &Path, key: Option<Key>) -> Result<BackupVerification> {
+    let source = match key {
+        Some(key) => KeySource::Key(key),
+        None => KeySource::None,
+    };
+    let options = VaultOptions::new(path)
+        .key_source(source)
+        .create_if_missing(false)
+        .migrate(false)
+        .sweep_interval(None);
+    let checks = Vault::check_file(&options).await?;
+    if !checks.ok() {
+        return Ok(BackupVerification {
+            ok: false,
+            checks,
+            chain: None,
+            tables: BTreeMap::new(),
+        });
+    }
+    let vault = Vault::open(options).await?;
+    let result = async {
+        let chain = vault.audit().verify().await?;
+        let tables = vault.info().await?.tables;
+        Ok::<_, Error>((chain, tables))
+    }
+    .await;
+    vault.close().await?;
+    let (chain, tables) = result?;
+    Ok(BackupVerification {
+        ok: checks.ok() && chain.ok,
+        checks,
+        chain: Some(chain),
+        tables,
+    })
+}
+
+/// Copies `backup` into the live database with the online backup API,
+/// after making sure no other connection has the live file open.
+fn copy_into(
+    settings: &ConnSettings,
+    backup: &Path,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<()> {
+    let source = settings.for_path(backup).open_for_check()?;
+    let mut live = settings.open_rusqlite(false)?;
+    live.execute_batch("PRAGMA locking_mode = EXCLUSIVE;")?;
+    live.busy_timeout(Duration::ZERO)?;
+    if live.execute_batch("BEGIN EXCLUSIVE; COMMIT;").is_err() {
+        return Err(Error::invalid(
+            "restore",
+            "another process has the vault open; stop it (the service, other CLI commands) and try again",
+        ));
+    }
+    live.busy_timeout(settings.busy_timeout)?;
+    let copy = rusqlite::backup::Backup::new(&source, &mut live)?;
+    loop {
+        let step = copy.step(256)?;
+        let p = copy.progress();
+        let total = u64::try_from(p.pagecount).unwrap_or(0);
+        progress(
+            total.saturating_sub(u64::try_from(p.remaining).unwrap_or(0)),
+            total,
+        );
+        match step {
+            rusqlite::backup::StepResult::Done => break,
+            rusqlite::backup::StepResult::More => {}
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    drop(copy);
+    live.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+    live.close().map_err(|(_, e)| Error::Sqlite(e))
+}
