@@ -11,6 +11,8 @@
 //!   `sqlite3_key_v2`), pragmas, WAL, the one sqlx writer, the sqlx read
 //!   pool, the rusqlite hot-path readers, migrations. Its module docs explain
 //!   which driver does what and why.
+//! - [`cache`](crate::Cache): the two-level cache (L1 in memory, L2 zstd
+//!   blobs in the file), with a write-behind buffer that [`Vault::flush`] writes.
 //! - [`clock`](crate::Clock): time, injected; every facet reads the vault's clock.
 //! - [`key`](crate::Key): keys and where they come from; zeroized, never shown.
 //! - [`error`](crate::Error): the one error type.
@@ -34,12 +36,17 @@
 //! # }
 //! ```
 
+mod cache;
 mod clock;
 mod error;
 mod key;
 mod store;
 mod vault;
 
+pub use cache::{
+    Cache, CacheConfig, CacheKey, CacheStats, L1Stats, L2Stats, MAX_KEY_BYTES, NamespaceStats,
+    SetOptions, SweepReport,
+};
 pub use clock::{Clock, FakeClock, SystemClock, Timestamp};
 pub use error::{Error, Result};
 pub use key::{KEY_ENV, Key, KeySource, default_key_file};

@@ -10,6 +10,7 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef};
 use zeroize::Zeroizing;
 
+use crate::cache::{CacheConfig, CacheState};
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::key::{Key, KeySource};
 use crate::store::{self, CheckReport, MigrationStatus, OpenSpec, Store, Synchronous};
@@ -32,6 +33,7 @@ pub struct VaultOptions {
     cache_bytes: u64,
     busy_timeout: Duration,
     clock: Arc<dyn Clock>,
+    cache: CacheConfig,
 }
 
 impl VaultOptions {
@@ -50,6 +52,7 @@ impl VaultOptions {
             cache_bytes: 64 << 20,
             busy_timeout: Duration::from_secs(5),
             clock: Arc::new(SystemClock),
+            cache: CacheConfig::default(),
         }
     }
 
@@ -127,6 +130,12 @@ impl VaultOptions {
         self
     }
 
+    /// How the two-level cache is sized (default [`CacheConfig::default`]).
+    pub fn cache(mut self, config: CacheConfig) -> Self {
+        self.cache = config;
+        self
+    }
+
     /// The database path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -163,7 +172,7 @@ impl VaultOptions {
         if self.path.as_os_str().is_empty() {
             return Err(Error::invalid("path", "empty"));
         }
-        Ok(())
+        self.cache.validate()
     }
 }
 
@@ -213,6 +222,8 @@ struct Inner {
     /// The secret behind [`Vault::keyed_hash`], from `vault_meta`
     /// (`hash_salt`); set once the schema exists.
     hash_salt: OnceLock<Zeroizing<[u8; 32]>>,
+    /// The cache's L1 and write-behind buffer.
+    cache: CacheState,
 }
 
 impl Vault {
@@ -230,6 +241,7 @@ impl Vault {
                 store,
                 clock: options.clock,
                 hash_salt: OnceLock::new(),
+                cache: CacheState::new(options.cache),
             }),
         };
         if let Err(e) = vault.finish_open(options.migrate).await {
@@ -308,6 +320,10 @@ impl Vault {
             let mut rows = stmt.query([key])?;
             rows.next()?.map(|row| row.get(0)).transpose()
         })
+    }
+
+    pub(crate) fn cache_state(&self) -> &CacheState {
+        &self.inner.cache
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -472,11 +488,23 @@ impl Vault {
         Ok(Rows { columns, rows })
     }
 
+    /// Writes what the facets buffer (the cache's recent sets and last-access
+    /// times) to the file, each facet in one transaction.
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.cache.flush(self).await
+    }
+
     /// Flushes what is buffered and closes every connection. Later calls on
     /// this handle or its clones fail with [`Error::Closed`]. Idempotent.
+    /// The connections are closed even when the flush fails; its error is
+    /// returned then.
     pub async fn close(&self) -> Result<()> {
+        let flushed = match self.flush().await {
+            Err(Error::Closed) => Ok(()),
+            other => other,
+        };
         self.store().close().await;
-        Ok(())
+        flushed
     }
 }
 

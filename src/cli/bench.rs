@@ -82,13 +82,27 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     })
     .await?;
 
+    let mut workloads = serde_json::Map::new();
+    workloads.insert(
+        "cache_l1_get".into(),
+        super::bench_cache::l1_get(dir.path(), args.quick).await?,
+    );
+    workloads.insert(
+        "cache_l2_get".into(),
+        super::bench_cache::l2_get(dir.path(), args.quick).await?,
+    );
+    workloads.insert(
+        "cache_set".into(),
+        super::bench_cache::set(dir.path(), args.quick).await?,
+    );
+
     let report = Report {
         open_ms,
         open_ms_rusqlite,
         open_ratio: open_ms_rusqlite / open_ms,
         open_ms_passphrase,
         runs,
-        workloads: serde_json::Map::new(),
+        workloads,
         machine: machine(sqlcipher),
     };
     if args.json {
@@ -108,6 +122,12 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             report.open_ms_passphrase
         );
         println!("medians of {runs} runs");
+        for (name, w) in &report.workloads {
+            println!(
+                "{name:<20} {:>12} ops/s   baseline {:>12} ops/s   ratio {}   ({})",
+                w["ops_per_sec"], w["baseline_ops_per_sec"], w["ratio"], w["baseline"]
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

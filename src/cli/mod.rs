@@ -6,6 +6,8 @@
 
 mod admin;
 mod bench;
+mod bench_cache;
+mod cache;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +72,9 @@ enum Command {
     },
     /// The standard workloads, in a temporary directory (never touches --db).
     Bench(bench::Args),
+    /// The two-level cache: stats, invalidate by tag, clear.
+    #[command(subcommand)]
+    Cache(cache::Command),
 }
 
 /// Parses, runs, prints `error: ...` on failure. Exit codes: 0 success,
@@ -133,6 +138,7 @@ async fn dispatch(vault: &Vault, command: Command) -> Result<ExitCode> {
         Command::Migrate { status } => admin::migrate(vault, status).await,
         Command::Info { json } => admin::info(vault, json).await,
         Command::Sql { query, json } => admin::sql(vault, &query, json).await,
+        Command::Cache(command) => cache::run(vault, command).await,
         Command::Init | Command::Check { .. } | Command::Bench(_) => {
             unreachable!("handled before the vault is opened")
         }
