@@ -18,7 +18,10 @@
 //!    (one flush interval). It never brings back an invalidated value.
 //! 3. L1 never holds more than its entry and byte bounds.
 //! 4. Expiry is checked on every read against the vault's clock; sweeps only
-//!    reclaim space.
+//!    reclaim space. Memory (L1 and the buffer) is checked against the
+//!    clock's coarse reading ([`Clock::now_coarse`](crate::Clock::now_coarse),
+//!    up to a few milliseconds behind with the system clock), so an entry
+//!    may be served from memory for that long past its expiry.
 //! 5. L1 is per process. Another process sees this one's sets once they are
 //!    flushed, and this process's L1 may serve a value another process has
 //!    since replaced until it expires or is evicted here.
@@ -501,17 +504,24 @@ impl<'a> Cache<'a> {
     /// to L1 on a hit). A corrupt row in L2 is dropped and reported as
     /// [`Error::CacheCorrupt`].
     pub async fn get(&self, key: &CacheKey) -> Result<Option<Arc<[u8]>>> {
-        Ok(self.lookup(key).await?.map(|item| item.value))
+        // Memory is checked against the coarse clock (see guarantee 4); L2
+        // and every write read the full clock.
+        let now = self.vault.clock().now_coarse();
+        match self.state().l1.lookup(key.as_str(), now.as_millis()) {
+            Lookup::Hit(value) => Ok(Some(value)),
+            Lookup::Expired => Ok(None),
+            // boxed so that the L1 hit path stays a small future
+            Lookup::Miss(version) => Box::pin(self.get_l2(key, self.now(), version)).await,
+        }
     }
 
-    async fn lookup(&self, key: &CacheKey) -> Result<Option<Item>> {
+    async fn get_l2(
+        &self,
+        key: &CacheKey,
+        now: Timestamp,
+        version: u64,
+    ) -> Result<Option<Arc<[u8]>>> {
         let state = self.state();
-        let now = self.now();
-        let version = match state.l1.lookup(key.as_str(), now.as_millis()) {
-            Lookup::Hit(item) => return Ok(Some(item)),
-            Lookup::Expired => return Ok(None),
-            Lookup::Miss(version) => version,
-        };
         let max = state.config.max_value_bytes;
         let found = self
             .vault
@@ -546,15 +556,16 @@ impl<'a> Cache<'a> {
                 meta,
             }) => {
                 bump(&state.counters.l2_hits, 1);
+                let value: Arc<[u8]> = value.into();
                 let item = Item {
-                    value: value.into(),
+                    value: value.clone(),
                     expires_at,
                     meta: Arc::new(meta),
                 };
                 state
                     .l1
-                    .promote(key.as_str(), item.clone(), version, now.as_millis());
-                Ok(Some(item))
+                    .promote(key.as_str(), item, version, now.as_millis());
+                Ok(Some(value))
             }
         }
     }
