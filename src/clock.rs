@@ -183,6 +183,7 @@ impl Clock for SystemClock {
         if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
             return self.now();
         }
+        #[allow(clippy::useless_conversion)] // time_t is 32-bit on some targets
         Timestamp::from_millis(
             i64::from(ts.tv_sec)
                 .saturating_mul(1000)

@@ -653,3 +653,32 @@ async fn cli_cache_stats_invalidate_clear() {
     );
     common::assert_one_error_line(&out);
 }
+
+#[tokio::test]
+async fn the_write_buffer_is_bounded_and_other_handles_see_sets_once_flushed() {
+    let dir = common::tempdir();
+    let config = CacheConfig::default()
+        .l1_shards(1)
+        .max_pending_bytes(16 * 1024);
+    let (vault, _clock) = vault_with(dir.path(), config).await;
+    let (other, _clock) = common::vault(dir.path()).await; // another process, in effect
+    let cache = vault.cache();
+    let first = key("m", "0");
+    cache.set(&first, &[1; 4096]).await.unwrap();
+    assert!(
+        other.cache().get(&first).await.unwrap().is_none(),
+        "not flushed yet"
+    );
+    for i in 1..10 {
+        cache
+            .set(&key("m", &i.to_string()), &[1; 4096])
+            .await
+            .unwrap();
+    }
+    // over 16 KiB buffered: a set flushed on its own
+    assert!(l2_rows(vault.path(), "m:0") == 1);
+    assert!(other.cache().get(&first).await.unwrap().is_some());
+    assert!(cache.stats().await.unwrap().pending_writes < 10);
+    other.close().await.unwrap();
+    vault.close().await.unwrap();
+}

@@ -418,11 +418,16 @@ impl Shards {
     }
 
     /// Moves every pending write into `flushing` and returns a copy to write.
+    /// The caller holds the writer, so no other flush is under way.
     pub(crate) fn begin_flush(&self) -> Batch {
         let mut batch = Batch::default();
         for mut guard in self.each() {
             let shard = &mut *guard;
-            debug_assert!(shard.flushing.is_empty(), "one flush at a time");
+            // Left over only by a flush whose future was dropped before it
+            // finished (its transaction rolled back): write it again.
+            for (k, p) in std::mem::take(&mut shard.flushing) {
+                shard.pending.entry(k).or_insert(p);
+            }
             shard.flushing = std::mem::take(&mut shard.pending);
             shard.pending_bytes = 0;
             batch

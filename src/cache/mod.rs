@@ -600,7 +600,14 @@ impl<'a> Cache<'a> {
     /// too long TTL is [`Error::InvalidInput`].
     pub async fn set_with(&self, key: &CacheKey, value: &[u8], options: &SetOptions) -> Result<()> {
         let pending = self.stage(key, value, options)?;
-        if pending > self.state().config.max_pending_bytes / self.state().config.l1_shards.max(1) {
+        self.flush_if_full(pending).await
+    }
+
+    /// Flushes when a shard's buffer holds more than its share of
+    /// `max_pending_bytes`, so the buffer stays bounded between flushes.
+    async fn flush_if_full(&self, shard_pending: usize) -> Result<()> {
+        let config = &self.state().config;
+        if shard_pending > config.max_pending_bytes / config.l1_shards {
             self.vault.flush().await?;
         }
         Ok(())
@@ -683,13 +690,11 @@ impl<'a> Cache<'a> {
                 max: max as u64,
             });
         }
+        let mut pending = 0;
         for (key, value) in entries {
-            self.stage(key, value, options)?;
+            pending = pending.max(self.stage(key, value, options)?);
         }
-        if self.state().l1.totals().2 > 0 && entries.len() > 1000 {
-            self.vault.flush().await?;
-        }
-        Ok(())
+        self.flush_if_full(pending).await
     }
 
     /// Removes these keys from both levels, in one transaction; how many of

@@ -22,7 +22,7 @@ pub fn json_value(i: usize) -> Vec<u8> {
                 "artist": {"id": 1000 + (i * 7 + t) % 97, "name": format!("Artist {}", (i * 7 + t) % 97)},
                 "album": {"id": 5000 + i % 311, "title": format!("Album {}", i % 311)},
                 "duration": 180 + (i * 13 + t * 31) % 240,
-                "explicit": (i + t) % 5 == 0,
+                "explicit": (i + t).is_multiple_of(5),
                 "popularity": (i * 31 + t * 17) % 100,
             })
         })
