@@ -682,3 +682,59 @@ async fn the_write_buffer_is_bounded_and_other_handles_see_sets_once_flushed() {
     other.close().await.unwrap();
     vault.close().await.unwrap();
 }
+
+/// Guarantee 1 of the cache module: once an invalidation returns, no get in
+/// this process returns what it removed, even while other tasks were
+/// reading (and promoting from L2) during it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_stale_value_after_an_invalidation_that_raced_readers() {
+    let dir = common::tempdir();
+    let keys: Vec<CacheKey> = (0..200).map(|i| key("r", &i.to_string())).collect();
+    for round in 0..5 {
+        let (vault, _clock) = common::vault(dir.path()).await;
+        for k in &keys {
+            vault
+                .cache()
+                .set_with(k, round.to_string().as_bytes(), &SetOptions::new().tag("t"))
+                .await
+                .unwrap();
+        }
+        vault.close().await.unwrap();
+        // a fresh handle: L1 empty, so readers promote from L2
+        let (vault, _clock) = common::vault(dir.path()).await;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..4)
+            .map(|r| {
+                let (vault, keys, done) = (vault.clone(), keys.clone(), done.clone());
+                tokio::spawn(async move {
+                    let mut i = r;
+                    while !done.load(Ordering::SeqCst) {
+                        vault.cache().get(&keys[i % keys.len()]).await.unwrap();
+                        i += 7;
+                        // a failing test must be able to shut the runtime down
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert_eq!(vault.cache().invalidate_tag("t").await.unwrap(), 200);
+        for k in &keys {
+            assert!(
+                vault.cache().get(k).await.unwrap().is_none(),
+                "round {round}: {k}"
+            );
+        }
+        done.store(true, Ordering::SeqCst);
+        for r in readers {
+            r.await.unwrap();
+        }
+        for k in &keys {
+            assert!(
+                vault.cache().get(k).await.unwrap().is_none(),
+                "round {round}: {k}"
+            );
+        }
+        vault.close().await.unwrap();
+    }
+}
