@@ -13,6 +13,7 @@ CREATE TABLE cache_entries (
     created_at     TEXT NOT NULL,
     expires_at     TEXT,                            -- NULL: no expiry
     last_access_at TEXT NOT NULL,
+    tags           TEXT,                            -- the entry's tags, joined by char(31); NULL: none
     value          BLOB NOT NULL
 ) STRICT;
 
@@ -25,6 +26,7 @@ CREATE INDEX cache_entries_user ON cache_entries (user_id) WHERE user_id IS NOT 
 CREATE INDEX cache_entries_namespace ON cache_entries (namespace);
 
 -- (tag, key) pairs for invalidation by tag; a deleted entry takes its tags along.
+-- (`cache_entries.tags` repeats them so that a point read needs no second lookup.)
 CREATE TABLE cache_tags (
     tag TEXT NOT NULL,
     key TEXT NOT NULL REFERENCES cache_entries (key) ON DELETE CASCADE,
