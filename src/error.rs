@@ -186,6 +186,24 @@ pub enum Error {
     #[error("the vault is closed")]
     Closed,
 
+    /// A value is larger than the cache accepts.
+    #[error("cache value of {size} bytes is larger than the maximum of {max} bytes")]
+    CacheValueTooLarge {
+        /// The value's size in bytes.
+        size: u64,
+        /// The configured maximum.
+        max: u64,
+    },
+
+    /// A cache entry in the file could not be decoded; it has been dropped.
+    #[error("cache entry {key:?} is corrupt and was dropped: {detail}")]
+    CacheCorrupt {
+        /// The entry's key.
+        key: String,
+        /// What was wrong with it.
+        detail: String,
+    },
+
     /// An I/O error on one of the vault's files.
     #[error("{path}: {source}")]
     Io {

@@ -20,6 +20,8 @@
 //! - [`limits`](crate::Limits): rate limits (token buckets with several
 //!   windows, violations, escalating penalties), in memory and written
 //!   behind, or shared between processes through the file.
+//! - [`cache`](crate::Cache): the two-level cache (L1 in memory, L2 zstd
+//!   blobs in the file), with a write-behind buffer that [`Vault::flush`] writes.
 //! - [`clock`](crate::Clock): time, injected; every facet reads the vault's clock.
 //! - [`key`](crate::Key): keys and where they come from; zeroized, never shown.
 //! - [`error`](crate::Error): the one error type.
@@ -45,6 +47,7 @@
 
 mod audit;
 mod backup;
+mod cache;
 mod clock;
 mod error;
 mod key;
@@ -61,6 +64,10 @@ pub use audit::{
     StoredEvent,
 };
 pub use backup::{BACKUP_RETENTION, BackupReport, BackupVerification};
+pub use cache::{
+    Cache, CacheConfig, CacheKey, CacheStats, L1Stats, L2Stats, MAX_KEY_BYTES, NamespaceStats,
+    SetOptions, SweepReport as CacheSweepReport,
+};
 pub use clock::{Clock, FakeClock, SystemClock, Timestamp};
 pub use error::{Error, Result};
 pub use key::{KEY_ENV, Key, KeySource, default_key_file};

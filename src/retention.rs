@@ -35,6 +35,8 @@ impl Vault {
         let limits = self.limits().sweep().await?;
         removed.insert("violations".to_owned(), limits.violations);
         removed.insert("token_buckets".to_owned(), limits.buckets);
+        let cache = self.cache().sweep().await?;
+        removed.insert("cache_entries".to_owned(), cache.expired + cache.evicted);
         let pages_freed = self.store().give_back_space().await?;
         Ok(SweepReport {
             removed,

@@ -32,6 +32,8 @@ pub struct UserExport {
     pub rate_limits: Vec<LimitStatus>,
     /// The user's recorded rate-limit violations.
     pub violations: Vec<ViolationRecord>,
+    /// The keys of the user's cache entries.
+    pub cache_keys: Vec<String>,
 }
 
 /// What [`Vault::erase_user`] removed, by table.
@@ -59,11 +61,12 @@ impl Vault {
             audit_events: self.audit().export_user(user_id).await?,
             rate_limits: self.limits().status(user_id).await?,
             violations: self.limits().violations_of(user_id).await?,
+            cache_keys: self.cache().keys_of_user(user_id).await?,
         })
     }
 
     /// Erases `user_id` from every facet in one transaction: sessions,
-    /// preferences, rate-limit buckets and violations deleted, audit events emptied (the chain still verifies),
+    /// preferences, rate-limit buckets and violations, cache entries deleted, audit events emptied (the chain still verifies),
     /// and one audit event recording that an erasure happened, with counts
     /// but not the user. `secure_delete` is on (SQLCipher's default; made
     /// sure of here) so that freed pages keep no copy, and the WAL is
@@ -95,6 +98,10 @@ impl Vault {
                 let (buckets, violations) = self.limits().erase_subject(&mut conn, user_id).await?;
                 rows.insert("token_buckets".to_owned(), buckets);
                 rows.insert("violations".to_owned(), violations);
+                rows.insert(
+                    "cache_entries".to_owned(),
+                    self.cache().erase_user(&mut conn, user_id).await?,
+                );
                 let events = audit.erase_user(&mut conn, user_id, &rows).await?;
                 rows.insert("audit_events".to_owned(), events);
                 sqlx::query("COMMIT").execute(&mut *conn).await?;
@@ -110,6 +117,7 @@ impl Vault {
         let (rows, hashes) = erased?;
         self.sessions().forget(&hashes);
         self.limits().forget(user_id);
+        self.cache().forget_user(user_id);
         // Old page images may sit in the WAL until a checkpoint; readers can
         // hold it back, so this is best effort.
         let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")

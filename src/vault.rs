@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 use crate::audit::{self, Audit, AuditConfig};
+use crate::cache::{CacheConfig, CacheState};
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::key::{Key, KeySource};
 use crate::limits::{LimitsConfig, LimitsState};
@@ -44,6 +45,7 @@ pub struct VaultOptions {
     audit: AuditConfig,
     preferences: PreferencesConfig,
     limits: LimitsConfig,
+    cache: CacheConfig,
 }
 
 impl VaultOptions {
@@ -69,6 +71,7 @@ impl VaultOptions {
             audit: AuditConfig::default(),
             preferences: PreferencesConfig::default(),
             limits: LimitsConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 
@@ -189,6 +192,12 @@ impl VaultOptions {
         self
     }
 
+    /// How the two-level cache is sized (default [`CacheConfig::default`]).
+    pub fn cache(mut self, config: CacheConfig) -> Self {
+        self.cache = config;
+        self
+    }
+
     /// The database path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -245,7 +254,8 @@ impl VaultOptions {
         }
         self.sessions.validate()?;
         self.audit.validate()?;
-        self.preferences.validate()
+        self.preferences.validate()?;
+        self.cache.validate()
     }
 }
 
@@ -310,6 +320,8 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Rate-limit buckets in memory, written behind by [`Vault::flush`].
     limits: LimitsState,
+    /// The cache's L1 and write-behind buffer.
+    cache: CacheState,
 }
 
 impl Drop for Inner {
@@ -342,6 +354,7 @@ impl Vault {
                 shutdown: watch::Sender::new(false),
                 tasks: Mutex::new(Vec::new()),
                 limits,
+                cache: CacheState::new(options.cache),
             }),
         };
         if let Err(e) = vault.finish_open(options.migrate).await {
@@ -456,6 +469,10 @@ impl Vault {
         })
     }
 
+    pub(crate) fn cache_state(&self) -> &CacheState {
+        &self.inner.cache
+    }
+
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
     }
@@ -483,7 +500,8 @@ impl Vault {
         let sessions = self.sessions().flush().await;
         let audit = self.audit().flush().await;
         let limits = self.inner.limits.flush(self).await;
-        sessions.and(audit).and(limits)
+        let cache = self.inner.cache.flush(self).await;
+        sessions.and(audit).and(limits).and(cache)
     }
 
     pub(crate) fn limits_state(&self) -> &LimitsState {

@@ -36,6 +36,8 @@ fn demo_drives_every_facet_and_reports() {
         "the fake clock moved: {r}"
     );
     assert_eq!(r["encrypted"], true);
+    assert!(r["cache"]["l1"]["hits"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["erased_rows"]["cache_entries"].is_u64(), "{r}");
     assert!(dir.path().join("statevault.db.key").exists());
 }
 

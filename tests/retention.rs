@@ -32,6 +32,8 @@ async fn sweep_applies_every_facets_retention() {
                 .unwrap();
         }
     }
+    let key = statevault::CacheKey::new("search", "old").unwrap();
+    vault.cache().set(&key, b"results").await.unwrap();
     vault.flush().await.unwrap();
     clock.advance(100 * DAY);
     vault
@@ -53,6 +55,7 @@ async fn sweep_applies_every_facets_retention() {
         "one per user, older than 7 days"
     );
     assert!(report.removed["token_buckets"] >= 4, "{report:?}");
+    assert_eq!(report.removed["cache_entries"], 1, "expired after its TTL");
     let left = vault
         .query_read_only("SELECT user_id FROM sessions")
         .await

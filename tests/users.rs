@@ -4,7 +4,7 @@ mod common;
 
 use serde_json::json;
 use statevault::{
-    AuditEvent, ClientInfo, EventKind, NewSession, PreferencesConfig, UserExport, Vault,
+    AuditEvent, CacheKey, ClientInfo, EventKind, NewSession, PreferencesConfig, UserExport, Vault,
 };
 
 async fn populated(dir: &std::path::Path) -> Vault {
@@ -32,6 +32,10 @@ async fn populated(dir: &std::path::Path) -> Vault {
             .patch(user, &json!({"audio_quality": "LOW"}))
             .await
             .unwrap();
+        for q in ["jazz", "rock"] {
+            let key = CacheKey::derive("search", "tracks", &json!({ "q": q }), Some(user)).unwrap();
+            vault.cache().set(&key, b"[1, 2, 3]").await.unwrap();
+        }
         for _ in 0..7 {
             // auth_attempts allows 5 per 15 minutes and is written at once.
             vault
@@ -65,6 +69,12 @@ async fn export_has_everything_and_round_trips() {
     assert_eq!(export.audit_events.len(), 3);
     // The sixth attempt is a violation; the seventh falls in its penalty.
     assert_eq!(export.violations.len(), 1);
+    assert_eq!(export.cache_keys.len(), 2);
+    assert!(
+        export.cache_keys.iter().all(|k| k.ends_with(":alice")),
+        "{:?}",
+        export.cache_keys
+    );
     assert!(
         export
             .rate_limits
@@ -100,6 +110,7 @@ async fn erase_leaves_nothing_of_the_user_and_the_chain_verifies() {
     assert_eq!(report.rows["preferences"], 1);
     assert_eq!(report.rows["audit_events"], 3);
     assert_eq!(report.rows["violations"], 1);
+    assert_eq!(report.rows["cache_entries"], 2);
     assert!(report.rows["token_buckets"] >= 1);
 
     for (table, column) in [
@@ -108,6 +119,7 @@ async fn erase_leaves_nothing_of_the_user_and_the_chain_verifies() {
         ("audit_events", "user_id"),
         ("token_buckets", "subject"),
         ("violations", "subject"),
+        ("cache_entries", "user_id"),
     ] {
         let n = vault
             .query_read_only(&format!(
@@ -132,6 +144,7 @@ async fn erase_leaves_nothing_of_the_user_and_the_chain_verifies() {
             && export.preferences.is_none()
             && export.audit_events.is_empty()
             && export.violations.is_empty()
+            && export.cache_keys.is_empty()
     );
     let fresh = vault
         .limits()

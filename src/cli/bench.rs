@@ -108,6 +108,18 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         "ratelimit_check_shared".into(),
         super::bench_limits::ratelimit_check_shared(dir.path(), args.quick).await?,
     );
+    workloads.insert(
+        "cache_l1_get".into(),
+        super::bench_cache::l1_get(dir.path(), args.quick).await?,
+    );
+    workloads.insert(
+        "cache_l2_get".into(),
+        super::bench_cache::l2_get(dir.path(), args.quick).await?,
+    );
+    workloads.insert(
+        "cache_set".into(),
+        super::bench_cache::set(dir.path(), args.quick).await?,
+    );
 
     let report = Report {
         open_ms,

@@ -15,8 +15,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
 use statevault::{
-    AuditEvent, ClientInfo, Clock, EventKind, FakeClock, GdprCategory, NewSession,
-    PreferencesConfig, Result, Secret, SessionConfig, SystemClock, Validation, Vault, VaultOptions,
+    AuditEvent, CacheKey, CacheStats, ClientInfo, Clock, EventKind, FakeClock, GdprCategory,
+    NewSession, PreferencesConfig, Result, Secret, SessionConfig, SetOptions, SystemClock,
+    Validation, Vault, VaultOptions,
 };
 
 #[derive(Debug, clap::Args)]
@@ -116,6 +117,7 @@ struct Counts {
     sessions_expired: u64,
     preference_reads: u64,
     preference_patches: u64,
+    cache_invalidations: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -129,6 +131,7 @@ struct Report {
     penalties: i64,
     live_sessions: i64,
     latency_by_endpoint: BTreeMap<&'static str, Latency>,
+    cache: CacheStats,
     audit_events: u64,
     audit_chain_ok: bool,
     exported_user: String,
@@ -249,6 +252,7 @@ async fn drive(vault: &Vault, clock: &FakeClock, args: &Args) -> Result<Report> 
         .rows[0][0]
         .as_i64()
         .unwrap_or(0);
+    let cache = vault.cache().stats().await?;
     let info = vault.info().await?;
     Ok(Report {
         path: vault.path().display().to_string(),
@@ -261,6 +265,7 @@ async fn drive(vault: &Vault, clock: &FakeClock, args: &Args) -> Result<Report> 
             .await?,
         live_sessions,
         latency_by_endpoint: timings.report(),
+        cache,
         audit_events: chain.events,
         audit_chain_ok: chain.ok,
         exported_user,
@@ -401,6 +406,43 @@ async fn request(
         return Ok(());
     }
     counts.allowed += 1;
+    match endpoint {
+        // Searches are shared by everyone, and a few queries are hot.
+        "search" => {
+            let query = format!("query-{}", rng.skewed(120));
+            let key = CacheKey::derive("search", "tracks", &json!({ "q": query }), None)?;
+            let options = SetOptions::new().tag("search");
+            let _: serde_json::Value = vault
+                .cache()
+                .get_or_load(&key, &options, || async {
+                    Ok::<_, statevault::Error>(upstream(&query))
+                })
+                .await?;
+        }
+        // A playlist is the user's own; editing one invalidates its tag.
+        "playlist.read" | "playlist.edit" => {
+            let playlist = format!("pl-{}", rng.next() % 5);
+            let tag = format!("playlist:{}:{playlist}", user.id);
+            if endpoint == "playlist.edit" {
+                counts.cache_invalidations += vault.cache().invalidate_tag(&tag).await?;
+            } else {
+                let key = CacheKey::derive(
+                    "playlists",
+                    "get",
+                    &json!({ "id": playlist }),
+                    Some(&user.id),
+                )?;
+                let options = SetOptions::new().tag(tag);
+                let _: serde_json::Value = vault
+                    .cache()
+                    .get_or_load(&key, &options, || async {
+                        Ok::<_, statevault::Error>(upstream(&playlist))
+                    })
+                    .await?;
+            }
+        }
+        _ => {}
+    }
     if endpoint == "preferences" {
         if rng.unit() < 0.5 {
             let quality = ["LOW", "HIGH", "LOSSLESS"][rng.next() as usize % 3];
@@ -423,6 +465,14 @@ async fn request(
     )?;
     timings.record(endpoint, started);
     Ok(())
+}
+
+/// What the upstream API would answer: a page of tracks (~1 KiB of JSON).
+fn upstream(query: &str) -> serde_json::Value {
+    let tracks: Vec<_> = (0..8)
+        .map(|i| json!({"id": format!("{query}-{i}"), "title": format!("Track {i} for {query}"), "duration": 180 + i}))
+        .collect();
+    json!({"query": query, "tracks": tracks})
 }
 
 fn print(r: &Report) {
@@ -466,6 +516,22 @@ fn print(r: &Report) {
         c.sessions_expired,
         c.sessions_revoked,
         r.live_sessions
+    );
+    let (l1, l2) = (&r.cache.l1, &r.cache.l2);
+    let ratio = |hits: u64, misses: u64| 100.0 * hits as f64 / (hits + misses).max(1) as f64;
+    println!(
+        "  cache: L1 {} hits / {} misses ({:.1} %), L2 {} hits / {} misses ({:.1} %), overall {:.1} %",
+        l1.hits,
+        l1.misses,
+        ratio(l1.hits, l1.misses),
+        l2.hits,
+        l2.misses,
+        ratio(l2.hits, l2.misses),
+        100.0 * r.cache.hit_ratio,
+    );
+    println!(
+        "         {} entries invalidated by playlist edits",
+        r.counts.cache_invalidations
     );
     println!(
         "  rate limits: {} violations, {} with a penalty",

@@ -9,8 +9,10 @@ mod audit;
 mod backup;
 mod bench;
 mod bench_audit;
+mod bench_cache;
 mod bench_limits;
 mod bench_sessions;
+mod cache;
 mod demo;
 mod limits;
 mod prefs;
@@ -117,6 +119,9 @@ enum Command {
     /// Rate limits of a subject: status, reset.
     #[command(subcommand)]
     Limits(limits::Command),
+    /// The two-level cache: stats, invalidate by tag, clear.
+    #[command(subcommand)]
+    Cache(cache::Command),
 }
 
 /// Parses, runs, prints `error: ...` on failure. Exit codes: 0 success,
@@ -190,6 +195,7 @@ async fn dispatch(vault: &Vault, command: Command) -> Result<ExitCode> {
         Command::Prefs(command) => prefs::run(vault, command).await,
         Command::User(command) => user::run(vault, command).await,
         Command::Limits(command) => limits::run(vault, command).await,
+        Command::Cache(command) => cache::run(vault, command).await,
         Command::Init
         | Command::Check { .. }
         | Command::Bench(_)

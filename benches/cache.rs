@@ -1,0 +1,181 @@
+//! The cache's three paths beside their limits, as in `statevault bench`:
+//! `cache_l1_get` beside `lru` alone, `cache_l2_get` (L1 off) beside a
+//! rusqlite point read + zstd decompress of the same rows, `cache_set`
+//! (1000 sets and the flush that writes them) beside rusqlite inserting the
+//! same rows, 100 per statement, in one transaction.
+
+use std::hint::black_box;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use statevault::{CacheConfig, CacheKey, Vault, VaultOptions, default_key_file};
+
+fn value(i: usize) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "query": format!("query {i}"),
+        "items": (0..6).map(|t| serde_json::json!({
+            "id": i * 10 + t, "title": format!("Track {t} of {i}"),
+            "artist": format!("Artist {}", (i + t) % 97), "duration": 180 + (i * 13 + t) % 240,
+        })).collect::<Vec<_>>(),
+    }))
+    .unwrap()
+}
+
+fn keys(n: usize) -> Vec<CacheKey> {
+    (0..n)
+        .map(|i| CacheKey::derive("search", "tracks", &i, Some("bench")).unwrap())
+        .collect()
+}
+
+fn raw(path: &std::path::Path) -> rusqlite::Connection {
+    let key = std::fs::read_to_string(default_key_file(path)).unwrap();
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(&format!(
+        "PRAGMA key = \"{}\"; PRAGMA cache_size = -65536;",
+        key.trim()
+    ))
+    .unwrap();
+    conn
+}
+
+fn cache(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let n = 500;
+    let keys = keys(n);
+    let values: Vec<Vec<u8>> = (0..n).map(value).collect();
+
+    let l1 = rt.block_on(async {
+        let vault = Vault::open(VaultOptions::new(dir.path().join("l1.db")))
+            .await
+            .unwrap();
+        for (k, v) in keys.iter().zip(&values) {
+            vault.cache().set(k, v).await.unwrap();
+        }
+        vault
+    });
+    let l2_path = dir.path().join("l2.db");
+    let l2 = rt.block_on(async {
+        let vault =
+            Vault::open(VaultOptions::new(&l2_path).cache(CacheConfig::default().l1_entries(0)))
+                .await
+                .unwrap();
+        for (k, v) in keys.iter().zip(&values) {
+            vault.cache().set(k, v).await.unwrap();
+        }
+        vault.flush().await.unwrap();
+        vault
+    });
+
+    let mut group = c.benchmark_group("cache_l1_get");
+    let mut i = 0;
+    group.bench_function("statevault", |b| {
+        b.iter(|| {
+            i = (i + 7) % n;
+            rt.block_on(l1.cache().get(&keys[i])).unwrap()
+        })
+    });
+    let mut lru = lru::LruCache::<String, Arc<[u8]>>::new(NonZeroUsize::new(1000).unwrap());
+    for (k, v) in keys.iter().zip(&values) {
+        lru.put(k.as_str().to_owned(), Arc::from(v.as_slice()));
+    }
+    group.bench_function("lru", |b| {
+        b.iter(|| {
+            i = (i + 7) % n;
+            black_box(lru.get(keys[i].as_str()).cloned())
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("cache_l2_get");
+    group.bench_function("statevault", |b| {
+        b.iter(|| {
+            i = (i + 7) % n;
+            rt.block_on(l2.cache().get(&keys[i])).unwrap()
+        })
+    });
+    let conn = raw(&l2_path);
+    let mut zstd = zstd::bulk::Decompressor::new().unwrap();
+    group.bench_function("rusqlite_zstd", |b| {
+        b.iter(|| {
+            i = (i + 7) % n;
+            let mut stmt = conn
+                .prepare_cached("SELECT value, size FROM cache_entries WHERE key = ?1")
+                .unwrap();
+            stmt.query_row([keys[i].as_str()], |row| {
+                let size: i64 = row.get(1)?;
+                Ok(zstd
+                    .decompress(row.get_ref(0)?.as_blob()?, size as usize)
+                    .unwrap())
+            })
+            .unwrap()
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("cache_set");
+    group.sample_size(10);
+    let set_path = dir.path().join("set.db");
+    let setter = rt
+        .block_on(Vault::open(VaultOptions::new(&set_path)))
+        .unwrap();
+    group.bench_function("statevault_1000_and_flush", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                for (k, v) in keys.iter().zip(&values).cycle().take(1000) {
+                    setter.cache().set(k, v).await.unwrap();
+                }
+                setter.flush().await.unwrap();
+            })
+        })
+    });
+    let mut conn = raw(&set_path);
+    let mut compressor = zstd::bulk::Compressor::new(3).unwrap();
+    group.bench_function("rusqlite_1000", |b| {
+        b.iter_batched(
+            || (),
+            |()| {
+                let tx = conn.transaction().unwrap();
+                let rows: Vec<(&str, Vec<u8>, i64, i64)> = keys
+                    .iter()
+                    .zip(&values)
+                    .cycle()
+                    .take(1000)
+                    .map(|(k, v)| {
+                        let blob = compressor.compress(v).unwrap();
+                        let stored = blob.len() as i64;
+                        (k.as_str(), blob, v.len() as i64, stored)
+                    })
+                    .collect();
+                for chunk in rows.chunks(100) {
+                    let sql = format!(
+                        "INSERT INTO cache_entries (key, namespace, codec, size, stored_size, created_at, expires_at, last_access_at, value) VALUES {} ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        vec!["(?, 'search', 'zstd', ?, ?, '2026-01-01T00:00:00.000Z', '2026-01-01T01:00:00.000Z', '2026-01-01T00:00:00.000Z', ?)"; chunk.len()].join(", ")
+                    );
+                    let mut stmt = tx.prepare_cached(&sql).unwrap();
+                    let mut params: Vec<&dyn rusqlite::ToSql> = Vec::new();
+                    for (k, blob, size, stored) in chunk {
+                        params.extend([k as &dyn rusqlite::ToSql, size, stored, blob]);
+                    }
+                    stmt.execute(params.as_slice()).unwrap();
+                }
+                tx.commit().unwrap();
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+    drop(conn);
+    rt.block_on(async {
+        setter.close().await.unwrap();
+        l1.close().await.unwrap();
+        l2.close().await.unwrap();
+    });
+}
+
+criterion_group!(benches, cache);
+criterion_main!(benches);

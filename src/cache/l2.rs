@@ -1,0 +1,511 @@
+//! L2: `cache_entries` and `cache_tags`, and the zstd codec. All of the
+//! cache's SQL is here.
+//!
+//! Point reads run on the caller's thread through the core's rusqlite
+//! readers; everything that writes runs in one `BEGIN IMMEDIATE` transaction
+//! on the sqlx writer, batched as multi-row statements.
+//!
+//! zstd contexts are made once per thread and reused (a fresh context per
+//! call costs ~9 µs here, more than the read itself).
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+
+use super::l1::{Meta, Pending};
+use crate::Timestamp;
+
+/// How a value is stored: tiny values raw, others zstd-compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Codec {
+    Raw,
+    Zstd,
+}
+
+impl Codec {
+    fn as_str(self) -> &'static str {
+        match self {
+            Codec::Raw => "raw",
+            Codec::Zstd => "zstd",
+        }
+    }
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Encodes a value: raw below `raw_below` bytes or when zstd does not make it
+/// smaller, zstd at `level` otherwise.
+pub(crate) fn encode(value: &[u8], level: i32, raw_below: usize) -> (Codec, Vec<u8>) {
+    if value.len() < raw_below {
+        return (Codec::Raw, value.to_vec());
+    }
+    let compressed = COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
+        }
+        slot.as_mut().and_then(|(_, c)| c.compress(value).ok())
+    });
+    match compressed {
+        Some(c) if c.len() < value.len() => (Codec::Zstd, c),
+        _ => (Codec::Raw, value.to_vec()),
+    }
+}
+
+/// Decodes a stored value of `size` bytes; `Err` says what is wrong with it.
+pub(crate) fn decode(codec: &str, stored: &[u8], size: i64, max: usize) -> Result<Vec<u8>, String> {
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|s| *s <= max)
+        .ok_or_else(|| format!("recorded size {size} is out of range"))?;
+    let value = match codec {
+        "raw" => stored.to_vec(),
+        "zstd" => DECOMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+            }
+            let d = slot.as_mut().ok_or("no zstd context")?;
+            d.decompress(stored, size).map_err(|e| format!("zstd: {e}"))
+        })?,
+        other => return Err(format!("unknown codec {other:?}")),
+    };
+    if value.len() != size {
+        return Err(format!(
+            "value is {} bytes, the row says {size}",
+            value.len()
+        ));
+    }
+    Ok(value)
+}
+
+/// What a point read found.
+pub(crate) enum Found {
+    Live {
+        value: Result<Vec<u8>, String>,
+        expires_at: Option<i64>,
+        meta: Meta,
+    },
+    Expired,
+}
+
+/// Parses the file's own time format (`2026-11-23T05:23:17.123Z`) without
+/// chrono's general RFC 3339 parser, which cost a noticeable part of a
+/// point read; anything else goes to [`Timestamp::parse`].
+fn parse_time(text: &str) -> crate::Result<Timestamp> {
+    let b = text.as_bytes();
+    let shape = b.len() == 24
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'.'
+        && b[23] == b'Z';
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        b[r].iter().try_fold(0i64, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+        })
+    };
+    let fields = shape
+        .then(|| {
+            Some((
+                num(0..4)?,
+                num(5..7)?,
+                num(8..10)?,
+                num(11..13)?,
+                num(14..16)?,
+                num(17..19)?,
+                num(20..23)?,
+            ))
+        })
+        .flatten();
+    match fields {
+        Some((y, mo, d, h, mi, s, ms))
+            if (1..=12).contains(&mo) && (1..=31).contains(&d) && h < 24 && mi < 60 && s < 60 =>
+        {
+            // days from civil (Howard Hinnant's algorithm)
+            let y = if mo <= 2 { y - 1 } else { y };
+            let era = y.div_euclid(400);
+            let yoe = y - era * 400;
+            let mp = (mo + 9) % 12;
+            let doy = (153 * mp + 2) / 5 + d - 1;
+            let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+            let days = era * 146_097 + doe - 719_468;
+            Ok(Timestamp::from_millis(
+                ((days * 24 + h) * 60 + mi) * 60_000 + s * 1000 + ms,
+            ))
+        }
+        _ => Timestamp::parse(text),
+    }
+}
+
+/// The point read: one indexed lookup, decoded on this thread. Expired rows are not decoded.
+pub(crate) fn read(
+    conn: &rusqlite::Connection,
+    key: &str,
+    now: Timestamp,
+    max: usize,
+) -> rusqlite::Result<Option<Found>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT codec, size, expires_at, namespace, user_id, tags, value
+         FROM cache_entries WHERE key = ?1",
+    )?;
+    let mut rows = stmt.query([key])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let expires_at = match row.get_ref(2)?.as_str_or_null()? {
+        Some(text) => Some(parse_time(text).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
+        })?),
+        None => None,
+    };
+    if expires_at.is_some_and(|at| at <= now) {
+        return Ok(Some(Found::Expired));
+    }
+    let codec = row.get_ref(0)?.as_str()?;
+    let value = decode(codec, row.get_ref(6)?.as_blob()?, row.get(1)?, max);
+    let tags: Option<String> = row.get(5)?;
+    let meta = Meta {
+        namespace: row.get::<_, String>(3)?.into(),
+        user: row.get::<_, Option<String>>(4)?.map(Into::into),
+        tags: tags
+            .map(|t| t.split('\u{1f}').map(Into::into).collect())
+            .unwrap_or_default(),
+    };
+    Ok(Some(Found::Live {
+        value,
+        expires_at: expires_at.map(Timestamp::as_millis),
+        meta,
+    }))
+}
+
+/// Whether a live row exists, without reading its value.
+pub(crate) fn exists(
+    conn: &rusqlite::Connection,
+    key: &str,
+    now: Timestamp,
+) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT 1 FROM cache_entries WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+    )?;
+    stmt.exists(rusqlite::params![key, now])
+}
+
+/// A set, encoded for the file.
+pub(crate) struct Row {
+    pub(crate) key: Arc<str>,
+    pub(crate) pending: Pending,
+    pub(crate) codec: Codec,
+    pub(crate) stored: Vec<u8>,
+}
+
+impl Row {
+    pub(crate) fn encode(key: Arc<str>, pending: Pending, level: i32, raw_below: usize) -> Row {
+        let (codec, stored) = encode(&pending.item.value, level, raw_below);
+        Row {
+            key,
+            pending,
+            codec,
+            stored,
+        }
+    }
+}
+
+const ROWS_PER_STATEMENT: usize = 100;
+const BYTES_PER_STATEMENT: usize = 16 << 20;
+
+/// Writes sets (replacing rows and their tags) and last-access times.
+/// Returns the stored bytes written.
+pub(crate) async fn write(
+    conn: &mut SqliteConnection,
+    rows: &[Row],
+    touches: &[(Arc<str>, i64)],
+) -> sqlx::Result<i64> {
+    let mut written = 0;
+    for chunk in chunks(rows) {
+        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM cache_tags WHERE key IN (");
+        let mut keys = q.separated(", ");
+        for r in chunk {
+            keys.push_bind(&*r.key);
+        }
+        q.push(")");
+        q.build().execute(&mut *conn).await?;
+
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO cache_entries (key, namespace, user_id, codec, size, stored_size, \
+             created_at, expires_at, last_access_at, tags, value) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            let item = &r.pending.item;
+            let created = Timestamp::from_millis(r.pending.created_at);
+            b.push_bind(&*r.key)
+                .push_bind(&*item.meta.namespace)
+                .push_bind(item.meta.user.as_deref())
+                .push_bind(r.codec.as_str())
+                .push_bind(item.value.len() as i64)
+                .push_bind(r.stored.len() as i64)
+                .push_bind(created)
+                .push_bind(item.expires_at.map(Timestamp::from_millis))
+                .push_bind(created)
+                .push_bind(joined_tags(&item.meta))
+                .push_bind(r.stored.as_slice());
+        });
+        q.push(
+            " ON CONFLICT (key) DO UPDATE SET namespace = excluded.namespace, \
+             user_id = excluded.user_id, codec = excluded.codec, size = excluded.size, \
+             stored_size = excluded.stored_size, created_at = excluded.created_at, \
+             expires_at = excluded.expires_at, last_access_at = excluded.last_access_at, \
+             tags = excluded.tags, value = excluded.value",
+        );
+        q.build().execute(&mut *conn).await?;
+        written += chunk.iter().map(|r| r.stored.len() as i64).sum::<i64>();
+
+        let tags: Vec<(&str, &str)> = chunk
+            .iter()
+            .flat_map(|r| r.pending.item.meta.tags.iter().map(|t| (&**t, &*r.key)))
+            .collect();
+        for tags in tags.chunks(ROWS_PER_STATEMENT * 4) {
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO cache_tags (tag, key) ");
+            q.push_values(tags, |mut b, (tag, key)| {
+                b.push_bind(*tag).push_bind(*key);
+            });
+            q.push(" ON CONFLICT DO NOTHING");
+            q.build().execute(&mut *conn).await?;
+        }
+    }
+    for chunk in touches.chunks(ROWS_PER_STATEMENT * 2) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "UPDATE cache_entries SET last_access_at = v.column2 FROM (",
+        );
+        q.push_values(chunk, |mut b, (key, at)| {
+            b.push_bind(&**key).push_bind(Timestamp::from_millis(*at));
+        });
+        q.push(") AS v WHERE cache_entries.key = v.column1 AND cache_entries.last_access_at < v.column2");
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(written)
+}
+
+/// The tags column: tags joined by U+001F (tags never contain control
+/// characters), `None` when there are none.
+fn joined_tags(meta: &Meta) -> Option<String> {
+    (!meta.tags.is_empty()).then(|| meta.tags.join("\u{1f}"))
+}
+
+/// Splits rows into statements of at most 100 rows and ~16 MiB.
+fn chunks(rows: &[Row]) -> Vec<&[Row]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, r) in rows.iter().enumerate() {
+        if i > start
+            && (i - start >= ROWS_PER_STATEMENT || bytes + r.stored.len() > BYTES_PER_STATEMENT)
+        {
+            out.push(&rows[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += r.stored.len();
+    }
+    if start < rows.len() {
+        out.push(&rows[start..]);
+    }
+    out
+}
+
+/// Deletes these keys; how many rows went.
+pub(crate) async fn delete_keys(conn: &mut SqliteConnection, keys: &[&str]) -> sqlx::Result<u64> {
+    let mut n = 0;
+    for chunk in keys.chunks(ROWS_PER_STATEMENT * 5) {
+        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM cache_entries WHERE key IN (");
+        let mut s = q.separated(", ");
+        for k in chunk {
+            s.push_bind(*k);
+        }
+        q.push(")");
+        n += q.build().execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(n)
+}
+
+/// Which rows an invalidation deletes.
+pub(crate) enum Filter<'a> {
+    Tag(&'a str),
+    User(&'a str),
+    Namespace(&'a str),
+    All,
+}
+
+/// Deletes every row the filter matches; how many.
+pub(crate) async fn delete_where(
+    conn: &mut SqliteConnection,
+    filter: Filter<'_>,
+) -> sqlx::Result<u64> {
+    let q = match filter {
+        Filter::Tag(tag) => sqlx::query(
+            "DELETE FROM cache_entries WHERE key IN (SELECT key FROM cache_tags WHERE tag = ?1)",
+        )
+        .bind(tag),
+        Filter::User(user) => {
+            sqlx::query("DELETE FROM cache_entries WHERE user_id = ?1").bind(user)
+        }
+        Filter::Namespace(ns) => {
+            sqlx::query("DELETE FROM cache_entries WHERE namespace = ?1").bind(ns)
+        }
+        Filter::All => sqlx::query("DELETE FROM cache_entries"),
+    };
+    Ok(q.execute(&mut *conn).await?.rows_affected())
+}
+
+/// A counter's row as the write transaction sees it.
+pub(crate) struct CounterRow {
+    pub(crate) codec: String,
+    pub(crate) value: Vec<u8>,
+    pub(crate) size: i64,
+    pub(crate) expires_at: Option<Timestamp>,
+}
+
+/// Reads a row inside the write transaction (for counters).
+pub(crate) async fn read_for_update(
+    conn: &mut SqliteConnection,
+    key: &str,
+) -> sqlx::Result<Option<CounterRow>> {
+    let row: Option<(String, Vec<u8>, i64, Option<Timestamp>)> =
+        sqlx::query_as("SELECT codec, value, size, expires_at FROM cache_entries WHERE key = ?1")
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(row.map(|(codec, value, size, expires_at)| CounterRow {
+        codec,
+        value,
+        size,
+        expires_at,
+    }))
+}
+
+/// Sets a new expiry on a live row; whether there was one.
+pub(crate) async fn set_expiry(
+    conn: &mut SqliteConnection,
+    key: &str,
+    expires_at: Option<Timestamp>,
+    now: Timestamp,
+) -> sqlx::Result<bool> {
+    let n = sqlx::query(
+        "UPDATE cache_entries SET expires_at = ?2, last_access_at = ?3
+         WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?3)",
+    )
+    .bind(key)
+    .bind(expires_at)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}
+
+/// The keys of a user's entries (for export).
+pub(crate) async fn keys_of_user(
+    conn: &mut SqliteConnection,
+    user: &str,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT key FROM cache_entries WHERE user_id = ?1 ORDER BY key")
+        .bind(user)
+        .fetch_all(conn)
+        .await
+}
+
+/// Deletes up to `limit` expired rows; how many.
+pub(crate) async fn delete_expired(
+    conn: &mut SqliteConnection,
+    now: Timestamp,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM cache_entries WHERE key IN (
+             SELECT key FROM cache_entries
+             WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
+    )
+    .bind(now)
+    .bind(limit)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
+/// Total stored bytes (a covering-index scan).
+pub(crate) async fn stored_bytes(conn: &mut SqliteConnection) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT CAST(total(stored_size) AS INTEGER) FROM cache_entries INDEXED BY cache_entries_lru")
+        .fetch_one(&mut *conn)
+        .await
+}
+
+/// Deletes the least-recently-used rows that together free at least
+/// `excess` stored bytes, at most `limit` of them; their stored bytes.
+pub(crate) async fn evict_lru(
+    conn: &mut SqliteConnection,
+    excess: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "DELETE FROM cache_entries WHERE key IN (
+             SELECT key FROM (
+                 SELECT key, stored_size,
+                        sum(stored_size) OVER (ORDER BY last_access_at, key) AS running
+                 FROM cache_entries)
+             WHERE running - stored_size < ?1
+             LIMIT ?2)
+         RETURNING stored_size",
+    )
+    .bind(excess)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Per namespace: rows, value bytes, stored bytes, expired rows.
+pub(crate) async fn namespaces(
+    pool: &sqlx::SqlitePool,
+    now: Timestamp,
+) -> sqlx::Result<Vec<(String, i64, i64, i64, i64)>> {
+    sqlx::query_as(
+        "SELECT namespace, count(*), CAST(total(size) AS INTEGER),
+                CAST(total(stored_size) AS INTEGER),
+                count(*) FILTER (WHERE expires_at IS NOT NULL AND expires_at <= ?1)
+         FROM cache_entries GROUP BY namespace ORDER BY namespace",
+    )
+    .bind(now)
+    .fetch_all(pool)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fast_time_parser_agrees_with_timestamp_parse() {
+        for ms in [
+            Timestamp::MIN.as_millis(),
+            -86_400_001,
+            0,
+            951_782_400_000, // 2000-02-29
+            1_767_225_600_123,
+            4_107_542_399_999,
+            Timestamp::MAX.as_millis(),
+        ] {
+            let t = Timestamp::from_millis(ms);
+            assert_eq!(parse_time(&t.to_rfc3339()).unwrap(), t, "{t}");
+        }
+        assert!(parse_time("2026-13-01T00:00:00.000Z").is_err());
+        assert!(parse_time("soon").is_err());
+        assert_eq!(
+            parse_time("2026-01-01T01:00:00+01:00").unwrap(),
+            Timestamp::parse("2026-01-01T00:00:00Z").unwrap()
+        );
+    }
+}

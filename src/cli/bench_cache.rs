@@ -1,0 +1,305 @@
+//! `cache_l1_get`, `cache_l2_get`, `cache_set`: each beside its physical
+//! limit measured in the same run on the same data — `lru` alone; rusqlite
+//! point read + zstd decompress on the same file and key; rusqlite inserting
+//! the same rows in batches.
+
+use std::hint::black_box;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use statevault::{CacheConfig, CacheKey, Error, Result, Vault, VaultOptions, default_key_file};
+
+/// A JSON-like value of about 1 KiB, like a page of search results.
+pub fn json_value(i: usize) -> Vec<u8> {
+    let tracks: Vec<Value> = (0..6)
+        .map(|t| {
+            json!({
+                "id": i * 10 + t,
+                "title": format!("Track {t} of result {i}"),
+                "artist": {"id": 1000 + (i * 7 + t) % 97, "name": format!("Artist {}", (i * 7 + t) % 97)},
+                "album": {"id": 5000 + i % 311, "title": format!("Album {}", i % 311)},
+                "duration": 180 + (i * 13 + t * 31) % 240,
+                "explicit": (i + t).is_multiple_of(5),
+                "popularity": (i * 31 + t * 17) % 100,
+            })
+        })
+        .collect();
+    serde_json::to_vec(
+        &json!({"query": format!("query {i}"), "limit": 6, "offset": 0, "items": tracks}),
+    )
+    .unwrap_or_default()
+}
+
+fn keys(n: usize) -> Result<Vec<CacheKey>> {
+    (0..n)
+        .map(|i| {
+            CacheKey::derive(
+                "search",
+                "tracks",
+                &json!({"q": format!("query {i}"), "limit": 6}),
+                Some("bench"),
+            )
+        })
+        .collect()
+}
+
+/// A pseudo-random walk over `0..n` (same sequence for both sides).
+fn order(n: usize, len: usize) -> Vec<usize> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        })
+        .collect()
+}
+
+fn budget(quick: bool) -> Duration {
+    if quick {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_secs(2)
+    }
+}
+
+/// Ops/s of `op` run in rounds over `walk` until `budget` has passed.
+async fn rate(
+    budget: Duration,
+    walk: &[usize],
+    mut op: impl AsyncFnMut(usize) -> Result<()>,
+) -> Result<f64> {
+    let started = Instant::now();
+    let mut ops = 0u64;
+    while started.elapsed() < budget {
+        for &i in walk {
+            op(i).await?;
+        }
+        ops += walk.len() as u64;
+    }
+    Ok(ops as f64 / started.elapsed().as_secs_f64())
+}
+
+fn raw_connection(path: &Path) -> Result<rusqlite::Connection> {
+    let key = std::fs::read_to_string(default_key_file(path)).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let conn = rusqlite::Connection::open(path)?;
+    conn.execute_batch(&format!(
+        "PRAGMA key = \"{}\"; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536;",
+        key.trim()
+    ))?;
+    Ok(conn)
+}
+
+/// zstd's errors are `io::Error`s without a file.
+fn zstd_error(source: std::io::Error) -> Error {
+    Error::Io {
+        path: "(zstd)".into(),
+        source,
+    }
+}
+
+fn rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn report(ours: f64, baseline: &str, limit: f64) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("ops_per_sec".into(), json!(ours.round()));
+    m.insert("baseline".into(), json!(baseline));
+    m.insert("baseline_ops_per_sec".into(), json!(limit.round()));
+    m.insert(
+        "ratio".into(),
+        json!((ours / limit * 100.0).round() / 100.0),
+    );
+    m
+}
+
+/// Gets of 500 hot 1 KiB JSON values held in L1, beside `lru` alone.
+pub async fn l1_get(dir: &Path, quick: bool) -> Result<Value> {
+    const N: usize = 500;
+    let vault = Vault::open(VaultOptions::new(dir.join("cache_l1.db"))).await?;
+    let cache = vault.cache();
+    let keys = keys(N)?;
+    let values: Vec<Vec<u8>> = (0..N).map(json_value).collect();
+    for (k, v) in keys.iter().zip(&values) {
+        cache.set(k, v).await?;
+    }
+    let walk = order(N, 10_000);
+    let ours = rate(budget(quick), &walk, async |i| {
+        black_box(cache.get(&keys[i]).await?);
+        Ok(())
+    })
+    .await?;
+    let stats = cache.stats().await?;
+    let rss = rss_mb();
+
+    let mut lru = lru::LruCache::<String, Arc<[u8]>>::new(
+        NonZeroUsize::new(1000).unwrap_or(NonZeroUsize::MIN),
+    );
+    for (k, v) in keys.iter().zip(&values) {
+        lru.put(k.as_str().to_owned(), Arc::from(v.as_slice()));
+    }
+    let limit = rate(budget(quick), &walk, async |i| {
+        black_box(lru.get(keys[i].as_str()).cloned());
+        Ok(())
+    })
+    .await?;
+    let locked = std::sync::Mutex::new(lru);
+    let with_lock = rate(budget(quick), &walk, async |i| {
+        let mut lru = locked.lock().map_err(|_| Error::Closed)?;
+        black_box(lru.get(keys[i].as_str()).cloned());
+        Ok(())
+    })
+    .await?;
+    vault.close().await?;
+    let mut m = report(
+        ours,
+        "lru::LruCache<String, Arc<[u8]>> get + clone, no lock, same keys and values",
+        limit,
+    );
+    m.insert(
+        "lru_behind_a_mutex_ops_per_sec".into(),
+        json!(with_lock.round()),
+    );
+    m.insert("l1_hits".into(), json!(stats.l1.hits));
+    m.insert("l1_misses".into(), json!(stats.l1.misses));
+    m.insert("l1_bytes".into(), json!(stats.l1.bytes));
+    m.insert("rss_mb".into(), json!(rss));
+    Ok(Value::Object(m))
+}
+
+/// Gets answered by L2 (L1 off) over 10 000 rows of 1 KiB JSON, beside a
+/// rusqlite point read + zstd decompress of the same rows in the same file.
+pub async fn l2_get(dir: &Path, quick: bool) -> Result<Value> {
+    let n = if quick { 2_000 } else { 10_000 };
+    let path = dir.join("cache_l2.db");
+    let vault =
+        Vault::open(VaultOptions::new(&path).cache(CacheConfig::default().l1_entries(0))).await?;
+    let cache = vault.cache();
+    let keys = keys(n)?;
+    for (i, k) in keys.iter().enumerate() {
+        cache.set(k, &json_value(i)).await?;
+    }
+    vault.flush().await?;
+    let stats = cache.stats().await?;
+    let walk = order(n, 10_000);
+    let ours = rate(budget(quick), &walk, async |i| {
+        black_box(cache.get(&keys[i]).await?.ok_or(Error::Closed)?);
+        Ok(())
+    })
+    .await?;
+
+    let conn = raw_connection(&path)?;
+    let mut zstd = zstd::bulk::Decompressor::new().map_err(zstd_error)?;
+    let limit = rate(budget(quick), &walk, async |i| {
+        let mut stmt =
+            conn.prepare_cached("SELECT value, size FROM cache_entries WHERE key = ?1")?;
+        let value = stmt.query_row([keys[i].as_str()], |row| {
+            let size: i64 = row.get(1)?;
+            let blob = row.get_ref(0)?.as_blob()?;
+            Ok(zstd.decompress(blob, size as usize).ok())
+        })?;
+        black_box(value.ok_or(Error::Closed)?);
+        Ok(())
+    })
+    .await?;
+    drop(conn);
+    vault.close().await?;
+    let mut m = report(
+        ours,
+        "rusqlite point read + zstd decompress (reused context), same file, key and rows",
+        limit,
+    );
+    m.insert("rows".into(), json!(n));
+    m.insert("value_bytes".into(), json!(stats.l2.value_bytes));
+    m.insert("stored_bytes".into(), json!(stats.l2.bytes));
+    m.insert(
+        "compression_ratio".into(),
+        json!((stats.l2.value_bytes as f64 / stats.l2.bytes.max(1) as f64 * 100.0).round() / 100.0),
+    );
+    Ok(Value::Object(m))
+}
+
+/// Sets of distinct 1 KiB JSON values, flushed every 1000 sets (the flush
+/// counts), beside rusqlite compressing and inserting the same rows, 100 per
+/// statement, 1000 per transaction.
+pub async fn set(dir: &Path, quick: bool) -> Result<Value> {
+    let n = if quick { 5_000 } else { 50_000 };
+    let keys = keys(n)?;
+    let values: Vec<Vec<u8>> = (0..n).map(json_value).collect();
+
+    let vault = Vault::open(VaultOptions::new(dir.join("cache_set.db"))).await?;
+    let cache = vault.cache();
+    let started = Instant::now();
+    for (i, (k, v)) in keys.iter().zip(&values).enumerate() {
+        cache.set(k, v).await?;
+        if i % 1000 == 999 {
+            vault.flush().await?;
+        }
+    }
+    vault.flush().await?;
+    let ours = n as f64 / started.elapsed().as_secs_f64();
+    vault.close().await?;
+
+    let path = dir.join("cache_set_rusqlite.db");
+    Vault::open(VaultOptions::new(&path)).await?.close().await?;
+    let mut conn = raw_connection(&path)?;
+    let mut zstd = zstd::bulk::Compressor::new(3).map_err(zstd_error)?;
+    let now = "2026-01-01T00:00:00.000Z";
+    let later = "2026-01-01T00:05:00.000Z";
+    let started = Instant::now();
+    for (ki, vi) in keys.chunks(1000).zip(values.chunks(1000)) {
+        let tx = conn.transaction()?;
+        for (kc, vc) in ki.chunks(100).zip(vi.chunks(100)) {
+            let rows: Vec<Vec<u8>> = vc
+                .iter()
+                .map(|v| zstd.compress(v).map_err(zstd_error))
+                .collect::<Result<_>>()?;
+            let placeholders =
+                vec!["(?, 'search', 'bench', 'zstd', ?, ?, ?, ?, ?, ?)"; kc.len()].join(", ");
+            let sql = format!(
+                "INSERT INTO cache_entries (key, namespace, user_id, codec, size, stored_size, created_at, expires_at, last_access_at, value) VALUES {placeholders} ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            );
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(kc.len() * 7);
+            let texts: Vec<&str> = kc.iter().map(CacheKey::as_str).collect();
+            let sizes: Vec<(i64, i64)> = vc
+                .iter()
+                .zip(&rows)
+                .map(|(v, r)| (v.len() as i64, r.len() as i64))
+                .collect();
+            for ((k, r), (size, stored)) in texts.iter().zip(&rows).zip(&sizes) {
+                params.extend([
+                    k as &dyn rusqlite::ToSql,
+                    size,
+                    stored,
+                    &now,
+                    &later,
+                    &now,
+                    r,
+                ]);
+            }
+            stmt.execute(params.as_slice())?;
+        }
+        tx.commit()?;
+    }
+    let limit = n as f64 / started.elapsed().as_secs_f64();
+    drop(conn);
+    let mut m = report(
+        ours,
+        "rusqlite: zstd (reused context) + 100 rows per INSERT, 1000 per transaction, same rows",
+        limit,
+    );
+    m.insert("rows".into(), json!(n));
+    Ok(Value::Object(m))
+}
