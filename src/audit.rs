@@ -520,13 +520,7 @@ impl<'a> Audit<'a> {
     }
 
     async fn write(&self, batch: &[Pending], durable: bool) -> Result<()> {
-        let mut conn = self
-            .vault
-            .store()
-            .writer()
-            .acquire()
-            .await
-            .map_err(crate::store::closed_or)?;
+        let mut conn = self.vault.store().writer_conn().await?;
         if durable {
             sqlx::query("PRAGMA synchronous = FULL")
                 .execute(&mut *conn)

@@ -155,12 +155,7 @@ impl Vault {
             .append(AuditEvent::new(EventKind::Admin, "key.rotate"))?;
         self.flush().await?;
         self.store().close_readers().await;
-        let mut conn = self
-            .store()
-            .writer()
-            .acquire()
-            .await
-            .map_err(crate::store::closed_or)?;
+        let mut conn = self.store().writer_conn().await?;
         // Holding the file exclusively proves no other process has it open.
         sqlx::query("PRAGMA locking_mode = EXCLUSIVE")
             .execute(&mut *conn)

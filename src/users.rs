@@ -76,12 +76,7 @@ impl Vault {
         self.sessions().flush().await?;
         let audit = self.audit();
         let _exclusive = audit.exclusive().await;
-        let mut conn = self
-            .store()
-            .writer()
-            .acquire()
-            .await
-            .map_err(crate::store::closed_or)?;
+        let mut conn = self.store().writer_conn().await?;
         sqlx::query("PRAGMA secure_delete = ON")
             .execute(&mut *conn)
             .await?;

@@ -60,18 +60,7 @@ fn info_json_has_the_documented_keys() {
     assert_eq!(info["encrypted"], true);
     assert_eq!(info["journal_mode"], "wal");
     assert!(info["file_bytes"].as_u64().unwrap() > 0);
-    for table in [
-        "sessions",
-        "cache_entries",
-        "cache_tags",
-        "token_buckets",
-        "violations",
-        "audit_events",
-        "preferences",
-        "metrics",
-        "vault_meta",
-        "_sqlx_migrations",
-    ] {
+    for table in common::SPEC_TABLES {
         assert!(info["tables"][table].is_i64(), "table {table} in {info}");
     }
     let text = stdout(&run(dir.path(), &["info"]));

@@ -11,19 +11,6 @@ use std::process::Command;
 use common::{key_text, run, stderr, stdout, tempdir};
 use statevault::{Vault, VaultOptions};
 
-const SPEC_TABLES: [&str; 10] = [
-    "sessions",
-    "cache_entries",
-    "cache_tags",
-    "token_buckets",
-    "violations",
-    "audit_events",
-    "preferences",
-    "metrics",
-    "vault_meta",
-    "_sqlx_migrations",
-];
-
 fn init(dir: &Path, args: &[&str]) {
     let mut all = args.to_vec();
     all.push("init");
@@ -90,14 +77,14 @@ for t in tables:
         .args(["-c", script])
         .arg(&db)
         .arg(key_text(&db))
-        .args(SPEC_TABLES)
+        .args(common::SPEC_TABLES)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("cipher 4."), "{text}");
     assert!(text.contains("journal wal"), "{text}");
-    for table in SPEC_TABLES {
+    for table in common::SPEC_TABLES {
         assert!(
             text.contains(&format!("table {table} ")),
             "{table} unread: {text}"

@@ -8,19 +8,6 @@ use std::path::Path;
 use common::{file_mode, raw_connection, tempdir};
 use statevault::{Error, Key, Synchronous, Vault, VaultOptions, default_key_file};
 
-const SPEC_TABLES: [&str; 10] = [
-    "sessions",
-    "cache_entries",
-    "cache_tags",
-    "token_buckets",
-    "violations",
-    "audit_events",
-    "preferences",
-    "metrics",
-    "vault_meta",
-    "_sqlx_migrations",
-];
-
 async fn scalar(vault: &Vault, sql: &str) -> serde_json::Value {
     vault.query_read_only(sql).await.unwrap().rows[0][0].clone()
 }
@@ -72,7 +59,7 @@ async fn new_vault_is_encrypted_private_wal_and_migrated() {
     assert!(version.as_str().unwrap().starts_with("4."), "{version}");
 
     let info = vault.info().await.unwrap();
-    for table in SPEC_TABLES {
+    for table in common::SPEC_TABLES {
         assert!(info.tables.contains_key(table), "table {table} missing");
     }
     assert_eq!(info.schema_version, info.latest_schema_version);

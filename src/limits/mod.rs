@@ -621,13 +621,7 @@ impl Limits<'_> {
         // reads, as `BEGIN IMMEDIATE` would). A refusal runs it again in a
         // transaction that goes on to record the violation, so that the
         // decision and the record see one state.
-        let mut conn = self
-            .vault
-            .store()
-            .writer()
-            .acquire()
-            .await
-            .map_err(crate::store::closed_or)?;
+        let mut conn = self.vault.store().writer_conn().await?;
         let fast = sql::shared_check(&mut conn, spec, subject, now, cost).await?;
         drop(conn);
         if let Some(allowed) = fast {

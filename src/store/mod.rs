@@ -106,6 +106,12 @@ impl Store {
         self.settings.key.is_some()
     }
 
+    /// The writer connection itself, for work that sets a connection pragma
+    /// around its transaction (`synchronous`, `secure_delete`, locking mode).
+    pub(crate) async fn writer_conn(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>> {
+        self.writer.acquire().await.map_err(closed_or)
+    }
+
     /// The statement that puts a connection back to the configured
     /// `synchronous` after a commit made with `FULL`.
     pub(crate) fn synchronous_pragma(&self) -> &'static str {

@@ -10,6 +10,20 @@ use std::process::{Command, Output};
 
 use statevault::{FakeClock, Vault, VaultOptions};
 
+/// Every table SPEC §3 names.
+pub const SPEC_TABLES: [&str; 10] = [
+    "sessions",
+    "cache_entries",
+    "cache_tags",
+    "token_buckets",
+    "violations",
+    "audit_events",
+    "preferences",
+    "metrics",
+    "vault_meta",
+    "_sqlx_migrations",
+];
+
 /// A fresh temporary directory (removed on drop).
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
