@@ -241,6 +241,10 @@ fn bench_quick_reports_open_ms_and_leaves_no_files() {
         "audit_append",
         "ratelimit_check",
         "ratelimit_check_shared",
+        "cache_l1_get",
+        "cache_l2_get",
+        "cache_set",
+        "sweep_expired",
     ] {
         let w = &report["workloads"][workload];
         assert!(

@@ -109,6 +109,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         super::bench_limits::ratelimit_check_shared(dir.path(), args.quick).await?,
     );
     workloads.insert(
+        "sweep_expired".into(),
+        super::bench_sweep::sweep_expired(dir.path(), args.quick).await?,
+    );
+    workloads.insert(
         "cache_l1_get".into(),
         super::bench_cache::l1_get(dir.path(), args.quick).await?,
     );

@@ -12,6 +12,7 @@ mod bench_audit;
 mod bench_cache;
 mod bench_limits;
 mod bench_sessions;
+mod bench_sweep;
 mod cache;
 mod demo;
 mod limits;
