@@ -9,8 +9,10 @@ mod audit;
 mod bench;
 mod bench_audit;
 mod bench_limits;
+mod bench_metrics;
 mod bench_sessions;
 mod limits;
+mod metrics;
 mod prefs;
 mod session;
 mod user;
@@ -93,6 +95,21 @@ enum Command {
     /// Rate limits of a subject: status, reset.
     #[command(subcommand)]
     Limits(limits::Command),
+    /// Stored metrics as Prometheus text or JSON.
+    Metrics {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "prometheus")]
+        format: metrics::Format,
+        /// Quantiles (and, for JSON, everything) over the last this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        window: u64,
+    },
+    /// Each component healthy, warning or critical; exit 0, 1 or 2.
+    Health {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Parses, runs, prints `error: ...` on failure. Exit codes: 0 success,
@@ -140,6 +157,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => bench::run(args).await,
         Command::Init => admin::init(options).await,
         Command::Check { json } => admin::check(&options, json).await,
+        Command::Health { json } => metrics::health(options, json).await,
         command => {
             let vault = Vault::open(options.create_if_missing(false).migrate(false)).await?;
             let result = dispatch(&vault, command).await;
@@ -161,7 +179,8 @@ async fn dispatch(vault: &Vault, command: Command) -> Result<ExitCode> {
         Command::Prefs(command) => prefs::run(vault, command).await,
         Command::User(command) => user::run(vault, command).await,
         Command::Limits(command) => limits::run(vault, command).await,
-        Command::Init | Command::Check { .. } | Command::Bench(_) => {
+        Command::Metrics { format, window } => metrics::metrics(vault, format, window).await,
+        Command::Init | Command::Check { .. } | Command::Bench(_) | Command::Health { .. } => {
             unreachable!("handled before the vault is opened")
         }
     }
