@@ -572,6 +572,11 @@ impl Vault {
         self.inner.clock.now()
     }
 
+    /// The vault clock's [`coarse_now`](Clock::coarse_now).
+    pub(crate) fn coarse_now(&self) -> Timestamp {
+        self.inner.clock.coarse_now()
+    }
+
     /// Every migration this build has, and whether the file has it applied.
     pub fn migration_status(&self) -> Result<Vec<MigrationStatus>> {
         Ok(self.store().applied()?.status())

@@ -472,3 +472,12 @@ fn health_cli_exit_codes() {
     let out = common::run(dir.path(), &["--db", "missing.db", "health", "--json"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn coarse_system_time_is_close_to_now() {
+    use statevault::{Clock, SystemClock};
+    let coarse = SystemClock.coarse_now();
+    let now = SystemClock.now();
+    let apart = now.duration_since(coarse).max(coarse.duration_since(now));
+    assert!(apart < Duration::from_millis(100), "{coarse:?} vs {now:?}");
+}

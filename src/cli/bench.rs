@@ -106,7 +106,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     );
     workloads.insert(
         "metrics_record".into(),
-        super::bench_metrics::record_metrics(dir.path(), budget).await?,
+        super::bench_metrics::record_metrics(dir.path(), budget, args.quick).await?,
     );
     workloads.insert(
         "ratelimit_check_shared".into(),

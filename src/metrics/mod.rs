@@ -8,7 +8,10 @@
 //!   [`Metrics::timing`], [`Metrics::record_api_call`]) touches memory only:
 //!   one of 32 shard locks, chosen by a hash of (name, labels), held for a
 //!   few hundred nanoseconds and never across an `.await`. Recording never
-//!   allocates once a series exists.
+//!   allocates once a series exists. The time is the vault clock's
+//!   [`coarse_now`](crate::Clock::coarse_now) (a few milliseconds old with
+//!   the system clock, a few nanoseconds to read): plenty for intervals of a
+//!   second or more.
 //! - Each series keeps the aggregate of its current interval (default 60 s,
 //!   [`MetricsConfig::interval`]): count, sum, min, max, last value, and for
 //!   timings a [DDSketch](https://arxiv.org/abs/1908.10693) with a relative
@@ -394,7 +397,7 @@ impl MetricsState {
 
     /// Writes ended intervals (all intervals when `all`) in one transaction.
     pub(crate) async fn flush(&self, vault: &Vault, all: bool) -> Result<()> {
-        let points = self.take(vault.now(), all);
+        let points = self.take(vault.coarse_now(), all);
         if points.is_empty() {
             return Ok(());
         }
@@ -610,14 +613,24 @@ impl<'a> Metrics<'a> {
     /// Adds `by` to a counter. Negative or non-finite amounts are dropped,
     /// as is a record whose labels name a key twice.
     pub fn increment(&self, name: &str, labels: &[(&str, &str)], by: f64) {
-        self.state
-            .record(self.vault.now(), name, MetricKind::Counter, labels, by);
+        self.state.record(
+            self.vault.coarse_now(),
+            name,
+            MetricKind::Counter,
+            labels,
+            by,
+        );
     }
 
     /// Sets a gauge.
     pub fn gauge(&self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.state
-            .record(self.vault.now(), name, MetricKind::Gauge, labels, value);
+        self.state.record(
+            self.vault.coarse_now(),
+            name,
+            MetricKind::Gauge,
+            labels,
+            value,
+        );
     }
 
     /// Records a duration, in milliseconds, in a timing.
@@ -627,8 +640,13 @@ impl<'a> Metrics<'a> {
 
     /// Records any value in a timing's distribution.
     pub fn observe(&self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.state
-            .record(self.vault.now(), name, MetricKind::Timing, labels, value);
+        self.state.record(
+            self.vault.coarse_now(),
+            name,
+            MetricKind::Timing,
+            labels,
+            value,
+        );
     }
 
     /// Records an API call: counter [`API_REQUESTS`] with labels
@@ -645,7 +663,7 @@ impl<'a> Metrics<'a> {
         duration: Duration,
         user: Option<&str>,
     ) {
-        let now = self.vault.now();
+        let now = self.vault.coarse_now();
         let mut digits = [0u8; 5];
         let status = status_text(status, &mut digits);
         let authenticated = if user.is_some() { "true" } else { "false" };
