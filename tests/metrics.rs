@@ -481,3 +481,27 @@ fn coarse_system_time_is_close_to_now() {
     let apart = now.duration_since(coarse).max(coarse.duration_since(now));
     assert!(apart < Duration::from_millis(100), "{coarse:?} vs {now:?}");
 }
+
+#[tokio::test]
+async fn a_failed_write_keeps_its_points() {
+    let dir = common::tempdir();
+    let (vault, clock) = common::vault(dir.path()).await;
+    let start = vault.now();
+    vault.metrics().observe("t", &[], 5.0);
+    clock.advance(MINUTE);
+    let raw = common::raw_connection(vault.path());
+    raw.execute_batch("ALTER TABLE metrics RENAME TO metrics_away")
+        .unwrap();
+    assert!(vault.flush().await.is_err(), "no table to write to");
+    raw.execute_batch("ALTER TABLE metrics_away RENAME TO metrics")
+        .unwrap();
+    drop(raw);
+    vault.flush().await.unwrap();
+    let p = vault
+        .metrics()
+        .percentiles("t", &[], start, vault.now())
+        .await
+        .unwrap();
+    assert_eq!((p.count, p.max), (1, Some(5.0)));
+    vault.close().await.unwrap();
+}
