@@ -22,6 +22,11 @@
 //!   behind, or shared between processes through the file.
 //! - [`cache`](crate::Cache): the two-level cache (L1 in memory, L2 zstd
 //!   blobs in the file), with a write-behind buffer that [`Vault::flush`] writes.
+//! - [`metrics`](crate::Metrics): counters, gauges and timings aggregated
+//!   in memory and written per interval with a mergeable sketch;
+//!   percentiles over any range, Prometheus exposition.
+//! - [`health`](crate::HealthReport): each component healthy, warning or
+//!   critical, with the reason.
 //! - [`clock`](crate::Clock): time, injected; every facet reads the vault's clock.
 //! - [`key`](crate::Key): keys and where they come from; zeroized, never shown.
 //! - [`error`](crate::Error): the one error type.
@@ -50,8 +55,10 @@ mod backup;
 mod cache;
 mod clock;
 mod error;
+mod health;
 mod key;
 mod limits;
+mod metrics;
 mod prefs;
 mod retention;
 mod sessions;
@@ -70,10 +77,16 @@ pub use cache::{
 };
 pub use clock::{Clock, FakeClock, SystemClock, Timestamp};
 pub use error::{Error, Result};
+pub use health::{Component, HealthConfig, HealthReport, HealthStatus};
 pub use key::{KEY_ENV, Key, KeySource, default_key_file};
 pub use limits::{
     ClientInfo, Decision, Limit, LimitStatus, Limits, LimitsConfig, Penalty, ResetCounts,
     SweepCounts, ViolationRecord, Window, WindowStatus,
+};
+pub use metrics::{
+    API_REQUEST_DURATION, API_REQUESTS, AUTH_ATTEMPTS, AuthCounts, EndpointErrors, FileSizes,
+    MAX_BINS, MetricKind, Metrics, MetricsConfig, MetricsReport, MetricsSweep, RELATIVE_ERROR,
+    SeriesPoint, SeriesSummary, Summary, sanitize_name,
 };
 pub use prefs::{Preferences, PreferencesConfig, StoredPreferences, Upgrade, merge_patch};
 pub use retention::SweepReport;

@@ -37,6 +37,8 @@ impl Vault {
         removed.insert("token_buckets".to_owned(), limits.buckets);
         let cache = self.cache().sweep().await?;
         removed.insert("cache_entries".to_owned(), cache.expired + cache.evicted);
+        let metrics = self.metrics().sweep().await?;
+        removed.insert("metrics".to_owned(), metrics.purged + metrics.downsampled);
         let pages_freed = self.store().give_back_space().await?;
         Ok(SweepReport {
             removed,

@@ -15,8 +15,10 @@ use zeroize::Zeroizing;
 use crate::audit::{self, Audit, AuditConfig};
 use crate::cache::{CacheConfig, CacheState};
 use crate::clock::{Clock, SystemClock, Timestamp};
-use crate::key::{Key, KeySource};
+use crate::health::HealthConfig;
+use crate::key::{KEY_ENV, Key, KeySource, default_key_file};
 use crate::limits::{LimitsConfig, LimitsState};
+use crate::metrics::{Metrics, MetricsConfig, MetricsState};
 use crate::prefs::{Preferences, PreferencesConfig};
 use crate::sessions::{self, SessionConfig, Sessions};
 use crate::store::{self, CheckReport, MigrationStatus, OpenSpec, Store, Synchronous};
@@ -46,6 +48,8 @@ pub struct VaultOptions {
     preferences: PreferencesConfig,
     limits: LimitsConfig,
     cache: CacheConfig,
+    metrics: MetricsConfig,
+    health: HealthConfig,
 }
 
 impl VaultOptions {
@@ -72,6 +76,8 @@ impl VaultOptions {
             preferences: PreferencesConfig::default(),
             limits: LimitsConfig::default(),
             cache: CacheConfig::default(),
+            metrics: MetricsConfig::default(),
+            health: HealthConfig::default(),
         }
     }
 
@@ -198,6 +204,18 @@ impl VaultOptions {
         self
     }
 
+    /// How metrics are aggregated and kept (default [`MetricsConfig::default`]).
+    pub fn metrics(mut self, config: MetricsConfig) -> Self {
+        self.metrics = config;
+        self
+    }
+
+    /// The health report's thresholds (default [`HealthConfig::default`]).
+    pub fn health(mut self, config: HealthConfig) -> Self {
+        self.health = config;
+        self
+    }
+
     /// The database path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -207,6 +225,17 @@ impl VaultOptions {
     pub(crate) fn resolve_settings(&self) -> Result<crate::store::SharedSettings> {
         self.validate()?;
         crate::store::existing_settings(&self.spec())
+    }
+
+    /// The key file this vault's key is read from, if it comes from one.
+    fn key_file_path(&self) -> Option<PathBuf> {
+        match &self.key {
+            KeySource::File(path) => Some(path.clone()),
+            KeySource::Auto if std::env::var_os(KEY_ENV).is_none() => {
+                Some(default_key_file(&self.path))
+            }
+            _ => None,
+        }
     }
 
     fn spec(&self) -> OpenSpec<'_> {
@@ -255,6 +284,8 @@ impl VaultOptions {
         self.sessions.validate()?;
         self.audit.validate()?;
         self.preferences.validate()?;
+        self.metrics.validate()?;
+        self.health.validate()?;
         self.cache.validate()
     }
 }
@@ -276,6 +307,8 @@ impl fmt::Debug for VaultOptions {
             .field("audit", &self.audit)
             .field("preferences", &self.preferences)
             .field("limits", &self.limits)
+            .field("metrics", &self.metrics)
+            .field("health", &self.health)
             .finish_non_exhaustive()
     }
 }
@@ -322,6 +355,11 @@ struct Inner {
     limits: LimitsState,
     /// The cache's L1 and write-behind buffer.
     cache: CacheState,
+    /// Metric series in memory, written per interval by [`Vault::flush`].
+    metrics: MetricsState,
+    health: HealthConfig,
+    /// Where the key was read from, for the health report.
+    key_file: Option<PathBuf>,
 }
 
 impl Drop for Inner {
@@ -341,6 +379,8 @@ impl Vault {
     pub async fn open(options: VaultOptions) -> Result<Vault> {
         options.validate()?;
         let limits = LimitsState::new(&options.limits)?;
+        let metrics = MetricsState::new(options.metrics.clone())?;
+        let key_file = options.key_file_path();
         tracing::debug!(?options, "opening vault");
         let store = Store::open(options.spec()).await?;
         let vault = Vault {
@@ -355,6 +395,9 @@ impl Vault {
                 tasks: Mutex::new(Vec::new()),
                 limits,
                 cache: CacheState::new(options.cache),
+                metrics,
+                health: options.health,
+                key_file,
             }),
         };
         if let Err(e) = vault.finish_open(options.migrate).await {
@@ -497,11 +540,32 @@ impl Vault {
     /// `flush_interval`; call it when you need the file to have everything,
     /// for instance before another process reads it.
     pub async fn flush(&self) -> Result<()> {
+        self.flush_buffers(false).await
+    }
+
+    /// Flushes every facet; `last` also writes metric intervals still open.
+    async fn flush_buffers(&self, last: bool) -> Result<()> {
         let sessions = self.sessions().flush().await;
         let audit = self.audit().flush().await;
         let limits = self.inner.limits.flush(self).await;
         let cache = self.inner.cache.flush(self).await;
-        sessions.and(audit).and(limits).and(cache)
+        let metrics = self.inner.metrics.flush(self, last).await;
+        sessions.and(audit).and(limits).and(cache).and(metrics)
+    }
+
+    /// Metrics: counters, gauges, timings; percentiles over any range;
+    /// Prometheus exposition.
+    pub fn metrics(&self) -> Metrics<'_> {
+        Metrics::new(self, &self.inner.metrics)
+    }
+
+    pub(crate) fn health_config(&self) -> &HealthConfig {
+        &self.inner.health
+    }
+
+    /// The file the key was read from, if it came from one.
+    pub(crate) fn key_file(&self) -> Option<&PathBuf> {
+        self.inner.key_file.as_ref()
     }
 
     pub(crate) fn limits_state(&self) -> &LimitsState {
@@ -560,6 +624,11 @@ impl Vault {
     /// The vault clock's current time.
     pub fn now(&self) -> Timestamp {
         self.inner.clock.now()
+    }
+
+    /// The vault clock's [`now_coarse`](Clock::now_coarse).
+    pub(crate) fn now_coarse(&self) -> Timestamp {
+        self.inner.clock.now_coarse()
     }
 
     /// Every migration this build has, and whether the file has it applied.
@@ -680,7 +749,7 @@ impl Vault {
         let flushed = if self.store().reader().is_closed() {
             Ok(())
         } else {
-            self.flush().await
+            self.flush_buffers(true).await
         };
         self.store().close().await;
         flushed

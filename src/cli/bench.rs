@@ -105,6 +105,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         super::bench_limits::ratelimit_check(dir.path(), args.quick).await?,
     );
     workloads.insert(
+        "metrics_record".into(),
+        super::bench_metrics::record_metrics(dir.path(), budget, args.quick).await?,
+    );
+    workloads.insert(
         "ratelimit_check_shared".into(),
         super::bench_limits::ratelimit_check_shared(dir.path(), args.quick).await?,
     );

@@ -15,9 +15,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
 use statevault::{
-    AuditEvent, CacheKey, CacheStats, ClientInfo, Clock, EventKind, FakeClock, GdprCategory,
-    NewSession, PreferencesConfig, Result, Secret, SessionConfig, SetOptions, SystemClock,
-    Validation, Vault, VaultOptions,
+    API_REQUEST_DURATION, AuditEvent, CacheKey, CacheStats, ClientInfo, Clock, EventKind,
+    FakeClock, GdprCategory, NewSession, PreferencesConfig, Result, Secret, SessionConfig,
+    SetOptions, SystemClock, Timestamp, Validation, Vault, VaultOptions,
 };
 
 #[derive(Debug, clap::Args)]
@@ -63,44 +63,47 @@ struct User {
     token: Option<Secret>,
 }
 
-/// Latencies by endpoint, in microseconds.
-#[derive(Default)]
-struct Timings(BTreeMap<&'static str, Vec<f64>>);
-
-impl Timings {
-    fn record(&mut self, endpoint: &'static str, started: Instant) {
-        self.0
-            .entry(endpoint)
-            .or_default()
-            .push(started.elapsed().as_secs_f64() * 1e6);
-    }
-
-    fn report(&mut self) -> BTreeMap<&'static str, Latency> {
-        self.0
-            .iter_mut()
-            .map(|(endpoint, samples)| {
-                samples.sort_by(f64::total_cmp);
-                let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-                (
-                    *endpoint,
-                    Latency {
-                        requests: samples.len(),
-                        p50_us: at(0.50),
-                        p95_us: at(0.95),
-                        p99_us: at(0.99),
-                    },
-                )
-            })
-            .collect()
-    }
-}
-
+/// An endpoint's latency, from the metrics facet's sketches (±1 %).
 #[derive(Debug, Serialize)]
 struct Latency {
-    requests: usize,
+    requests: u64,
     p50_us: f64,
     p95_us: f64,
     p99_us: f64,
+}
+
+const ENDPOINTS: [&str; 5] = [
+    "search",
+    "playlist.read",
+    "playlist.edit",
+    "preferences",
+    "rate_limited",
+];
+
+/// p50/p95/p99 of each endpoint over the run, from the stored metrics.
+async fn latencies(vault: &Vault, from: Timestamp) -> Result<BTreeMap<&'static str, Latency>> {
+    vault.metrics().flush_all().await?;
+    let to = vault.now().saturating_add(Duration::from_secs(3600));
+    let mut out = BTreeMap::new();
+    for endpoint in ENDPOINTS {
+        let s = vault
+            .metrics()
+            .percentiles(API_REQUEST_DURATION, &[("endpoint", endpoint)], from, to)
+            .await?;
+        if s.count > 0 {
+            let us = |ms: Option<f64>| ms.unwrap_or(0.0) * 1e3;
+            out.insert(
+                endpoint,
+                Latency {
+                    requests: s.count,
+                    p50_us: us(s.p50),
+                    p95_us: us(s.p95),
+                    p99_us: us(s.p99),
+                },
+            );
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -182,7 +185,7 @@ fn demo_sessions() -> SessionConfig {
 async fn drive(vault: &Vault, clock: &FakeClock, args: &Args) -> Result<Report> {
     let mut rng = Rng(0x5eed_cafe_f00d ^ u64::from(std::process::id()));
     let mut counts = Counts::default();
-    let mut timings = Timings::default();
+    let start = vault.now();
     let mut users: Vec<User> = (0..args.users)
         .map(|i| User {
             id: format!("user-{i:05}"),
@@ -213,7 +216,7 @@ async fn drive(vault: &Vault, clock: &FakeClock, args: &Args) -> Result<Report> 
             } else {
                 200 + rng.next() % 4_000
             }));
-            request(vault, &mut users[u], &mut rng, &mut counts, &mut timings).await?;
+            request(vault, &mut users[u], &mut rng, &mut counts).await?;
             i += 1;
             progress.inc(1);
         }
@@ -264,7 +267,7 @@ async fn drive(vault: &Vault, clock: &FakeClock, args: &Args) -> Result<Report> 
         penalties: scalar("SELECT count(*) FROM violations WHERE penalty_until IS NOT NULL")
             .await?,
         live_sessions,
-        latency_by_endpoint: timings.report(),
+        latency_by_endpoint: latencies(vault, start).await?,
         cache,
         audit_events: chain.events,
         audit_chain_ok: chain.ok,
@@ -301,6 +304,7 @@ async fn login(vault: &Vault, user: &mut User, rng: &mut Rng, counts: &mut Count
     let wrong = if user.id.ends_with('0') { 0.7 } else { 0.05 };
     if rng.unit() < wrong {
         counts.failed_logins += 1;
+        vault.metrics().record_auth(false);
         vault.audit().append(
             AuditEvent::new(EventKind::Auth, "login.failed")
                 .user(&user.id)
@@ -324,6 +328,7 @@ async fn login(vault: &Vault, user: &mut User, rng: &mut Rng, counts: &mut Count
         .await?;
     counts.logins += 1;
     counts.sessions_created += 1;
+    vault.metrics().record_auth(true);
     vault.audit().append(
         AuditEvent::new(EventKind::Auth, "login")
             .user(&user.id)
@@ -335,13 +340,7 @@ async fn login(vault: &Vault, user: &mut User, rng: &mut Rng, counts: &mut Count
 }
 
 /// One API request: session, rate limits, the work, the audit event.
-async fn request(
-    vault: &Vault,
-    user: &mut User,
-    rng: &mut Rng,
-    counts: &mut Counts,
-    timings: &mut Timings,
-) -> Result<()> {
+async fn request(vault: &Vault, user: &mut User, rng: &mut Rng, counts: &mut Counts) -> Result<()> {
     counts.requests += 1;
     if user.token.is_none() && !login(vault, user, rng, counts).await? {
         return Ok(());
@@ -402,7 +401,10 @@ async fn request(
     }
     if !allowed {
         counts.rate_limited += 1;
-        timings.record("rate_limited", started);
+        let (uid, took) = (Some(user.id.as_str()), started.elapsed());
+        vault
+            .metrics()
+            .record_api_call("rate_limited", method(endpoint), 429, took, uid);
         return Ok(());
     }
     counts.allowed += 1;
@@ -463,8 +465,19 @@ async fn request(
             .details(json!({"status": 200}))
             .category(GdprCategory::Necessary),
     )?;
-    timings.record(endpoint, started);
+    let (uid, took) = (Some(user.id.as_str()), started.elapsed());
+    vault
+        .metrics()
+        .record_api_call(endpoint, method(endpoint), 200, took, uid);
     Ok(())
+}
+
+fn method(endpoint: &str) -> &'static str {
+    if endpoint.ends_with(".edit") {
+        "POST"
+    } else {
+        "GET"
+    }
 }
 
 /// What the upstream API would answer: a page of tracks (~1 KiB of JSON).
@@ -493,7 +506,9 @@ fn print(r: &Report) {
         c.allowed, c.rate_limited
     );
     println!();
-    println!("  latency of the vault work per request (real time)");
+    println!(
+        "  latency of the vault work per request (real time, from the metrics facet's sketches)"
+    );
     println!(
         "    {:<14} {:>9} {:>9} {:>9} {:>9}",
         "endpoint", "requests", "p50 µs", "p95 µs", "p99 µs"

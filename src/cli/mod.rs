@@ -11,11 +11,13 @@ mod bench;
 mod bench_audit;
 mod bench_cache;
 mod bench_limits;
+mod bench_metrics;
 mod bench_sessions;
 mod bench_sweep;
 mod cache;
 mod demo;
 mod limits;
+mod metrics;
 mod prefs;
 mod session;
 mod user;
@@ -123,6 +125,21 @@ enum Command {
     /// The two-level cache: stats, invalidate by tag, clear.
     #[command(subcommand)]
     Cache(cache::Command),
+    /// Stored metrics as Prometheus text or JSON.
+    Metrics {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "prometheus")]
+        format: metrics::Format,
+        /// Quantiles (and, for JSON, everything) over the last this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        window: u64,
+    },
+    /// Each component healthy, warning or critical; exit 0, 1 or 2.
+    Health {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Parses, runs, prints `error: ...` on failure. Exit codes: 0 success,
@@ -173,6 +190,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Restore { file } => backup::restore(&options, &file).await,
         Command::Rekey { new_key_file } => backup::rekey(options, &key, &new_key_file).await,
         Command::Check { json } => admin::check(&options, json).await,
+        Command::Health { json } => metrics::health(options, json).await,
         command => {
             let vault = Vault::open(options.create_if_missing(false).migrate(false)).await?;
             let result = dispatch(&vault, command).await;
@@ -197,7 +215,9 @@ async fn dispatch(vault: &Vault, command: Command) -> Result<ExitCode> {
         Command::User(command) => user::run(vault, command).await,
         Command::Limits(command) => limits::run(vault, command).await,
         Command::Cache(command) => cache::run(vault, command).await,
+        Command::Metrics { format, window } => metrics::metrics(vault, format, window).await,
         Command::Init
+        | Command::Health { .. }
         | Command::Check { .. }
         | Command::Bench(_)
         | Command::Demo(_)

@@ -905,3 +905,12 @@ fn decision(spec: &CompiledLimit, verdict: Verdict, now: Timestamp) -> Decision 
         },
     }
 }
+
+/// Violations of every subject recorded after `since` (written ones; those
+/// of non-strict limits still buffered are not counted), for the health
+/// report.
+pub(crate) fn violations_since(vault: &Vault, since: Timestamp) -> Result<u64> {
+    vault
+        .store()
+        .read(|conn| sql::count_violations_since(conn, since))
+}

@@ -198,6 +198,17 @@ pub(crate) fn violations(
         .collect()
 }
 
+/// How many violations of any subject occurred after `since` (hot reader),
+/// for the health report.
+pub(crate) fn count_violations_since(
+    conn: &rusqlite::Connection,
+    since: Timestamp,
+) -> rusqlite::Result<u64> {
+    let mut stmt = conn.prepare_cached("SELECT count(*) FROM violations WHERE occurred_at > ?1")?;
+    stmt.query_row([since], |r| r.get::<_, i64>(0))
+        .map(|n| u64::try_from(n).unwrap_or(0))
+}
+
 /// Every violation of a subject, oldest first (hot reader).
 pub(crate) fn all_violations(
     conn: &rusqlite::Connection,

@@ -1040,6 +1040,22 @@ impl<'a> Sessions<'a> {
         token_hashes(&rows)
     }
 
+    /// How many sessions are live now (not revoked, not past their absolute
+    /// expiry or their idle timeout, as last written), for metrics. Read on
+    /// the caller's thread.
+    pub(crate) fn count_live(&self) -> Result<u64> {
+        let now = self.vault.now();
+        self.vault.store().read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT count(*) FROM sessions
+                 WHERE revoked_at IS NULL AND expires_at > ?1
+                   AND unixepoch(last_seen_at, 'subsec') + idle_timeout_secs > unixepoch(?1, 'subsec')",
+            )?;
+            stmt.query_row([now], |r| r.get::<_, i64>(0))
+                .map(|n| u64::try_from(n).unwrap_or(0))
+        })
+    }
+
     /// Drops sessions whose rows are gone from memory; call after commit.
     pub(crate) fn forget(&self, hashes: &[[u8; 32]]) {
         self.state.forget(hashes);
