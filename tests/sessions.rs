@@ -22,6 +22,17 @@ async fn open(dir: &std::path::Path, config: SessionConfig) -> (Vault, FakeClock
     (Vault::open(options.sessions(config)).await.unwrap(), clock)
 }
 
+/// Whether `token` validates (without a device fingerprint) as a live session.
+async fn is_live(vault: &Vault, token: &str) -> bool {
+    vault
+        .sessions()
+        .validate(token, None)
+        .await
+        .unwrap()
+        .valid()
+        .is_some()
+}
+
 fn config() -> SessionConfig {
     let mut config = SessionConfig::default();
     config.idle_timeout = 2 * HOUR;
@@ -189,15 +200,7 @@ async fn a_copy_of_the_file_and_key_yields_no_usable_token() {
         }
     }
     // The real token still works on the copy: the row is intact, just not reversible.
-    assert!(
-        thief
-            .sessions()
-            .validate(issued.token.expose(), None)
-            .await
-            .unwrap()
-            .valid()
-            .is_some()
-    );
+    assert!(is_live(&thief, issued.token.expose()).await);
     thief.close().await.unwrap();
 }
 
@@ -253,15 +256,7 @@ async fn absolute_expiry_ends_even_a_busy_session() {
         .token;
     for _ in 0..47 {
         clock.advance(HOUR);
-        assert!(
-            vault
-                .sessions()
-                .validate(token.expose(), None)
-                .await
-                .unwrap()
-                .valid()
-                .is_some()
-        );
+        assert!(is_live(&vault, token.expose()).await);
     }
     clock.advance(HOUR);
     match vault
@@ -322,15 +317,7 @@ async fn last_seen_is_buffered_then_flushed_and_survives_reopening() {
     let created = stored().await;
     clock.advance(HOUR);
     for _ in 0..100 {
-        assert!(
-            vault
-                .sessions()
-                .validate(token.expose(), None)
-                .await
-                .unwrap()
-                .valid()
-                .is_some()
-        );
+        assert!(is_live(&vault, token.expose()).await);
     }
     assert_eq!(
         stored().await,
@@ -352,15 +339,7 @@ async fn last_seen_is_buffered_then_flushed_and_survives_reopening() {
     )
     .await
     .unwrap();
-    assert!(
-        vault
-            .sessions()
-            .validate(token.expose(), None)
-            .await
-            .unwrap()
-            .valid()
-            .is_some()
-    );
+    assert!(is_live(&vault, token.expose()).await);
     vault.close().await.unwrap();
 }
 
@@ -683,15 +662,7 @@ async fn concurrent_validation_never_accepts_a_rotated_token() {
     for v in validators {
         v.await.unwrap();
     }
-    assert!(
-        vault
-            .sessions()
-            .validate(new.token.expose(), None)
-            .await
-            .unwrap()
-            .valid()
-            .is_some()
-    );
+    assert!(is_live(&vault, new.token.expose()).await);
     vault.close().await.unwrap();
 }
 
@@ -705,15 +676,7 @@ async fn another_handle_sees_a_revocation_within_memory_ttl() {
         .await
         .unwrap()
         .token;
-    assert!(
-        server
-            .sessions()
-            .validate(token.expose(), None)
-            .await
-            .unwrap()
-            .valid()
-            .is_some()
-    );
+    assert!(is_live(&server, token.expose()).await);
 
     // A second handle on the same file, like the CLI in another process.
     let admin = Vault::open(VaultOptions::new(server.path()).clock(clock.clone()))
