@@ -247,6 +247,22 @@ impl Budget {
     }
 }
 
+/// A workload's figures beside its baseline, measured in the same run:
+/// `{"ops_per_sec", "baseline", "baseline_ops_per_sec", "ratio"}`; callers
+/// add their own extra keys.
+pub fn workload(
+    ours: f64,
+    baseline: &str,
+    limit: f64,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("ops_per_sec".into(), ours.round().into());
+    m.insert("baseline".into(), baseline.into());
+    m.insert("baseline_ops_per_sec".into(), limit.round().into());
+    m.insert("ratio".into(), (ours / limit).into());
+    m
+}
+
 /// Operations per second.
 pub fn per_sec(ops: u64, took: Duration) -> f64 {
     ops as f64 / took.as_secs_f64().max(1e-9)

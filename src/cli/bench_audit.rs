@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use statevault::{AuditEvent, EventKind, Result, Vault, VaultOptions};
 
-use super::bench::{Budget, per_sec, raw_connection};
+use super::bench::{Budget, per_sec, raw_connection, workload};
 
 const BATCH: u64 = 1000;
 
@@ -70,10 +70,9 @@ pub async fn append(dir: &Path, budget: Budget) -> Result<Value> {
         m += BATCH;
     }
     let limit = per_sec(m, started.elapsed());
-    Ok(json!({
-        "ops_per_sec": ours,
-        "baseline": "rusqlite INSERT with SHA-256 chain, 1000 per transaction",
-        "baseline_ops_per_sec": limit,
-        "ratio": ours / limit,
-    }))
+    Ok(Value::Object(workload(
+        ours,
+        "rusqlite INSERT with SHA-256 chain, 1000 per transaction",
+        limit,
+    )))
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use statevault::{CacheConfig, CacheKey, Error, Result, Vault, VaultOptions, default_key_file};
+use statevault::{CacheConfig, CacheKey, Error, Result, Vault, VaultOptions};
 
 /// A JSON-like value of about 1 KiB, like a page of search results.
 pub fn json_value(i: usize) -> Vec<u8> {
@@ -84,19 +84,6 @@ async fn rate(
     Ok(ops as f64 / started.elapsed().as_secs_f64())
 }
 
-fn raw_connection(path: &Path) -> Result<rusqlite::Connection> {
-    let key = std::fs::read_to_string(default_key_file(path)).map_err(|source| Error::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let conn = rusqlite::Connection::open(path)?;
-    conn.execute_batch(&format!(
-        "PRAGMA key = \"{}\"; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536;",
-        key.trim()
-    ))?;
-    Ok(conn)
-}
-
 /// zstd's errors are `io::Error`s without a file.
 fn zstd_error(source: std::io::Error) -> Error {
     Error::Io {
@@ -110,18 +97,6 @@ fn rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
-}
-
-fn report(ours: f64, baseline: &str, limit: f64) -> serde_json::Map<String, Value> {
-    let mut m = serde_json::Map::new();
-    m.insert("ops_per_sec".into(), json!(ours.round()));
-    m.insert("baseline".into(), json!(baseline));
-    m.insert("baseline_ops_per_sec".into(), json!(limit.round()));
-    m.insert(
-        "ratio".into(),
-        json!((ours / limit * 100.0).round() / 100.0),
-    );
-    m
 }
 
 /// Gets of 500 hot 1 KiB JSON values held in L1, beside `lru` alone.
@@ -162,7 +137,7 @@ pub async fn l1_get(dir: &Path, quick: bool) -> Result<Value> {
     })
     .await?;
     vault.close().await?;
-    let mut m = report(
+    let mut m = super::bench::workload(
         ours,
         "lru::LruCache<String, Arc<[u8]>> get + clone, no lock, same keys and values",
         limit,
@@ -199,7 +174,7 @@ pub async fn l2_get(dir: &Path, quick: bool) -> Result<Value> {
     })
     .await?;
 
-    let conn = raw_connection(&path)?;
+    let conn = super::bench::raw_connection(&path)?;
     let mut zstd = zstd::bulk::Decompressor::new().map_err(zstd_error)?;
     let limit = rate(budget(quick), &walk, async |i| {
         let mut stmt =
@@ -215,7 +190,7 @@ pub async fn l2_get(dir: &Path, quick: bool) -> Result<Value> {
     .await?;
     drop(conn);
     vault.close().await?;
-    let mut m = report(
+    let mut m = super::bench::workload(
         ours,
         "rusqlite point read + zstd decompress (reused context), same file, key and rows",
         limit,
@@ -253,7 +228,7 @@ pub async fn set(dir: &Path, quick: bool) -> Result<Value> {
 
     let path = dir.join("cache_set_rusqlite.db");
     Vault::open(VaultOptions::new(&path)).await?.close().await?;
-    let mut conn = raw_connection(&path)?;
+    let mut conn = super::bench::raw_connection(&path)?;
     let mut zstd = zstd::bulk::Compressor::new(3).map_err(zstd_error)?;
     let now = "2026-01-01T00:00:00.000Z";
     let later = "2026-01-01T00:05:00.000Z";
@@ -295,7 +270,7 @@ pub async fn set(dir: &Path, quick: bool) -> Result<Value> {
     }
     let limit = n as f64 / started.elapsed().as_secs_f64();
     drop(conn);
-    let mut m = report(
+    let mut m = super::bench::workload(
         ours,
         "rusqlite: zstd (reused context) + 100 rows per INSERT, 1000 per transaction, same rows",
         limit,

@@ -12,10 +12,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use statevault::{
-    ClientInfo, Clock, Error, Limit, LimitsConfig, Result, SystemClock, Vault, VaultOptions,
-    Window, default_key_file,
+    ClientInfo, Clock, Error, Limit, LimitsConfig, Result, SystemClock, Vault, VaultOptions, Window,
 };
 
 const SUBJECTS: usize = 1000;
@@ -42,15 +41,6 @@ fn duration(quick: bool) -> Duration {
     } else {
         Duration::from_secs(3)
     }
-}
-
-fn report(ops: f64, baseline: &str, base_ops: f64) -> Value {
-    json!({
-        "ops_per_sec": ops.round(),
-        "baseline": baseline,
-        "baseline_ops_per_sec": base_ops.round(),
-        "ratio": ops / base_ops,
-    })
 }
 
 /// In-memory `check` beside a plain HashMap token bucket.
@@ -108,11 +98,11 @@ pub async fn ratelimit_check(dir: &Path, quick: bool) -> Result<Value> {
     }
     let base = ops as f64 / started.elapsed().as_secs_f64();
     std::hint::black_box(allowed);
-    Ok(report(
+    Ok(Value::Object(super::bench::workload(
         ours,
         "std HashMap<String, (tokens, last_ms)> token bucket, one thread, same clock",
         base,
-    ))
+    )))
 }
 
 /// Shared-mode `check` beside rusqlite's upsert-returning per check.
@@ -142,23 +132,15 @@ pub async fn ratelimit_check_shared(dir: &Path, quick: bool) -> Result<Value> {
     let ours = ops as f64 / started.elapsed().as_secs_f64();
     vault.close().await?;
     let base = rusqlite_upserts(&path, &subjects, run_for)?;
-    Ok(report(
+    Ok(Value::Object(super::bench::workload(
         ours,
         "rusqlite BEGIN IMMEDIATE; INSERT … ON CONFLICT DO UPDATE … RETURNING; COMMIT per check, same file and key",
         base,
-    ))
+    )))
 }
 
 fn rusqlite_upserts(path: &Path, subjects: &[String], run_for: Duration) -> Result<f64> {
-    let key = std::fs::read_to_string(default_key_file(path)).map_err(|source| Error::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let conn = rusqlite::Connection::open(path)?;
-    conn.execute_batch(&format!(
-        "PRAGMA key = \"{}\"; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
-        key.trim()
-    ))?;
+    let conn = super::bench::raw_connection(path)?;
     let clock = SystemClock;
     let rate_per_ms = PLENTY / 3_600_000.0;
     let sql = "INSERT INTO token_buckets

@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::time::Instant;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use statevault::{Error, NewSession, Result, SessionConfig, Vault, VaultOptions};
 
-use super::bench::{Budget, per_sec, raw_connection};
+use super::bench::{Budget, per_sec, raw_connection, workload};
 
 /// Creating a session (one transaction: cap check + insert) vs rusqlite
 /// inserting the same row in its own transaction.
@@ -49,12 +49,11 @@ pub async fn create(dir: &Path, budget: Budget) -> Result<Value> {
         m += 1;
     }
     let limit = per_sec(m, started.elapsed());
-    Ok(json!({
-        "ops_per_sec": ours,
-        "baseline": "rusqlite INSERT of the same row, one transaction each",
-        "baseline_ops_per_sec": limit,
-        "ratio": ours / limit,
-    }))
+    Ok(Value::Object(workload(
+        ours,
+        "rusqlite INSERT of the same row, one transaction each",
+        limit,
+    )))
 }
 
 /// Validating a live token: served from memory (the default) and from the
@@ -92,15 +91,11 @@ pub async fn validate(dir: &Path, budget: Budget) -> Result<Value> {
         m += 1;
     }
     let limit = per_sec(m, started.elapsed());
-    Ok(json!({
-        "ops_per_sec": memory,
-        "from_file_ops_per_sec": from_file,
-        "baseline": "rusqlite indexed lookup by token hash",
-        "baseline_ops_per_sec": limit,
-        "ratio": memory / limit,
-        "from_file_ratio": from_file / limit,
-        "sessions": tokens.len(),
-    }))
+    let mut m = workload(memory, "rusqlite indexed lookup by token hash", limit);
+    m.insert("from_file_ops_per_sec".into(), from_file.round().into());
+    m.insert("from_file_ratio".into(), (from_file / limit).into());
+    m.insert("sessions".into(), tokens.len().into());
+    Ok(Value::Object(m))
 }
 
 /// Validates tokens in a scattered order until the budget is spent.

@@ -5,12 +5,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use statevault::{
     FakeClock, Result, SessionConfig, Timestamp, Vault, VaultOptions, default_key_file,
 };
 
-use super::bench::{per_sec, raw_connection};
+use super::bench::{per_sec, raw_connection, workload};
 
 const BATCH: i64 = 500;
 
@@ -60,14 +60,14 @@ pub async fn sweep_expired(dir: &Path, quick: bool) -> Result<Value> {
         }
     }
     let limit = per_sec(deleted, started.elapsed());
-    Ok(json!({
-        "ops_per_sec": ours,
-        "rows": removed,
-        "batch": BATCH,
-        "baseline": "rusqlite DELETE … LIMIT 500 per transaction, same rows",
-        "baseline_ops_per_sec": limit,
-        "ratio": ours / limit,
-    }))
+    let mut m = workload(
+        ours,
+        "rusqlite DELETE … LIMIT 500 per transaction, same rows",
+        limit,
+    );
+    m.insert("rows".into(), removed.into());
+    m.insert("batch".into(), BATCH.into());
+    Ok(Value::Object(m))
 }
 
 /// `rows` sessions last seen at the fake clock's start, inserted directly.
