@@ -526,21 +526,10 @@ impl<'a> Audit<'a> {
                 .execute(&mut *conn)
                 .await?;
         }
-        let result = async {
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-            let written = async {
-                let contents: Vec<&Content> = batch.iter().map(|p| &p.content).collect();
-                insert_chained(&mut conn, &contents).await?;
-                sqlx::query("COMMIT").execute(&mut *conn).await?;
-                Ok::<_, Error>(())
-            }
-            .await;
-            if written.is_err() {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            }
-            written
-        }
-        .await;
+        let contents: Vec<&Content> = batch.iter().map(|p| &p.content).collect();
+        let result =
+            crate::store::immediate(&mut conn, async |tx| insert_chained(tx, &contents).await)
+                .await;
         if durable {
             let normal = self.vault.store().synchronous_pragma();
             sqlx::query(normal).execute(&mut *conn).await?;

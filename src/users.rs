@@ -80,34 +80,25 @@ impl Vault {
         sqlx::query("PRAGMA secure_delete = ON")
             .execute(&mut *conn)
             .await?;
-        let erased = async {
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-            let result = async {
-                let mut rows = BTreeMap::new();
-                let hashes = Sessions::erase_user(&mut conn, user_id).await?;
-                rows.insert("sessions".to_owned(), hashes.len() as u64);
-                rows.insert(
-                    "preferences".to_owned(),
-                    Preferences::erase_user(&mut conn, user_id).await?,
-                );
-                let (buckets, violations) = self.limits().erase_subject(&mut conn, user_id).await?;
-                rows.insert("token_buckets".to_owned(), buckets);
-                rows.insert("violations".to_owned(), violations);
-                rows.insert(
-                    "cache_entries".to_owned(),
-                    self.cache().erase_user(&mut conn, user_id).await?,
-                );
-                let events = audit.erase_user(&mut conn, user_id, &rows).await?;
-                rows.insert("audit_events".to_owned(), events);
-                sqlx::query("COMMIT").execute(&mut *conn).await?;
-                Ok::<_, Error>((rows, hashes))
-            }
-            .await;
-            if result.is_err() {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            }
-            result
-        }
+        let erased = crate::store::immediate(&mut conn, async |tx| {
+            let mut rows = BTreeMap::new();
+            let hashes = Sessions::erase_user(tx, user_id).await?;
+            rows.insert("sessions".to_owned(), hashes.len() as u64);
+            rows.insert(
+                "preferences".to_owned(),
+                Preferences::erase_user(tx, user_id).await?,
+            );
+            let (buckets, violations) = self.limits().erase_subject(tx, user_id).await?;
+            rows.insert("token_buckets".to_owned(), buckets);
+            rows.insert("violations".to_owned(), violations);
+            rows.insert(
+                "cache_entries".to_owned(),
+                self.cache().erase_user(tx, user_id).await?,
+            );
+            let events = audit.erase_user(tx, user_id, &rows).await?;
+            rows.insert("audit_events".to_owned(), events);
+            Ok((rows, hashes))
+        })
         .await;
         let (rows, hashes) = erased?;
         self.sessions().forget(&hashes);

@@ -306,6 +306,28 @@ fn pool(settings: &SharedSettings, max: u32, query_only: bool) -> SqlitePool {
         .connect_lazy_with(options)
 }
 
+/// Runs `work` in a `BEGIN IMMEDIATE` transaction on a connection the caller
+/// holds (for work that sets a connection pragma around its transaction):
+/// committed if it succeeds, rolled back if it or the commit fails.
+pub(crate) async fn immediate<T>(
+    conn: &mut sqlx::SqliteConnection,
+    work: impl AsyncFnOnce(&mut sqlx::SqliteConnection) -> Result<T>,
+) -> Result<T> {
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let result = match work(&mut *conn).await {
+        Ok(value) => sqlx::query("COMMIT")
+            .execute(&mut *conn)
+            .await
+            .map(|_| value)
+            .map_err(Error::from),
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    }
+    result
+}
+
 /// A closed pool says `PoolClosed`; callers see [`Error::Closed`].
 pub(crate) fn closed_or(e: sqlx::Error) -> Error {
     match e {
