@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::clock::Timestamp;
+use crate::users::check_user;
 use crate::{Error, Result, Vault};
 
 /// A function that upgrades a stored document by one schema version.
@@ -368,13 +369,6 @@ fn check_types(defaults: &Value, value: &Value, path: &str, allow_unknown: bool)
             }
             Some(d) => check_types(d, v, &field, allow_unknown)?,
         }
-    }
-    Ok(())
-}
-
-fn check_user(user_id: &str) -> Result<()> {
-    if user_id.is_empty() || user_id.len() > 256 {
-        return Err(Error::invalid("user_id", "must be 1 to 256 bytes"));
     }
     Ok(())
 }

@@ -116,9 +116,16 @@ impl Vault {
     }
 }
 
-fn check_user(user_id: &str) -> Result<()> {
-    if user_id.is_empty() || user_id.len() > 256 {
-        return Err(Error::invalid("user_id", "must be 1 to 256 bytes"));
+/// A user id every facet accepts: 1 to 256 bytes.
+pub(crate) fn check_user(user_id: &str) -> Result<()> {
+    if user_id.is_empty() {
+        return Err(Error::invalid("user_id", "empty"));
+    }
+    if user_id.len() > 256 {
+        return Err(Error::invalid(
+            "user_id",
+            format!("{} bytes is more than 256", user_id.len()),
+        ));
     }
     Ok(())
 }

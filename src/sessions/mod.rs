@@ -42,6 +42,7 @@ use sqlx::{QueryBuilder, Row as _};
 use zeroize::Zeroizing;
 
 use crate::clock::Timestamp;
+use crate::users::check_user;
 use crate::vault::{Vault, lock};
 use crate::{Error, Result};
 
@@ -1230,19 +1231,6 @@ async fn sql_delete_by_token_hash(vault: &Vault, token_hash: &[u8; 32]) -> Resul
         .execute(vault.store().writer())
         .await
         .map_err(crate::store::closed_or)?;
-    Ok(())
-}
-
-fn check_user(user_id: &str) -> Result<()> {
-    if user_id.is_empty() {
-        return Err(Error::invalid("user_id", "empty"));
-    }
-    if user_id.len() > 256 {
-        return Err(Error::invalid(
-            "user_id",
-            format!("{} bytes is more than 256", user_id.len()),
-        ));
-    }
     Ok(())
 }
 
