@@ -330,6 +330,8 @@ fn copy_into(
         match step {
             rusqlite::backup::StepResult::Done => break,
             rusqlite::backup::StepResult::More => {}
+            // Busy or locked: the source's reader is in the way for a moment;
+            // SQLite's own backup example pauses and steps again.
             _ => std::thread::sleep(Duration::from_millis(5)),
         }
     }
