@@ -34,8 +34,63 @@ use crate::key::{Key, KeySource};
 use crate::store::{CheckReport, ConnSettings};
 use crate::{Error, Result, Vault, VaultOptions};
 
-/// How long backups in the default folder are kept.
+/// How long backups in the default folder are kept by default.
 pub const BACKUP_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Where backups go, how long they are kept, and whether opening a damaged
+/// file falls back to one ([`VaultOptions::backups`]).
+///
+/// ```
+/// use statevault::BackupConfig;
+///
+/// let mut config = BackupConfig::default();
+/// config.recover_on_open = true;
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BackupConfig {
+    /// The folder of default backups (default: `backups/` beside the
+    /// database).
+    pub dir: Option<PathBuf>,
+    /// Default backups older than this are deleted when a new one is
+    /// written (default [`BACKUP_RETENTION`], 7 days).
+    pub retention: Duration,
+    /// When opening finds the file damaged (corrupt pages, truncated, not a
+    /// database; not a wrong key), move it aside and open the newest backup
+    /// in the folder that verifies instead, the seeds'
+    /// `_recover_from_backup` (default `false`). [`Vault::recovery`] says
+    /// when it happened, and the audit log records it.
+    pub recover_on_open: bool,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            dir: None,
+            retention: BACKUP_RETENTION,
+            recover_on_open: false,
+        }
+    }
+}
+
+impl BackupConfig {
+    fn dir_for(&self, db: &Path) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| db.parent().unwrap_or(Path::new(".")).join("backups"))
+    }
+}
+
+/// How a damaged vault was recovered on open ([`Vault::recovery`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovery {
+    /// The backup the vault now holds.
+    pub backup: PathBuf,
+    /// Where the damaged file (and its WAL, if any) was moved.
+    pub damaged_file: PathBuf,
+    /// What was wrong with it.
+    pub reason: String,
+}
 
 /// What [`Vault::backup`] wrote.
 #[derive(Debug, Clone, Serialize)]
@@ -63,20 +118,17 @@ pub struct BackupVerification {
 
 impl Vault {
     /// Writes a consistent, encrypted copy of the vault (see the module
-    /// docs). `out` names the file; by default it goes to `backups/` beside
-    /// the database, named by the vault clock's time, and older backups
-    /// there are deleted after [`BACKUP_RETENTION`].
+    /// docs). `out` names the file; by default it goes to the backup folder
+    /// ([`BackupConfig::dir`], `backups/` beside the database), named by the
+    /// vault clock's time, and older backups there are deleted after
+    /// [`BackupConfig::retention`].
     pub async fn backup(&self, out: Option<&Path>) -> Result<BackupReport> {
         self.flush().await?;
         let now = self.now();
         let (path, default_dir) = match out {
             Some(path) => (path.to_owned(), None),
             None => {
-                let dir = self
-                    .path()
-                    .parent()
-                    .unwrap_or(Path::new("."))
-                    .join("backups");
+                let dir = self.backup_config().dir_for(self.path());
                 fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
                 (dir.join(backup_name(self.path(), now)), Some(dir))
             }
@@ -93,7 +145,7 @@ impl Vault {
             .await
             .map_err(|e| Error::invalid("backup", format!("the backup task failed: {e}")))??;
         let removed = match default_dir {
-            Some(dir) => prune(&dir, self.path(), now)?,
+            Some(dir) => prune(&dir, self.path(), now, self.backup_config().retention)?,
             None => Vec::new(),
         };
         Ok(BackupReport {
@@ -208,12 +260,12 @@ fn backup_name(db: &Path, now: Timestamp) -> String {
 }
 
 /// Deletes this database's backups in `dir` older than the retention.
-fn prune(dir: &Path, db: &Path, now: Timestamp) -> Result<Vec<PathBuf>> {
+fn prune(dir: &Path, db: &Path, now: Timestamp, keep: Duration) -> Result<Vec<PathBuf>> {
     let stem = db
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("statevault");
-    let cutoff = backup_name(db, now.saturating_sub(BACKUP_RETENTION));
+    let cutoff = backup_name(db, now.saturating_sub(keep));
     let mut removed = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
@@ -283,7 +335,8 @@ async fn verify(path: &Path, key: Option<Key>) -> Result<BackupVerification> {
             tables: BTreeMap::new(),
         });
     }
-    let vault = Vault::open(options).await?;
+    // Never recovering: a backup is checked as it is.
+    let vault = Vault::open_as_is(options).await?;
     let result = async {
         let chain = vault.audit().verify().await?;
         let tables = vault.info().await?.tables;
@@ -338,4 +391,112 @@ fn copy_into(
     drop(copy);
     live.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
     live.close().map_err(|(_, e)| Error::Sqlite(e))
+}
+
+/// This database's backups in `dir`, newest first.
+fn backups_of(dir: &Path, db: &Path) -> Vec<PathBuf> {
+    let stem = db
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("statevault");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{stem}.")) && n.ends_with(".backup.db"))
+        })
+        .collect();
+    found.sort_unstable_by(|a, b| b.cmp(a));
+    found
+}
+
+/// Opening `options` failed with `damage`: moves the damaged file aside and
+/// puts the newest backup that verifies in its place. Fails, changing
+/// nothing, when no backup verifies.
+pub(crate) async fn recover(options: &VaultOptions, damage: &Error) -> Result<Recovery> {
+    let db = options.path();
+    let dir = options.backup_config().dir_for(db);
+    let key = options.resolve_key()?;
+    let mut chosen = None;
+    for backup in backups_of(&dir, db) {
+        match verify(&backup, key.clone()).await {
+            Ok(v) if v.ok => {
+                chosen = Some(backup);
+                break;
+            }
+            Ok(_) => {
+                tracing::warn!(backup = %backup.display(), "backup does not verify; trying an older one")
+            }
+            Err(e) => {
+                tracing::warn!(backup = %backup.display(), error = %e, "backup unusable; trying an older one")
+            }
+        }
+    }
+    let Some(backup) = chosen else {
+        return Err(Error::Corrupt {
+            path: db.to_owned(),
+            detail: format!(
+                "{damage}; recovery found no backup that verifies in {}",
+                dir.display()
+            ),
+        });
+    };
+    let stamp: String = options
+        .clock_now()
+        .to_rfc3339()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let damaged_file = sibling(db, &format!(".damaged-{stamp}"));
+    fs::rename(db, &damaged_file).map_err(|e| Error::io(db, e))?;
+    // The WAL belongs to the damaged file: it must never be replayed into
+    // the backup. Keep it beside the damaged file; the shm is rebuilt.
+    let wal = sibling(db, "-wal");
+    if wal.exists() {
+        let aside = sibling(&damaged_file, "-wal");
+        fs::rename(&wal, &aside).map_err(|e| Error::io(&wal, e))?;
+    }
+    let shm = sibling(db, "-shm");
+    if shm.exists() {
+        fs::remove_file(&shm).map_err(|e| Error::io(&shm, e))?;
+    }
+    copy_file(&backup, db)?;
+    Ok(Recovery {
+        backup,
+        damaged_file,
+        reason: damage.to_string(),
+    })
+}
+
+/// `path` with `suffix` appended to its file name.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Copies `from` to `to` through a 0600 temporary file, synced and renamed,
+/// so `to` is never half-written.
+fn copy_file(from: &Path, to: &Path) -> Result<()> {
+    let tmp = sibling(to, &format!(".tmp-{}", std::process::id()));
+    let copied = (|| {
+        let mut src = fs::File::open(from).map_err(|e| Error::io(from, e))?;
+        let mut dst = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
+        std::io::copy(&mut src, &mut dst).map_err(|e| Error::io(&tmp, e))?;
+        dst.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        fs::rename(&tmp, to).map_err(|e| Error::io(to, e))
+    })();
+    if copied.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    copied
 }

@@ -118,6 +118,16 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A configuration file is malformed: a key it does not know, a value
+    /// of the wrong type or out of range.
+    #[error("config {path}: {detail}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// The key and what is wrong with it.
+        detail: String,
+    },
+
     /// An argument was out of range or malformed.
     #[error("invalid {what}: {reason}")]
     InvalidInput {
@@ -240,6 +250,15 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+
+    /// Whether the file itself is damaged (corrupt pages, truncated, not a
+    /// database) rather than opened wrongly (a wrong or missing key).
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            Error::Corrupt { .. } | Error::Truncated { .. } | Error::NotADatabase { .. }
+        )
     }
 
     pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Self {

@@ -54,6 +54,7 @@ mod audit;
 mod backup;
 mod cache;
 mod clock;
+mod config;
 mod error;
 mod health;
 mod key;
@@ -70,12 +71,13 @@ pub use audit::{
     Audit, AuditConfig, AuditEvent, AuditQuery, BrokenLink, ChainReport, EventKind, GdprCategory,
     StoredEvent,
 };
-pub use backup::{BACKUP_RETENTION, BackupReport, BackupVerification};
+pub use backup::{BACKUP_RETENTION, BackupConfig, BackupReport, BackupVerification, Recovery};
 pub use cache::{
     Cache, CacheConfig, CacheKey, CacheStats, L1Stats, L2Stats, MAX_KEY_BYTES, NamespaceStats,
     SetOptions, SweepReport as CacheSweepReport,
 };
 pub use clock::{Clock, FakeClock, SystemClock, Timestamp};
+pub use config::{CONFIG_FILE, Config};
 pub use error::{Error, Result};
 pub use health::{Component, HealthConfig, HealthReport, HealthStatus};
 pub use key::{KEY_ENV, Key, KeySource, default_key_file};

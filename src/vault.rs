@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
-use crate::audit::{self, Audit, AuditConfig};
+use crate::audit::{self, Audit, AuditConfig, AuditEvent, EventKind};
+use crate::backup::{BackupConfig, Recovery};
 use crate::cache::{CacheConfig, CacheState};
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::health::HealthConfig;
@@ -50,6 +51,7 @@ pub struct VaultOptions {
     cache: CacheConfig,
     metrics: MetricsConfig,
     health: HealthConfig,
+    backups: BackupConfig,
 }
 
 impl VaultOptions {
@@ -78,6 +80,7 @@ impl VaultOptions {
             cache: CacheConfig::default(),
             metrics: MetricsConfig::default(),
             health: HealthConfig::default(),
+            backups: BackupConfig::default(),
         }
     }
 
@@ -216,9 +219,37 @@ impl VaultOptions {
         self
     }
 
+    /// Where backups go, how long they are kept, and whether opening a
+    /// damaged file falls back to the newest good one (default
+    /// [`BackupConfig::default`]: `backups/` beside the file, 7 days, no
+    /// recovery).
+    pub fn backups(mut self, config: BackupConfig) -> Self {
+        self.backups = config;
+        self
+    }
+
     /// The database path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the key comes from, as set by [`VaultOptions::key_source`] (or
+    /// a [`crate::Config`]).
+    pub fn key_origin(&self) -> &KeySource {
+        &self.key
+    }
+
+    /// The key as configured (read from its file or the environment).
+    pub(crate) fn resolve_key(&self) -> Result<Option<Key>> {
+        self.key.resolve(&self.path, false)
+    }
+
+    pub(crate) fn backup_config(&self) -> &BackupConfig {
+        &self.backups
+    }
+
+    pub(crate) fn clock_now(&self) -> Timestamp {
+        self.clock.now()
     }
 
     /// How an existing file at this path would be opened (its key found).
@@ -309,6 +340,7 @@ impl fmt::Debug for VaultOptions {
             .field("limits", &self.limits)
             .field("metrics", &self.metrics)
             .field("health", &self.health)
+            .field("backups", &self.backups)
             .finish_non_exhaustive()
     }
 }
@@ -360,6 +392,9 @@ struct Inner {
     health: HealthConfig,
     /// Where the key was read from, for the health report.
     key_file: Option<PathBuf>,
+    backups: BackupConfig,
+    /// Set when opening fell back to a backup.
+    recovery: OnceLock<Recovery>,
 }
 
 impl Drop for Inner {
@@ -377,6 +412,18 @@ impl Vault {
     /// ([`Error::WrongKey`]), a file that is not a database, a truncated
     /// file, a schema newer than this build ([`Error::SchemaTooNew`]).
     pub async fn open(options: VaultOptions) -> Result<Vault> {
+        match Vault::open_as_is(options.clone()).await {
+            Err(damage) if options.backups.recover_on_open && damage.is_damage() => {
+                let recovery = crate::backup::recover(&options, &damage).await?;
+                let vault = Vault::open_as_is(options).await?;
+                vault.record_recovery(recovery).await?;
+                Ok(vault)
+            }
+            opened => opened,
+        }
+    }
+
+    pub(crate) async fn open_as_is(options: VaultOptions) -> Result<Vault> {
         options.validate()?;
         let limits = LimitsState::new(&options.limits)?;
         let metrics = MetricsState::new(options.metrics.clone())?;
@@ -398,6 +445,8 @@ impl Vault {
                 metrics,
                 health: options.health,
                 key_file,
+                backups: options.backups,
+                recovery: OnceLock::new(),
             }),
         };
         if let Err(e) = vault.finish_open(options.migrate).await {
@@ -733,6 +782,39 @@ impl Vault {
             .map(|row| (0..row.len()).map(|i| json_value(row, i)).collect())
             .collect::<Result<_>>()?;
         Ok(Rows { columns, rows })
+    }
+
+    /// Set when this handle was opened from a backup because the file was
+    /// damaged ([`BackupConfig::recover_on_open`]): which backup, and where
+    /// the damaged file was moved.
+    pub fn recovery(&self) -> Option<&Recovery> {
+        self.inner.recovery.get()
+    }
+
+    /// Where backups go and how long they are kept.
+    pub(crate) fn backup_config(&self) -> &BackupConfig {
+        &self.inner.backups
+    }
+
+    /// Remembers the recovery and records it in the audit log.
+    async fn record_recovery(&self, recovery: Recovery) -> Result<()> {
+        tracing::warn!(
+            backup = %recovery.backup.display(),
+            damaged = %recovery.damaged_file.display(),
+            reason = %recovery.reason,
+            "the vault file was damaged; opened from the newest backup that verifies"
+        );
+        self.audit()
+            .append_durable(AuditEvent::new(EventKind::Admin, "vault.recover").details(
+                serde_json::json!({
+                    "backup": recovery.backup.display().to_string(),
+                    "damaged_file": recovery.damaged_file.display().to_string(),
+                    "reason": recovery.reason,
+                }),
+            ))
+            .await?;
+        let _ = self.inner.recovery.set(recovery);
+        Ok(())
     }
 
     /// Stops the background tasks, writes what is buffered, and closes every

@@ -13,8 +13,8 @@ use statevault::{
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BackupArgs {
-    /// Where to write the backup (default: backups/ beside the database,
-    /// keeping 7 days).
+    /// Where to write the backup (default: the backup folder, backups/
+    /// beside the database, keeping 7 days unless the config says otherwise).
     #[arg(long)]
     out: Option<PathBuf>,
     #[command(subcommand)]
@@ -108,17 +108,13 @@ pub async fn restore(options: &VaultOptions, file: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn rekey(
-    options: VaultOptions,
-    source: &KeySource,
-    new_key_file: &Path,
-) -> Result<ExitCode> {
+pub async fn rekey(options: VaultOptions, new_key_file: &Path) -> Result<ExitCode> {
     let new_key = Key::read_file(new_key_file)?;
     let path = options.path().to_owned();
     // A vault whose key lives in <db>.key gets the new key there too, so
     // that the next open finds it.
     let default_file = default_key_file(&path);
-    let replace_default = matches!(source, KeySource::Auto)
+    let replace_default = matches!(options.key_origin(), KeySource::Auto)
         && std::env::var_os(KEY_ENV).is_none()
         && default_file.exists();
     let vault = Vault::open(options.create_if_missing(false).migrate(false)).await?;

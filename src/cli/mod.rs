@@ -22,21 +22,27 @@ mod prefs;
 mod session;
 mod user;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use statevault::{DB_ENV, DEFAULT_DB, KeySource, Result, Vault, VaultOptions};
+use statevault::{Config, DB_ENV, DEFAULT_DB, KeySource, Result, Vault, VaultOptions};
 
 /// Keep all of a service's local state in one encrypted SQLite file.
 #[derive(Debug, Parser)]
 #[command(name = "statevault", version, about)]
 struct Cli {
-    /// The database file.
-    #[arg(long, global = true, env = DB_ENV, default_value = DEFAULT_DB)]
-    db: PathBuf,
+    /// The database file (default: the config's storage_paths.database, else
+    /// statevault.db).
+    #[arg(long, global = true, env = DB_ENV)]
+    db: Option<PathBuf>,
 
-    /// Read the key from this file (default: $STATEVAULT_KEY, else <db>.key).
+    /// Settings (TOML); default: statevault.toml beside the database, if any.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Read the key from this file (default: $STATEVAULT_KEY, else the
+    /// config's storage_paths.key_file, else <db>.key).
     #[arg(
         long,
         global = true,
@@ -176,23 +182,47 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
-    let key = match (&cli.key_file, cli.no_encryption) {
-        (Some(path), _) => KeySource::File(path.clone()),
-        (None, true) => KeySource::None,
-        (None, false) => KeySource::Auto,
+/// The vault's options: flags and environment first, then the config file,
+/// then the defaults.
+fn options(cli: &Cli) -> Result<VaultOptions> {
+    let config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => {
+            let dir = cli
+                .db
+                .as_deref()
+                .and_then(Path::parent)
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            Config::discover(dir)?.unwrap_or_default()
+        }
     };
-    let options = VaultOptions::new(&cli.db).key_source(key.clone());
+    let db = cli
+        .db
+        .clone()
+        .or_else(|| config.database())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DB));
+    let options = config.apply(VaultOptions::new(db))?;
+    Ok(match (&cli.key_file, cli.no_encryption) {
+        (Some(path), _) => options.key_source(KeySource::File(path.clone())),
+        (None, true) => options.key_source(KeySource::None),
+        (None, false) => options,
+    })
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let options = options(&cli)?;
     match cli.command {
         Command::Bench(args) => bench::run(args).await,
         Command::Init => admin::init(options).await,
         Command::Demo(args) => demo::run(options, args).await,
         Command::Restore { file } => backup::restore(&options, &file).await,
-        Command::Rekey { new_key_file } => backup::rekey(options, &key, &new_key_file).await,
+        Command::Rekey { new_key_file } => backup::rekey(options, &new_key_file).await,
         Command::Check { json } => admin::check(&options, json).await,
         Command::Health { json } => metrics::health(options, json).await,
         command => {
             let vault = Vault::open(options.create_if_missing(false).migrate(false)).await?;
+            warn_if_recovered(&vault);
             let result = dispatch(&vault, command).await;
             let closed = vault.close().await;
             let code = result?;
@@ -225,6 +255,19 @@ async fn dispatch(vault: &Vault, command: Command) -> Result<ExitCode> {
         | Command::Rekey { .. } => {
             unreachable!("handled before the vault is opened")
         }
+    }
+}
+
+/// Says on stderr when opening fell back to a backup.
+fn warn_if_recovered(vault: &Vault) {
+    if let Some(r) = vault.recovery() {
+        eprintln!(
+            "warning: {} was damaged ({}); opened from backup {}; the damaged file is kept as {}",
+            vault.path().display(),
+            r.reason,
+            r.backup.display(),
+            r.damaged_file.display()
+        );
     }
 }
 

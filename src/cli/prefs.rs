@@ -1,7 +1,8 @@
 //! `prefs get USER`, `prefs set USER PATCH_JSON`.
 //!
-//! The CLI does not know an application's defaults: it shows and patches
-//! the stored overrides, as JSON merge patches (`null` deletes a key).
+//! The defaults come from the config file (`[user_preferences]`); without
+//! one, the CLI knows none and shows and patches the stored overrides as
+//! they are, as JSON merge patches (`null` deletes a key).
 
 use std::process::ExitCode;
 
@@ -9,7 +10,8 @@ use statevault::{Error, Result, Vault};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// The user's stored preferences (their overrides of the defaults).
+    /// The user's preferences: `effective` (the defaults with their
+    /// overrides applied) and `stored` (the overrides, or null).
     Get {
         /// The user.
         user: String,
@@ -25,10 +27,14 @@ pub enum Command {
 
 pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
     match command {
-        Command::Get { user } => match vault.preferences().stored(&user)? {
-            Some(stored) => super::print_json(&stored)?,
-            None => println!("{user} has no stored preferences"),
-        },
+        Command::Get { user } => {
+            let prefs = vault.preferences();
+            super::print_json(&serde_json::json!({
+                "user": user,
+                "effective": prefs.get(&user)?,
+                "stored": prefs.stored(&user)?,
+            }))?;
+        }
         Command::Set { user, patch } => {
             let patch: serde_json::Value =
                 serde_json::from_str(&patch).map_err(|e| Error::InvalidPreference {
