@@ -93,7 +93,7 @@ pub enum Error {
 
     /// A write found no room: the disk is full (SQLite's `SQLITE_FULL`).
     /// The write was rolled back; everything acknowledged before it is intact.
-    #[error("no room to write the vault: {detail}; free disk space and retry")]
+    #[error("the disk is full ({detail}): free some space and retry")]
     DiskFull {
         /// SQLite's words and result code.
         detail: String,
@@ -104,7 +104,7 @@ pub enum Error {
     /// (`EFBIG`), a failing disk, a vanished mount. A failed write was rolled
     /// back; everything acknowledged before it is intact.
     #[error(
-        "I/O error on the vault's files: {detail} (disk full, over a file-size limit or quota, or failing?)"
+        "storage I/O failed ({detail}): is the disk full, over a quota or file-size limit, or failing?"
     )]
     StorageIo {
         /// SQLite's words and (extended) result code.
