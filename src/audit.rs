@@ -590,27 +590,37 @@ impl<'a> Audit<'a> {
     /// module docs for what is checked). Writes buffered events first.
     pub async fn verify(&self) -> Result<ChainReport> {
         self.flush().await?;
-        let anchor = self
-            .vault
-            .meta("audit_anchor")?
-            .map(|text| parse_anchor(&text))
-            .transpose()?;
-        let head = self.vault.meta("audit_head")?;
-        let mut conn = self
+        // One read transaction, so one snapshot: the head and anchor recorded
+        // by the last write and the rows it wrote. Read apart, an append
+        // committed in between (by the flusher or another process) would
+        // read as events cut from the end.
+        let mut tx = self
             .vault
             .store()
             .reader()
-            .acquire()
+            .begin()
             .await
             .map_err(crate::store::closed_or)?;
+        let meta: Vec<(String, String)> = sqlx::query_as(
+            "SELECT key, value FROM vault_meta WHERE key IN ('audit_anchor', 'audit_head')",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         let rows = sqlx::query(concat!(
             "SELECT ",
             event_columns!(),
             ", ip_hash, user_agent_hash, content_digest, chain_digest FROM audit_events ORDER BY seq"
         ))
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut *tx)
         .await?;
-        drop(conn);
+        tx.commit().await?;
+        let meta = |key: &str| {
+            meta.iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, value)| value.as_str())
+        };
+        let anchor = meta("audit_anchor").map(parse_anchor).transpose()?;
+        let head = meta("audit_head");
 
         let (mut prev_seq, mut prev) = anchor.unwrap_or((0, [0; 32]));
         let mut report = ChainReport {
@@ -691,7 +701,7 @@ impl<'a> Audit<'a> {
             report.broken = self.check_ends(
                 &report,
                 anchor,
-                head.as_deref(),
+                head,
                 last_retention_anchor,
                 &erased_rows,
                 &named_erased,

@@ -175,7 +175,7 @@ impl Vault {
         let verification = verify(backup, settings.key.clone()).await?;
         if !verification.ok {
             return Err(Error::Corrupt {
-                path: backup.to_owned(),
+                path: Some(backup.to_owned()),
                 detail: "the backup does not verify (run `statevault backup verify` for details)"
                     .into(),
             });
@@ -229,7 +229,7 @@ impl Vault {
             // using the connection during the call.
             unsafe { new_key.rekey(handle.as_raw_handle().as_ptr()) }.map_err(|rc| {
                 Error::Corrupt {
-                    path: self.path().to_owned(),
+                    path: Some(self.path().to_owned()),
                     detail: format!("SQLCipher refused the new key (code {rc})"),
                 }
             })?;
@@ -301,7 +301,7 @@ fn write_backup(settings: &ConnSettings, path: &Path) -> Result<u64> {
         // Open it once as a vault connection would: WAL, so that verifying
         // or restoring it later changes nothing in it.
         let copy = settings.for_path(&tmp).open_rusqlite(false)?;
-        copy.close().map_err(|(_, e)| Error::Sqlite(e))?;
+        copy.close().map_err(|(_, e)| Error::from(e))?;
         fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io(&tmp, e))?;
@@ -390,7 +390,7 @@ fn copy_into(
     }
     drop(copy);
     live.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
-    live.close().map_err(|(_, e)| Error::Sqlite(e))
+    live.close().map_err(|(_, e)| Error::from(e))
 }
 
 /// This database's backups in `dir`, newest first.
@@ -438,7 +438,7 @@ pub(crate) async fn recover(options: &VaultOptions, damage: &Error) -> Result<Re
     }
     let Some(backup) = chosen else {
         return Err(Error::Corrupt {
-            path: db.to_owned(),
+            path: Some(db.to_owned()),
             detail: format!(
                 "{damage}; recovery found no backup that verifies in {}",
                 dir.display()

@@ -80,12 +80,34 @@ pub enum Error {
         detail: String,
     },
 
-    /// SQLite found damaged pages or structures.
-    #[error("{path} is corrupt: {detail}")]
+    /// SQLite found damaged pages or structures, on open or in any later
+    /// read or write (a page whose HMAC fails reads as corrupt).
+    #[error("{} is corrupt: {detail}", file_or_vault(.path))]
     Corrupt {
-        /// The file.
-        path: PathBuf,
+        /// The file, when known (damage met by a query after open does not
+        /// say which file it was in).
+        path: Option<PathBuf>,
         /// SQLite's (or SQLCipher's) words.
+        detail: String,
+    },
+
+    /// A write found no room: the disk is full (SQLite's `SQLITE_FULL`).
+    /// The write was rolled back; everything acknowledged before it is intact.
+    #[error("the disk is full ({detail}): free some space and retry")]
+    DiskFull {
+        /// SQLite's words and result code.
+        detail: String,
+    },
+
+    /// The operating system failed a read or write of the vault's files
+    /// (SQLite's `SQLITE_IOERR` family): a file-size limit or quota reached
+    /// (`EFBIG`), a failing disk, a vanished mount. A failed write was rolled
+    /// back; everything acknowledged before it is intact.
+    #[error(
+        "storage I/O failed ({detail}): is the disk full, over a quota or file-size limit, or failing?"
+    )]
+    StorageIo {
+        /// SQLite's words and (extended) result code.
         detail: String,
     },
 
@@ -226,7 +248,7 @@ pub enum Error {
 
     /// An error from sqlx (writer, admin queries, migrations).
     #[error(transparent)]
-    Sqlx(#[from] sqlx::Error),
+    Sqlx(sqlx::Error),
 
     /// An error from a migration run by sqlx.
     #[error(transparent)]
@@ -234,7 +256,7 @@ pub enum Error {
 
     /// An error from a hot-path reader connection.
     #[error(transparent)]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
 
     /// A JSON document could not be encoded or decoded.
     #[error(transparent)]
@@ -266,5 +288,83 @@ impl Error {
             what,
             reason: reason.into(),
         }
+    }
+}
+
+/// How [`Error::Corrupt`] names its file.
+fn file_or_vault(path: &Option<PathBuf>) -> String {
+    path.as_ref()
+        .map_or_else(|| "the vault file".to_owned(), |p| p.display().to_string())
+}
+
+/// The typed error for a SQLite result code that says something about the
+/// storage itself (full, failing, damaged), whichever driver met it.
+fn storage_failure(code: i32, detail: impl FnOnce() -> String) -> Option<Error> {
+    use libsqlite3_sys::{SQLITE_CORRUPT, SQLITE_FULL, SQLITE_IOERR};
+    let detail = || format!("{} (SQLite code {code})", detail());
+    match code & 0xff {
+        SQLITE_FULL => Some(Error::DiskFull { detail: detail() }),
+        SQLITE_IOERR => Some(Error::StorageIo { detail: detail() }),
+        SQLITE_CORRUPT => Some(Error::Corrupt {
+            path: None,
+            detail: detail(),
+        }),
+        _ => None,
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        let typed = e.as_database_error().and_then(|db| {
+            let code = db.code()?.parse::<i32>().ok()?;
+            storage_failure(code, || db.message().to_owned())
+        });
+        typed.unwrap_or(Error::Sqlx(e))
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        let typed = match &e {
+            rusqlite::Error::SqliteFailure(failure, message) => {
+                storage_failure(failure.extended_code, || {
+                    message.clone().unwrap_or_else(|| failure.to_string())
+                })
+            }
+            _ => None,
+        };
+        typed.unwrap_or(Error::Sqlite(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's own answers, through rusqlite: a full database
+    /// (`max_page_count` reached) and a damaged one.
+    #[test]
+    fn storage_failures_get_their_own_variants() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (v BLOB); PRAGMA max_page_count = 3;")
+            .unwrap();
+        let full = conn
+            .execute("INSERT INTO t VALUES (zeroblob(100000))", [])
+            .unwrap_err();
+        let err = Error::from(full);
+        assert!(matches!(err, Error::DiskFull { .. }), "{err:?}");
+        assert!(err.to_string().contains("SQLite code 13"), "{err}");
+
+        let io = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(778), None);
+        assert!(matches!(Error::from(io), Error::StorageIo { .. }));
+        let corrupt = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(11), None);
+        let err = Error::from(corrupt);
+        assert!(matches!(err, Error::Corrupt { path: None, .. }), "{err:?}");
+        assert!(
+            err.to_string().starts_with("the vault file is corrupt"),
+            "{err}"
+        );
+        let other = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(19), None);
+        assert!(matches!(Error::from(other), Error::Sqlite(_)));
     }
 }

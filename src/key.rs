@@ -14,14 +14,16 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use zeroize::Zeroizing;
+use zeroize::{ZeroizeOnDrop, Zeroizing};
 
 use crate::{Error, Result};
 
 /// The environment variable that may hold the key (same format as a key file).
 pub const KEY_ENV: &str = "STATEVAULT_KEY";
 
-/// An encryption key. `Debug` shows only its kind.
+/// An encryption key. `Debug` shows only its kind, and the material is
+/// wiped when the key is dropped ([`ZeroizeOnDrop`], derived, so every field
+/// must wipe itself or the build fails).
 ///
 /// ```
 /// use statevault::Key;
@@ -31,10 +33,10 @@ pub const KEY_ENV: &str = "STATEVAULT_KEY";
 /// assert_eq!(format!("{key:?}"), "Key { kind: \"raw\", material: <redacted> }");
 /// # Ok::<(), statevault::Error>(())
 /// ```
-#[derive(Clone)]
+#[derive(Clone, ZeroizeOnDrop)]
 pub struct Key(Material);
 
-#[derive(Clone)]
+#[derive(Clone, ZeroizeOnDrop)]
 enum Material {
     Passphrase(Zeroizing<String>),
     Raw(Zeroizing<[u8; 32]>),

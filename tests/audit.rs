@@ -379,3 +379,33 @@ async fn bad_events_are_typed_errors() {
     assert!(vault.audit().verify().await.unwrap().ok);
     vault.close().await.unwrap();
 }
+
+/// Regression: `verify` read the recorded head and the rows in two read
+/// transactions, so an append committed between them (by another handle or
+/// process) was reported as events cut from the end of the log. Found by
+/// tests/soak.rs, where `statevault audit verify` runs beside two servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_beside_a_writer_in_another_handle_sees_one_snapshot() {
+    let dir = tempdir();
+    let path = log_of(dir.path(), 10).await;
+    let writer = Vault::open(VaultOptions::new(&path)).await.unwrap();
+    let reader = Vault::open(VaultOptions::new(&path)).await.unwrap();
+    let appending = tokio::spawn({
+        let writer = writer.clone();
+        async move {
+            for i in 0..300 {
+                writer.audit().append_durable(event(i)).await.unwrap();
+            }
+        }
+    });
+    let mut verified = 0;
+    while !appending.is_finished() {
+        let report = reader.audit().verify().await.unwrap();
+        assert!(report.ok, "after {verified} verifications: {report:?}");
+        verified += 1;
+    }
+    appending.await.unwrap();
+    assert!(verified > 0);
+    writer.close().await.unwrap();
+    reader.close().await.unwrap();
+}

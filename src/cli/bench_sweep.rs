@@ -88,7 +88,7 @@ fn fill(path: &Path, rows: i64) -> Result<()> {
         }
     }
     tx.commit()?;
-    conn.close().map_err(|(_, e)| statevault::Error::Sqlite(e))
+    conn.close().map_err(|(_, e)| statevault::Error::from(e))
 }
 
 fn copy(from: &Path, to: &Path) -> Result<()> {

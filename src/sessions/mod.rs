@@ -262,8 +262,8 @@ impl fmt::Debug for NewSession {
 }
 
 /// A secret handed to a client once: a session's bearer token or its CSRF
-/// token. Wiped on drop; `Debug` does not show it.
-#[derive(Clone, PartialEq, Eq)]
+/// token. Wiped on drop ([`zeroize::ZeroizeOnDrop`]); `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq, zeroize::ZeroizeOnDrop)]
 pub struct Secret(Zeroizing<String>);
 
 impl Secret {

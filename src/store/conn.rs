@@ -76,7 +76,7 @@ impl ConnSettings {
         let Some(key) = &self.key else { return Ok(()) };
         // SAFETY: forwarded from the caller.
         unsafe { key.apply(db) }.map_err(|rc| Error::Corrupt {
-            path: self.path.clone(),
+            path: Some(self.path.clone()),
             detail: format!("SQLCipher refused the key (code {rc})"),
         })
     }
@@ -161,10 +161,10 @@ pub(crate) fn classify(path: &Path, keyed: bool, e: rusqlite::Error) -> Error {
             reason: "SQLite cannot read its header (encrypted? then a key is needed)".into(),
         },
         Some(ErrorCode::DatabaseCorrupt) => Error::Corrupt {
-            path: path.to_owned(),
+            path: Some(path.to_owned()),
             detail: e.to_string(),
         },
-        _ => Error::Sqlite(e),
+        _ => Error::from(e),
     }
 }
 

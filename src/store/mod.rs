@@ -332,6 +332,6 @@ pub(crate) async fn immediate<T>(
 pub(crate) fn closed_or(e: sqlx::Error) -> Error {
     match e {
         sqlx::Error::PoolClosed => Error::Closed,
-        e => Error::Sqlx(e),
+        e => Error::from(e),
     }
 }
