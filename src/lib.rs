@@ -27,6 +27,9 @@
 //!   percentiles over any range, Prometheus exposition.
 //! - [`health`](crate::HealthReport): each component healthy, warning or
 //!   critical, with the reason.
+//! - [`legacy`](crate::Vault::import_legacy): import of the seeds' old file
+//!   layout (session, rate limits, L2 cache files, preferences), one
+//!   transaction per file, idempotent.
 //! - [`clock`](crate::Clock): time, injected; every facet reads the vault's clock.
 //! - [`key`](crate::Key): keys and where they come from; zeroized, never shown.
 //! - [`error`](crate::Error): the one error type.
@@ -58,6 +61,7 @@ mod config;
 mod error;
 mod health;
 mod key;
+mod legacy;
 mod limits;
 mod metrics;
 mod prefs;
@@ -81,6 +85,7 @@ pub use config::{CONFIG_FILE, Config};
 pub use error::{Error, Result};
 pub use health::{Component, HealthConfig, HealthReport, HealthStatus};
 pub use key::{KEY_ENV, Key, KeySource, default_key_file};
+pub use legacy::{ImportOutcome, ImportReport, LegacyFile, LegacyKind};
 pub use limits::{
     ClientInfo, Decision, Limit, LimitStatus, Limits, LimitsConfig, Penalty, ResetCounts,
     SweepCounts, ViolationRecord, Window, WindowStatus,

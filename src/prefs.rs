@@ -258,14 +258,7 @@ impl<'a> Preferences<'a> {
             None => Value::Object(Map::new()),
         };
         merge_patch(&mut overrides, patch);
-        let mut merged = self.config.defaults.clone();
-        merge_patch(&mut merged, &overrides);
-        check_types(
-            &self.config.defaults,
-            &merged,
-            "",
-            self.config.allow_unknown,
-        )?;
+        let merged = self.checked(&overrides)?;
         let now = self.vault.now();
         sqlx::query(
             "INSERT INTO preferences (user_id, document, schema_version, created_at, updated_at)
@@ -281,6 +274,51 @@ impl<'a> Preferences<'a> {
         .await?;
         tx.commit().await?;
         Ok(merged)
+    }
+
+    /// The defaults with `overrides` merged in, if they fit the defaults' types.
+    fn checked(&self, overrides: &Value) -> Result<Value> {
+        let mut merged = self.config.defaults.clone();
+        merge_patch(&mut merged, overrides);
+        check_types(
+            &self.config.defaults,
+            &merged,
+            "",
+            self.config.allow_unknown,
+        )?;
+        Ok(merged)
+    }
+
+    /// Within an import transaction ([`Vault::import_legacy`]): `patch`
+    /// applied to no overrides, checked like any patch, stored unless the
+    /// user already has preferences. Returns whether it was stored.
+    pub(crate) async fn import(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        user_id: &str,
+        patch: &Value,
+    ) -> Result<bool> {
+        check_user(user_id)?;
+        if !patch.is_object() {
+            return Err(Error::InvalidPreference {
+                field: String::new(),
+                reason: "preferences must be a JSON object".into(),
+            });
+        }
+        let mut overrides = Value::Object(Map::new());
+        merge_patch(&mut overrides, patch);
+        self.checked(&overrides)?;
+        let done = sqlx::query(
+            "INSERT INTO preferences (user_id, document, schema_version, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (user_id) DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(overrides.to_string())
+        .bind(self.config.version())
+        .bind(self.vault.now())
+        .execute(&mut *tx)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Replaces the user's preferences with `value` (checked like a patch).

@@ -292,6 +292,52 @@ pub(crate) async fn write(
     Ok(written)
 }
 
+/// Inserts one row (and its tags) unless a live row has its key; an expired
+/// one is replaced. Returns whether it was inserted.
+pub(crate) async fn insert_new(
+    conn: &mut SqliteConnection,
+    row: &Row,
+    now: Timestamp,
+) -> sqlx::Result<bool> {
+    sqlx::query("DELETE FROM cache_entries WHERE key = ?1 AND expires_at <= ?2")
+        .bind(&*row.key)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    let item = &row.pending.item;
+    let created = Timestamp::from_millis(row.pending.created_at);
+    let inserted = sqlx::query(
+        "INSERT INTO cache_entries (key, namespace, user_id, codec, size, stored_size,
+             created_at, expires_at, last_access_at, tags, value)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7, ?9, ?10)
+         ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(&*row.key)
+    .bind(&*item.meta.namespace)
+    .bind(item.meta.user.as_deref())
+    .bind(row.codec.as_str())
+    .bind(item.value.len() as i64)
+    .bind(row.stored.len() as i64)
+    .bind(created)
+    .bind(item.expires_at.map(Timestamp::from_millis))
+    .bind(joined_tags(&item.meta))
+    .bind(row.stored.as_slice())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        > 0;
+    if inserted {
+        for tag in &item.meta.tags {
+            sqlx::query("INSERT INTO cache_tags (tag, key) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+                .bind(&**tag)
+                .bind(&*row.key)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(inserted)
+}
+
 /// The tags column: tags joined by U+001F (tags never contain control
 /// characters), `None` when there are none.
 fn joined_tags(meta: &Meta) -> Option<String> {

@@ -895,6 +895,73 @@ impl<'a> Cache<'a> {
         Ok(in_file.max(in_memory))
     }
 
+    /// Within an import transaction ([`Vault::import_legacy`]): stores an
+    /// entry carried over from the seeds' old layout with its own creation
+    /// and expiry times, straight into L2 (not L1, not the write buffer),
+    /// unless a live entry has its key. Returns whether it was stored. Call
+    /// [`Cache::enforce_cap`] once the import is done.
+    pub(crate) async fn import_entry(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        key: &CacheKey,
+        value: &[u8],
+        created_at: Timestamp,
+        expires_at: Timestamp,
+        tags: &[String],
+    ) -> Result<bool> {
+        let state = self.state();
+        let config = &state.config;
+        if value.len() > config.max_value_bytes {
+            return Err(Error::CacheValueTooLarge {
+                size: value.len() as u64,
+                max: config.max_value_bytes as u64,
+            });
+        }
+        let now = self.now();
+        check_ttl(expires_at.duration_since(now), config.max_ttl)?;
+        for tag in tags {
+            check_tag(tag)?;
+        }
+        let pending = Pending {
+            item: Item {
+                value: Arc::from(value),
+                expires_at: Some(expires_at.as_millis()),
+                meta: Arc::new(Meta {
+                    namespace: key.namespace().into(),
+                    user: key.user().map(Into::into),
+                    tags: tags.iter().map(|t| t.as_str().into()).collect(),
+                }),
+            },
+            created_at: created_at.as_millis(),
+        };
+        let row = Row::encode(
+            key.as_str().into(),
+            pending,
+            config.compression_level,
+            config.raw_below,
+        );
+        let inserted = l2::insert_new(tx, &row, now).await?;
+        // The running byte count misses this row: count again next time.
+        state.l2_bytes.store(-1, Ordering::Relaxed);
+        Ok(inserted)
+    }
+
+    /// Evicts least-recently-used rows until L2 is under its byte cap,
+    /// counting its bytes afresh; how many went.
+    pub(crate) async fn enforce_cap(&self) -> Result<u64> {
+        let state = self.state();
+        state.l2_bytes.store(-1, Ordering::Relaxed);
+        let mut tx = self.vault.store().begin_write().await?;
+        let evicted = state.enforce_cap(&mut tx, 0).await?;
+        tx.commit().await?;
+        Ok(evicted)
+    }
+
+    /// The largest value the cache accepts, in bytes.
+    pub(crate) fn max_value_bytes(&self) -> usize {
+        self.state().config.max_value_bytes
+    }
+
     /// Drops `user`'s entries from memory; how many there were.
     pub(crate) fn forget_user(&self, user: &str) -> u64 {
         self.state()
@@ -1053,10 +1120,7 @@ impl<'a> Cache<'a> {
             }
         }
         bump(&state.counters.l2_expirations, report.expired);
-        state.l2_bytes.store(-1, Ordering::Relaxed);
-        let mut tx = self.vault.store().begin_write().await?;
-        report.evicted = state.enforce_cap(&mut tx, 0).await?;
-        tx.commit().await?;
+        report.evicted = self.enforce_cap().await?;
         report.l1_expired = state.l1.purge_expired(now.as_millis());
         Ok(report)
     }

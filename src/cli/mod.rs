@@ -16,6 +16,7 @@ mod bench_sessions;
 mod bench_sweep;
 mod cache;
 mod demo;
+mod legacy;
 mod limits;
 mod metrics;
 mod prefs;
@@ -140,6 +141,15 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         window: u64,
     },
+    /// Import the seeds' old file layout from DIR (session, rate limits,
+    /// L2 cache files, preferences); each file once, whole or not at all.
+    ImportLegacy {
+        /// The legacy directory (the seeds' ~/.tidal-mcp).
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Each component healthy, warning or critical; exit 0, 1 or 2.
     Health {
         /// Print JSON.
@@ -246,6 +256,7 @@ async fn dispatch(vault: &Vault, command: Command) -> Result<ExitCode> {
         Command::Limits(command) => limits::run(vault, command).await,
         Command::Cache(command) => cache::run(vault, command).await,
         Command::Metrics { format, window } => metrics::metrics(vault, format, window).await,
+        Command::ImportLegacy { dir, json } => legacy::run(vault, &dir, json).await,
         Command::Init
         | Command::Health { .. }
         | Command::Check { .. }

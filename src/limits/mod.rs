@@ -175,6 +175,33 @@ pub struct SweepCounts {
     pub evicted: u64,
 }
 
+/// A bucket from the seeds' old layout ([`Vault::import_legacy`]): the
+/// state of a limit's single window, `tokens` at `last_refill`.
+pub(crate) struct ImportedBucket {
+    pub(crate) limit: String,
+    pub(crate) tokens: f64,
+    pub(crate) last_refill: Timestamp,
+}
+
+/// A violation from the seeds' old layout.
+pub(crate) struct ImportedViolation {
+    pub(crate) limit: String,
+    pub(crate) occurred_at: Timestamp,
+    pub(crate) cost: f64,
+    pub(crate) ip: Option<String>,
+    pub(crate) user_agent: Option<String>,
+}
+
+/// What [`Limits::import_subject`] wrote.
+pub(crate) struct SubjectImport {
+    /// Bucket rows inserted.
+    pub(crate) buckets: u64,
+    /// Buckets the vault already had, kept as they were.
+    pub(crate) kept: u64,
+    /// Violations inserted.
+    pub(crate) violations: u64,
+}
+
 /// The rate-limit facet of a vault: `vault.limits()`.
 ///
 /// ```
@@ -563,6 +590,18 @@ impl Limits<'_> {
         penalty_until: Timestamp,
         client: &ClientInfo<'_>,
     ) -> Result<ViolationRow> {
+        Ok(ViolationRow {
+            subject: subject.to_owned(),
+            limit: spec.name.clone(),
+            occurred_at: now,
+            cost,
+            penalty_until,
+            client_info: self.client_info(client)?,
+        })
+    }
+
+    /// The `client_info` column: IP and user agent as keyed hashes.
+    fn client_info(&self, client: &ClientInfo<'_>) -> Result<String> {
         let mut info = serde_json::Map::new();
         for (name, value) in [("ip", client.ip), ("user_agent", client.user_agent)] {
             if let Some(value) = value {
@@ -571,13 +610,90 @@ impl Limits<'_> {
                 info.insert(name.to_owned(), hex.into());
             }
         }
-        Ok(ViolationRow {
-            subject: subject.to_owned(),
-            limit: spec.name.clone(),
-            occurred_at: now,
-            cost,
-            penalty_until,
-            client_info: serde_json::Value::Object(info).to_string(),
+        Ok(serde_json::Value::Object(info).to_string())
+    }
+
+    /// Within an import transaction ([`Vault::import_legacy`]): a subject's
+    /// state from the seeds' old layout. Each legacy bucket is one limit's
+    /// single window, so it becomes the state of the limit's shortest
+    /// window (tokens clamped to its capacity); its other windows are left
+    /// as they are. Buckets the vault already has are kept. Violations are
+    /// inserted with the penalty this facet would have set for them
+    /// (counted among the imported ones). Unknown limits are
+    /// [`Error::UnknownLimit`]; negative or non-finite tokens or costs are
+    /// [`Error::InvalidInput`].
+    ///
+    /// This process's memory is not updated: import before a service
+    /// checks the subject's limits.
+    pub(crate) async fn import_subject(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        subject: &str,
+        buckets: &[ImportedBucket],
+        violations: &[ImportedViolation],
+    ) -> Result<SubjectImport> {
+        crate::users::check_user(subject)?;
+        let config = &self.state.config;
+        let mut rows = Vec::with_capacity(buckets.len());
+        for b in buckets {
+            let spec = &config.limits[config.find(&b.limit)?];
+            if !b.tokens.is_finite() || b.tokens < 0.0 {
+                return Err(Error::invalid(
+                    "tokens",
+                    format!("{} is not a number ≥ 0", b.tokens),
+                ));
+            }
+            let Some(window) = spec.windows.iter().min_by_key(|w| w.period_secs) else {
+                continue;
+            };
+            rows.push(BucketRow {
+                subject: subject.to_owned(),
+                limit: spec.name.clone(),
+                period_secs: window.period_secs,
+                bucket: Bucket {
+                    tokens: b.tokens.min(window.capacity),
+                    last_refill: b.last_refill,
+                },
+            });
+        }
+        let inserted = sql::insert_buckets_if_absent(tx, &rows).await?;
+        let mut sorted: Vec<&ImportedViolation> = violations.iter().collect();
+        sorted.sort_by_key(|v| v.occurred_at);
+        let mut out = Vec::with_capacity(sorted.len());
+        for (i, v) in sorted.iter().enumerate() {
+            let spec = &config.limits[config.find(&v.limit)?];
+            if !v.cost.is_finite() || v.cost <= 0.0 {
+                return Err(Error::invalid(
+                    "cost",
+                    format!("{} is not a number > 0", v.cost),
+                ));
+            }
+            let horizon = v.occurred_at.as_millis() - PENALTY_MEMORY_MS;
+            let n = 1 + sorted[..i]
+                .iter()
+                .filter(|o| o.limit == v.limit && o.occurred_at.as_millis() > horizon)
+                .count();
+            let penalty = bucket::penalty_ms(spec.base_penalty_ms, n);
+            let client = ClientInfo {
+                ip: v.ip.as_deref(),
+                user_agent: v.user_agent.as_deref(),
+            };
+            out.push(ViolationRow {
+                subject: subject.to_owned(),
+                limit: spec.name.clone(),
+                occurred_at: v.occurred_at,
+                cost: v.cost,
+                penalty_until: Timestamp::from_millis(
+                    v.occurred_at.as_millis().saturating_add(penalty),
+                ),
+                client_info: self.client_info(&client)?,
+            });
+        }
+        sql::insert_violations(tx, &out).await?;
+        Ok(SubjectImport {
+            buckets: inserted,
+            kept: rows.len() as u64 - inserted,
+            violations: out.len() as u64,
         })
     }
 

@@ -255,6 +255,31 @@ pub(crate) async fn upsert_buckets(conn: &mut SqliteConnection, rows: &[BucketRo
     Ok(())
 }
 
+/// Inserts bucket rows that do not exist yet; how many were inserted.
+pub(crate) async fn insert_buckets_if_absent(
+    conn: &mut SqliteConnection,
+    rows: &[BucketRow],
+) -> Result<u64> {
+    let mut inserted = 0;
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO token_buckets
+             (subject, limit_name, window_secs, tokens, last_refill_at, updated_at) ",
+        );
+        qb.push_values(chunk, |mut b, row| {
+            b.push_bind(row.subject.as_str())
+                .push_bind(&*row.limit)
+                .push_bind(row.period_secs)
+                .push_bind(row.bucket.tokens)
+                .push_bind(row.bucket.last_refill)
+                .push_bind(row.bucket.last_refill);
+        });
+        qb.push(" ON CONFLICT (subject, limit_name, window_secs) DO NOTHING");
+        inserted += qb.build().execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(inserted)
+}
+
 /// Inserts violations, `ROWS_PER_STATEMENT` at a time.
 pub(crate) async fn insert_violations(
     conn: &mut SqliteConnection,

@@ -261,6 +261,33 @@ impl fmt::Debug for NewSession {
     }
 }
 
+/// A session carried over from the seeds' old file layout
+/// ([`Vault::import_legacy`](crate::Vault::import_legacy)): the legacy
+/// credential becomes the bearer token, stored only as its SHA-256.
+pub(crate) struct ImportedSession {
+    pub(crate) user_id: String,
+    /// The legacy credential presented as the bearer token.
+    pub(crate) token: Zeroizing<String>,
+    /// The legacy device fingerprint the session stays bound to.
+    pub(crate) device_fingerprint: Option<Zeroizing<String>>,
+    /// The session data, as JSON text.
+    pub(crate) data: Zeroizing<String>,
+    /// When it expires; `None`: the configured absolute lifetime from now.
+    pub(crate) expires_at: Option<Timestamp>,
+}
+
+/// What [`Sessions::import`] did.
+pub(crate) enum SessionImport {
+    /// A session was created; forget `evicted` once the transaction commits.
+    Created {
+        id: String,
+        expires_at: Timestamp,
+        evicted: Vec<[u8; 32]>,
+    },
+    /// The vault already has a session with this token.
+    TokenTaken,
+}
+
 /// A secret handed to a client once: a session's bearer token or its CSRF
 /// token. Wiped on drop ([`zeroize::ZeroizeOnDrop`]); `Debug` does not show it.
 #[derive(Clone, PartialEq, Eq, zeroize::ZeroizeOnDrop)]
@@ -676,6 +703,71 @@ impl<'a> Sessions<'a> {
             csrf_token: csrf,
             expires_at,
             evicted: evicted.into_iter().map(|(id, _)| id).collect(),
+        })
+    }
+
+    /// Within an import transaction: creates a session whose bearer token
+    /// is the legacy credential (hashed like every token), with a fresh
+    /// CSRF token nobody holds (a rotation issues one) and rotation due at
+    /// once, so that the first request trades the legacy credential for a
+    /// statevault token. Respects the per-user cap like [`Sessions::create`].
+    pub(crate) async fn import(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        session: ImportedSession,
+    ) -> Result<SessionImport> {
+        let config = &self.state.config;
+        check_user(&session.user_id)?;
+        if session.data.len() > config.max_data_bytes {
+            return Err(Error::invalid(
+                "data",
+                format!(
+                    "{} bytes of JSON is more than max_data_bytes ({})",
+                    session.data.len(),
+                    config.max_data_bytes
+                ),
+            ));
+        }
+        let now = self.vault.now();
+        let expires_at = session
+            .expires_at
+            .unwrap_or_else(|| now.saturating_add(config.absolute_lifetime));
+        check_lifetime("absolute_lifetime", expires_at.duration_since(now))?;
+        let fingerprint = session
+            .device_fingerprint
+            .as_ref()
+            .map(|fp| self.vault.keyed_hash("device_fingerprint", fp.as_bytes()))
+            .transpose()?;
+        let token_hash = sha256(session.token.as_bytes());
+        let taken = sqlx::query("SELECT 1 FROM sessions WHERE token_hash = ?1")
+            .bind(&token_hash[..])
+            .fetch_optional(&mut *tx)
+            .await?;
+        if taken.is_some() {
+            return Ok(SessionImport::TokenTaken);
+        }
+        let evicted = self.make_room(tx, &session.user_id, now).await?;
+        let id = uuid::Uuid::now_v7().to_string();
+        sqlx::query(
+            "INSERT INTO sessions (id, token_hash, csrf_hash, user_id, device_fingerprint, data,
+                 created_at, last_seen_at, idle_timeout_secs, expires_at, rotation_due_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?7)",
+        )
+        .bind(&id)
+        .bind(&token_hash[..])
+        .bind(&sha256(Secret::generate()?.expose().as_bytes())[..])
+        .bind(&session.user_id)
+        .bind(fingerprint.as_ref().map(|h| &h[..]))
+        .bind(session.data.as_str())
+        .bind(now)
+        .bind(i64::try_from(config.idle_timeout.as_secs()).unwrap_or(i64::MAX))
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        Ok(SessionImport::Created {
+            id,
+            expires_at,
+            evicted: evicted.into_iter().map(|(_, hash)| hash).collect(),
         })
     }
 

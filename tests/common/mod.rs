@@ -105,18 +105,30 @@ pub fn tool(name: &str) -> Option<PathBuf> {
 /// A Python interpreter that can `import sqlcipher3` (PyPI
 /// `sqlcipher3-binary`, SQLCipher 4): `$STATEVAULT_PYTHON`, else `python3`.
 pub fn sqlcipher_python() -> Option<PathBuf> {
+    python_with("sqlcipher3", "sqlcipher3-binary")
+}
+
+/// A Python interpreter that can `import cryptography` (PyPI
+/// `cryptography`, whose Fernet the seeds' session files use):
+/// `$STATEVAULT_PYTHON`, else `python3`.
+pub fn cryptography_python() -> Option<PathBuf> {
+    python_with("cryptography", "cryptography")
+}
+
+/// `$STATEVAULT_PYTHON` (else `python3`) if it can import `module`.
+fn python_with(module: &str, package: &str) -> Option<PathBuf> {
     let python = std::env::var_os("STATEVAULT_PYTHON")
         .map_or_else(|| PathBuf::from("python3"), PathBuf::from);
     let ok = Command::new(&python)
-        .args(["-c", "import sqlcipher3"])
+        .args(["-c", &format!("import {module}")])
         .output()
         .is_ok_and(|o| o.status.success());
     if ok {
         Some(python)
     } else {
         missing(
-            "sqlcipher3 (Python)",
-            "pip install sqlcipher3-binary, or point STATEVAULT_PYTHON at a python that has it",
+            &format!("{module} (Python)"),
+            &format!("pip install {package}, or point STATEVAULT_PYTHON at a python that has it"),
         );
         None
     }
