@@ -129,6 +129,18 @@ pub async fn l1_get(dir: &Path, quick: bool) -> Result<Value> {
         Ok(())
     })
     .await?;
+    let mut folded = lru::LruCache::<String, Arc<[u8]>, _>::with_hasher(
+        NonZeroUsize::new(1000).unwrap_or(NonZeroUsize::MIN),
+        foldhash::fast::RandomState::default(),
+    );
+    for (k, v) in keys.iter().zip(&values) {
+        folded.put(k.as_str().to_owned(), Arc::from(v.as_slice()));
+    }
+    let foldhash = rate(budget(quick), &walk, async |i| {
+        black_box(folded.get(keys[i].as_str()).cloned());
+        Ok(())
+    })
+    .await?;
     let locked = std::sync::Mutex::new(lru);
     let with_lock = rate(budget(quick), &walk, async |i| {
         let mut lru = locked.lock().map_err(|_| Error::Closed)?;
@@ -142,6 +154,7 @@ pub async fn l1_get(dir: &Path, quick: bool) -> Result<Value> {
         "lru::LruCache<String, Arc<[u8]>> get + clone, no lock, same keys and values",
         limit,
     );
+    m.insert("lru_foldhash_ops_per_sec".into(), json!(foldhash.round()));
     m.insert(
         "lru_behind_a_mutex_ops_per_sec".into(),
         json!(with_lock.round()),
