@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -19,11 +20,58 @@ pub struct Args {
     /// Fewer repetitions: seconds instead of a minute, noisier figures.
     #[arg(long)]
     quick: bool,
+    /// Plain (unencrypted) files on both sides, to weigh SQLCipher's cost
+    /// against a run without it.
+    #[arg(long)]
+    plain: bool,
+    /// Run only these workloads (comma-separated names).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    only: Vec<String>,
+}
+
+/// Set once by `run` from `--plain`, before any workload starts.
+static PLAIN: AtomicBool = AtomicBool::new(false);
+
+fn plain() -> bool {
+    PLAIN.load(Ordering::Relaxed)
+}
+
+/// Options for a bench vault: encrypted with a key file, or plain under
+/// `--plain`.
+pub fn options(path: &Path) -> VaultOptions {
+    let options = VaultOptions::new(path);
+    if plain() {
+        options.no_encryption()
+    } else {
+        options
+    }
+}
+
+/// `PRAGMA key = "...";` for the rusqlite side of `path`, or nothing under
+/// `--plain`.
+fn key_pragma(path: &Path) -> Result<String> {
+    if plain() {
+        return Ok(String::new());
+    }
+    Ok(format!("PRAGMA key = \"{}\"; ", key_text(path)?))
+}
+
+/// What a run measured.
+#[derive(Debug, Serialize)]
+struct Report {
+    /// Opening (absent when `--only` leaves out `open`).
+    #[serde(flatten)]
+    open: Option<Open>,
+    /// Whether the files were encrypted (false under `--plain`).
+    encrypted: bool,
+    /// Throughput workloads, by name (SPEC §7), each as ops/s with its limit.
+    workloads: serde_json::Map<String, serde_json::Value>,
+    machine: Machine,
 }
 
 /// Opening an existing vault, beside rusqlite opening the same file.
 #[derive(Debug, Serialize)]
-struct Report {
+struct Open {
     /// Median time to open the existing encrypted vault (raw-key file).
     open_ms: f64,
     /// The same file opened by rusqlite with the same key: open, key, WAL, read the schema.
@@ -34,9 +82,6 @@ struct Report {
     open_ms_passphrase: f64,
     /// Opens measured per figure.
     runs: usize,
-    /// Throughput workloads, by name (SPEC §7), each as ops/s with its limit.
-    workloads: serde_json::Map<String, serde_json::Value>,
-    machine: Machine,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,34 +98,40 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         source: e,
     })?;
     let runs = if args.quick { 5 } else { 25 };
+    PLAIN.store(args.plain, Ordering::Relaxed);
+    let known = [
+        "open",
+        "session_create",
+        "session_validate",
+        "audit_append",
+        "ratelimit_check",
+        "metrics_record",
+        "ratelimit_check_shared",
+        "sweep_expired",
+        "cache_l1_get",
+        "cache_l2_get",
+        "cache_set",
+    ];
+    if let Some(name) = args.only.iter().find(|n| !known.contains(&n.as_str())) {
+        return Err(Error::InvalidInput {
+            what: "bench --only",
+            reason: format!(
+                "no workload {name:?}; the workloads are {}",
+                known.join(", ")
+            ),
+        });
+    }
+    let selected = |name: &str| args.only.is_empty() || args.only.iter().any(|n| n == name);
 
     let raw_path = dir.path().join("raw.db");
-    let vault = Vault::open(VaultOptions::new(&raw_path)).await?;
+    let vault = Vault::open(options(&raw_path)).await?;
     let sqlcipher = vault.info().await?.cipher_version.unwrap_or_default();
     vault.close().await?;
-    let open_ms = median_ms(runs, async || {
-        let started = Instant::now();
-        let vault = Vault::open(VaultOptions::new(&raw_path).create_if_missing(false)).await?;
-        let took = started.elapsed();
-        vault.close().await?;
-        Ok(took)
-    })
-    .await?;
-    let open_ms_rusqlite = median_ms(runs, async || rusqlite_open(&raw_path)).await?;
-
-    let pass_path = dir.path().join("passphrase.db");
-    let pass = || {
-        VaultOptions::new(&pass_path).key(Key::passphrase("bench passphrase").expect("non-empty"))
+    let open = if selected("open") {
+        Some(open(&raw_path, &dir.path().join("passphrase.db"), runs).await?)
+    } else {
+        None
     };
-    Vault::open(pass()).await?.close().await?;
-    let open_ms_passphrase = median_ms(runs.min(5), async || {
-        let started = Instant::now();
-        let vault = Vault::open(pass()).await?;
-        let took = started.elapsed();
-        vault.close().await?;
-        Ok(took)
-    })
-    .await?;
 
     let budget = if args.quick {
         Budget::QUICK
@@ -88,53 +139,70 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Budget::FULL
     };
     let mut workloads = serde_json::Map::new();
-    workloads.insert(
-        "session_create".into(),
-        super::bench_sessions::create(dir.path(), budget).await?,
-    );
-    workloads.insert(
-        "session_validate".into(),
-        super::bench_sessions::validate(dir.path(), budget).await?,
-    );
-    workloads.insert(
-        "audit_append".into(),
-        super::bench_audit::append(dir.path(), budget).await?,
-    );
-    workloads.insert(
-        "ratelimit_check".into(),
-        super::bench_limits::ratelimit_check(dir.path(), args.quick).await?,
-    );
-    workloads.insert(
-        "metrics_record".into(),
-        super::bench_metrics::record_metrics(dir.path(), budget, args.quick).await?,
-    );
-    workloads.insert(
-        "ratelimit_check_shared".into(),
-        super::bench_limits::ratelimit_check_shared(dir.path(), args.quick).await?,
-    );
-    workloads.insert(
-        "sweep_expired".into(),
-        super::bench_sweep::sweep_expired(dir.path(), args.quick).await?,
-    );
-    workloads.insert(
-        "cache_l1_get".into(),
-        super::bench_cache::l1_get(dir.path(), args.quick).await?,
-    );
-    workloads.insert(
-        "cache_l2_get".into(),
-        super::bench_cache::l2_get(dir.path(), args.quick).await?,
-    );
-    workloads.insert(
-        "cache_set".into(),
-        super::bench_cache::set(dir.path(), args.quick).await?,
-    );
+    if selected("session_create") {
+        workloads.insert(
+            "session_create".into(),
+            super::bench_sessions::create(dir.path(), budget).await?,
+        );
+    }
+    if selected("session_validate") {
+        workloads.insert(
+            "session_validate".into(),
+            super::bench_sessions::validate(dir.path(), budget).await?,
+        );
+    }
+    if selected("audit_append") {
+        workloads.insert(
+            "audit_append".into(),
+            super::bench_audit::append(dir.path(), budget).await?,
+        );
+    }
+    if selected("ratelimit_check") {
+        workloads.insert(
+            "ratelimit_check".into(),
+            super::bench_limits::ratelimit_check(dir.path(), args.quick).await?,
+        );
+    }
+    if selected("metrics_record") {
+        workloads.insert(
+            "metrics_record".into(),
+            super::bench_metrics::record_metrics(dir.path(), budget, args.quick).await?,
+        );
+    }
+    if selected("ratelimit_check_shared") {
+        workloads.insert(
+            "ratelimit_check_shared".into(),
+            super::bench_limits::ratelimit_check_shared(dir.path(), args.quick).await?,
+        );
+    }
+    if selected("sweep_expired") {
+        workloads.insert(
+            "sweep_expired".into(),
+            super::bench_sweep::sweep_expired(dir.path(), args.quick).await?,
+        );
+    }
+    if selected("cache_l1_get") {
+        workloads.insert(
+            "cache_l1_get".into(),
+            super::bench_cache::l1_get(dir.path(), args.quick).await?,
+        );
+    }
+    if selected("cache_l2_get") {
+        workloads.insert(
+            "cache_l2_get".into(),
+            super::bench_cache::l2_get(dir.path(), args.quick).await?,
+        );
+    }
+    if selected("cache_set") {
+        workloads.insert(
+            "cache_set".into(),
+            super::bench_cache::set(dir.path(), args.quick).await?,
+        );
+    }
 
     let report = Report {
-        open_ms,
-        open_ms_rusqlite,
-        open_ratio: open_ms_rusqlite / open_ms,
-        open_ms_passphrase,
-        runs,
+        open,
+        encrypted: !args.plain,
         workloads,
         machine: machine(sqlcipher),
     };
@@ -146,23 +214,16 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             "machine: {} ({} cores), {}, SQLCipher {}",
             m.cpu, m.cores, m.os, m.sqlcipher
         );
-        println!(
-            "open (raw-key file)   {:>8.2} ms   rusqlite {:>8.2} ms   ratio {:.2}",
-            report.open_ms, report.open_ms_rusqlite, report.open_ratio
-        );
-        println!(
-            "open (passphrase)     {:>8.2} ms",
-            report.open_ms_passphrase
-        );
-        for (name, w) in &report.workloads {
+        if let Some(o) = &report.open {
             println!(
-                "{name:<24} {:>12} ops/s   baseline {:>12} ops/s   ratio {:.2}",
-                w["ops_per_sec"],
-                w["baseline_ops_per_sec"],
-                w["ratio"].as_f64().unwrap_or(0.0)
+                "open (raw-key file)   {:>8.2} ms   rusqlite {:>8.2} ms   ratio {:.2}",
+                o.open_ms, o.open_ms_rusqlite, o.open_ratio
+            );
+            println!(
+                "open (passphrase)     {:>8.2} ms   (medians of {} opens)",
+                o.open_ms_passphrase, o.runs
             );
         }
-        println!("medians of {runs} runs");
         println!();
         println!(
             "{:<20} {:>12} {:>14} {:>6}  baseline (same run)",
@@ -189,13 +250,46 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Medians of `runs` opens of the existing vault at `raw_path` (ours and
+/// rusqlite's), and of a passphrase-keyed vault at `pass_path`.
+async fn open(raw_path: &Path, pass_path: &Path, runs: usize) -> Result<Open> {
+    let open_ms = median_ms(runs, async || {
+        let started = Instant::now();
+        let vault = Vault::open(options(raw_path).create_if_missing(false)).await?;
+        let took = started.elapsed();
+        vault.close().await?;
+        Ok(took)
+    })
+    .await?;
+    let open_ms_rusqlite = median_ms(runs, async || rusqlite_open(raw_path)).await?;
+    let pass = || {
+        VaultOptions::new(pass_path).key(Key::passphrase("bench passphrase").expect("non-empty"))
+    };
+    Vault::open(pass()).await?.close().await?;
+    let open_ms_passphrase = median_ms(runs.min(5), async || {
+        let started = Instant::now();
+        let vault = Vault::open(pass()).await?;
+        let took = started.elapsed();
+        vault.close().await?;
+        Ok(took)
+    })
+    .await?;
+    Ok(Open {
+        open_ms,
+        open_ms_rusqlite,
+        open_ratio: open_ms_rusqlite / open_ms,
+        open_ms_passphrase,
+        runs,
+    })
+}
+
 /// The physical limit for opening: rusqlite, same file, same key, same setup.
 fn rusqlite_open(path: &Path) -> Result<Duration> {
-    let key = key_text(path)?;
+    let key = key_pragma(path)?;
     let started = Instant::now();
     let conn = rusqlite::Connection::open(path)?;
     conn.execute_batch(&format!(
-        "PRAGMA key = \"{key}\"; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
+        "{key}PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
     ))?;
     conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
     let took = started.elapsed();
@@ -215,10 +309,10 @@ fn key_text(path: &Path) -> Result<String> {
 /// same key, WAL, `synchronous=NORMAL`, 64 MiB page cache. The baseline
 /// each workload is compared with.
 pub fn raw_connection(path: &Path) -> Result<rusqlite::Connection> {
-    let key = key_text(path)?;
+    let key = key_pragma(path)?;
     let conn = rusqlite::Connection::open(path)?;
     conn.execute_batch(&format!(
-        "PRAGMA key = \"{key}\"; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+        "{key}PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
          PRAGMA cache_size = -65536; PRAGMA foreign_keys = ON;"
     ))?;
     Ok(conn)

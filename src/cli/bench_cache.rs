@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use statevault::{CacheConfig, CacheKey, Error, Result, Vault, VaultOptions};
+use statevault::{CacheConfig, CacheKey, Error, Result, Vault};
 
 /// A JSON-like value of about 1 KiB, like a page of search results.
 pub fn json_value(i: usize) -> Vec<u8> {
@@ -102,7 +102,7 @@ fn rss_mb() -> Option<f64> {
 /// Gets of 500 hot 1 KiB JSON values held in L1, beside `lru` alone.
 pub async fn l1_get(dir: &Path, quick: bool) -> Result<Value> {
     const N: usize = 500;
-    let vault = Vault::open(VaultOptions::new(dir.join("cache_l1.db"))).await?;
+    let vault = Vault::open(super::bench::options(&dir.join("cache_l1.db"))).await?;
     let cache = vault.cache();
     let keys = keys(N)?;
     let values: Vec<Vec<u8>> = (0..N).map(json_value).collect();
@@ -172,7 +172,8 @@ pub async fn l2_get(dir: &Path, quick: bool) -> Result<Value> {
     let n = if quick { 2_000 } else { 10_000 };
     let path = dir.join("cache_l2.db");
     let vault =
-        Vault::open(VaultOptions::new(&path).cache(CacheConfig::default().l1_entries(0))).await?;
+        Vault::open(super::bench::options(&path).cache(CacheConfig::default().l1_entries(0)))
+            .await?;
     let cache = vault.cache();
     let keys = keys(n)?;
     for (i, k) in keys.iter().enumerate() {
@@ -226,7 +227,7 @@ pub async fn set(dir: &Path, quick: bool) -> Result<Value> {
     let keys = keys(n)?;
     let values: Vec<Vec<u8>> = (0..n).map(json_value).collect();
 
-    let vault = Vault::open(VaultOptions::new(dir.join("cache_set.db"))).await?;
+    let vault = Vault::open(super::bench::options(&dir.join("cache_set.db"))).await?;
     let cache = vault.cache();
     let started = Instant::now();
     for (i, (k, v)) in keys.iter().zip(&values).enumerate() {
@@ -240,7 +241,10 @@ pub async fn set(dir: &Path, quick: bool) -> Result<Value> {
     vault.close().await?;
 
     let path = dir.join("cache_set_rusqlite.db");
-    Vault::open(VaultOptions::new(&path)).await?.close().await?;
+    Vault::open(super::bench::options(&path))
+        .await?
+        .close()
+        .await?;
     let mut conn = super::bench::raw_connection(&path)?;
     let mut zstd = zstd::bulk::Compressor::new(3).map_err(zstd_error)?;
     let now = "2026-01-01T00:00:00.000Z";

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use statevault::{
-    ClientInfo, Clock, Error, Limit, LimitsConfig, Result, SystemClock, Vault, VaultOptions, Window,
+    ClientInfo, Clock, Error, Limit, LimitsConfig, Result, SystemClock, Vault, Window,
 };
 
 const SUBJECTS: usize = 1000;
@@ -45,7 +45,8 @@ fn duration(quick: bool) -> Duration {
 
 /// In-memory `check` beside a plain HashMap token bucket.
 pub async fn ratelimit_check(dir: &Path, quick: bool) -> Result<Value> {
-    let vault = Vault::open(VaultOptions::new(dir.join("limits.db")).limits(config(false))).await?;
+    let vault =
+        Vault::open(super::bench::options(&dir.join("limits.db")).limits(config(false))).await?;
     let subjects = subjects();
     let limits = vault.limits();
     let client = ClientInfo::none();
@@ -108,7 +109,7 @@ pub async fn ratelimit_check(dir: &Path, quick: bool) -> Result<Value> {
 /// Shared-mode `check` beside rusqlite's upsert-returning per check.
 pub async fn ratelimit_check_shared(dir: &Path, quick: bool) -> Result<Value> {
     let path = dir.join("limits-shared.db");
-    let vault = Vault::open(VaultOptions::new(&path).limits(config(true))).await?;
+    let vault = Vault::open(super::bench::options(&path).limits(config(true))).await?;
     let subjects = subjects();
     let limits = vault.limits();
     let client = ClientInfo::none();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sketches_ddsketch::{Config, DDSketch};
-use statevault::{MAX_BINS, RELATIVE_ERROR, Result, Vault, VaultOptions};
+use statevault::{MAX_BINS, RELATIVE_ERROR, Result, Vault};
 
 use super::bench::{Budget, per_sec};
 
@@ -61,7 +61,7 @@ fn record(vault: &Vault, endpoint: &str, budget: Budget) -> (u64, Duration) {
 
 pub async fn record_metrics(dir: &Path, budget: Budget, quick: bool) -> Result<Value> {
     let rounds = if quick { 1 } else { ROUNDS };
-    let vault = Vault::open(VaultOptions::new(dir.join("metrics_record.db"))).await?;
+    let vault = Vault::open(super::bench::options(&dir.join("metrics_record.db"))).await?;
 
     // Alternate the two, best of three each: the machine is shared, and a
     // neighbour's burst should not land on one side only.

@@ -6,9 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use statevault::{
-    FakeClock, Result, SessionConfig, Timestamp, Vault, VaultOptions, default_key_file,
-};
+use statevault::{FakeClock, Result, SessionConfig, Timestamp, Vault, default_key_file};
 
 use super::bench::{per_sec, raw_connection, workload};
 
@@ -20,7 +18,7 @@ pub async fn sweep_expired(dir: &Path, quick: bool) -> Result<Value> {
     let theirs_path = dir.join("sweep_expired_rusqlite.db");
     let clock = FakeClock::new(Timestamp::from_millis(1_767_225_600_000));
     let vault = Vault::open(
-        VaultOptions::new(&ours_path)
+        super::bench::options(&ours_path)
             .clock(clock.clone())
             .sweep_interval(None),
     )
@@ -32,7 +30,7 @@ pub async fn sweep_expired(dir: &Path, quick: bool) -> Result<Value> {
     // 31 days later every row is past the 30-day retention.
     clock.advance(Duration::from_secs(31 * 24 * 3600));
     let vault = Vault::open(
-        VaultOptions::new(&ours_path)
+        super::bench::options(&ours_path)
             .clock(clock.clone())
             .sessions(SessionConfig::default())
             .sweep_interval(None),
@@ -97,6 +95,9 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
         move |source| statevault::Error::Io { path, source }
     };
     std::fs::copy(from, to).map_err(io(to))?;
-    std::fs::copy(default_key_file(from), default_key_file(to)).map_err(io(to))?;
+    let key_file = default_key_file(from);
+    if key_file.exists() {
+        std::fs::copy(key_file, default_key_file(to)).map_err(io(to))?;
+    }
     Ok(())
 }
