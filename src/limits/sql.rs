@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::bucket::{Bucket, EPSILON};
 use super::config::CompiledLimit;
@@ -81,84 +81,62 @@ pub(crate) fn shared_check_sql(windows: usize) -> String {
     )
 }
 
-/// Runs the shared-mode check; when allowed, `Some((window_secs, tokens)
-/// per window, violations in the last hour)`.
-pub(crate) async fn shared_check(
-    conn: &mut SqliteConnection,
+/// An allowed shared-mode check: `(window_secs, tokens)` per window, and the
+/// violations in the last hour.
+pub(crate) type SharedAllowed = (Vec<(i64, f64)>, usize);
+
+/// Runs the shared-mode check (on the hot writer, inside its transaction);
+/// `Some` when allowed.
+pub(crate) fn shared_check(
+    conn: &rusqlite::Connection,
     limit: &CompiledLimit,
     subject: &str,
     now: Timestamp,
     cost: f64,
-) -> Result<Option<(Vec<(i64, f64)>, usize)>> {
+) -> rusqlite::Result<Option<SharedAllowed>> {
     let hour_ago = Timestamp::from_millis(now.as_millis() - super::bucket::PENALTY_MEMORY_MS);
-    let mut q = sqlx::query(AssertSqlSafe(limit.shared_sql.as_str()))
-        .bind(subject)
-        .bind(&*limit.name)
-        .bind(now)
-        .bind(now.as_millis())
-        .bind(cost)
-        .bind(hour_ago);
-    for w in &limit.windows {
-        q = q.bind(w.period_secs).bind(w.capacity).bind(w.rate_per_ms);
+    let mut stmt = conn.prepare_cached(&limit.shared_sql)?;
+    stmt.raw_bind_parameter(1, subject)?;
+    stmt.raw_bind_parameter(2, &*limit.name)?;
+    stmt.raw_bind_parameter(3, now)?;
+    stmt.raw_bind_parameter(4, now.as_millis())?;
+    stmt.raw_bind_parameter(5, cost)?;
+    stmt.raw_bind_parameter(6, hour_ago)?;
+    for (i, w) in limit.windows.iter().enumerate() {
+        let p = 7 + 3 * i;
+        stmt.raw_bind_parameter(p, w.period_secs)?;
+        stmt.raw_bind_parameter(p + 1, w.capacity)?;
+        stmt.raw_bind_parameter(p + 2, w.rate_per_ms)?;
     }
-    let rows = q.fetch_all(&mut *conn).await?;
-    let Some(first) = rows.first() else {
-        return Ok(None);
-    };
-    let recent: i64 = first.try_get(2)?;
-    let windows = rows
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect::<Result<_>>()?;
-    Ok(Some((windows, usize::try_from(recent).unwrap_or(0))))
+    let mut rows = stmt.raw_query();
+    let mut windows = Vec::with_capacity(limit.windows.len());
+    let mut recent = 0i64;
+    while let Some(row) = rows.next()? {
+        windows.push((row.get(0)?, row.get(1)?));
+        recent = row.get(2)?;
+    }
+    Ok((!windows.is_empty()).then(|| (windows, usize::try_from(recent).unwrap_or(0))))
 }
 
-/// A subject's buckets of one limit, on the writer (shared mode).
-pub(crate) async fn buckets_tx(
-    conn: &mut SqliteConnection,
-    subject: &str,
-    limit: &str,
-) -> Result<Vec<StoredBucket>> {
-    let rows = sqlx::query(
-        "SELECT window_secs, tokens, last_refill_at FROM token_buckets
-         WHERE subject = ?1 AND limit_name = ?2",
-    )
-    .bind(subject)
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get(0)?,
-                Bucket {
-                    tokens: r.try_get(1)?,
-                    last_refill: r.try_get(2)?,
-                },
-            ))
-        })
-        .collect()
-}
-
-/// A subject's violations of one limit since `since`, on the writer.
-pub(crate) async fn violations_tx(
-    conn: &mut SqliteConnection,
-    subject: &str,
-    limit: &str,
-    since: Timestamp,
-) -> Result<Vec<StoredViolation>> {
-    let rows = sqlx::query(
-        "SELECT occurred_at, penalty_until FROM violations
-         WHERE subject = ?1 AND occurred_at > ?3 AND limit_name = ?2",
-    )
-    .bind(subject)
-    .bind(limit)
-    .bind(since)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect()
+/// Records one violation (shared mode, on the hot writer).
+pub(crate) fn insert_violation(
+    conn: &rusqlite::Connection,
+    row: &ViolationRow,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO violations
+         (subject, limit_name, occurred_at, cost, penalty_until, client_info)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute((
+        row.subject.as_str(),
+        &*row.limit,
+        row.occurred_at,
+        row.cost,
+        row.penalty_until,
+        row.client_info.as_str(),
+    ))?;
+    Ok(())
 }
 
 /// A subject's buckets of one limit (hot reader, caller's thread).

@@ -100,3 +100,69 @@ impl Readers {
         }
     }
 }
+
+/// The hot-path writer: one rusqlite connection for single-statement writes
+/// that a request waits on (a shared-mode rate-limit check), run on the
+/// caller's thread to save sqlx's thread hops. It takes turns with the sqlx
+/// writer through SQLite's write lock ([`super::Store::hot_write`]).
+pub(crate) struct HotWriter {
+    settings: SharedSettings,
+    conn: Mutex<Option<rusqlite::Connection>>,
+    closed: AtomicBool,
+}
+
+impl HotWriter {
+    pub(crate) fn new(settings: SharedSettings) -> Self {
+        HotWriter {
+            settings,
+            conn: Mutex::new(None),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed when `f`
+    /// returns `Ok` and rolled back otherwise.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&rusqlite::Connection) -> Result<T>) -> Result<T> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let mut guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if guard.is_none() {
+            *guard = Some(self.settings.open_rusqlite(false)?);
+        }
+        let conn = guard.as_ref().ok_or(Error::Closed)?;
+        let classify =
+            |e| super::conn::classify(&self.settings.path, self.settings.key.is_some(), e);
+        super::conn::retry_busy(self.settings.busy_timeout, || {
+            conn.execute_batch("BEGIN IMMEDIATE")
+        })
+        .map_err(classify)?;
+        match f(conn) {
+            Ok(out) => {
+                if let Err(e) = conn.execute_batch("COMMIT") {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    return Err(classify(e));
+                }
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes the connection; later calls get [`Error::Closed`].
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(conn) = conn {
+            // Every transaction has ended by now; a failed close only leaks a handle.
+            let _ = conn.close();
+        }
+    }
+}
