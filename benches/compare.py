@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""The performance report, run by hand (not in CI): every workload of
+`statevault bench` beside its physical limit (measured in the same run),
+the same suite over plain files (SQLCipher's cost), and the peers users
+would otherwise run (benches/peers.py: diskcache, Redis). Prints a Markdown
+table for the README and writes the raw JSON beside it.
+
+    cargo build --release && python3 benches/compare.py [--quick] [--out DIR]
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BIN = os.path.join(HERE, "..", "target", "release", "statevault")
+
+# Which peer figure each workload is compared with (microseconds per op).
+PEERS = {
+    "cache_l2_get": ["diskcache_get", "redis_get"],
+    "cache_l1_get": ["diskcache_get", "redis_get"],
+    "cache_set": ["diskcache_set", "redis_set"],
+    "ratelimit_check": ["redis_token_bucket"],
+    "ratelimit_check_shared": ["redis_token_bucket"],
+}
+
+
+def run_json(cmd):
+    print("$", " ".join(cmd), file=sys.stderr, flush=True)
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="statevault bench --quick, 1 s per peer figure")
+    parser.add_argument("--out", default="target/compare", help="where the raw JSON goes")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    quick = ["--quick"] if args.quick else []
+    encrypted = run_json([BIN, "bench", "--json", *quick])
+    plain = run_json([BIN, "bench", "--json", "--plain", *quick])
+    peers = run_json([sys.executable, os.path.join(HERE, "peers.py"), "--seconds", "1" if args.quick else "3"])
+    for name, data in (("encrypted", encrypted), ("plain", plain), ("peers", peers)):
+        with open(os.path.join(args.out, f"{name}.json"), "w") as f:
+            json.dump(data, f, indent=2)
+
+    m = encrypted["machine"]
+    print(f"Machine: {m['cpu']} ({m['cores']} cores), {m['os']}, SQLCipher {m['sqlcipher']}; "
+          f"{time.strftime('%Y-%m-%d')}; load average {os.getloadavg()[0]:.1f}; "
+          f"`python3 benches/compare.py{' --quick' if args.quick else ''}`.\n")
+    print(f"open: {encrypted['open_ms']:.2f} ms (rusqlite {encrypted['open_ms_rusqlite']:.2f} ms, "
+          f"ratio {encrypted['open_ratio']:.2f}); plain file {plain['open_ms']:.2f} ms\n")
+    print("| workload | statevault ops/s | limit ops/s (same run) | ratio | plain-file ops/s | encrypted / plain | peers (µs per op) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    slowdowns = []
+    for name, w in encrypted["workloads"].items():
+        p = plain["workloads"].get(name, {})
+        ours, limit = w["ops_per_sec"], w["baseline_ops_per_sec"]
+        relative = ours / p["ops_per_sec"] if p.get("ops_per_sec") else None
+        if relative:
+            slowdowns.append(relative)
+        peer_text = []
+        for peer in PEERS.get(name, []):
+            fig = peers.get(peer, {})
+            if "us_per_op" in fig:
+                peer_text.append(f"{peer} {fig['us_per_op']:.1f} (ours {1e6 / ours:.2f})")
+        print(f"| `{name}` | {ours:,.0f} | {limit:,.0f} | {w['ratio']:.2f} | "
+              f"{p.get('ops_per_sec', 0):,.0f} | {relative:.2f} | {'; '.join(peer_text) or '—'} |")
+    if slowdowns:
+        geo = 1.0
+        for s in slowdowns:
+            geo *= s
+        geo **= 1 / len(slowdowns)
+        print(f"\nEncrypted / plain over the suite (geometric mean): {geo:.2f} "
+              f"({(1 - geo) * 100:.0f} % slower encrypted)")
+    print(f"\nPython {peers.get('python')}, Redis {peers.get('redis_version', '—')}, "
+          f"values of {peers.get('value_bytes')} bytes; raw JSON in {args.out}/ ({platform.node()})")
+
+
+if __name__ == "__main__":
+    main()
