@@ -738,3 +738,24 @@ async fn no_stale_value_after_an_invalidation_that_raced_readers() {
         vault.close().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_counter_keeps_its_tags() {
+    let dir = common::tempdir();
+    let (vault, _clock) = common::vault(dir.path()).await;
+    let cache = vault.cache();
+    let k = key("counters", "plays");
+    cache
+        .set_with(&k, b"5", &SetOptions::new().tag("playlist:7"))
+        .await
+        .unwrap();
+    assert_eq!(cache.incr(&k, 1).await.unwrap(), 6);
+    vault.flush().await.unwrap();
+    assert_eq!(cache.incr(&k, 1).await.unwrap(), 7);
+    assert_eq!(cache.invalidate_tag("playlist:7").await.unwrap(), 1);
+    assert!(
+        cache.get(&k).await.unwrap().is_none(),
+        "gone from both levels"
+    );
+    vault.close().await.unwrap();
+}

@@ -174,9 +174,7 @@ pub(crate) fn read(
     let meta = Meta {
         namespace: row.get::<_, String>(3)?.into(),
         user: row.get::<_, Option<String>>(4)?.map(Into::into),
-        tags: tags
-            .map(|t| t.split('\u{1f}').map(Into::into).collect())
-            .unwrap_or_default(),
+        tags: split_tags(tags),
     };
     Ok(Some(Found::Live {
         value,
@@ -344,6 +342,13 @@ fn joined_tags(meta: &Meta) -> Option<String> {
     (!meta.tags.is_empty()).then(|| meta.tags.join("\u{1f}"))
 }
 
+/// The `tags` column back as tags.
+pub(crate) fn split_tags(column: Option<String>) -> Box<[Box<str>]> {
+    column
+        .map(|t| t.split('\u{1f}').map(Into::into).collect())
+        .unwrap_or_default()
+}
+
 /// Splits rows into statements of at most 100 rows and ~16 MiB.
 fn chunks(rows: &[Row]) -> Vec<&[Row]> {
     let mut out = Vec::new();
@@ -414,6 +419,7 @@ pub(crate) struct CounterRow {
     pub(crate) value: Vec<u8>,
     pub(crate) size: i64,
     pub(crate) expires_at: Option<Timestamp>,
+    pub(crate) tags: Box<[Box<str>]>,
 }
 
 /// Reads a row inside the write transaction (for counters).
@@ -421,17 +427,21 @@ pub(crate) async fn read_for_update(
     conn: &mut SqliteConnection,
     key: &str,
 ) -> sqlx::Result<Option<CounterRow>> {
-    let row: Option<(String, Vec<u8>, i64, Option<Timestamp>)> =
-        sqlx::query_as("SELECT codec, value, size, expires_at FROM cache_entries WHERE key = ?1")
-            .bind(key)
-            .fetch_optional(&mut *conn)
-            .await?;
-    Ok(row.map(|(codec, value, size, expires_at)| CounterRow {
-        codec,
-        value,
-        size,
-        expires_at,
-    }))
+    let row: Option<(String, Vec<u8>, i64, Option<Timestamp>, Option<String>)> = sqlx::query_as(
+        "SELECT codec, value, size, expires_at, tags FROM cache_entries WHERE key = ?1",
+    )
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(
+        row.map(|(codec, value, size, expires_at, tags)| CounterRow {
+            codec,
+            value,
+            size,
+            expires_at,
+            tags: split_tags(tags),
+        }),
+    )
 }
 
 /// Sets a new expiry on a live row; whether there was one.

@@ -762,7 +762,7 @@ impl<'a> Cache<'a> {
             l2::write(tx, std::slice::from_ref(&row), &[]).await?;
         }
         let row = l2::read_for_update(tx, key.as_str()).await?;
-        let (current, expires_at) = match row {
+        let (current, expires_at, tags) = match row {
             Some(r) if r.expires_at.is_none_or(|at| at > now) => {
                 let bytes = l2::decode(&r.codec, &r.value, r.size, config.max_value_bytes)
                     .map_err(|detail| Error::CacheCorrupt {
@@ -775,9 +775,13 @@ impl<'a> Cache<'a> {
                     .ok_or_else(|| {
                         Error::invalid("counter", format!("{key} does not hold an integer"))
                     })?;
-                (n, r.expires_at.map(Timestamp::as_millis))
+                (n, r.expires_at.map(Timestamp::as_millis), r.tags)
             }
-            _ => (0, self.expiry(key, &SetOptions::new(), now)?),
+            _ => (
+                0,
+                self.expiry(key, &SetOptions::new(), now)?,
+                Box::default(),
+            ),
         };
         let value = current
             .checked_add(delta)
@@ -788,7 +792,7 @@ impl<'a> Cache<'a> {
             meta: Arc::new(Meta {
                 namespace: key.namespace().into(),
                 user: key.user().map(Into::into),
-                tags: Box::new([]),
+                tags,
             }),
         };
         let pending = Pending {
