@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
 
 use super::l1::{Meta, Pending};
 use crate::Timestamp;
@@ -427,21 +427,22 @@ pub(crate) async fn read_for_update(
     conn: &mut SqliteConnection,
     key: &str,
 ) -> sqlx::Result<Option<CounterRow>> {
-    let row: Option<(String, Vec<u8>, i64, Option<Timestamp>, Option<String>)> = sqlx::query_as(
+    let row = sqlx::query(
         "SELECT codec, value, size, expires_at, tags FROM cache_entries WHERE key = ?1",
     )
     .bind(key)
     .fetch_optional(&mut *conn)
     .await?;
-    Ok(
-        row.map(|(codec, value, size, expires_at, tags)| CounterRow {
-            codec,
-            value,
-            size,
-            expires_at,
-            tags: split_tags(tags),
-        }),
-    )
+    row.map(|r| {
+        Ok(CounterRow {
+            codec: r.try_get(0)?,
+            value: r.try_get(1)?,
+            size: r.try_get(2)?,
+            expires_at: r.try_get(3)?,
+            tags: split_tags(r.try_get(4)?),
+        })
+    })
+    .transpose()
 }
 
 /// Sets a new expiry on a live row; whether there was one.
