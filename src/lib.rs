@@ -95,7 +95,9 @@ pub use metrics::{
     MAX_BINS, MetricKind, Metrics, MetricsConfig, MetricsReport, MetricsSweep, RELATIVE_ERROR,
     SeriesPoint, SeriesSummary, Summary, sanitize_name,
 };
-pub use prefs::{Preferences, PreferencesConfig, StoredPreferences, Upgrade, merge_patch};
+pub use prefs::{
+    MAX_PREFERENCE_DEPTH, Preferences, PreferencesConfig, StoredPreferences, Upgrade, merge_patch,
+};
 pub use retention::SweepReport;
 #[cfg(feature = "tower-sessions")]
 pub use sessions::TowerSessionStore;
