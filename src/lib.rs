@@ -102,8 +102,8 @@ pub use retention::SweepReport;
 #[cfg(feature = "tower-sessions")]
 pub use sessions::TowerSessionStore;
 pub use sessions::{
-    ExpiryReason, ExportedSession, IssuedSession, NewSession, Secret, Session, SessionConfig,
-    Sessions, Validation, WhenFull,
+    ExpiryReason, ExportedSession, IssuedSession, MAX_SESSION_MEMORY_ENTRIES, NewSession, Secret,
+    Session, SessionConfig, Sessions, Validation, WhenFull,
 };
 pub use store::{Check, CheckReport, MigrationStatus, Synchronous};
 pub use users::{ErasureReport, UserExport};
