@@ -239,6 +239,16 @@ impl File {
     /// Range checks serde cannot express, each naming its key.
     fn check(&self) -> std::result::Result<(), String> {
         let bad = |key: &str, reason: &str| Err(format!("{key}: {reason}"));
+        let paths = &self.storage_paths;
+        for (key, path) in [
+            ("storage_paths.database", &paths.database),
+            ("storage_paths.key_file", &paths.key_file),
+            ("storage_paths.backups", &paths.backups),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return bad(key, "must not be empty");
+            }
+        }
         if let Some(n) = self.storage.readers
             && !(1..=64).contains(&n)
         {

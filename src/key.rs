@@ -100,6 +100,11 @@ impl Key {
     /// Reads a key file. It must not be readable by group or others.
     pub fn read_file(path: &Path) -> Result<Key> {
         let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            return Err(Error::InvalidKey {
+                reason: format!("{} is not a file", path.display()),
+            });
+        }
         if meta.permissions().mode() & 0o077 != 0 {
             return Err(Error::InvalidKey {
                 reason: format!(

@@ -95,13 +95,15 @@ pub use metrics::{
     MAX_BINS, MetricKind, Metrics, MetricsConfig, MetricsReport, MetricsSweep, RELATIVE_ERROR,
     SeriesPoint, SeriesSummary, Summary, sanitize_name,
 };
-pub use prefs::{Preferences, PreferencesConfig, StoredPreferences, Upgrade, merge_patch};
+pub use prefs::{
+    MAX_PREFERENCE_DEPTH, Preferences, PreferencesConfig, StoredPreferences, Upgrade, merge_patch,
+};
 pub use retention::SweepReport;
 #[cfg(feature = "tower-sessions")]
 pub use sessions::TowerSessionStore;
 pub use sessions::{
-    ExpiryReason, ExportedSession, IssuedSession, NewSession, Secret, Session, SessionConfig,
-    Sessions, Validation, WhenFull,
+    ExpiryReason, ExportedSession, IssuedSession, MAX_SESSION_MEMORY_ENTRIES, NewSession, Secret,
+    Session, SessionConfig, Sessions, Validation, WhenFull,
 };
 pub use store::{Check, CheckReport, MigrationStatus, Synchronous};
 pub use users::{ErasureReport, UserExport};

@@ -9,8 +9,9 @@
 //! Validation: a value whose key the defaults have must have the default's
 //! JSON type (object, array, string, number, boolean; a `null` default takes
 //! anything), and keys the defaults lack are refused unless
-//! [`PreferencesConfig::allow_unknown_keys`]. Errors name the field by its
-//! path (`search_defaults.limit`).
+//! [`PreferencesConfig::allow_unknown_keys`]. Documents nest at most
+//! [`MAX_PREFERENCE_DEPTH`] levels. Errors name the field by its path
+//! (`search_defaults.limit`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -183,6 +184,7 @@ impl<'a> Preferences<'a> {
     /// The user's overrides, upgraded to the current schema version; `None`
     /// if the user has none. Read on the caller's thread.
     pub fn stored(&self, user_id: &str) -> Result<Option<StoredPreferences>> {
+        check_user(user_id)?;
         let row = self.vault.store().read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT document, schema_version, updated_at FROM preferences WHERE user_id = ?1",
@@ -245,6 +247,7 @@ impl<'a> Preferences<'a> {
                 reason: "a preferences patch must be a JSON object".into(),
             });
         }
+        check_depth(patch)?;
         let mut tx = self.vault.store().begin_write().await?;
         let row: Option<(String, i64)> =
             sqlx::query_as("SELECT document, schema_version FROM preferences WHERE user_id = ?1")
@@ -305,6 +308,7 @@ impl<'a> Preferences<'a> {
                 reason: "preferences must be a JSON object".into(),
             });
         }
+        check_depth(patch)?;
         let mut overrides = Value::Object(Map::new());
         merge_patch(&mut overrides, patch);
         self.checked(&overrides)?;
@@ -366,6 +370,42 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
             }
         }
     }
+}
+
+/// The deepest nesting of arrays and objects a document may have, itself
+/// counted as level 1. serde_json reads back at most 128 levels, so a
+/// deeper document would be stored and then fail every read; preferences
+/// need a handful.
+pub const MAX_PREFERENCE_DEPTH: usize = 64;
+
+/// Refuses a patch nested deeper than [`MAX_PREFERENCE_DEPTH`], naming the
+/// top-level field that is. (A merge never makes a document deeper than
+/// the deeper of the document and the patch.)
+fn check_depth(patch: &Value) -> Result<()> {
+    let Value::Object(fields) = patch else {
+        return Ok(());
+    };
+    match fields
+        .iter()
+        .find(|(_, v)| deeper_than(v, MAX_PREFERENCE_DEPTH - 1))
+    {
+        Some((field, _)) => Err(Error::InvalidPreference {
+            field: field.clone(),
+            reason: format!("nested deeper than {MAX_PREFERENCE_DEPTH} levels"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Whether `value` nests more than `levels` levels of arrays and objects.
+/// Stops looking at the limit, so a hostile depth cannot exhaust the stack.
+fn deeper_than(value: &Value, levels: usize) -> bool {
+    let mut children: Box<dyn Iterator<Item = &Value>> = match value {
+        Value::Object(map) => Box::new(map.values()),
+        Value::Array(items) => Box::new(items.iter()),
+        _ => return false,
+    };
+    levels == 0 || children.any(|v| deeper_than(v, levels - 1))
 }
 
 fn kind(value: &Value) -> &'static str {

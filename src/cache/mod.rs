@@ -716,7 +716,8 @@ impl<'a> Cache<'a> {
     /// 0) and returns the new value. Atomic in L2: the read and the write
     /// happen in one write transaction, so concurrent increments from any
     /// process add up. A new counter gets the namespace's default TTL; an
-    /// existing one keeps its expiry (and loses its tags).
+    /// existing one keeps its expiry (and loses its tags). A corrupt row is
+    /// dropped and reported as [`Error::CacheCorrupt`], as by [`get`](Cache::get).
     pub async fn incr(&self, key: &CacheKey, delta: i64) -> Result<i64> {
         let state = self.state();
         let now = self.now();
@@ -727,6 +728,17 @@ impl<'a> Cache<'a> {
             .await;
         let result = match result {
             Ok(v) => tx.commit().await.map(|()| v).map_err(Error::from),
+            Err(e @ Error::CacheCorrupt { .. }) => {
+                // Dropped, as `get` drops it: the error says so.
+                bump(&state.counters.corrupt, 1);
+                let dropped = async move {
+                    l2::delete_keys(&mut tx, &[key.as_str()]).await?;
+                    tx.commit().await
+                }
+                .await;
+                state.l1.remove(&[key.as_str()]);
+                Err(dropped.err().map_or(e, Error::from))
+            }
             Err(e) => Err(e),
         };
         match result {

@@ -189,7 +189,7 @@ pub async fn check(options: &VaultOptions, json: bool) -> Result<ExitCode> {
             .filter(|c| !c.ok)
             .map(|c| c.name)
             .collect();
-        eprintln!("error: check failed: {}", failed.join(", "));
+        super::print_error(format_args!("check failed: {}", failed.join(", ")));
         Ok(ExitCode::FAILURE)
     }
 }

@@ -35,7 +35,7 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
             if report.ok {
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!("error: the audit chain is broken");
+                super::print_error("the audit chain is broken");
                 Ok(ExitCode::FAILURE)
             }
         }

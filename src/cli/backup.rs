@@ -79,7 +79,7 @@ fn report(file: &Path, v: &BackupVerification, json: bool) -> Result<ExitCode> {
     if v.ok {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("error: backup {} does not verify", file.display());
+        super::print_error(format_args!("backup {} does not verify", file.display()));
         Ok(ExitCode::FAILURE)
     }
 }

@@ -179,17 +179,34 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            print_error(format_args!("cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            print_error(e);
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints `error: <message>` as one line: control characters in it (a
+/// newline in a path or a user id given on the command line) are escaped.
+fn print_error(message: impl std::fmt::Display) {
+    let line: String = message
+        .to_string()
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    eprintln!("error: {line}");
 }
 
 /// The vault's options: flags and environment first, then the config file,

@@ -77,7 +77,9 @@ pub struct SessionConfig {
     pub when_full: WhenFull,
     /// [`Sessions::sweep`] deletes sessions unused for this long (default 30 days).
     pub retention: Duration,
-    /// How many validated sessions are kept in memory (default 10 000; 0 turns it off).
+    /// How many validated sessions are kept in memory (default 10 000, at
+    /// most [`MAX_SESSION_MEMORY_ENTRIES`]; 0 turns it off). Their table is
+    /// allocated at open.
     pub memory_entries: usize,
     /// How long a session read from the file may be served from memory
     /// before it is read again (default 1 s). This bounds how late this
@@ -107,6 +109,11 @@ impl Default for SessionConfig {
 /// The longest lifetime, timeout or interval a session setting may have.
 const TEN_YEARS: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
+/// The most validated sessions [`SessionConfig::memory_entries`] may keep:
+/// their hash table is allocated in full at open, so a huge count would
+/// take all memory (or overflow the table's capacity and panic).
+pub const MAX_SESSION_MEMORY_ENTRIES: usize = 1_000_000;
+
 impl SessionConfig {
     pub(crate) fn validate(&self) -> Result<()> {
         check_lifetime("sessions.idle_timeout", self.idle_timeout)?;
@@ -117,6 +124,15 @@ impl SessionConfig {
             return Err(Error::invalid(
                 "sessions.max_per_user",
                 format!("{} is not in 1..=10000", self.max_per_user),
+            ));
+        }
+        if self.memory_entries > MAX_SESSION_MEMORY_ENTRIES {
+            return Err(Error::invalid(
+                "sessions.memory_entries",
+                format!(
+                    "{} is more than {MAX_SESSION_MEMORY_ENTRIES}",
+                    self.memory_entries
+                ),
             ));
         }
         if self.memory_ttl > Duration::from_secs(3600) {

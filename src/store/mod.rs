@@ -290,9 +290,14 @@ async fn check_blocking(settings: SharedSettings) -> Result<CheckReport> {
 }
 
 /// A sqlx pool whose connections are keyed and set up like every other.
+///
+/// A `query_only` pool's connections are also opened read-only: SQLCipher
+/// runs `PRAGMA rekey` while the statement is prepared, past `query_only`,
+/// and only a read-only connection stops it re-encrypting the file.
 fn pool(settings: &SharedSettings, max: u32, query_only: bool) -> SqlitePool {
     let options = SqliteConnectOptions::new()
         .filename(&settings.path)
+        .read_only(query_only)
         .busy_timeout(settings.busy_timeout)
         .statement_cache_capacity(128)
         .disable_statement_logging();
