@@ -198,8 +198,27 @@ impl Vault {
             });
         }
         let result = self.rekey_inner(new_key).await;
+        let settings = ConnSettings::clone(self.store().settings());
         let closed = self.close().await;
-        result.and(closed)
+        result.and(closed)?;
+        // SQLCipher's rekey switches the connection to the new key first and
+        // can report success when its own transaction failed: only a fresh
+        // connection reading the file with the new key proves it took.
+        let fresh = ConnSettings {
+            key: Some(new_key.clone()),
+            ..settings
+        };
+        fresh
+            .open_for_check()
+            .and_then(|conn| {
+                Ok(conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?)
+            })
+            .map_err(|e| Error::Corrupt {
+                path: Some(self.path().to_owned()),
+                detail: format!(
+                    "the rekey did not take: the file does not open with the new key ({e})"
+                ),
+            })
     }
 
     async fn rekey_inner(&self, new_key: &Key) -> Result<()> {
