@@ -24,6 +24,9 @@ pub struct Args {
     /// against a run without it.
     #[arg(long)]
     plain: bool,
+    /// Expired sessions for `sweep_expired` (default 200 000; 20 000 with --quick).
+    #[arg(long, value_name = "N")]
+    sweep_rows: Option<u64>,
     /// Run only these workloads (comma-separated names).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     only: Vec<String>,
@@ -178,7 +181,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     if selected("sweep_expired") {
         workloads.insert(
             "sweep_expired".into(),
-            super::bench_sweep::sweep_expired(dir.path(), args.quick).await?,
+            super::bench_sweep::sweep_expired(dir.path(), args.quick, args.sweep_rows).await?,
         );
     }
     if selected("cache_l1_get") {
