@@ -470,20 +470,29 @@ pub(crate) async fn recover(options: &VaultOptions, damage: &Error) -> Result<Re
         .chars()
         .filter(char::is_ascii_alphanumeric)
         .collect();
+    // The copy is made (and synced) before anything is moved: if it fails,
+    // the damaged file is where it was.
+    let staged = stage_copy(&backup, db)?;
     let damaged_file = sibling(db, &format!(".damaged-{stamp}"));
-    fs::rename(db, &damaged_file).map_err(|e| Error::io(db, e))?;
+    if let Err(e) = fs::rename(db, &damaged_file) {
+        let _ = fs::remove_file(&staged);
+        return Err(Error::io(db, e));
+    }
     // The WAL belongs to the damaged file: it must never be replayed into
     // the backup. Keep it beside the damaged file; the shm is rebuilt.
     let wal = sibling(db, "-wal");
-    if wal.exists() {
-        let aside = sibling(&damaged_file, "-wal");
-        fs::rename(&wal, &aside).map_err(|e| Error::io(&wal, e))?;
+    if wal.exists()
+        && let Err(e) = fs::rename(&wal, sibling(&damaged_file, "-wal"))
+    {
+        let _ = fs::rename(&damaged_file, db);
+        let _ = fs::remove_file(&staged);
+        return Err(Error::io(&wal, e));
     }
     let shm = sibling(db, "-shm");
     if shm.exists() {
         fs::remove_file(&shm).map_err(|e| Error::io(&shm, e))?;
     }
-    copy_file(&backup, db)?;
+    fs::rename(&staged, db).map_err(|e| Error::io(db, e))?;
     Ok(Recovery {
         backup,
         damaged_file,
@@ -498,9 +507,9 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Copies `from` to `to` through a 0600 temporary file, synced and renamed,
-/// so `to` is never half-written.
-fn copy_file(from: &Path, to: &Path) -> Result<()> {
+/// Copies `from` to a 0600 temporary file beside `to`, synced, and returns
+/// its path: renaming it to `to` then never leaves `to` half-written.
+fn stage_copy(from: &Path, to: &Path) -> Result<PathBuf> {
     let tmp = sibling(to, &format!(".tmp-{}", std::process::id()));
     let copied = (|| {
         let mut src = fs::File::open(from).map_err(|e| Error::io(from, e))?;
@@ -511,11 +520,13 @@ fn copy_file(from: &Path, to: &Path) -> Result<()> {
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, e))?;
         std::io::copy(&mut src, &mut dst).map_err(|e| Error::io(&tmp, e))?;
-        dst.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        fs::rename(&tmp, to).map_err(|e| Error::io(to, e))
+        dst.sync_all().map_err(|e| Error::io(&tmp, e))
     })();
-    if copied.is_err() {
-        let _ = fs::remove_file(&tmp);
+    match copied {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    copied
 }

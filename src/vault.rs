@@ -411,18 +411,25 @@ impl Vault {
     /// Refuses, leaving the file as it was: a wrong key
     /// ([`Error::WrongKey`]), a file that is not a database, a truncated
     /// file, a schema newer than this build ([`Error::SchemaTooNew`]).
+    /// With [`BackupConfig::recover_on_open`], a damaged file is instead
+    /// moved aside and the newest backup that verifies is opened in its
+    /// place ([`Vault::recovery`] says so).
     pub async fn open(options: VaultOptions) -> Result<Vault> {
         match Vault::open_as_is(options.clone()).await {
             Err(damage) if options.backups.recover_on_open && damage.is_damage() => {
                 let recovery = crate::backup::recover(&options, &damage).await?;
                 let vault = Vault::open_as_is(options).await?;
-                vault.record_recovery(recovery).await?;
+                if let Err(e) = vault.record_recovery(recovery).await {
+                    vault.close().await?;
+                    return Err(e);
+                }
                 Ok(vault)
             }
             opened => opened,
         }
     }
 
+    /// Opens the file as it is, never falling back to a backup.
     pub(crate) async fn open_as_is(options: VaultOptions) -> Result<Vault> {
         options.validate()?;
         let limits = LimitsState::new(&options.limits)?;

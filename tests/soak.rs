@@ -300,7 +300,8 @@ fn servers_and_cli_share_one_file() {
             "{} checks allowed, {tokens} tokens left of {BUDGET}",
             total.checks_allowed
         );
-        assert!(vault.check().await.unwrap().ok());
+        let report = vault.check().await.unwrap();
+        assert!(report.ok(), "{report:?}");
         let chain = vault.audit().verify().await.unwrap();
         assert!(chain.ok, "{chain:?}");
         vault.close().await.unwrap();
