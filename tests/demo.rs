@@ -38,6 +38,11 @@ fn demo_drives_every_facet_and_reports() {
     assert_eq!(r["encrypted"], true);
     assert!(r["cache"]["l1"]["hits"].as_u64().unwrap() > 0, "{r}");
     assert!(r["erased_rows"]["cache_entries"].is_u64(), "{r}");
+    assert!(r["backup_bytes"].as_u64().unwrap() > 0, "{r}");
+    assert!(
+        dir.path().join(r["backup"].as_str().unwrap()).exists(),
+        "{r}"
+    );
     assert!(dir.path().join("statevault.db.key").exists());
 }
 
