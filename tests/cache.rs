@@ -759,3 +759,37 @@ async fn a_counter_keeps_its_tags() {
     );
     vault.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn l1_recency_moves_with_the_access_resolution() {
+    let dir = common::tempdir();
+    let config = CacheConfig::default()
+        .l1_shards(1)
+        .l1_entries(3)
+        .access_resolution(Duration::from_secs(5));
+    let (vault, clock) = vault_with(dir.path(), config).await;
+    let cache = vault.cache();
+    for name in ["a", "b", "c"] {
+        cache.set(&key("r", name), name.as_bytes()).await.unwrap();
+    }
+    vault.flush().await.unwrap();
+    // Past the resolution since it was set, a hit moves "a" (the oldest) to
+    // the front: "b" is now the oldest.
+    clock.advance(Duration::from_secs(6));
+    cache.get(&key("r", "a")).await.unwrap();
+    cache.set(&key("r", "d"), b"d").await.unwrap();
+    vault.flush().await.unwrap();
+    let hits = |s: statevault::CacheStats| (s.l1.hits, s.l1.misses);
+    let before = hits(cache.stats().await.unwrap());
+    assert!(cache.get(&key("r", "a")).await.unwrap().is_some());
+    let after_a = hits(cache.stats().await.unwrap());
+    assert_eq!(after_a.0, before.0 + 1, "a stayed in L1");
+    assert!(cache.get(&key("r", "b")).await.unwrap().is_some());
+    let after_b = hits(cache.stats().await.unwrap());
+    assert_eq!(
+        after_b.1,
+        after_a.1 + 1,
+        "b was evicted from L1 (served by L2)"
+    );
+    vault.close().await.unwrap();
+}

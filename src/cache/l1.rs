@@ -203,17 +203,22 @@ impl Shards {
     }
 
     /// L1, then the pending buffer (invariant 2).
+    ///
+    /// A hit moves the entry to the front of the LRU at most once per access
+    /// resolution, when its access is also noted for L2: recency is kept to
+    /// that resolution (5 s by default), and a hot entry's hits skip
+    /// relinking the list.
     pub(crate) fn lookup(&self, key: &str, now: i64) -> Lookup {
         let resolution = self.access_resolution_ms;
         let mut guard = self.shard(key);
         let shard = &mut *guard;
-        if let Some(entry) = shard.lru.get_mut(key) {
+        if let Some(entry) = shard.lru.peek_mut(key) {
             if entry.item.live(now) {
                 let value = entry.item.value.clone();
                 if now - entry.access_noted >= resolution {
                     entry.access_noted = now;
-                    let k: Arc<str> = Arc::from(key);
-                    shard.touched.insert(k, now);
+                    shard.lru.promote(key);
+                    shard.touched.insert(Arc::from(key), now);
                 }
                 shard.counters.hits += 1;
                 return Lookup::Hit(value);
