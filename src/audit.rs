@@ -425,15 +425,8 @@ impl<'a> Audit<'a> {
             return Err(Error::invalid("action", "must be 1 to 256 bytes"));
         }
         let details = serde_json::to_string(&event.details)?;
-        if details.len() > self.state.config.max_details_bytes {
-            return Err(Error::invalid(
-                "details",
-                format!(
-                    "{} bytes of JSON is more than max_details_bytes",
-                    details.len()
-                ),
-            ));
-        }
+        let max = self.state.config.max_details_bytes;
+        crate::json::check_text("details", &details, max, "max_details_bytes")?;
         let hash = |domain, value: Option<String>| {
             value
                 .map(|v| {

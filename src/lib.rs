@@ -60,6 +60,7 @@ mod clock;
 mod config;
 mod error;
 mod health;
+mod json;
 mod key;
 mod legacy;
 mod limits;

@@ -376,7 +376,7 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 /// counted as level 1. serde_json reads back at most 128 levels, so a
 /// deeper document would be stored and then fail every read; preferences
 /// need a handful.
-pub const MAX_PREFERENCE_DEPTH: usize = 64;
+pub const MAX_PREFERENCE_DEPTH: usize = crate::json::MAX_DEPTH;
 
 /// Refuses a patch nested deeper than [`MAX_PREFERENCE_DEPTH`], naming the
 /// top-level field that is. (A merge never makes a document deeper than
@@ -387,7 +387,7 @@ fn check_depth(patch: &Value) -> Result<()> {
     };
     match fields
         .iter()
-        .find(|(_, v)| deeper_than(v, MAX_PREFERENCE_DEPTH - 1))
+        .find(|(_, v)| crate::json::deeper_than(v, MAX_PREFERENCE_DEPTH - 1))
     {
         Some((field, _)) => Err(Error::InvalidPreference {
             field: field.clone(),
@@ -395,17 +395,6 @@ fn check_depth(patch: &Value) -> Result<()> {
         }),
         None => Ok(()),
     }
-}
-
-/// Whether `value` nests more than `levels` levels of arrays and objects.
-/// Stops looking at the limit, so a hostile depth cannot exhaust the stack.
-fn deeper_than(value: &Value, levels: usize) -> bool {
-    let mut children: Box<dyn Iterator<Item = &Value>> = match value {
-        Value::Object(map) => Box::new(map.values()),
-        Value::Array(items) => Box::new(items.iter()),
-        _ => return false,
-    };
-    levels == 0 || children.any(|v| deeper_than(v, levels - 1))
 }
 
 fn kind(value: &Value) -> &'static str {

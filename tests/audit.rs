@@ -409,3 +409,22 @@ async fn verify_beside_a_writer_in_another_handle_sees_one_snapshot() {
     writer.close().await.unwrap();
     reader.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn details_too_deep_to_read_back_are_refused() {
+    let dir = tempdir();
+    let (vault, _clock) = common::vault(dir.path()).await;
+    for levels in [65, 200] {
+        let event = AuditEvent::new(EventKind::DataAccess, "deep").details(common::nested(levels));
+        let err = vault.audit().append(event).unwrap_err();
+        assert!(err.to_string().contains("nested deeper"), "{levels}: {err}");
+    }
+    vault
+        .audit()
+        .append(AuditEvent::new(EventKind::DataAccess, "ok").details(common::nested(64)))
+        .unwrap();
+    vault.flush().await.unwrap();
+    assert_eq!(vault.audit().tail(10).await.unwrap().len(), 1);
+    assert!(vault.audit().verify().await.unwrap().ok);
+    vault.close().await.unwrap();
+}

@@ -800,3 +800,38 @@ async fn bad_input_is_a_typed_error() {
         Err(Error::InvalidInput { .. })
     ));
 }
+
+#[tokio::test]
+async fn session_data_too_deep_to_read_back_is_refused() {
+    let dir = tempdir();
+    let (vault, _clock) = common::vault(dir.path()).await;
+    let sessions = vault.sessions();
+    let ok = sessions
+        .create(
+            statevault::NewSession::new("u1")
+                .data(&common::nested(64))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let live = sessions.validate(ok.token.expose(), None).await.unwrap();
+    assert!(matches!(live, statevault::Validation::Valid(_)));
+    for levels in [65, 200] {
+        let deep = statevault::NewSession::new("u2")
+            .data(&common::nested(levels))
+            .unwrap();
+        let err = sessions.create(deep).await.unwrap_err();
+        assert!(
+            matches!(err, statevault::Error::InvalidInput { what: "data", .. }),
+            "{levels}: {err:?}"
+        );
+        let err = sessions
+            .set_data(ok.token.expose(), &common::nested(levels))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("nested deeper"), "{err}");
+    }
+    assert!(sessions.list("u2").await.unwrap().is_empty());
+    vault.export_user("u1").await.expect("still exportable");
+    vault.close().await.unwrap();
+}

@@ -655,16 +655,7 @@ impl<'a> Sessions<'a> {
     pub async fn create(&self, new: NewSession) -> Result<IssuedSession> {
         let config = &self.state.config;
         check_user(&new.user_id)?;
-        if new.data.len() > config.max_data_bytes {
-            return Err(Error::invalid(
-                "data",
-                format!(
-                    "{} bytes of JSON is more than max_data_bytes ({})",
-                    new.data.len(),
-                    config.max_data_bytes
-                ),
-            ));
-        }
+        crate::json::check_text("data", &new.data, config.max_data_bytes, "max_data_bytes")?;
         let idle = new.idle_timeout.unwrap_or(config.idle_timeout);
         let lifetime = new.absolute_lifetime.unwrap_or(config.absolute_lifetime);
         check_lifetime("idle_timeout", idle)?;
@@ -734,16 +725,12 @@ impl<'a> Sessions<'a> {
     ) -> Result<SessionImport> {
         let config = &self.state.config;
         check_user(&session.user_id)?;
-        if session.data.len() > config.max_data_bytes {
-            return Err(Error::invalid(
-                "data",
-                format!(
-                    "{} bytes of JSON is more than max_data_bytes ({})",
-                    session.data.len(),
-                    config.max_data_bytes
-                ),
-            ));
-        }
+        crate::json::check_text(
+            "data",
+            &session.data,
+            config.max_data_bytes,
+            "max_data_bytes",
+        )?;
         let now = self.vault.now();
         let expires_at = session
             .expires_at
@@ -1033,16 +1020,8 @@ impl<'a> Sessions<'a> {
     /// Replaces a live session's data. Takes effect at once in this process.
     pub async fn set_data<T: Serialize + ?Sized>(&self, token: &str, data: &T) -> Result<()> {
         let json = serde_json::to_string(data)?;
-        if json.len() > self.state.config.max_data_bytes {
-            return Err(Error::invalid(
-                "data",
-                format!(
-                    "{} bytes of JSON is more than max_data_bytes ({})",
-                    json.len(),
-                    self.state.config.max_data_bytes
-                ),
-            ));
-        }
+        let max = self.state.config.max_data_bytes;
+        crate::json::check_text("data", &json, max, "max_data_bytes")?;
         let hash = sha256(token.as_bytes());
         let done = sqlx::query(
             "UPDATE sessions SET data = ?1 WHERE token_hash = ?2 AND revoked_at IS NULL",

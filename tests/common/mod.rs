@@ -177,3 +177,8 @@ pub fn chmod_private(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 }
+
+/// A JSON value nested `levels` arrays deep.
+pub fn nested(levels: usize) -> serde_json::Value {
+    (0..levels).fold(serde_json::json!(1), |inner, _| serde_json::json!([inner]))
+}
