@@ -31,7 +31,7 @@ use serde::Serialize;
 use crate::audit::{AuditEvent, ChainReport, EventKind};
 use crate::clock::Timestamp;
 use crate::key::{Key, KeySource};
-use crate::store::{CheckReport, ConnSettings};
+use crate::store::{CheckReport, ConnSettings, with_suffix};
 use crate::{Error, Result, Vault, VaultOptions};
 
 /// How long backups in the default folder are kept by default.
@@ -473,22 +473,22 @@ pub(crate) async fn recover(options: &VaultOptions, damage: &Error) -> Result<Re
     // The copy is made (and synced) before anything is moved: if it fails,
     // the damaged file is where it was.
     let staged = stage_copy(&backup, db)?;
-    let damaged_file = sibling(db, &format!(".damaged-{stamp}"));
+    let damaged_file = with_suffix(db, &format!(".damaged-{stamp}"));
     if let Err(e) = fs::rename(db, &damaged_file) {
         let _ = fs::remove_file(&staged);
         return Err(Error::io(db, e));
     }
     // The WAL belongs to the damaged file: it must never be replayed into
     // the backup. Keep it beside the damaged file; the shm is rebuilt.
-    let wal = sibling(db, "-wal");
+    let wal = with_suffix(db, "-wal");
     if wal.exists()
-        && let Err(e) = fs::rename(&wal, sibling(&damaged_file, "-wal"))
+        && let Err(e) = fs::rename(&wal, with_suffix(&damaged_file, "-wal"))
     {
         let _ = fs::rename(&damaged_file, db);
         let _ = fs::remove_file(&staged);
         return Err(Error::io(&wal, e));
     }
-    let shm = sibling(db, "-shm");
+    let shm = with_suffix(db, "-shm");
     if shm.exists() {
         fs::remove_file(&shm).map_err(|e| Error::io(&shm, e))?;
     }
@@ -500,17 +500,10 @@ pub(crate) async fn recover(options: &VaultOptions, damage: &Error) -> Result<Re
     })
 }
 
-/// `path` with `suffix` appended to its file name.
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
 /// Copies `from` to a 0600 temporary file beside `to`, synced, and returns
 /// its path: renaming it to `to` then never leaves `to` half-written.
 fn stage_copy(from: &Path, to: &Path) -> Result<PathBuf> {
-    let tmp = sibling(to, &format!(".tmp-{}", std::process::id()));
+    let tmp = with_suffix(to, &format!(".tmp-{}", std::process::id()));
     let copied = (|| {
         let mut src = fs::File::open(from).map_err(|e| Error::io(from, e))?;
         let mut dst = fs::OpenOptions::new()

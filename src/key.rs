@@ -257,9 +257,7 @@ pub enum KeySource {
 
 /// The key file that belongs to a database: `<db>.key`.
 pub fn default_key_file(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push(".key");
-    PathBuf::from(name)
+    crate::store::with_suffix(db, ".key")
 }
 
 impl KeySource {

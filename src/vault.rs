@@ -703,10 +703,6 @@ impl Vault {
 
     /// What the file is: size, encryption, journal mode, schema, rows per table.
     pub async fn info(&self) -> Result<Info> {
-        let path = self.path();
-        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
         let mut conn = self
             .store()
             .reader()
@@ -735,10 +731,11 @@ impl Vault {
         }
         drop(conn);
         let applied = self.store().applied()?;
+        let files = crate::metrics::file_sizes(self);
         Ok(Info {
-            path: path.to_owned(),
-            file_bytes: size(path),
-            wal_bytes: size(Path::new(&wal)),
+            path: self.path().to_owned(),
+            file_bytes: files.file_bytes,
+            wal_bytes: files.wal_bytes,
             encrypted: self.is_encrypted(),
             cipher_version,
             journal_mode,

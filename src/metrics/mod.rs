@@ -1003,11 +1003,9 @@ fn status_text(status: u16, buf: &mut [u8; 5]) -> &str {
 
 pub(crate) fn file_sizes(vault: &Vault) -> FileSizes {
     let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    let mut wal = vault.path().as_os_str().to_owned();
-    wal.push("-wal");
     FileSizes {
         file_bytes: size(vault.path()),
-        wal_bytes: size(std::path::Path::new(&wal)),
+        wal_bytes: size(&crate::store::with_suffix(vault.path(), "-wal")),
     }
 }
 

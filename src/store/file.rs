@@ -8,7 +8,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
@@ -119,6 +119,13 @@ fn looks_like_text(head: &[u8]) -> bool {
         .count();
     let utf8 = std::str::from_utf8(head).is_ok();
     utf8 && printable * 100 >= head.len() * 95
+}
+
+/// `path` with `suffix` appended to its file name: `<db>.key`, `<db>-wal`.
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// Creates an empty database file, mode 0600, before SQLite opens it. SQLite

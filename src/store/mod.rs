@@ -34,7 +34,7 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Sqlite, Transaction};
 pub use check::{Check, CheckReport};
 pub use conn::Synchronous;
 pub(crate) use conn::{ConnSettings, SharedSettings};
-pub(crate) use file::FileKind;
+pub(crate) use file::{FileKind, with_suffix};
 pub use migrate::MigrationStatus;
 pub(crate) use migrate::{Applied, latest_version};
 use readers::{HotWriter, Readers};
