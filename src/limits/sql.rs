@@ -207,29 +207,17 @@ pub(crate) fn all_violations(
     .collect()
 }
 
-/// Upserts bucket rows, `ROWS_PER_STATEMENT` at a time.
+/// Writes bucket rows, replacing the stored state of those that exist.
 pub(crate) async fn upsert_buckets(conn: &mut SqliteConnection, rows: &[BucketRow]) -> Result<()> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO token_buckets
-             (subject, limit_name, window_secs, tokens, last_refill_at, updated_at) ",
-        );
-        qb.push_values(chunk, |mut b, row| {
-            b.push_bind(row.subject.as_str())
-                .push_bind(&*row.limit)
-                .push_bind(row.period_secs)
-                .push_bind(row.bucket.tokens)
-                .push_bind(row.bucket.last_refill)
-                .push_bind(row.bucket.last_refill);
-        });
-        qb.push(
-            " ON CONFLICT (subject, limit_name, window_secs) DO UPDATE SET
+    insert_buckets(
+        conn,
+        rows,
+        "DO UPDATE SET
               tokens = excluded.tokens,
               last_refill_at = excluded.last_refill_at,
               updated_at = excluded.updated_at",
-        );
-        qb.build().execute(&mut *conn).await?;
-    }
+    )
+    .await?;
     Ok(())
 }
 
@@ -238,7 +226,17 @@ pub(crate) async fn insert_buckets_if_absent(
     conn: &mut SqliteConnection,
     rows: &[BucketRow],
 ) -> Result<u64> {
-    let mut inserted = 0;
+    insert_buckets(conn, rows, "DO NOTHING").await
+}
+
+/// Inserts bucket rows `ROWS_PER_STATEMENT` at a time, doing `on_conflict`
+/// to the rows that exist; how many rows were written.
+async fn insert_buckets(
+    conn: &mut SqliteConnection,
+    rows: &[BucketRow],
+    on_conflict: &str,
+) -> Result<u64> {
+    let mut written = 0;
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let mut qb = QueryBuilder::<Sqlite>::new(
             "INSERT INTO token_buckets
@@ -252,10 +250,11 @@ pub(crate) async fn insert_buckets_if_absent(
                 .push_bind(row.bucket.last_refill)
                 .push_bind(row.bucket.last_refill);
         });
-        qb.push(" ON CONFLICT (subject, limit_name, window_secs) DO NOTHING");
-        inserted += qb.build().execute(&mut *conn).await?.rows_affected();
+        qb.push(" ON CONFLICT (subject, limit_name, window_secs) ")
+            .push(on_conflict);
+        written += qb.build().execute(&mut *conn).await?.rows_affected();
     }
-    Ok(inserted)
+    Ok(written)
 }
 
 /// Inserts violations, `ROWS_PER_STATEMENT` at a time.
