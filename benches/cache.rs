@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use statevault::{CacheConfig, CacheKey, Vault, VaultOptions, default_key_file};
+use statevault::{CacheConfig, CacheKey, Vault, VaultOptions};
+
+mod common;
+use common::raw;
 
 fn value(i: usize) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
@@ -27,17 +30,6 @@ fn keys(n: usize) -> Vec<CacheKey> {
     (0..n)
         .map(|i| CacheKey::derive("search", "tracks", &i, Some("bench")).unwrap())
         .collect()
-}
-
-fn raw(path: &std::path::Path) -> rusqlite::Connection {
-    let key = std::fs::read_to_string(default_key_file(path)).unwrap();
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.execute_batch(&format!(
-        "PRAGMA key = \"{}\"; PRAGMA cache_size = -65536;",
-        key.trim()
-    ))
-    .unwrap();
-    conn
 }
 
 /// `iters` gets inside one `block_on`, as a service's task makes them: a

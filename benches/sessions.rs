@@ -4,18 +4,10 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sha2::Digest;
-use statevault::{NewSession, SessionConfig, Vault, VaultOptions, default_key_file};
+use statevault::{NewSession, SessionConfig, Vault, VaultOptions};
 
-fn raw(path: &std::path::Path) -> rusqlite::Connection {
-    let key = std::fs::read_to_string(default_key_file(path)).unwrap();
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.execute_batch(&format!(
-        "PRAGMA key = \"{}\"; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536;",
-        key.trim()
-    ))
-    .unwrap();
-    conn
-}
+mod common;
+use common::raw;
 
 fn sessions(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()

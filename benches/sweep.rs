@@ -10,20 +10,12 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use sha2::Digest;
 use statevault::{FakeClock, Timestamp, Vault, VaultOptions, default_key_file};
 
+mod common;
+use common::raw;
+
 const ROWS: u32 = 5_000;
 const BATCH: i64 = 500;
 const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
-
-fn raw(path: &Path) -> rusqlite::Connection {
-    let key = std::fs::read_to_string(default_key_file(path)).unwrap();
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.execute_batch(&format!(
-        "PRAGMA key = \"{}\"; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536;",
-        key.trim()
-    ))
-    .unwrap();
-    conn
-}
 
 /// A migrated vault holding `ROWS` sessions last seen at `START_MS`.
 fn template(rt: &tokio::runtime::Runtime, path: &Path) {
