@@ -179,10 +179,12 @@ impl Shards {
     /// key cost a sizeable part of an L1 hit, and spreading typical keys
     /// (`ns:op:hash:user`) evenly is all this needs to do. The windows are
     /// fixed-size loads (a variable-length copy was a `memcpy` call per get).
+    #[inline]
     fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
         lock(&self.shards[self.index(key)])
     }
 
+    #[inline]
     fn index(&self, key: &str) -> usize {
         let b = key.as_bytes();
         let word = |w: &[u8; 8]| u64::from_le_bytes(*w);
@@ -208,14 +210,30 @@ impl Shards {
     /// resolution, when its access is also noted for L2: recency is kept to
     /// that resolution (5 s by default), and a hot entry's hits skip
     /// relinking the list.
+    #[inline]
     pub(crate) fn lookup(&self, key: &str, now: i64) -> Lookup {
-        let resolution = self.access_resolution_ms;
         let mut guard = self.shard(key);
-        let shard = &mut *guard;
+        // The hot path: a live entry whose access was noted recently.
+        if let Some(entry) = guard.lru.peek_mut(key)
+            && entry.item.live(now)
+            && now - entry.access_noted < self.access_resolution_ms
+        {
+            let value = entry.item.value.clone();
+            guard.counters.hits += 1;
+            return Lookup::Hit(value);
+        }
+        self.lookup_rest(&mut guard, key, now)
+    }
+
+    /// The rest of [`lookup`](Self::lookup), under the same lock: a hit due
+    /// for noting, an expired entry, the pending buffer, a miss.
+    #[cold]
+    #[inline(never)]
+    fn lookup_rest(&self, shard: &mut Shard, key: &str, now: i64) -> Lookup {
         if let Some(entry) = shard.lru.peek_mut(key) {
             if entry.item.live(now) {
                 let value = entry.item.value.clone();
-                if now - entry.access_noted >= resolution {
+                if now - entry.access_noted >= self.access_resolution_ms {
                     entry.access_noted = now;
                     shard.lru.promote(key);
                     shard.touched.insert(Arc::from(key), now);
