@@ -1,6 +1,7 @@
 //! L1: the in-process level, and the write-behind buffer that feeds L2.
 //!
-//! The keys are spread over `N` shards by a hash of the key; each shard is one
+//! The keys are spread over `N` shards by the hash each key carries
+//! ([`Hashed`], computed once when the key is made); each shard is one
 //! `std::sync::Mutex` over an [`lru::LruCache`] plus that shard's pending
 //! writes. No lock is held across an `.await` (every method here is
 //! synchronous), so many tokio tasks contend only when they touch the same
@@ -26,6 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use foldhash::fast::RandomState;
 use lru::LruCache;
+
+use super::key::{ByHash, Hashed};
 
 /// The shards' hash: foldhash, seeded per process. SipHash (the standard
 /// default) cost about a third of an L1 hit on typical keys; the keys are
@@ -111,7 +114,7 @@ impl std::ops::AddAssign for Counters {
 }
 
 struct Shard {
-    lru: LruCache<Arc<str>, Entry, RandomState>,
+    lru: LruCache<Hashed, Entry, ByHash>,
     bytes: usize,
     pending: Map<Pending>,
     pending_bytes: usize,
@@ -157,7 +160,7 @@ impl Shards {
             shards: (0..n)
                 .map(|_| {
                     Mutex::new(Shard {
-                        lru: LruCache::unbounded_with_hasher(RandomState::default()),
+                        lru: LruCache::unbounded_with_hasher(ByHash::default()),
                         bytes: 0,
                         pending: Map::default(),
                         pending_bytes: 0,
@@ -174,30 +177,17 @@ impl Shards {
         }
     }
 
-    /// The key's shard. Picked from the key's length and three 8-byte
-    /// windows (start, middle, end) with one multiply: a full hash of the
-    /// key cost a sizeable part of an L1 hit, and spreading typical keys
-    /// (`ns:op:hash:user`) evenly is all this needs to do. The windows are
-    /// fixed-size loads (a variable-length copy was a `memcpy` call per get).
+    /// The key's shard, picked by bits 24–55 of its stored hash: hashbrown
+    /// uses the low bits for the bucket and the top 7 for its tags, so the
+    /// keys of one shard still spread over both.
     #[inline]
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        lock(&self.shards[self.index(key)])
+    fn shard(&self, key: &Hashed) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[self.index(key.hash())])
     }
 
     #[inline]
-    fn index(&self, key: &str) -> usize {
-        let b = key.as_bytes();
-        let word = |w: &[u8; 8]| u64::from_le_bytes(*w);
-        let mixed = match (b.first_chunk::<8>(), b.last_chunk::<8>()) {
-            (Some(first), Some(last)) => {
-                // len >= 8, so the middle window fits: len / 2 - 4 + 8 <= len.
-                let middle = b[b.len() / 2 - 4..].first_chunk::<8>().map_or(0, word);
-                word(first) ^ middle.rotate_left(21) ^ word(last).rotate_left(42)
-            }
-            _ => b.iter().fold(0, |h, &byte| h << 8 | u64::from(byte)),
-        };
-        let h = (mixed ^ b.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        (((h >> 32) * self.shards.len() as u64) >> 32) as usize
+    fn index(&self, hash: u64) -> usize {
+        ((((hash >> 24) & 0xffff_ffff) * self.shards.len() as u64) >> 32) as usize
     }
 
     fn each(&self) -> impl Iterator<Item = MutexGuard<'_, Shard>> {
@@ -211,7 +201,7 @@ impl Shards {
     /// that resolution (5 s by default), and a hot entry's hits skip
     /// relinking the list.
     #[inline]
-    pub(crate) fn lookup(&self, key: &str, now: i64) -> Lookup {
+    pub(crate) fn lookup(&self, key: &Hashed, now: i64) -> Lookup {
         let mut guard = self.shard(key);
         // The hot path: a live entry whose access was noted recently.
         if let Some(entry) = guard.lru.peek_mut(key)
@@ -229,14 +219,14 @@ impl Shards {
     /// for noting, an expired entry, the pending buffer, a miss.
     #[cold]
     #[inline(never)]
-    fn lookup_rest(&self, shard: &mut Shard, key: &str, now: i64) -> Lookup {
+    fn lookup_rest(&self, shard: &mut Shard, key: &Hashed, now: i64) -> Lookup {
         if let Some(entry) = shard.lru.peek_mut(key) {
             if entry.item.live(now) {
                 let value = entry.item.value.clone();
                 if now - entry.access_noted >= self.access_resolution_ms {
                     entry.access_noted = now;
                     shard.lru.promote(key);
-                    shard.touched.insert(Arc::from(key), now);
+                    shard.touched.insert(key.text().clone(), now);
                 }
                 shard.counters.hits += 1;
                 return Lookup::Hit(value);
@@ -246,7 +236,8 @@ impl Shards {
             }
             shard.counters.expirations += 1;
         }
-        let buffered = shard.pending.get(key).or_else(|| shard.flushing.get(key));
+        let text = key.as_str();
+        let buffered = shard.pending.get(text).or_else(|| shard.flushing.get(text));
         if let Some(p) = buffered {
             if p.item.live(now) {
                 let value = p.item.value.clone();
@@ -262,9 +253,10 @@ impl Shards {
 
     /// Whether memory knows the key (live, expired, or not at all), without
     /// counting a hit or a miss.
-    pub(crate) fn peek(&self, key: &str, now: i64) -> Option<bool> {
+    pub(crate) fn peek(&self, key: &Hashed, now: i64) -> Option<bool> {
         let shard = self.shard(key);
-        if let Some(p) = shard.pending.get(key).or_else(|| shard.flushing.get(key)) {
+        let text = key.as_str();
+        if let Some(p) = shard.pending.get(text).or_else(|| shard.flushing.get(text)) {
             return Some(p.item.live(now));
         }
         shard
@@ -276,13 +268,12 @@ impl Shards {
 
     /// A set: into L1 (when it fits) and into the pending buffer.
     /// Returns the pending bytes of the shard afterwards.
-    pub(crate) fn set(&self, key: &str, item: Item, now: i64) -> usize {
-        let key: Arc<str> = Arc::from(key);
-        let bytes = item.cost(&key);
-        let mut guard = self.shard(&key);
+    pub(crate) fn set(&self, key: &Hashed, item: Item, now: i64) -> usize {
+        let bytes = item.cost(key.as_str());
+        let mut guard = self.shard(key);
         let shard = &mut *guard;
         shard.version += 1;
-        if let Some(old) = shard.lru.pop(&*key) {
+        if let Some(old) = shard.lru.pop(key) {
             shard.bytes -= old.bytes;
         }
         if bytes <= self.max_bytes && self.max_entries > 0 {
@@ -297,10 +288,10 @@ impl Shards {
             shard.bytes += bytes;
             self.bound(shard);
         }
-        shard.touched.remove(&*key);
+        shard.touched.remove(key.as_str());
         let value_len = item.value.len();
         if let Some(old) = shard.pending.insert(
-            key,
+            key.text().clone(),
             Pending {
                 item,
                 created_at: now,
@@ -313,7 +304,7 @@ impl Shards {
     }
 
     /// Puts a value L2 has just committed into L1 (not into the buffer).
-    pub(crate) fn put(&self, key: &str, item: Item, now: i64) {
+    pub(crate) fn put(&self, key: &Hashed, item: Item, now: i64) {
         let version = {
             let mut shard = self.shard(key);
             remove_one(&mut shard, key);
@@ -324,28 +315,27 @@ impl Shards {
 
     /// Puts back a set taken out of the buffer whose write failed, unless a
     /// newer set replaced it.
-    pub(crate) fn restore_pending(&self, key: &str, pending: Pending) {
+    pub(crate) fn restore_pending(&self, key: &Hashed, pending: Pending) {
         let mut shard = self.shard(key);
-        if !shard.pending.contains_key(key) {
+        if !shard.pending.contains_key(key.as_str()) {
             shard.pending_bytes += pending.item.value.len();
-            shard.pending.insert(Arc::from(key), pending);
+            shard.pending.insert(key.text().clone(), pending);
         }
     }
 
     /// Promotes a value read from L2 unless the shard changed since `version`
     /// (invariant 3). Notes the access for L2 either way.
-    pub(crate) fn promote(&self, key: &str, item: Item, version: u64, now: i64) {
-        let key: Arc<str> = Arc::from(key);
-        let bytes = item.cost(&key);
-        let mut guard = self.shard(&key);
+    pub(crate) fn promote(&self, key: &Hashed, item: Item, version: u64, now: i64) {
+        let bytes = item.cost(key.as_str());
+        let mut guard = self.shard(key);
         let shard = &mut *guard;
         if shard.version != version {
             return;
         }
-        shard.touched.insert(key.clone(), now);
+        shard.touched.insert(key.text().clone(), now);
         if bytes <= self.max_bytes && self.max_entries > 0 {
             let old = shard.lru.put(
-                key,
+                key.clone(),
                 Entry {
                     item,
                     bytes,
@@ -373,7 +363,7 @@ impl Shards {
     }
 
     /// Removes these keys from L1 and from the pending buffer; how many were there.
-    pub(crate) fn remove(&self, keys: &[&str]) -> u64 {
+    pub(crate) fn remove<'k>(&self, keys: impl IntoIterator<Item = &'k Hashed>) -> u64 {
         let mut n = 0;
         for key in keys {
             let mut shard = self.shard(key);
@@ -388,7 +378,7 @@ impl Shards {
         let mut removed = Vec::new();
         for mut shard in self.each() {
             shard.version += 1;
-            let mut keys: Vec<Arc<str>> = shard
+            let mut keys: Vec<Hashed> = shard
                 .lru
                 .iter()
                 .filter(|(_, e)| matches(&e.item.meta))
@@ -400,20 +390,20 @@ impl Shards {
                     .iter()
                     .chain(shard.flushing.iter())
                     .filter(|(_, p)| matches(&p.item.meta))
-                    .map(|(k, _)| k.clone()),
+                    .map(|(k, _)| Hashed::new(k.clone())),
             );
-            keys.sort();
+            keys.sort_by(|a, b| a.as_str().cmp(b.as_str()));
             keys.dedup();
             for key in &keys {
                 remove_one(&mut shard, key);
             }
-            removed.extend(keys);
+            removed.extend(keys.into_iter().map(|k| k.text().clone()));
         }
         removed
     }
 
     /// Sets a new expiry on the key wherever memory holds it.
-    pub(crate) fn set_expiry(&self, key: &str, expires_at: Option<i64>) -> bool {
+    pub(crate) fn set_expiry(&self, key: &Hashed, expires_at: Option<i64>) -> bool {
         let mut guard = self.shard(key);
         let shard = &mut *guard;
         shard.version += 1;
@@ -422,7 +412,8 @@ impl Shards {
             e.item.expires_at = expires_at;
             found = true;
         }
-        for p in [shard.pending.get_mut(key), shard.flushing.get_mut(key)]
+        let text = key.as_str();
+        for p in [shard.pending.get_mut(text), shard.flushing.get_mut(text)]
             .into_iter()
             .flatten()
         {
@@ -433,9 +424,9 @@ impl Shards {
     }
 
     /// The pending set of `key`, taken out of the buffer (to be written now).
-    pub(crate) fn take_pending(&self, key: &str) -> Option<Pending> {
+    pub(crate) fn take_pending(&self, key: &Hashed) -> Option<Pending> {
         let mut shard = self.shard(key);
-        let p = shard.pending.remove(key)?;
+        let p = shard.pending.remove(key.as_str())?;
         shard.pending_bytes -= p.item.value.len();
         Some(p)
     }
@@ -486,7 +477,11 @@ impl Shards {
             }
         }
         for (k, t) in touches {
-            self.shard(&k).touched.entry(k.clone()).or_insert(t);
+            let key = Hashed::new(k);
+            self.shard(&key)
+                .touched
+                .entry(key.text().clone())
+                .or_insert(t);
         }
     }
 
@@ -495,14 +490,14 @@ impl Shards {
         let mut n = 0;
         for mut guard in self.each() {
             let shard = &mut *guard;
-            let dead: Vec<Arc<str>> = shard
+            let dead: Vec<Hashed> = shard
                 .lru
                 .iter()
                 .filter(|(_, e)| !e.item.live(now))
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in dead {
-                if let Some(e) = shard.lru.pop(&*k) {
+                if let Some(e) = shard.lru.pop(&k) {
                     shard.bytes -= e.bytes;
                     shard.counters.expirations += 1;
                     n += 1;
@@ -534,19 +529,20 @@ impl Shards {
     }
 }
 
-fn remove_one(shard: &mut Shard, key: &str) -> bool {
+fn remove_one(shard: &mut Shard, key: &Hashed) -> bool {
     shard.version += 1;
     let mut found = false;
     if let Some(e) = shard.lru.pop(key) {
         shard.bytes -= e.bytes;
         found = true;
     }
-    if let Some(p) = shard.pending.remove(key) {
+    let text = key.as_str();
+    if let Some(p) = shard.pending.remove(text) {
         shard.pending_bytes -= p.item.value.len();
         found = true;
     }
-    found |= shard.flushing.remove(key).is_some();
-    shard.touched.remove(key);
+    found |= shard.flushing.remove(text).is_some();
+    shard.touched.remove(text);
     found
 }
 
@@ -563,8 +559,12 @@ mod tests {
         let shards = Shards::new(16, 1000, 1 << 20, 1000);
         let mut counts = [0usize; 16];
         for i in 0..1600 {
-            counts[shards.index(&format!("search:tracks:{:016x}:user{}", i * 7919, i % 13))] += 1;
-            counts[shards.index(&format!("tracks:{i}"))] += 1;
+            for text in [
+                format!("search:tracks:{:016x}:user{}", i * 7919, i % 13),
+                format!("tracks:{i}"),
+            ] {
+                counts[shards.index(Hashed::new(text.into()).hash())] += 1;
+            }
         }
         assert!(
             counts.iter().all(|&c| (100..=320).contains(&c)),

@@ -507,7 +507,7 @@ impl<'a> Cache<'a> {
         // Memory is checked against the coarse clock (see guarantee 4); L2
         // and every write read the full clock.
         let now = self.vault.clock().now_coarse();
-        match self.state().l1.lookup(key.as_str(), now.as_millis()) {
+        match self.state().l1.lookup(key.hashed(), now.as_millis()) {
             Lookup::Hit(value) => Ok(Some(value)),
             Lookup::Expired => Ok(None),
             // boxed so that the L1 hit path stays a small future
@@ -544,7 +544,7 @@ impl<'a> Cache<'a> {
                 let mut tx = self.vault.store().begin_write().await?;
                 l2::delete_keys(&mut tx, &[key.as_str()]).await?;
                 tx.commit().await?;
-                state.l1.remove(&[key.as_str()]);
+                state.l1.remove([key.hashed()]);
                 Err(Error::CacheCorrupt {
                     key: key.as_str().to_owned(),
                     detail,
@@ -564,7 +564,7 @@ impl<'a> Cache<'a> {
                 };
                 state
                     .l1
-                    .promote(key.as_str(), item, version, now.as_millis());
+                    .promote(key.hashed(), item, version, now.as_millis());
                 Ok(Some(value))
             }
         }
@@ -581,7 +581,7 @@ impl<'a> Cache<'a> {
     /// Whether a live value is under `key` (does not count as a get).
     pub async fn exists(&self, key: &CacheKey) -> Result<bool> {
         let now = self.now();
-        if let Some(live) = self.state().l1.peek(key.as_str(), now.as_millis()) {
+        if let Some(live) = self.state().l1.peek(key.hashed(), now.as_millis()) {
             return Ok(live);
         }
         self.vault
@@ -636,7 +636,7 @@ impl<'a> Cache<'a> {
                 tags: options.tags.iter().map(|t| t.as_str().into()).collect(),
             }),
         };
-        Ok(state.l1.set(key.as_str(), item, now.as_millis()))
+        Ok(state.l1.set(key.hashed(), item, now.as_millis()))
     }
 
     fn expiry(&self, key: &CacheKey, options: &SetOptions, now: Timestamp) -> Result<Option<i64>> {
@@ -703,10 +703,10 @@ impl<'a> Cache<'a> {
         let state = self.state();
         let texts: Vec<&str> = keys.iter().map(CacheKey::as_str).collect();
         let mut tx = self.vault.store().begin_write().await?;
-        let in_memory = state.l1.remove(&texts);
+        let in_memory = state.l1.remove(keys.iter().map(CacheKey::hashed));
         let in_file = l2::delete_keys(&mut tx, &texts).await?;
         tx.commit().await?;
-        state.l1.remove(&texts);
+        state.l1.remove(keys.iter().map(CacheKey::hashed));
         let n = in_memory.max(in_file);
         bump(&state.counters.invalidations, n);
         Ok(n)
@@ -722,7 +722,7 @@ impl<'a> Cache<'a> {
         let state = self.state();
         let now = self.now();
         let mut tx = self.vault.store().begin_write().await?;
-        let buffered = state.l1.take_pending(key.as_str());
+        let buffered = state.l1.take_pending(key.hashed());
         let result = self
             .incr_in(&mut tx, key, delta, now, buffered.clone())
             .await;
@@ -736,19 +736,19 @@ impl<'a> Cache<'a> {
                     tx.commit().await
                 }
                 .await;
-                state.l1.remove(&[key.as_str()]);
+                state.l1.remove([key.hashed()]);
                 Err(dropped.err().map_or(e, Error::from))
             }
             Err(e) => Err(e),
         };
         match result {
             Ok((value, item)) => {
-                state.l1.put(key.as_str(), item, now.as_millis());
+                state.l1.put(key.hashed(), item, now.as_millis());
                 Ok(value)
             }
             Err(e) => {
                 if let Some(p) = buffered {
-                    state.l1.restore_pending(key.as_str(), p);
+                    state.l1.restore_pending(key.hashed(), p);
                 }
                 Err(e)
             }
@@ -863,11 +863,11 @@ impl<'a> Cache<'a> {
             return Ok(false);
         }
         let mut tx = self.vault.store().begin_write().await?;
-        let in_memory = state.l1.set_expiry(key.as_str(), expires_at);
+        let in_memory = state.l1.set_expiry(key.hashed(), expires_at);
         let at = expires_at.map(Timestamp::from_millis);
         let in_file = l2::set_expiry(&mut tx, key.as_str(), at, now).await?;
         tx.commit().await?;
-        state.l1.set_expiry(key.as_str(), expires_at);
+        state.l1.set_expiry(key.hashed(), expires_at);
         Ok(in_memory || in_file)
     }
 
