@@ -1,8 +1,10 @@
 //! The cache's three paths beside their limits, as in `statevault bench`:
 //! `cache_l1_get` beside `lru` alone, `cache_l2_get` (L1 off) beside a
 //! rusqlite point read + zstd decompress of the same rows, `cache_set`
-//! (1000 sets and the flush that writes them) beside rusqlite inserting the
-//! same rows, 100 per statement, in one transaction.
+//! (1000 sets over 500 keys and the flush that writes them) beside rusqlite
+//! upserting the same 1000 sets with the same columns and fresh times, 100
+//! per statement, in one transaction. The vault writes each key once per
+//! flush (its buffer keeps the newest set), rusqlite writes every set.
 
 use std::hint::black_box;
 use std::num::NonZeroUsize;
@@ -150,10 +152,17 @@ fn cache(c: &mut Criterion) {
     });
     let mut conn = raw(&set_path);
     let mut compressor = zstd::bulk::Compressor::new(3).unwrap();
+    let mut round = 0u64;
     group.bench_function("rusqlite_1000", |b| {
         b.iter_batched(
             || (),
             |()| {
+                // Each round writes new times, as the vault's flush does, so
+                // the expiry and LRU indexes move on both sides.
+                round += 1;
+                let (h, m, s) = ((round / 3600) % 23, (round / 60) % 60, round % 60);
+                let now = format!("2026-01-01T{h:02}:{m:02}:{s:02}.000Z");
+                let later = format!("2026-01-01T{:02}:{m:02}:{s:02}.000Z", h + 1);
                 let tx = conn.transaction().unwrap();
                 let rows: Vec<(&str, Vec<u8>, i64, i64)> = keys
                     .iter()
@@ -168,13 +177,21 @@ fn cache(c: &mut Criterion) {
                     .collect();
                 for chunk in rows.chunks(100) {
                     let sql = format!(
-                        "INSERT INTO cache_entries (key, namespace, codec, size, stored_size, created_at, expires_at, last_access_at, value) VALUES {} ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                        vec!["(?, 'search', 'zstd', ?, ?, '2026-01-01T00:00:00.000Z', '2026-01-01T01:00:00.000Z', '2026-01-01T00:00:00.000Z', ?)"; chunk.len()].join(", ")
+                        "INSERT INTO cache_entries (key, namespace, codec, size, stored_size, created_at, expires_at, last_access_at, value) VALUES {} ON CONFLICT (key) DO UPDATE SET namespace = excluded.namespace, codec = excluded.codec, size = excluded.size, stored_size = excluded.stored_size, created_at = excluded.created_at, expires_at = excluded.expires_at, last_access_at = excluded.last_access_at, value = excluded.value",
+                        vec!["(?, 'search', 'zstd', ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
                     );
                     let mut stmt = tx.prepare_cached(&sql).unwrap();
                     let mut params: Vec<&dyn rusqlite::ToSql> = Vec::new();
                     for (k, blob, size, stored) in chunk {
-                        params.extend([k as &dyn rusqlite::ToSql, size, stored, blob]);
+                        params.extend([
+                            k as &dyn rusqlite::ToSql,
+                            size,
+                            stored,
+                            &now,
+                            &later,
+                            &now,
+                            blob,
+                        ]);
                     }
                     stmt.execute(params.as_slice()).unwrap();
                 }
