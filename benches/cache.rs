@@ -151,7 +151,13 @@ fn cache(c: &mut Criterion) {
         })
     });
     let mut conn = raw(&set_path);
+    // The vault's own settings: level 3, literals without Huffman coding.
     let mut compressor = zstd::bulk::Compressor::new(3).unwrap();
+    compressor
+        .set_parameter(zstd::zstd_safe::CParameter::LiteralCompressionMode(
+            zstd::zstd_safe::ParamSwitch::Disable,
+        ))
+        .unwrap();
     let mut round = 0u64;
     group.bench_function("rusqlite_1000", |b| {
         b.iter_batched(

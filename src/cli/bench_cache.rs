@@ -265,7 +265,12 @@ pub async fn set(dir: &Path, quick: bool) -> Result<Value> {
         .close()
         .await?;
     let mut conn = super::bench::raw_connection(&path)?;
+    // The vault's own settings: level 3, literals without Huffman coding.
     let mut zstd = zstd::bulk::Compressor::new(3).map_err(zstd_error)?;
+    zstd.set_parameter(zstd::zstd_safe::CParameter::LiteralCompressionMode(
+        zstd::zstd_safe::ParamSwitch::Disable,
+    ))
+    .map_err(zstd_error)?;
     let now = "2026-01-01T00:00:00.000Z";
     let later = "2026-01-01T00:05:00.000Z";
     let started = Instant::now();
