@@ -592,6 +592,43 @@ async fn l2_byte_cap_evicts_least_recently_used_rows() {
 }
 
 #[tokio::test]
+async fn l2_hits_note_the_access_at_most_once_per_resolution() {
+    let dir = common::tempdir();
+    let config = CacheConfig::default()
+        .l1_entries(0) // every get is answered by L2
+        .access_resolution(Duration::from_secs(5));
+    let (vault, clock) = vault_with(dir.path(), config).await;
+    let cache = vault.cache();
+    let k = key("r", "a");
+    let last_access = || -> String {
+        common::raw_connection(vault.path())
+            .query_row(
+                "SELECT last_access_at FROM cache_entries WHERE key = ?1",
+                [k.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    cache.set(&k, b"a").await.unwrap();
+    vault.flush().await.unwrap();
+    let set_at = last_access();
+    // 3 s after the set: within the resolution, nothing to write
+    clock.advance(Duration::from_secs(3));
+    for _ in 0..3 {
+        assert!(cache.get(&k).await.unwrap().is_some());
+    }
+    vault.flush().await.unwrap();
+    assert_eq!(last_access(), set_at);
+    // 6 s after the set: the hit is noted
+    clock.advance(Duration::from_secs(3));
+    assert!(cache.get(&k).await.unwrap().is_some());
+    vault.flush().await.unwrap();
+    let noted = last_access();
+    assert!(noted > set_at, "{noted} after {set_at}");
+    vault.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn cli_cache_stats_invalidate_clear() {
     let dir = common::tempdir();
     let (vault, _clock) = common::vault(dir.path()).await;

@@ -310,7 +310,8 @@ impl Shards {
             remove_one(&mut shard, key);
             shard.version
         };
-        self.promote(key, item, version, now);
+        // The write has just set the row's last access.
+        self.promote(key, item, version, now, now);
     }
 
     /// Puts back a set taken out of the buffer whose write failed, unless a
@@ -324,22 +325,36 @@ impl Shards {
     }
 
     /// Promotes a value read from L2 unless the shard changed since `version`
-    /// (invariant 3). Notes the access for L2 either way.
-    pub(crate) fn promote(&self, key: &Hashed, item: Item, version: u64, now: i64) {
+    /// (invariant 3). The access is noted for L2 when the row's own
+    /// `last_access` (milliseconds) is a resolution or more behind `now`;
+    /// otherwise L1 carries the row's time on, as if it had noted it itself.
+    pub(crate) fn promote(
+        &self,
+        key: &Hashed,
+        item: Item,
+        version: u64,
+        now: i64,
+        last_access: i64,
+    ) {
         let bytes = item.cost(key.as_str());
         let mut guard = self.shard(key);
         let shard = &mut *guard;
         if shard.version != version {
             return;
         }
-        shard.touched.insert(key.text().clone(), now);
+        let access_noted = if now - last_access >= self.access_resolution_ms {
+            shard.touched.insert(key.text().clone(), now);
+            now
+        } else {
+            last_access.min(now)
+        };
         if bytes <= self.max_bytes && self.max_entries > 0 {
             let old = shard.lru.put(
                 key.clone(),
                 Entry {
                     item,
                     bytes,
-                    access_noted: now,
+                    access_noted,
                 },
             );
             shard.bytes += bytes;

@@ -102,6 +102,8 @@ pub(crate) enum Found {
     Live {
         value: Result<Vec<u8>, String>,
         expires_at: Option<i64>,
+        /// The row's `last_access_at`, in milliseconds since the epoch.
+        last_access: i64,
         meta: Meta,
     },
     Expired,
@@ -166,22 +168,26 @@ pub(crate) fn read(
     max: usize,
 ) -> rusqlite::Result<Option<Found>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT codec, size, expires_at, namespace, user_id, tags, value
+        "SELECT codec, size, expires_at, namespace, user_id, tags, value, last_access_at
          FROM cache_entries WHERE key = ?1",
     )?;
     let mut rows = stmt.query([key])?;
     let Some(row) = rows.next()? else {
         return Ok(None);
     };
+    let time = |i: usize, text: &str| {
+        parse_time(text).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        })
+    };
     let expires_at = match row.get_ref(2)?.as_str_or_null()? {
-        Some(text) => Some(parse_time(text).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
-        })?),
+        Some(text) => Some(time(2, text)?),
         None => None,
     };
     if expires_at.is_some_and(|at| at <= now) {
         return Ok(Some(Found::Expired));
     }
+    let last_access = time(7, row.get_ref(7)?.as_str()?)?;
     let codec = row.get_ref(0)?.as_str()?;
     let value = decode(codec, row.get_ref(6)?.as_blob()?, row.get(1)?, max);
     let tags: Option<String> = row.get(5)?;
@@ -193,6 +199,7 @@ pub(crate) fn read(
     Ok(Some(Found::Live {
         value,
         expires_at: expires_at.map(Timestamp::as_millis),
+        last_access: last_access.as_millis(),
         meta,
     }))
 }

@@ -158,7 +158,9 @@ impl CacheConfig {
     }
 
     /// How often, at most, an entry's last access is noted for L2's LRU
-    /// order (default 5 s).
+    /// order (default 5 s): a hit from either level within this long of the
+    /// entry's last noted access writes nothing, so a hot entry costs the
+    /// file one small update per resolution, not one per read.
     pub fn access_resolution(mut self, d: Duration) -> Self {
         self.access_resolution = d;
         self
@@ -553,6 +555,7 @@ impl<'a> Cache<'a> {
             Some(Found::Live {
                 value: Ok(value),
                 expires_at,
+                last_access,
                 meta,
             }) => {
                 bump(&state.counters.l2_hits, 1);
@@ -564,7 +567,7 @@ impl<'a> Cache<'a> {
                 };
                 state
                     .l1
-                    .promote(key.hashed(), item, version, now.as_millis());
+                    .promote(key.hashed(), item, version, now.as_millis(), last_access);
                 Ok(Some(value))
             }
         }
