@@ -25,16 +25,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use foldhash::fast::RandomState;
 use lru::LruCache;
 
 use super::key::{ByHash, Hashed};
 
-/// The shards' hash: foldhash, seeded per process. SipHash (the standard
-/// default) cost about a third of an L1 hit on typical keys; the keys are
-/// the application's own (`ns:op:<sha-256>:user`), so flooding resistance
-/// beyond a per-process seed buys nothing here.
-type Map<V> = HashMap<Arc<str>, V, RandomState>;
+/// A shard's maps beside its LRU, keyed the same way: by the hash each key
+/// carries, so no lookup hashes the text again.
+type Map<V> = HashMap<Hashed, V, ByHash>;
 
 /// Who an entry belongs to: what namespace, user and tag invalidations match.
 #[derive(Debug, Default)]
@@ -226,7 +223,7 @@ impl Shards {
                 if now - entry.access_noted >= self.access_resolution_ms {
                     entry.access_noted = now;
                     shard.lru.promote(key);
-                    shard.touched.insert(key.text().clone(), now);
+                    shard.touched.insert(key.clone(), now);
                 }
                 shard.counters.hits += 1;
                 return Lookup::Hit(value);
@@ -236,8 +233,7 @@ impl Shards {
             }
             shard.counters.expirations += 1;
         }
-        let text = key.as_str();
-        let buffered = shard.pending.get(text).or_else(|| shard.flushing.get(text));
+        let buffered = shard.pending.get(key).or_else(|| shard.flushing.get(key));
         if let Some(p) = buffered {
             if p.item.live(now) {
                 let value = p.item.value.clone();
@@ -255,8 +251,7 @@ impl Shards {
     /// counting a hit or a miss.
     pub(crate) fn peek(&self, key: &Hashed, now: i64) -> Option<bool> {
         let shard = self.shard(key);
-        let text = key.as_str();
-        if let Some(p) = shard.pending.get(text).or_else(|| shard.flushing.get(text)) {
+        if let Some(p) = shard.pending.get(key).or_else(|| shard.flushing.get(key)) {
             return Some(p.item.live(now));
         }
         shard
@@ -288,10 +283,10 @@ impl Shards {
             shard.bytes += bytes;
             self.bound(shard);
         }
-        shard.touched.remove(key.as_str());
+        shard.touched.remove(key);
         let value_len = item.value.len();
         if let Some(old) = shard.pending.insert(
-            key.text().clone(),
+            key.clone(),
             Pending {
                 item,
                 created_at: now,
@@ -318,9 +313,9 @@ impl Shards {
     /// newer set replaced it.
     pub(crate) fn restore_pending(&self, key: &Hashed, pending: Pending) {
         let mut shard = self.shard(key);
-        if !shard.pending.contains_key(key.as_str()) {
+        if !shard.pending.contains_key(key) {
             shard.pending_bytes += pending.item.value.len();
-            shard.pending.insert(key.text().clone(), pending);
+            shard.pending.insert(key.clone(), pending);
         }
     }
 
@@ -343,7 +338,7 @@ impl Shards {
             return;
         }
         let access_noted = if now - last_access >= self.access_resolution_ms {
-            shard.touched.insert(key.text().clone(), now);
+            shard.touched.insert(key.clone(), now);
             now
         } else {
             last_access.min(now)
@@ -405,7 +400,7 @@ impl Shards {
                     .iter()
                     .chain(shard.flushing.iter())
                     .filter(|(_, p)| matches(&p.item.meta))
-                    .map(|(k, _)| Hashed::new(k.clone())),
+                    .map(|(k, _)| k.clone()),
             );
             keys.sort_by(|a, b| a.as_str().cmp(b.as_str()));
             keys.dedup();
@@ -427,8 +422,7 @@ impl Shards {
             e.item.expires_at = expires_at;
             found = true;
         }
-        let text = key.as_str();
-        for p in [shard.pending.get_mut(text), shard.flushing.get_mut(text)]
+        for p in [shard.pending.get_mut(key), shard.flushing.get_mut(key)]
             .into_iter()
             .flatten()
         {
@@ -441,7 +435,7 @@ impl Shards {
     /// The pending set of `key`, taken out of the buffer (to be written now).
     pub(crate) fn take_pending(&self, key: &Hashed) -> Option<Pending> {
         let mut shard = self.shard(key);
-        let p = shard.pending.remove(key.as_str())?;
+        let p = shard.pending.remove(key)?;
         shard.pending_bytes -= p.item.value.len();
         Some(p)
     }
@@ -465,10 +459,15 @@ impl Shards {
             }
             shard.flushing = std::mem::take(&mut shard.pending);
             shard.pending_bytes = 0;
+            batch.sets.extend(
+                shard
+                    .flushing
+                    .iter()
+                    .map(|(k, p)| (k.text().clone(), p.clone())),
+            );
             batch
-                .sets
-                .extend(shard.flushing.iter().map(|(k, p)| (k.clone(), p.clone())));
-            batch.touches.extend(shard.touched.drain());
+                .touches
+                .extend(shard.touched.drain().map(|(k, t)| (k.text().clone(), t)));
         }
         batch
     }
@@ -493,10 +492,7 @@ impl Shards {
         }
         for (k, t) in touches {
             let key = Hashed::new(k);
-            self.shard(&key)
-                .touched
-                .entry(key.text().clone())
-                .or_insert(t);
+            self.shard(&key).touched.entry(key).or_insert(t);
         }
     }
 
@@ -551,13 +547,12 @@ fn remove_one(shard: &mut Shard, key: &Hashed) -> bool {
         shard.bytes -= e.bytes;
         found = true;
     }
-    let text = key.as_str();
-    if let Some(p) = shard.pending.remove(text) {
+    if let Some(p) = shard.pending.remove(key) {
         shard.pending_bytes -= p.item.value.len();
         found = true;
     }
-    found |= shard.flushing.remove(text).is_some();
-    shard.touched.remove(text);
+    found |= shard.flushing.remove(key).is_some();
+    shard.touched.remove(key);
     found
 }
 
