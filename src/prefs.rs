@@ -48,6 +48,10 @@ pub struct PreferencesConfig {
     defaults: Value,
     upgrades: Vec<Upgrade>,
     allow_unknown: bool,
+    record: bool,
+    /// The schema version of a config read back from the file, which
+    /// carries no upgrades.
+    adopted_version: Option<i64>,
 }
 
 impl PreferencesConfig {
@@ -57,6 +61,8 @@ impl PreferencesConfig {
             defaults,
             upgrades: Vec::new(),
             allow_unknown: false,
+            record: true,
+            adopted_version: None,
         }
     }
 
@@ -86,9 +92,74 @@ impl PreferencesConfig {
         self
     }
 
+    /// Whether opening a vault with these defaults records them in the file
+    /// (default `true`), so that a process that knows no defaults of its own
+    /// (the `statevault` CLI without a config file) checks the preferences
+    /// it writes against the application's. A newer schema version is never
+    /// replaced by an older one. Turn it off in a tool that is not the
+    /// application (`statevault demo` does).
+    pub fn record_in_file(mut self, yes: bool) -> Self {
+        self.record = yes;
+        self
+    }
+
     /// The schema version documents are written in.
     pub fn version(&self) -> i64 {
-        1 + self.upgrades.len() as i64
+        self.adopted_version
+            .unwrap_or(1 + self.upgrades.len() as i64)
+    }
+
+    /// Whether this is the config that knows nothing: no defaults, every key
+    /// accepted, no upgrades ([`PreferencesConfig::default`]). A vault
+    /// opened with it checks writes against the defaults recorded in the
+    /// file, if any.
+    pub(crate) fn knows_nothing(&self) -> bool {
+        self.upgrades.is_empty()
+            && self.allow_unknown
+            && self.adopted_version.is_none()
+            && self.defaults.as_object().is_some_and(Map::is_empty)
+    }
+
+    /// What is recorded in the file when [`PreferencesConfig::record_in_file`]
+    /// is on and the config knows something; `None` otherwise.
+    pub(crate) fn to_recorded(&self) -> Option<String> {
+        (self.record && !self.knows_nothing()).then(|| {
+            serde_json::json!({
+                "version": self.version(),
+                "defaults": self.defaults,
+                "allow_unknown_keys": self.allow_unknown,
+            })
+            .to_string()
+        })
+    }
+
+    /// The config recorded in the file (by [`PreferencesConfig::to_recorded`]).
+    pub(crate) fn from_recorded(text: &str) -> Result<PreferencesConfig> {
+        let bad = |reason: &str| {
+            Error::invalid(
+                "vault_meta preferences_schema",
+                format!("{reason} (fix or delete that row)"),
+            )
+        };
+        let recorded: Value = serde_json::from_str(text).map_err(|_| bad("not JSON"))?;
+        let version = recorded["version"]
+            .as_i64()
+            .filter(|v| *v >= 1)
+            .ok_or_else(|| bad("no schema version of 1 or more"))?;
+        let defaults = recorded["defaults"].clone();
+        if !defaults.is_object() {
+            return Err(bad("the defaults are not a JSON object"));
+        }
+        let allow_unknown = recorded["allow_unknown_keys"]
+            .as_bool()
+            .ok_or_else(|| bad("allow_unknown_keys is not a boolean"))?;
+        Ok(PreferencesConfig {
+            defaults,
+            upgrades: Vec::new(),
+            allow_unknown,
+            record: false,
+            adopted_version: Some(version),
+        })
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
@@ -103,7 +174,9 @@ impl PreferencesConfig {
 }
 
 impl Default for PreferencesConfig {
-    /// No defaults, unknown keys accepted: the store keeps whatever it is given.
+    /// No defaults, unknown keys accepted: the store keeps whatever it is
+    /// given, unless the file records the application's defaults
+    /// ([`PreferencesConfig::record_in_file`]); then those apply.
     fn default() -> Self {
         PreferencesConfig::new(Value::Object(Map::new())).allow_unknown_keys(true)
     }
@@ -115,6 +188,7 @@ impl fmt::Debug for PreferencesConfig {
             .field("defaults", &self.defaults)
             .field("version", &self.version())
             .field("allow_unknown", &self.allow_unknown)
+            .field("record", &self.record)
             .finish()
     }
 }
@@ -221,6 +295,15 @@ impl<'a> Preferences<'a> {
                 ),
             });
         }
+        if version < current && self.config.adopted_version.is_some() {
+            return Err(Error::InvalidPreference {
+                field: "schema_version".into(),
+                reason: format!(
+                    "the stored document has version {version} and the application's schema is version {current}; \
+                     only the application knows the upgrade (it runs on its next read or write)"
+                ),
+            });
+        }
         for (i, upgrade) in self
             .config
             .upgrades
@@ -240,6 +323,20 @@ impl<'a> Preferences<'a> {
     /// the result against the defaults, stores it, and returns the merged
     /// preferences. Read, patch and write are one transaction.
     pub async fn patch(&self, user_id: &str, patch: &Value) -> Result<Value> {
+        self.write(user_id, patch, false).await
+    }
+
+    /// Replaces the user's overrides with `value` (checked like a patch), in
+    /// one transaction: a value the defaults refuse leaves the stored
+    /// preferences as they were.
+    pub async fn set_as<T: Serialize>(&self, user_id: &str, value: &T) -> Result<Value> {
+        self.write(user_id, &serde_json::to_value(value)?, true)
+            .await
+    }
+
+    /// Merges `patch` into the stored overrides (or into none, if
+    /// `replace`), checks the result and stores it, in one transaction.
+    async fn write(&self, user_id: &str, patch: &Value, replace: bool) -> Result<Value> {
         check_user(user_id)?;
         if !patch.is_object() {
             return Err(Error::InvalidPreference {
@@ -249,11 +346,14 @@ impl<'a> Preferences<'a> {
         }
         check_depth(patch)?;
         let mut tx = self.vault.store().begin_write().await?;
-        let row: Option<(String, i64)> =
+        let row: Option<(String, i64)> = if replace {
+            None
+        } else {
             sqlx::query_as("SELECT document, schema_version FROM preferences WHERE user_id = ?1")
                 .bind(user_id)
                 .fetch_optional(&mut *tx)
-                .await?;
+                .await?
+        };
         let mut overrides = match row {
             Some((document, version)) => {
                 self.upgraded(serde_json::from_str(&document)?, version)?
@@ -323,12 +423,6 @@ impl<'a> Preferences<'a> {
         .execute(&mut *tx)
         .await?;
         Ok(done.rows_affected() > 0)
-    }
-
-    /// Replaces the user's preferences with `value` (checked like a patch).
-    pub async fn set_as<T: Serialize>(&self, user_id: &str, value: &T) -> Result<Value> {
-        self.reset(user_id).await?;
-        self.patch(user_id, &serde_json::to_value(value)?).await
     }
 
     /// Deletes the user's overrides: the defaults apply again.

@@ -345,6 +345,9 @@ impl fmt::Debug for VaultOptions {
     }
 }
 
+/// The `vault_meta` key of the application's preferences schema.
+const PREFERENCES_SCHEMA: &str = "preferences_schema";
+
 /// A handle to one vault file. Cheap to clone: clones share the connections.
 ///
 /// Call [`close`](Vault::close) before the process exits: it flushes what is
@@ -379,6 +382,9 @@ struct Inner {
     sessions: sessions::State,
     audit: audit::State,
     preferences: PreferencesConfig,
+    /// The application's preferences schema recorded in the file, used when
+    /// `preferences` knows nothing ([`PreferencesConfig::record_in_file`]).
+    recorded_preferences: OnceLock<PreferencesConfig>,
     /// Set to `true` to stop the background tasks; each one watches it, so
     /// none misses the signal, busy or not.
     shutdown: watch::Sender<bool>,
@@ -445,6 +451,7 @@ impl Vault {
                 sessions: sessions::State::new(options.sessions),
                 audit: audit::State::new(options.audit),
                 preferences: options.preferences,
+                recorded_preferences: OnceLock::new(),
                 shutdown: watch::Sender::new(false),
                 tasks: Mutex::new(Vec::new()),
                 limits,
@@ -504,7 +511,48 @@ impl Vault {
         if self.meta("created_at")?.is_none() && !self.store().applied()?.pending() {
             self.record_creation().await?;
         }
-        self.load_hash_salt()
+        self.load_hash_salt()?;
+        self.settle_preferences().await
+    }
+
+    /// Records the application's preferences schema in the file, or, for a
+    /// process that knows none, adopts the one recorded there.
+    async fn settle_preferences(&self) -> Result<()> {
+        if self.store().applied()?.pending() {
+            return Ok(());
+        }
+        let recorded = self.meta(PREFERENCES_SCHEMA)?;
+        let config = &self.inner.preferences;
+        if config.knows_nothing() {
+            if let Some(text) = recorded {
+                let _ = self
+                    .inner
+                    .recorded_preferences
+                    .set(PreferencesConfig::from_recorded(&text)?);
+            }
+            return Ok(());
+        }
+        let Some(mine) = config.to_recorded() else {
+            return Ok(());
+        };
+        let newer_recorded = recorded
+            .as_deref()
+            .and_then(|text| PreferencesConfig::from_recorded(text).ok())
+            .is_some_and(|theirs| theirs.version() > config.version());
+        if recorded.as_deref() == Some(mine.as_str()) || newer_recorded {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO vault_meta (key, value, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(PREFERENCES_SCHEMA)
+        .bind(mine)
+        .bind(self.now())
+        .execute(self.store().writer())
+        .await
+        .map_err(crate::store::closed_or)?;
+        Ok(())
     }
 
     /// Loads the keyed-hash secret; a file created or adopted by this build
@@ -588,7 +636,12 @@ impl Vault {
 
     /// Preferences: per-user JSON merged over the application's defaults.
     pub fn preferences(&self) -> Preferences<'_> {
-        Preferences::new(self, &self.inner.preferences)
+        let config = self
+            .inner
+            .recorded_preferences
+            .get()
+            .unwrap_or(&self.inner.preferences);
+        Preferences::new(self, config)
     }
 
     /// Writes every facet's buffered state now, in as few transactions as it
@@ -698,7 +751,8 @@ impl Vault {
         if self.meta("created_at")?.is_none() {
             self.record_creation().await?;
         }
-        self.load_hash_salt()
+        self.load_hash_salt()?;
+        self.settle_preferences().await
     }
 
     /// What the file is: size, encryption, journal mode, schema, rows per table.

@@ -207,3 +207,118 @@ async fn concurrent_patches_lose_nothing() {
     assert_eq!(doc.as_object().unwrap().len(), 20, "{doc}");
     vault.close().await.unwrap();
 }
+
+/// `set_as` replaces the overrides in one transaction: a value the defaults
+/// refuse leaves the user's stored preferences as they were (it used to
+/// delete them first, in a transaction of its own).
+#[tokio::test]
+async fn a_refused_set_as_keeps_what_was_stored() {
+    let dir = common::tempdir();
+    let vault = open(dir.path(), PreferencesConfig::seeds()).await;
+    let prefs = vault.preferences();
+    prefs
+        .patch("alice", &json!({"audio_quality": "LOSSLESS"}))
+        .await
+        .unwrap();
+    let before = prefs.stored("alice").unwrap().unwrap();
+    let err = prefs
+        .set_as("alice", &json!({"privacy": 3}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidPreference { field, .. } if field == "privacy"),
+        "{err:?}"
+    );
+    assert_eq!(prefs.stored("alice").unwrap().unwrap(), before);
+
+    let replaced = prefs
+        .set_as("alice", &json!({"search_defaults": {"limit": 5}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        replaced["audio_quality"], "HIGH",
+        "set_as replaces, not merges"
+    );
+    assert_eq!(
+        prefs.stored("alice").unwrap().unwrap().document,
+        json!({"search_defaults": {"limit": 5}})
+    );
+    vault.close().await.unwrap();
+}
+
+/// The application's defaults are recorded in the file, and a process that
+/// knows none (the CLI without a config file) checks its writes against
+/// them: what the service would refuse is refused at the door.
+#[tokio::test]
+async fn a_process_without_defaults_checks_writes_against_the_recorded_ones() {
+    let dir = common::tempdir();
+    let vault = open(dir.path(), PreferencesConfig::seeds()).await;
+    vault.close().await.unwrap();
+
+    let out = common::run(
+        dir.path(),
+        &["--db", "prefs.db", "prefs", "set", "u", r#"{"privacy": 3}"#],
+    );
+    let err = common::assert_one_error_line(&out);
+    assert!(err.contains("privacy"), "{err}");
+    let out = common::run(
+        dir.path(),
+        &[
+            "--db",
+            "prefs.db",
+            "prefs",
+            "set",
+            "u",
+            r#"{"privacy": {"enable_analytics": false}}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let shown: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    assert_eq!(
+        shown["audio_quality"], "HIGH",
+        "the recorded defaults apply"
+    );
+
+    // The service reads what the CLI wrote.
+    let vault = open(dir.path(), PreferencesConfig::seeds()).await;
+    let merged = vault.preferences().get("u").unwrap();
+    assert_eq!(merged["privacy"]["enable_analytics"], false);
+    vault.close().await.unwrap();
+}
+
+/// A tool that is not the application (the demo) does not record its
+/// defaults, and an older schema version never replaces a newer one.
+#[tokio::test]
+async fn only_the_application_records_its_schema_and_never_an_older_one() {
+    let dir = common::tempdir();
+    let guest = open(dir.path(), PreferencesConfig::seeds().record_in_file(false)).await;
+    guest.close().await.unwrap();
+    let knows_nothing = open(dir.path(), PreferencesConfig::default()).await;
+    knows_nothing
+        .preferences()
+        .patch("u", &json!({"privacy": 3}))
+        .await
+        .expect("nothing recorded: anything goes");
+    knows_nothing.close().await.unwrap();
+
+    let v2 = PreferencesConfig::new(json!({"theme": "dark"})).upgrade(|_| Ok(()));
+    open(dir.path(), v2).await.close().await.unwrap();
+    open(dir.path(), PreferencesConfig::new(json!({"colour": "red"})))
+        .await
+        .close()
+        .await
+        .unwrap();
+    let adopted = open(dir.path(), PreferencesConfig::default()).await;
+    let prefs = adopted.preferences();
+    assert_eq!(prefs.get("nobody").unwrap(), json!({"theme": "dark"}));
+    let err = prefs
+        .patch("w", &json!({"colour": "blue"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidPreference { .. }), "{err:?}");
+    // "u" was written at version 1 with no schema; only the application
+    // knows how to upgrade it to version 2.
+    let err = prefs.get("u").unwrap_err();
+    assert!(err.to_string().contains("only the application"), "{err}");
+    adopted.close().await.unwrap();
+}

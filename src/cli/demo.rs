@@ -156,7 +156,7 @@ pub async fn run(options: VaultOptions, args: Args) -> Result<ExitCode> {
     let vault = Vault::open(
         options
             .clock(clock.clone())
-            .preferences(PreferencesConfig::seeds())
+            .preferences(PreferencesConfig::seeds().record_in_file(false))
             .sessions(demo_sessions()),
     )
     .await?;
