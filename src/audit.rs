@@ -49,7 +49,11 @@
 //! [`Audit::append`] buffers the event (the id is returned at once). The
 //! vault's flusher writes buffered events in one transaction, as multi-row
 //! inserts (group commit). [`Audit::append_durable`] waits for that commit,
-//! made with `synchronous=FULL`, so the event survives a power cut.
+//! made with `synchronous=FULL`, so the event survives a power cut. A batch
+//! that fails is rolled back whole: its plain events stay buffered for the
+//! next flush, and each durable one is handed back to its caller as the
+//! error, never written later. A whole-user erasure writes the buffer in its
+//! own transaction and answers durable callers only once that commits.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -287,6 +291,24 @@ struct Pending {
     waiter: Option<oneshot::Sender<Result<(), String>>>,
 }
 
+/// Buffered events taken for one transaction ([`Audit::take_batch`]).
+pub(crate) struct Batch {
+    events: Vec<Pending>,
+}
+
+impl Batch {
+    /// Whether a caller waits for the batch to be on disk.
+    pub(crate) fn durable(&self) -> bool {
+        self.events.iter().any(|p| p.waiter.is_some())
+    }
+
+    /// Appends the events to the chain inside `tx`.
+    async fn insert(&self, tx: &mut SqliteConnection) -> Result<()> {
+        let contents: Vec<&Content> = self.events.iter().map(|p| &p.content).collect();
+        insert_chained(tx, &contents).await
+    }
+}
+
 /// The hashed content of an event, in column order.
 #[derive(Clone)]
 struct Content {
@@ -468,6 +490,9 @@ impl<'a> Audit<'a> {
     /// Appends an event and returns once it is committed with
     /// `synchronous=FULL` (on disk, surviving a power cut), together with
     /// everything buffered before it.
+    ///
+    /// `Ok` means the event is in the file; an error means it is not, and
+    /// never will be from this call, so retrying cannot record it twice.
     pub async fn append_durable(&self, event: AuditEvent) -> Result<Uuid> {
         let content = self.content(event)?;
         let id = Uuid::parse_str(&content.id).map_err(|e| Error::invalid("id", e.to_string()))?;
@@ -476,56 +501,95 @@ impl<'a> Audit<'a> {
             content,
             waiter: Some(tx),
         });
-        self.flush().await?;
+        // Another flush may take the event first; the answer comes through
+        // the waiter either way, and this flush's own error says why it failed.
+        let flushed = self.flush().await;
         match rx.await {
             Ok(Ok(())) => Ok(id),
-            Ok(Err(reason)) => Err(Error::invalid("audit append", reason)),
+            Ok(Err(reason)) => Err(flushed.err().unwrap_or(Error::StorageIo {
+                detail: format!("the audit batch holding the event was not written: {reason}"),
+            })),
             Err(_) => Err(Error::Closed),
         }
     }
 
-    /// Writes the buffered events in one transaction. On failure they stay
-    /// buffered (and durable waiters keep waiting for the next try).
+    /// Writes the buffered events in one transaction. On failure nothing is
+    /// written: plain events stay buffered for the next flush, and durable
+    /// ones are given back to their callers as errors.
     pub(crate) async fn flush(&self) -> Result<()> {
         let _writing = self.state.writing.lock().await;
-        let batch = std::mem::take(&mut *lock(&self.state.pending));
-        if batch.is_empty() {
+        let batch = self.take_batch();
+        if batch.events.is_empty() {
             return Ok(());
         }
-        let durable = batch.iter().any(|p| p.waiter.is_some());
-        let result = self.write(&batch, durable).await;
-        match result {
-            Ok(()) => {
-                for pending in batch {
-                    if let Some(waiter) = pending.waiter {
-                        let _ = waiter.send(Ok(()));
-                    }
-                }
-                Ok(())
+        let result = match self.vault.store().writer_conn().await {
+            Ok(mut conn) => {
+                self.durably(&mut conn, batch.durable(), async |conn| {
+                    crate::store::immediate(conn, async |tx| batch.insert(tx).await).await
+                })
+                .await
             }
-            Err(e) => {
-                let mut buffered = lock(&self.state.pending);
-                let later = std::mem::replace(&mut *buffered, batch);
-                buffered.extend(later);
-                Err(e)
-            }
+            Err(e) => Err(e),
+        };
+        self.settle(batch, result.as_ref().err());
+        result
+    }
+
+    /// What is buffered, taken for one transaction that writes it
+    /// ([`Batch::insert`]); [`Audit::settle`] then answers for it.
+    pub(crate) fn take_batch(&self) -> Batch {
+        Batch {
+            events: std::mem::take(&mut *lock(&self.state.pending)),
         }
     }
 
-    async fn write(&self, batch: &[Pending], durable: bool) -> Result<()> {
-        let mut conn = self.vault.store().writer_conn().await?;
+    /// After the transaction that wrote `batch` ended: committed (`failed`
+    /// is `None`), durable callers are told so; rolled back, plain events
+    /// go back to the front of the buffer and durable callers get the error.
+    pub(crate) fn settle(&self, batch: Batch, failed: Option<&Error>) {
+        let Some(error) = failed else {
+            for pending in batch.events {
+                if let Some(waiter) = pending.waiter {
+                    let _ = waiter.send(Ok(()));
+                }
+            }
+            return;
+        };
+        let mut kept = Vec::with_capacity(batch.events.len());
+        for pending in batch.events {
+            match pending.waiter {
+                Some(waiter) => {
+                    let _ = waiter.send(Err(error.to_string()));
+                }
+                None => kept.push(pending),
+            }
+        }
+        let mut buffered = lock(&self.state.pending);
+        let later = std::mem::replace(&mut *buffered, kept);
+        buffered.extend(later);
+    }
+
+    /// Runs `work` on the writer connection, with `synchronous = FULL`
+    /// around it when `durable`. Putting the setting back is not part of the
+    /// work's outcome: once the work committed, a failure there is logged,
+    /// not returned (which would have the batch written again).
+    pub(crate) async fn durably<T>(
+        &self,
+        conn: &mut SqliteConnection,
+        durable: bool,
+        work: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T>,
+    ) -> Result<T> {
         if durable {
             sqlx::query("PRAGMA synchronous = FULL")
                 .execute(&mut *conn)
                 .await?;
         }
-        let contents: Vec<&Content> = batch.iter().map(|p| &p.content).collect();
-        let result =
-            crate::store::immediate(&mut conn, async |tx| insert_chained(tx, &contents).await)
-                .await;
+        let result = work(conn).await;
         if durable {
             let normal = self.vault.store().synchronous_pragma();
-            sqlx::query(normal).execute(&mut *conn).await?;
+            if let Err(e) = sqlx::query(normal).execute(&mut *conn).await {
+                tracing::warn!(error = %e, "could not put synchronous back after a durable audit commit; the writer stays at FULL");
+            }
         }
         result
     }
@@ -807,28 +871,19 @@ impl<'a> Audit<'a> {
         }
     }
 
-    /// Within the whole-user erase transaction: writes what is buffered,
-    /// clears the user's events and appends the erasure event, which names
-    /// the erased events and the rows removed elsewhere (`rows`), never the user.
-    /// The caller holds [`Audit::exclusive`].
+    /// Within the whole-user erase transaction: writes `batch` (what was
+    /// buffered), clears the user's events and appends the erasure event,
+    /// which names the erased events and the rows removed elsewhere
+    /// (`rows`), never the user. The caller holds [`Audit::exclusive`] and
+    /// settles the batch ([`Audit::settle`]) once the transaction has ended.
     pub(crate) async fn erase_user(
         &self,
         tx: &mut SqliteConnection,
+        batch: &Batch,
         user_id: &str,
         rows: &std::collections::BTreeMap<String, u64>,
     ) -> Result<u64> {
-        let batch = std::mem::take(&mut *lock(&self.state.pending));
-        let contents: Vec<&Content> = batch.iter().map(|p| &p.content).collect();
-        if let Err(e) = insert_chained(tx, &contents).await {
-            lock(&self.state.pending).extend(batch);
-            return Err(e);
-        }
-        for pending in batch {
-            if let Some(waiter) = pending.waiter {
-                // Written in this transaction, which the caller commits.
-                let _ = waiter.send(Ok(()));
-            }
-        }
+        batch.insert(tx).await?;
         let seqs: Vec<i64> = sqlx::query_scalar(
             "UPDATE audit_events SET user_id = NULL, session_id = NULL, resource_type = NULL, resource_id = NULL,
                  details = '{}', ip_hash = NULL, user_agent_hash = NULL, erased_at = ?1

@@ -76,43 +76,69 @@ impl Vault {
         self.sessions().flush().await?;
         let audit = self.audit();
         let _exclusive = audit.exclusive().await;
-        let mut conn = self.store().writer_conn().await?;
-        sqlx::query("PRAGMA secure_delete = ON")
-            .execute(&mut *conn)
-            .await?;
-        let erased = crate::store::immediate(&mut conn, async |tx| {
-            let mut rows = BTreeMap::new();
-            let hashes = Sessions::erase_user(tx, user_id).await?;
-            rows.insert("sessions".to_owned(), hashes.len() as u64);
-            rows.insert(
-                "preferences".to_owned(),
-                Preferences::erase_user(tx, user_id).await?,
-            );
-            let (buckets, violations) = self.limits().erase_subject(tx, user_id).await?;
-            rows.insert("token_buckets".to_owned(), buckets);
-            rows.insert("violations".to_owned(), violations);
-            rows.insert(
-                "cache_entries".to_owned(),
-                self.cache().erase_user(tx, user_id).await?,
-            );
-            let events = audit.erase_user(tx, user_id, &rows).await?;
-            rows.insert("audit_events".to_owned(), events);
-            Ok((rows, hashes))
-        })
-        .await;
+        // What is buffered is written in the same transaction; durable
+        // appends among it are answered only once that has committed.
+        let batch = audit.take_batch();
+        let conn = self.store().writer_conn().await;
+        let erased = match conn {
+            Ok(conn) => self.erase_on(conn, &batch, user_id).await,
+            Err(e) => Err(e),
+        };
+        audit.settle(batch, erased.as_ref().err());
         let (rows, hashes) = erased?;
         self.sessions().forget(&hashes);
         self.limits().forget(user_id);
         self.cache().forget_user(user_id);
+        Ok(ErasureReport {
+            user_id: user_id.to_owned(),
+            rows,
+        })
+    }
+
+    /// The erase transaction of [`Vault::erase_user`], on the writer
+    /// connection, committed with `synchronous = FULL` when a durable audit
+    /// append waits in `batch`. Returns the rows per table and the erased
+    /// sessions' token hashes.
+    async fn erase_on(
+        &self,
+        mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+        batch: &crate::audit::Batch,
+        user_id: &str,
+    ) -> Result<(BTreeMap<String, u64>, Vec<[u8; 32]>)> {
+        let audit = self.audit();
+        sqlx::query("PRAGMA secure_delete = ON")
+            .execute(&mut *conn)
+            .await?;
+        let erased = audit
+            .durably(&mut conn, batch.durable(), async |conn| {
+                crate::store::immediate(conn, async |tx| {
+                    let mut rows = BTreeMap::new();
+                    let hashes = Sessions::erase_user(tx, user_id).await?;
+                    rows.insert("sessions".to_owned(), hashes.len() as u64);
+                    rows.insert(
+                        "preferences".to_owned(),
+                        Preferences::erase_user(tx, user_id).await?,
+                    );
+                    let (buckets, violations) = self.limits().erase_subject(tx, user_id).await?;
+                    rows.insert("token_buckets".to_owned(), buckets);
+                    rows.insert("violations".to_owned(), violations);
+                    rows.insert(
+                        "cache_entries".to_owned(),
+                        self.cache().erase_user(tx, user_id).await?,
+                    );
+                    let events = audit.erase_user(tx, batch, user_id, &rows).await?;
+                    rows.insert("audit_events".to_owned(), events);
+                    Ok((rows, hashes))
+                })
+                .await
+            })
+            .await?;
         // Old page images may sit in the WAL until a checkpoint; readers can
         // hold it back, so this is best effort.
         let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
             .execute(&mut *conn)
             .await;
-        Ok(ErasureReport {
-            user_id: user_id.to_owned(),
-            rows,
-        })
+        Ok(erased)
     }
 }
 

@@ -428,3 +428,93 @@ async fn details_too_deep_to_read_back_are_refused() {
     assert!(vault.audit().verify().await.unwrap().ok);
     vault.close().await.unwrap();
 }
+
+/// How many stored events have this action.
+fn count_action(db: &Path, action: &str) -> i64 {
+    raw_connection(db)
+        .query_row(
+            "SELECT count(*) FROM audit_events WHERE action = ?1",
+            [action],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// `append_durable` answers for its event: an error means the event is not
+/// in the file and will not be written later, so a caller who retries gets
+/// it once. Plain events of the same failed batch stay buffered and are
+/// written by the next flush. (The event used to stay buffered after the
+/// error and be written by the next flush: a retry recorded it twice.)
+#[tokio::test]
+async fn a_failed_durable_append_is_never_written_later() {
+    let dir = tempdir();
+    let (vault, _clock) = common::vault(dir.path()).await;
+    let db = vault.path().to_owned();
+    raw_connection(&db)
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON audit_events WHEN NEW.action = 'pay'
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+    vault
+        .audit()
+        .append(AuditEvent::new(EventKind::ApiCall, "plain"))
+        .unwrap();
+    let err = vault
+        .audit()
+        .append_durable(AuditEvent::new(EventKind::Admin, "pay"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refused by the test"), "{err}");
+    raw_connection(&db)
+        .execute_batch("DROP TRIGGER refuse;")
+        .unwrap();
+    vault.flush().await.unwrap();
+    assert_eq!(count_action(&db, "pay"), 0, "the refused event stays out");
+    assert_eq!(count_action(&db, "plain"), 1, "the plain event is kept");
+
+    vault
+        .audit()
+        .append_durable(AuditEvent::new(EventKind::Admin, "pay"))
+        .await
+        .unwrap();
+    vault.flush().await.unwrap();
+    assert_eq!(count_action(&db, "pay"), 1, "the retry is recorded once");
+    assert!(vault.audit().verify().await.unwrap().ok);
+    vault.close().await.unwrap();
+}
+
+/// Erasing a user writes what is buffered in its own transaction. When that
+/// transaction rolls back, the buffered events go back to the buffer and
+/// are written later (they used to be dropped with the rollback).
+#[tokio::test]
+async fn a_rolled_back_erasure_keeps_the_buffered_events() {
+    let dir = tempdir();
+    let (vault, _clock) = common::vault(dir.path()).await;
+    let db = vault.path().to_owned();
+    vault.audit().append(event(1)).unwrap();
+    vault.flush().await.unwrap();
+    vault
+        .audit()
+        .append(AuditEvent::new(EventKind::ApiCall, "buffered"))
+        .unwrap();
+    raw_connection(&db)
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON audit_events WHEN NEW.erased_at IS NOT NULL
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+    let err = vault.erase_user("bob").await.unwrap_err();
+    assert!(err.to_string().contains("refused by the test"), "{err}");
+    raw_connection(&db)
+        .execute_batch("DROP TRIGGER refuse;")
+        .unwrap();
+    vault.flush().await.unwrap();
+    assert_eq!(count_action(&db, "buffered"), 1);
+    assert_eq!(count_action(&db, "erasure"), 0);
+
+    vault.erase_user("bob").await.unwrap();
+    assert_eq!(count_action(&db, "erasure"), 1);
+    assert!(vault.audit().verify().await.unwrap().ok);
+    vault.close().await.unwrap();
+}
