@@ -835,3 +835,39 @@ async fn session_data_too_deep_to_read_back_is_refused() {
     vault.export_user("u1").await.expect("still exportable");
     vault.close().await.unwrap();
 }
+
+/// A session whose stored device hash cannot be read (not 32 bytes) stays
+/// bound: no fingerprint, right or absent, validates it. It used to read as
+/// "not device-bound" and let any device in.
+#[tokio::test]
+async fn an_unreadable_device_binding_fails_closed() {
+    let dir = tempdir();
+    let (vault, _clock) = open(dir.path(), config()).await;
+    let issued = vault
+        .sessions()
+        .create(NewSession::new("alice").device_fingerprint("laptop"))
+        .await
+        .unwrap();
+    let db = vault.path().to_owned();
+    vault.close().await.unwrap();
+    common::raw_connection(&db)
+        .execute(
+            "UPDATE sessions SET device_fingerprint = x'0102' WHERE id = ?1",
+            [&issued.id],
+        )
+        .unwrap();
+
+    let (vault, _clock) = open(dir.path(), config()).await;
+    for presented in [None, Some("laptop"), Some("")] {
+        let answer = vault
+            .sessions()
+            .validate(issued.token.expose(), presented)
+            .await
+            .unwrap();
+        assert!(
+            matches!(answer, Validation::FingerprintMismatch { .. }),
+            "{presented:?}: {answer:?}"
+        );
+    }
+    vault.close().await.unwrap();
+}

@@ -486,7 +486,7 @@ struct Row {
     id: String,
     user_id: String,
     org_id: Option<String>,
-    fingerprint: Option<[u8; 32]>,
+    binding: Binding,
     csrf_hash: [u8; 32],
     data: Arc<str>,
     client_meta: Arc<str>,
@@ -497,6 +497,17 @@ struct Row {
     expires_at: Timestamp,
     rotation_due_at: Timestamp,
     revoked: Option<String>,
+}
+
+/// The device a session is bound to, as its row has it.
+enum Binding {
+    /// Not bound: any device may present the token.
+    Unbound,
+    /// The keyed hash of the device fingerprint.
+    Device([u8; 32]),
+    /// A stored hash that is not 32 bytes: bound to a device nobody can
+    /// prove (fails closed), never read as unbound.
+    Unreadable,
 }
 
 /// The columns [`Row::from_rusqlite`] reads, in its order.
@@ -517,9 +528,10 @@ impl Row {
             id: r.get(0)?,
             user_id: r.get(1)?,
             org_id: r.get(2)?,
-            fingerprint: r
-                .get::<_, Option<Vec<u8>>>(3)?
-                .and_then(|b| b.try_into().ok()),
+            binding: match r.get::<_, Option<Vec<u8>>>(3)? {
+                None => Binding::Unbound,
+                Some(hash) => hash.try_into().map_or(Binding::Unreadable, Binding::Device),
+            },
             csrf_hash: r.get::<_, Vec<u8>>(4)?.try_into().unwrap_or([0; 32]),
             data: r.get::<_, String>(5)?.into(),
             client_meta: r.get::<_, String>(6)?.into(),
@@ -550,7 +562,7 @@ impl Row {
             idle_expires_at: self.idle_expires_at(),
             expires_at: self.expires_at,
             rotation_due: now >= self.rotation_due_at,
-            device_bound: self.fingerprint.is_some(),
+            device_bound: !matches!(self.binding, Binding::Unbound),
             client_meta: serde_json::from_str(&self.client_meta).unwrap_or_default(),
             data: self.data.clone(),
             csrf_hash: self.csrf_hash,
@@ -856,11 +868,15 @@ impl<'a> Sessions<'a> {
         if now >= row.idle_expires_at() {
             return Ok(expired(ExpiryReason::Idle));
         }
-        if let Some(bound) = &row.fingerprint {
+        if !matches!(row.binding, Binding::Unbound) {
             let presented = device_fingerprint
                 .map(|fp| self.vault.keyed_hash("device_fingerprint", fp.as_bytes()))
                 .transpose()?;
-            if !presented.is_some_and(|p| constant_time_eq(&p, bound)) {
+            let matches = match (&row.binding, presented) {
+                (Binding::Device(bound), Some(p)) => constant_time_eq(&p, bound),
+                _ => false,
+            };
+            if !matches {
                 return Ok(Validation::FingerprintMismatch {
                     session_id: row.id.clone(),
                     user_id: row.user_id.clone(),
