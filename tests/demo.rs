@@ -1,5 +1,7 @@
 //! The main job: `statevault demo` runs the workload through every facet,
-//! and two demos on one file at once both succeed.
+//! two demos on one file at once both succeed, and the demo is a guest in a
+//! real file: it stores no time later than the real clock and removes
+//! nothing it did not make.
 
 mod common;
 
@@ -25,7 +27,7 @@ fn demo_drives_every_facet_and_reports() {
     assert!(r["counts"]["rate_limited"].as_u64().unwrap() > 0, "{r}");
     assert!(r["violations"].as_i64().unwrap() > 0, "{r}");
     assert!(
-        r["latency_by_endpoint"]["search"]["p99_us"]
+        r["latency_by_endpoint"]["demo.search"]["p99_us"]
             .as_f64()
             .unwrap()
             > 0.0
@@ -44,6 +46,113 @@ fn demo_drives_every_facet_and_reports() {
         "{r}"
     );
     assert!(dir.path().join("statevault.db.key").exists());
+
+    // Every request is counted once, under one endpoint, and recorded once
+    // in the metrics (the rows used to miss failed logins and expired
+    // sessions, and the first metric interval).
+    let rows: u64 = r["latency_by_endpoint"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|l| l["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(rows, 1500, "{r}");
+    assert_eq!(stored_requests(dir.path()), 1500);
+    assert!(r["swept"].is_object(), "a file the demo made is swept: {r}");
+}
+
+/// The demo's requests as the metrics table holds them.
+fn stored_requests(dir: &std::path::Path) -> i64 {
+    common::raw_connection(&dir.join("statevault.db"))
+        .query_row(
+            "SELECT sum(count) FROM metrics WHERE name = 'api_request_duration'
+             AND json_extract(labels, '$.endpoint') LIKE 'demo.%'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap()
+}
+
+/// The latest time stored in each column that records when something
+/// happened (not the deadlines: expiry, penalties), as RFC 3339 text.
+fn latest_times(dir: &std::path::Path) -> Vec<(String, String)> {
+    let conn = common::raw_connection(&dir.join("statevault.db"));
+    [
+        ("audit_events", "occurred_at"),
+        ("sessions", "created_at"),
+        ("sessions", "last_seen_at"),
+        ("violations", "occurred_at"),
+        ("token_buckets", "updated_at"),
+        ("token_buckets", "last_refill_at"),
+        ("cache_entries", "created_at"),
+        ("cache_entries", "last_access_at"),
+        ("metrics", "interval_start"),
+        ("preferences", "updated_at"),
+        ("vault_meta", "updated_at"),
+    ]
+    .into_iter()
+    .filter_map(|(table, column)| {
+        let latest: Option<String> = conn
+            .query_row(&format!("SELECT max({column}) FROM {table}"), [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        latest.map(|t| (format!("{table}.{column}"), t))
+    })
+    .collect()
+}
+
+/// A file a service already uses: its rows, a recent backup and one made
+/// 30 days ago (which the default retention would delete). Three demos run
+/// on it, the last two with thousands of requests (days of simulated time
+/// before the fix, all in the future). Afterwards every operator row and
+/// backup is still there, no stored time is later than the real clock,
+/// `health` is happy, and the demo kept only its newest three backups.
+#[test]
+fn the_demo_is_a_guest_in_a_real_file() {
+    let dir = tempdir();
+    let run = |args: &[&str]| {
+        let out = cli(dir.path()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        out
+    };
+    run(&["init"]);
+    run(&["prefs", "set", "alice", r#"{"theme": "dark"}"#]);
+    run(&["backup"]);
+    let backups = dir.path().join("backups");
+    let recent: Vec<_> = std::fs::read_dir(&backups)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(recent.len(), 1);
+    let old = backups.join("statevault.20261001T000000000Z.backup.db");
+    std::fs::copy(&recent[0], &old).unwrap();
+
+    for requests in ["400", "4000", "4000", "400"] {
+        let out = run(&["demo", "--users", "10", "--requests", requests, "--json"]);
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(r["swept"].is_null(), "retention is the owner's: {r}");
+    }
+    let now = statevault::Clock::now(&statevault::SystemClock).to_rfc3339();
+    for (column, latest) in latest_times(dir.path()) {
+        assert!(latest <= now, "{column} holds {latest}, later than {now}");
+    }
+    assert!(recent[0].exists() && old.exists(), "operator backups kept");
+    let demo_backups = std::fs::read_dir(&backups)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("statevault.demo.")
+        })
+        .count();
+    assert_eq!(demo_backups, 3, "the demo keeps its newest three");
+    let prefs = run(&["prefs", "get", "alice"]);
+    assert!(common::stdout(&prefs).contains("dark"));
+    let health = cli(dir.path()).arg("health").output().unwrap();
+    assert!(health.status.success(), "{}", common::stdout(&health));
 }
 
 #[test]

@@ -1,13 +1,23 @@
 //! `statevault demo`: the main job. Drives the workload of the seeds' music
 //! service through every facet of one vault file and prints what happened.
 //!
-//! Time is the vault's injected clock: the demo starts it at the real time
-//! and moves it forward by the simulated gap between requests, so hours of
-//! traffic (expiring sessions, due rotations, refilling buckets, running
-//! penalties) take seconds. Latencies in the report are real: wall-clock
-//! time of the vault work each request does.
+//! Time is the vault's injected clock. The demo walks its schedule of
+//! requests once to learn how long it lasts, starts the clock that long
+//! before the real now and moves it forward by the simulated gap between
+//! requests, so hours of traffic (expiring sessions, due rotations,
+//! refilling buckets, running penalties) take seconds and end at the real
+//! time the demo started: no time it stores is later than the real clock.
+//! Latencies in the report are real: wall-clock time of the vault work each
+//! request does.
+//!
+//! The demo is a guest in the file, which may be a service's real one: its
+//! users are `demo-user-…`, its cache namespaces, metric endpoints and
+//! backups are named `demo`, it does not record its preferences defaults as
+//! the application's, applies retention (`sweep`) only to a file it created,
+//! and prunes only the backups it made.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -35,6 +45,7 @@ pub struct Args {
 
 /// A small deterministic generator (xorshift64*): the demo needs skew, not
 /// cryptography, and the same seed gives the same traffic.
+#[derive(Clone)]
 struct Rng(u64);
 
 impl Rng {
@@ -63,7 +74,71 @@ struct User {
     token: Option<Secret>,
 }
 
-/// An endpoint's latency, from the metrics facet's sketches (±1 %).
+/// When each request comes and from which user: a generator of its own,
+/// so the schedule can be walked once to learn how long it lasts and then
+/// again, the same, to drive the requests.
+#[derive(Clone)]
+struct Schedule {
+    rng: Rng,
+    users: usize,
+    left: u64,
+    user: usize,
+    burst_left: u32,
+    in_burst: bool,
+}
+
+/// One request of the schedule.
+struct Slot {
+    user: usize,
+    gap: Duration,
+    /// The last request of the user's turn (a single one or a burst).
+    turn_ends: bool,
+}
+
+impl Schedule {
+    fn new(seed: u64, users: usize, requests: u64) -> Self {
+        Schedule {
+            rng: Rng(seed),
+            users,
+            left: requests,
+            user: 0,
+            burst_left: 0,
+            in_burst: false,
+        }
+    }
+}
+
+impl Iterator for Schedule {
+    type Item = Slot;
+
+    fn next(&mut self) -> Option<Slot> {
+        if self.left == 0 {
+            return None;
+        }
+        if self.burst_left == 0 {
+            self.user = self.rng.skewed(self.users);
+            // A hot user now and then sends a burst that the limits must
+            // stop: 60 requests in 1.2 s, about 36 of them searches (25 allowed).
+            self.in_burst = self.rng.unit() < 0.005;
+            self.burst_left = if self.in_burst { 60 } else { 1 };
+        }
+        self.left -= 1;
+        self.burst_left -= 1;
+        let gap = if self.in_burst {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_millis(500 + self.rng.next() % 5_000)
+        };
+        Some(Slot {
+            user: self.user,
+            gap,
+            turn_ends: self.burst_left == 0 || self.left == 0,
+        })
+    }
+}
+
+/// An endpoint's requests (counted by the demo) and latency (from the
+/// metrics facet's sketches, ±1 %).
 #[derive(Debug, Serialize)]
 struct Latency {
     requests: u64,
@@ -72,36 +147,34 @@ struct Latency {
     p99_us: f64,
 }
 
-const ENDPOINTS: [&str; 5] = [
-    "search",
-    "playlist.read",
-    "playlist.edit",
-    "preferences",
-    "rate_limited",
-];
-
-/// p50/p95/p99 of each endpoint over the run, from the stored metrics.
-async fn latencies(vault: &Vault, from: Timestamp) -> Result<BTreeMap<&'static str, Latency>> {
+/// Each endpoint's requests in this run, with p50/p95/p99 from the stored
+/// metrics over the run's period (which another demo on the same file may
+/// share).
+async fn latencies(
+    vault: &Vault,
+    counts: &Counts,
+    from: Timestamp,
+) -> Result<BTreeMap<&'static str, Latency>> {
     vault.metrics().flush_all().await?;
+    // Whole metric intervals: the first one began before the run did.
+    let from = from.saturating_sub(Duration::from_secs(3600));
     let to = vault.now().saturating_add(Duration::from_secs(3600));
     let mut out = BTreeMap::new();
-    for endpoint in ENDPOINTS {
+    for (endpoint, requests) in &counts.by_endpoint {
         let s = vault
             .metrics()
             .percentiles(API_REQUEST_DURATION, &[("endpoint", endpoint)], from, to)
             .await?;
-        if s.count > 0 {
-            let us = |ms: Option<f64>| ms.unwrap_or(0.0) * 1e3;
-            out.insert(
-                endpoint,
-                Latency {
-                    requests: s.count,
-                    p50_us: us(s.p50),
-                    p95_us: us(s.p95),
-                    p99_us: us(s.p99),
-                },
-            );
-        }
+        let us = |ms: Option<f64>| ms.unwrap_or(0.0) * 1e3;
+        out.insert(
+            *endpoint,
+            Latency {
+                requests: *requests,
+                p50_us: us(s.p50),
+                p95_us: us(s.p95),
+                p99_us: us(s.p99),
+            },
+        );
     }
     Ok(out)
 }
@@ -120,7 +193,10 @@ struct Counts {
     sessions_expired: u64,
     preference_reads: u64,
     preference_patches: u64,
+    preference_refusals: u64,
     cache_invalidations: u64,
+    /// Requests by the endpoint they ended at; they add up to `requests`.
+    by_endpoint: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -141,9 +217,13 @@ struct Report {
     exported_audit_events: usize,
     erased_user: String,
     erased_rows: BTreeMap<String, u64>,
-    swept: BTreeMap<String, u64>,
+    /// Rows removed by retention; `None` when the file held data before the
+    /// demo (retention is then left to its owner).
+    swept: Option<BTreeMap<String, u64>>,
     backup: String,
     backup_bytes: u64,
+    /// Older demo backups removed (the demo keeps its newest three).
+    backups_removed: usize,
     file_bytes: u64,
     wal_bytes: u64,
     encrypted: bool,
@@ -151,8 +231,12 @@ struct Report {
 
 pub async fn run(options: VaultOptions, args: Args) -> Result<ExitCode> {
     let started = Instant::now();
-    let clock = FakeClock::new(SystemClock.now());
+    let seed = 0x5eed_cafe_f00d ^ u64::from(std::process::id());
+    let schedule = Schedule::new(seed, args.users as usize, args.requests);
+    let span: Duration = schedule.clone().map(|slot| slot.gap).sum();
+    let clock = FakeClock::new(SystemClock.now().saturating_sub(span));
     let start = clock.now();
+    let fresh = !options.path().exists();
     let vault = Vault::open(
         options
             .clock(clock.clone())
@@ -160,7 +244,8 @@ pub async fn run(options: VaultOptions, args: Args) -> Result<ExitCode> {
             .sessions(demo_sessions()),
     )
     .await?;
-    let result = drive(&vault, &clock, &args).await;
+    let mut rng = Rng(seed.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15);
+    let result = drive(&vault, &clock, &args, schedule, &mut rng, fresh).await;
     let closed = vault.close().await;
     let mut report = result?;
     closed?;
@@ -184,13 +269,19 @@ fn demo_sessions() -> SessionConfig {
     config
 }
 
-async fn drive(vault: &Vault, clock: &FakeClock, args: &Args) -> Result<Report> {
-    let mut rng = Rng(0x5eed_cafe_f00d ^ u64::from(std::process::id()));
+async fn drive(
+    vault: &Vault,
+    clock: &FakeClock,
+    args: &Args,
+    schedule: Schedule,
+    rng: &mut Rng,
+    fresh: bool,
+) -> Result<Report> {
     let mut counts = Counts::default();
     let start = vault.now();
     let mut users: Vec<User> = (0..args.users)
         .map(|i| User {
-            id: format!("user-{i:05}"),
+            id: format!("demo-user-{i:05}"),
             device: format!("device-{i}"),
             ip: format!("198.51.100.{}", i % 250),
             token: None,
@@ -207,24 +298,24 @@ async fn drive(vault: &Vault, clock: &FakeClock, args: &Args) -> Result<Report> 
     );
     progress.set_message("serving");
 
-    let mut i = 0;
-    while i < args.requests {
-        let u = rng.skewed(users.len());
-        // A hot user now and then sends a burst that the limits must stop:
-        // 60 requests in 1.2 s, about 36 of them searches (25 allowed).
-        let burst = if rng.unit() < 0.005 { 60 } else { 1 };
-        for _ in 0..burst.min(args.requests - i) {
-            clock.advance(Duration::from_millis(if burst > 1 {
-                20
-            } else {
-                500 + rng.next() % 5_000
-            }));
-            request(vault, &mut users[u], &mut rng, &mut counts).await?;
-            i += 1;
-            progress.inc(1);
-        }
-        // Now and then someone logs out everywhere.
-        if rng.unit() < 0.002 {
+    for slot in schedule {
+        clock.advance(slot.gap);
+        let user = &mut users[slot.user];
+        let started = Instant::now();
+        let (endpoint, status) = request(vault, user, rng, &mut counts).await?;
+        let took = started.elapsed();
+        vault.metrics().record_api_call(
+            endpoint,
+            method(endpoint),
+            status,
+            took,
+            Some(user.id.as_str()),
+        );
+        counts.requests += 1;
+        *counts.by_endpoint.entry(endpoint).or_default() += 1;
+        progress.inc(1);
+        // Now and then, after a turn, someone logs out everywhere.
+        if slot.turn_ends && rng.unit() < 0.002 {
             let user = &mut users[rng.skewed(args.users as usize)];
             counts.sessions_revoked += vault.sessions().revoke_user(&user.id).await?;
             user.token = None;
@@ -243,8 +334,12 @@ async fn drive(vault: &Vault, clock: &FakeClock, args: &Args) -> Result<Report> 
     let erased_user = users[users.len() - 1].id.clone();
     let erased = vault.erase_user(&erased_user).await?;
 
-    let swept = vault.sweep().await?.removed;
-    let backup = vault.backup(None).await?;
+    let swept = if fresh {
+        Some(vault.sweep().await?.removed)
+    } else {
+        None
+    };
+    let (backup, backups_removed) = backup(vault).await?;
     let chain = vault.audit().verify().await?;
     let scalar = |sql: &'static str| async move {
         let rows = vault.query_read_only(sql).await?;
@@ -261,6 +356,7 @@ async fn drive(vault: &Vault, clock: &FakeClock, args: &Args) -> Result<Report> 
         .unwrap_or(0);
     let cache = vault.cache().stats().await?;
     let info = vault.info().await?;
+    let latency_by_endpoint = latencies(vault, &counts, start).await?;
     Ok(Report {
         path: vault.path().display().to_string(),
         users: args.users,
@@ -271,7 +367,7 @@ async fn drive(vault: &Vault, clock: &FakeClock, args: &Args) -> Result<Report> 
         penalties: scalar("SELECT count(*) FROM violations WHERE penalty_until IS NOT NULL")
             .await?,
         live_sessions,
-        latency_by_endpoint: latencies(vault, start).await?,
+        latency_by_endpoint,
         cache,
         audit_events: chain.events,
         audit_chain_ok: chain.ok,
@@ -282,6 +378,7 @@ async fn drive(vault: &Vault, clock: &FakeClock, args: &Args) -> Result<Report> 
         swept,
         backup: backup.path.display().to_string(),
         backup_bytes: backup.bytes,
+        backups_removed,
         file_bytes: info.file_bytes,
         wal_bytes: info.wal_bytes,
         encrypted: info.encrypted,
@@ -290,8 +387,14 @@ async fn drive(vault: &Vault, clock: &FakeClock, args: &Args) -> Result<Report> 
 
 /// Logs the user in: the strict `auth_attempts` limit first, then the
 /// password (wrong now and then, mostly for every tenth user), then a session, regenerated
-/// after login as a web framework would.
-async fn login(vault: &Vault, user: &mut User, rng: &mut Rng, counts: &mut Counts) -> Result<bool> {
+/// after login as a web framework would. Returns the status of a failed
+/// login (429 locked out, 401 wrong password), `None` once logged in.
+async fn login(
+    vault: &Vault,
+    user: &mut User,
+    rng: &mut Rng,
+    counts: &mut Counts,
+) -> Result<Option<u16>> {
     let client = ClientInfo::none().ip(&user.ip);
     let attempt = vault
         .limits()
@@ -304,7 +407,7 @@ async fn login(vault: &Vault, user: &mut User, rng: &mut Rng, counts: &mut Count
                 .user(&user.id)
                 .client_ip(&user.ip),
         )?;
-        return Ok(false);
+        return Ok(Some(429));
     }
     // Every tenth user cannot type their password (not the hottest one,
     // user 0, or the whole run would be one lockout).
@@ -317,7 +420,7 @@ async fn login(vault: &Vault, user: &mut User, rng: &mut Rng, counts: &mut Count
                 .user(&user.id)
                 .client_ip(&user.ip),
         )?;
-        return Ok(false);
+        return Ok(Some(401));
     }
     let issued = vault
         .sessions()
@@ -343,22 +446,28 @@ async fn login(vault: &Vault, user: &mut User, rng: &mut Rng, counts: &mut Count
             .client_ip(&user.ip),
     )?;
     user.token = Some(issued.token);
-    Ok(true)
+    Ok(None)
 }
 
 /// One API request: session, rate limits, the work, the audit event.
-async fn request(vault: &Vault, user: &mut User, rng: &mut Rng, counts: &mut Counts) -> Result<()> {
-    counts.requests += 1;
-    if user.token.is_none() && !login(vault, user, rng, counts).await? {
-        return Ok(());
+/// Returns the endpoint it ended at and the HTTP status it would answer.
+async fn request(
+    vault: &Vault,
+    user: &mut User,
+    rng: &mut Rng,
+    counts: &mut Counts,
+) -> Result<(&'static str, u16)> {
+    if user.token.is_none()
+        && let Some(status) = login(vault, user, rng, counts).await?
+    {
+        return Ok(("demo.login", status));
     }
     let endpoint = match rng.unit() {
-        r if r < 0.60 => "search",
-        r if r < 0.85 => "playlist.read",
-        r if r < 0.95 => "playlist.edit",
-        _ => "preferences",
+        r if r < 0.60 => "demo.search",
+        r if r < 0.85 => "demo.playlist.read",
+        r if r < 0.95 => "demo.playlist.edit",
+        _ => "demo.preferences",
     };
-    let started = Instant::now();
     let token = user
         .token
         .as_ref()
@@ -375,7 +484,7 @@ async fn request(vault: &Vault, user: &mut User, rng: &mut Rng, counts: &mut Cou
                 counts.sessions_expired += 1;
             }
             user.token = None;
-            return Ok(());
+            return Ok(("demo.session", 401));
         }
     };
     if session.rotation_due {
@@ -395,8 +504,8 @@ async fn request(vault: &Vault, user: &mut User, rng: &mut Rng, counts: &mut Cou
         .await?
         .allowed;
     let specific = match endpoint {
-        "search" => Some("search_queries"),
-        "playlist.edit" => Some("playlist_ops"),
+        "demo.search" => Some("search_queries"),
+        "demo.playlist.edit" => Some("playlist_ops"),
         _ => None,
     };
     if let Some(limit) = specific.filter(|_| allowed) {
@@ -408,18 +517,14 @@ async fn request(vault: &Vault, user: &mut User, rng: &mut Rng, counts: &mut Cou
     }
     if !allowed {
         counts.rate_limited += 1;
-        let (uid, took) = (Some(user.id.as_str()), started.elapsed());
-        vault
-            .metrics()
-            .record_api_call("rate_limited", method(endpoint), 429, took, uid);
-        return Ok(());
+        return Ok(("demo.rate_limited", 429));
     }
     counts.allowed += 1;
     match endpoint {
         // Searches are shared by everyone, and a few queries are hot.
-        "search" => {
+        "demo.search" => {
             let query = format!("query-{}", rng.skewed(120));
-            let key = CacheKey::derive("search", "tracks", &json!({ "q": query }), None)?;
+            let key = CacheKey::derive("demo.search", "tracks", &json!({ "q": query }), None)?;
             let options = SetOptions::new().tag("search");
             let _: serde_json::Value = vault
                 .cache()
@@ -429,14 +534,14 @@ async fn request(vault: &Vault, user: &mut User, rng: &mut Rng, counts: &mut Cou
                 .await?;
         }
         // A playlist is the user's own; editing one invalidates its tag.
-        "playlist.read" | "playlist.edit" => {
+        "demo.playlist.read" | "demo.playlist.edit" => {
             let playlist = format!("pl-{}", rng.next() % 5);
             let tag = format!("playlist:{}:{playlist}", user.id);
-            if endpoint == "playlist.edit" {
+            if endpoint == "demo.playlist.edit" {
                 counts.cache_invalidations += vault.cache().invalidate_tag(&tag).await?;
             } else {
                 let key = CacheKey::derive(
-                    "playlists",
+                    "demo.playlists",
                     "get",
                     &json!({ "id": playlist }),
                     Some(&user.id),
@@ -452,31 +557,87 @@ async fn request(vault: &Vault, user: &mut User, rng: &mut Rng, counts: &mut Cou
         }
         _ => {}
     }
-    if endpoint == "preferences" {
-        if rng.unit() < 0.5 {
+    let mut status = 200;
+    if endpoint == "demo.preferences" {
+        // Someone else may have stored preferences for a demo user that
+        // these defaults refuse: a service answers 422, and so does the demo.
+        let answer = if rng.unit() < 0.5 {
             let quality = ["LOW", "HIGH", "LOSSLESS"][rng.next() as usize % 3];
+            counts.preference_patches += 1;
             vault
                 .preferences()
                 .patch(&user.id, &json!({"audio_quality": quality}))
-                .await?;
-            counts.preference_patches += 1;
+                .await
         } else {
-            vault.preferences().get(&user.id)?;
             counts.preference_reads += 1;
+            vault.preferences().get(&user.id)
+        };
+        match answer {
+            Ok(_) => {}
+            Err(statevault::Error::InvalidPreference { .. }) => {
+                counts.preference_refusals += 1;
+                status = 422;
+            }
+            Err(e) => return Err(e),
         }
     }
     vault.audit().append(
         AuditEvent::new(EventKind::ApiCall, endpoint)
             .user(&user.id)
             .session(&session.id)
-            .details(json!({"status": 200}))
+            .details(json!({ "status": status }))
             .category(GdprCategory::Necessary),
     )?;
-    let (uid, took) = (Some(user.id.as_str()), started.elapsed());
-    vault
-        .metrics()
-        .record_api_call(endpoint, method(endpoint), 200, took, uid);
-    Ok(())
+    Ok((endpoint, status))
+}
+
+/// Writes a backup of the file beside the service's own, named as the
+/// demo's (`<stem>.demo.<time>.backup.db`, which the default backups'
+/// retention never matches), and deletes the demo's older ones beyond the
+/// newest three. Returns the report and how many were deleted.
+async fn backup(vault: &Vault) -> Result<(statevault::BackupReport, usize)> {
+    let db = vault.path();
+    let dir = db
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("backups");
+    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    let stem = db
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("statevault");
+    let prefix = format!("{stem}.demo.");
+    let stamp: String = SystemClock
+        .now()
+        .to_rfc3339()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let path = dir.join(format!("{prefix}{stamp}.{}.backup.db", std::process::id()));
+    let report = vault.backup(Some(&path)).await?;
+    let mut ours: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| io(&dir, e))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".backup.db"))
+        })
+        .collect();
+    ours.sort();
+    let old = ours.len().saturating_sub(3);
+    for path in &ours[..old] {
+        std::fs::remove_file(path).map_err(|e| io(path, e))?;
+    }
+    Ok((report, old))
+}
+
+fn io(path: &Path, source: std::io::Error) -> statevault::Error {
+    statevault::Error::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn method(endpoint: &str) -> &'static str {
@@ -517,12 +678,12 @@ fn print(r: &Report) {
         "  latency of the vault work per request (real time, from the metrics facet's sketches)"
     );
     println!(
-        "    {:<14} {:>9} {:>9} {:>9} {:>9}",
+        "    {:<20} {:>9} {:>9} {:>9} {:>9}",
         "endpoint", "requests", "p50 µs", "p95 µs", "p99 µs"
     );
     for (endpoint, l) in &r.latency_by_endpoint {
         println!(
-            "    {endpoint:<14} {:>9} {:>9.1} {:>9.1} {:>9.1}",
+            "    {endpoint:<20} {:>9} {:>9.1} {:>9.1} {:>9.1}",
             l.requests, l.p50_us, l.p95_us, l.p99_us
         );
     }
@@ -560,8 +721,8 @@ fn print(r: &Report) {
         r.violations, r.penalties
     );
     println!(
-        "  preferences: {} reads, {} patches",
-        c.preference_reads, c.preference_patches
+        "  preferences: {} reads, {} patches, {} refused (422)",
+        c.preference_reads, c.preference_patches, c.preference_refusals
     );
     println!(
         "  audit: {} events, chain {}",
@@ -582,9 +743,17 @@ fn print(r: &Report) {
         .map(|(t, n)| format!("{t} {n}"))
         .collect();
     println!("  erasure of {}: {}", r.erased_user, erased.join(", "));
-    let swept: Vec<String> = r.swept.iter().map(|(t, n)| format!("{t} {n}")).collect();
-    println!("  sweep: {}", swept.join(", "));
-    println!("  backup: {} ({} bytes)", r.backup, r.backup_bytes);
+    match &r.swept {
+        Some(swept) => {
+            let swept: Vec<String> = swept.iter().map(|(t, n)| format!("{t} {n}")).collect();
+            println!("  sweep: {}", swept.join(", "));
+        }
+        None => println!("  sweep: skipped, the file held data before the demo"),
+    }
+    println!(
+        "  backup: {} ({} bytes; {} older demo backups removed)",
+        r.backup, r.backup_bytes, r.backups_removed
+    );
     println!(
         "  file: {} bytes (+ {} bytes of WAL), {}",
         r.file_bytes,
