@@ -106,6 +106,6 @@ pub use sessions::{
     ExpiryReason, ExportedSession, IssuedSession, MAX_SESSION_MEMORY_ENTRIES, NewSession, Secret,
     Session, SessionConfig, Sessions, Validation, WhenFull,
 };
-pub use store::{Check, CheckReport, MigrationStatus, Synchronous};
+pub use store::{CIPHER_PASSES, Check, CheckReport, MigrationStatus, Synchronous};
 pub use users::{ErasureReport, UserExport};
 pub use vault::{DB_ENV, DEFAULT_DB, Info, Rows, Vault, VaultOptions};

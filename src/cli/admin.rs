@@ -161,6 +161,7 @@ pub async fn check(options: &VaultOptions, json: bool) -> Result<ExitCode> {
             } else {
                 vec![super::audit::describe(&chain)]
             },
+            passes: 1,
         });
     }
     if json {

@@ -32,7 +32,19 @@ pub struct Check {
     pub ok: bool,
     /// What is wrong, one line each.
     pub problems: Vec<String>,
+    /// How many times it ran (see [`CIPHER_PASSES`]); 1 for every check but
+    /// `cipher_integrity`.
+    pub passes: u32,
 }
+
+/// How many passes `cipher_integrity` may take before a bad page is
+/// believed. SQLCipher's `cipher_integrity_check` reads the file's bytes
+/// directly, outside SQLite's snapshot of it, so a page that another
+/// process's checkpoint is writing at that moment (or a tail it is
+/// truncating) can read torn. Damage stays put; a torn read does not. So
+/// the check runs again while it finds problems, and only a problem found by
+/// every pass is reported.
+pub const CIPHER_PASSES: u32 = 4;
 
 /// Runs every check; a check that cannot run counts as failed, with the reason.
 ///
@@ -49,6 +61,7 @@ pub(crate) fn check_file(settings: &ConnSettings) -> crate::Result<CheckReport> 
                 name: "open",
                 ok: false,
                 problems: vec![e.to_string()],
+                passes: 1,
             });
             return Ok(CheckReport { checks });
         }
@@ -60,17 +73,16 @@ pub(crate) fn check_file(settings: &ConnSettings) -> crate::Result<CheckReport> 
                 name: "schema",
                 ok: false,
                 problems: vec![e.to_string()],
+                passes: 1,
             }),
         }
     }
     if settings.key.is_some() {
-        checks.push(run(
-            &conn,
-            "cipher_integrity",
-            "PRAGMA cipher_integrity_check",
-            None,
-        ));
+        checks.push(cipher_integrity(&conn));
     }
+    // One read transaction: both checks judge the same snapshot, whatever
+    // other processes commit meanwhile.
+    let snapshot = conn.execute_batch("BEGIN");
     checks.push(run(
         &conn,
         "integrity",
@@ -78,7 +90,24 @@ pub(crate) fn check_file(settings: &ConnSettings) -> crate::Result<CheckReport> 
         Some("ok"),
     ));
     checks.push(run(&conn, "foreign_keys", "PRAGMA foreign_key_check", None));
+    if snapshot.is_ok() {
+        let _ = conn.execute_batch("COMMIT");
+    }
     Ok(CheckReport { checks })
+}
+
+/// Every page's HMAC, in up to [`CIPHER_PASSES`] passes: a problem is
+/// reported only if every pass finds it.
+fn cipher_integrity(conn: &rusqlite::Connection) -> Check {
+    let sql = "PRAGMA cipher_integrity_check";
+    let mut check = run(conn, "cipher_integrity", sql, None);
+    while !check.ok && check.passes < CIPHER_PASSES {
+        let again = run(conn, "cipher_integrity", sql, None);
+        check.problems.retain(|p| again.problems.contains(p));
+        check.ok = check.problems.is_empty();
+        check.passes += 1;
+    }
+    check
 }
 
 /// Runs a check pragma; every row that is not `ok_row` is a problem.
@@ -107,6 +136,7 @@ fn run(conn: &rusqlite::Connection, name: &'static str, sql: &str, ok_row: Optio
         name,
         ok: problems.is_empty(),
         problems,
+        passes: 1,
     }
 }
 

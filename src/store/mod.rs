@@ -31,7 +31,7 @@ use std::sync::Arc;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Sqlite, Transaction};
 
-pub use check::{Check, CheckReport};
+pub use check::{CIPHER_PASSES, Check, CheckReport};
 pub use conn::Synchronous;
 pub(crate) use conn::{ConnSettings, SharedSettings};
 pub(crate) use file::{FileKind, with_suffix};
@@ -284,6 +284,7 @@ async fn check_blocking(settings: SharedSettings) -> Result<CheckReport> {
                 name: "check",
                 ok: false,
                 problems: vec![format!("the check task failed: {e}")],
+                passes: 1,
             }],
         }),
     }
