@@ -13,11 +13,14 @@ use std::path::PathBuf;
 pub enum Error {
     /// The file is encrypted and the key given does not decrypt it.
     #[error(
-        "wrong key: {path} cannot be decrypted with the key given (or it is not a statevault database)"
+        "wrong key: {path} cannot be decrypted with {key} (or it is not a statevault database)"
     )]
     WrongKey {
         /// The database file.
         path: PathBuf,
+        /// Which key was tried: its form (raw key or passphrase) and where
+        /// it was read from, never the key itself.
+        key: String,
     },
 
     /// The file is encrypted, but no key was given.

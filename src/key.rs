@@ -34,7 +34,13 @@ pub const KEY_ENV: &str = "STATEVAULT_KEY";
 /// # Ok::<(), statevault::Error>(())
 /// ```
 #[derive(Clone, ZeroizeOnDrop)]
-pub struct Key(Material);
+pub struct Key {
+    material: Material,
+    /// Where the key was read from (a key file, the environment), for the
+    /// message when it does not open a file. Not secret.
+    #[zeroize(skip)]
+    origin: Option<std::sync::Arc<str>>,
+}
 
 #[derive(Clone, ZeroizeOnDrop)]
 enum Material {
@@ -51,12 +57,12 @@ impl Key {
                 reason: "the passphrase is empty".into(),
             });
         }
-        Ok(Key(Material::Passphrase(passphrase)))
+        Ok(Key::of(Material::Passphrase(passphrase)))
     }
 
     /// A raw 256-bit key (no key derivation on open).
     pub fn raw(bytes: [u8; 32]) -> Key {
-        Key(Material::Raw(Zeroizing::new(bytes)))
+        Key::of(Material::Raw(Zeroizing::new(bytes)))
     }
 
     /// A new random raw key from the operating system's generator.
@@ -65,36 +71,71 @@ impl Key {
         getrandom::fill(bytes.as_mut()).map_err(|e| Error::InvalidKey {
             reason: format!("the system random generator failed: {e}"),
         })?;
-        Ok(Key(Material::Raw(bytes)))
+        Ok(Key::of(Material::Raw(bytes)))
+    }
+
+    fn of(material: Material) -> Key {
+        Key {
+            material,
+            origin: None,
+        }
     }
 
     /// Parses the key-file format: `x'<64 hex digits>'` is a raw key, anything
-    /// else a passphrase. One trailing newline is ignored.
+    /// else a passphrase. A byte-order mark, blank lines and spaces around a
+    /// raw key are ignored; a passphrase loses only one trailing newline.
     pub fn parse(text: &str) -> Result<Key> {
-        let text = text
-            .strip_suffix('\n')
-            .map(|t| t.strip_suffix('\r').unwrap_or(t))
-            .unwrap_or(text);
-        let Some(hex) = text
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let trimmed = text.trim();
+        let Some(hex) = trimmed
             .strip_prefix("x'")
-            .or_else(|| text.strip_prefix("X'"))
+            .or_else(|| trimmed.strip_prefix("X'"))
             .and_then(|t| t.strip_suffix('\''))
         else {
-            return Key::passphrase(text);
+            let passphrase = text
+                .strip_suffix('\n')
+                .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                .unwrap_or(text);
+            return Key::passphrase(passphrase);
         };
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::InvalidKey {
+                reason: "a raw key (x'...') must be hex digits only".into(),
+            });
+        }
         if hex.len() != 64 {
             return Err(Error::InvalidKey {
                 reason: format!("a raw key needs 64 hex digits, found {}", hex.len()),
             });
         }
         let mut bytes = Zeroizing::new([0u8; 32]);
-        for (i, byte) in bytes.iter_mut().enumerate() {
-            *byte =
-                u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| Error::InvalidKey {
-                    reason: "a raw key must be hex digits only".into(),
-                })?;
+        for (byte, pair) in bytes.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+            *byte = (hex_value(pair[0]) << 4) | hex_value(pair[1]);
         }
-        Ok(Key(Material::Raw(bytes)))
+        Ok(Key::of(Material::Raw(bytes)))
+    }
+
+    /// The same key, remembering where it was read from.
+    fn from_origin(mut self, origin: impl Into<std::sync::Arc<str>>) -> Key {
+        self.origin = Some(origin.into());
+        self
+    }
+
+    /// What the key is and where it came from, for an error message (never
+    /// the material): "the raw key from app.db.key", "the passphrase from
+    /// STATEVAULT_KEY (...)".
+    pub(crate) fn describe(&self) -> String {
+        let from = self
+            .origin
+            .as_deref()
+            .map_or_else(String::new, |o| format!(" from {o}"));
+        match self.material {
+            Material::Raw(_) => format!("the raw key{from}"),
+            Material::Passphrase(_) if self.origin.is_some() => format!(
+                "the passphrase{from} (read as a passphrase; a raw key is written x'<64 hex digits>')"
+            ),
+            Material::Passphrase(_) => "the passphrase given".into(),
+        }
     }
 
     /// Reads a key file. It must not be readable by group or others.
@@ -115,7 +156,7 @@ impl Key {
             });
         }
         let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| Error::io(path, e))?);
-        Key::parse(&text)
+        Ok(Key::parse(&text)?.from_origin(path.display().to_string()))
     }
 
     /// Writes the key to a new file, mode 0600. Fails if the file exists.
@@ -144,12 +185,12 @@ impl Key {
 
     /// Whether this is a raw key (as opposed to a passphrase).
     pub fn is_raw(&self) -> bool {
-        matches!(self.0, Material::Raw(_))
+        matches!(self.material, Material::Raw(_))
     }
 
     /// The 32 bytes of a raw key; `None` for a passphrase.
     pub(crate) fn raw_bytes(&self) -> Option<Zeroizing<[u8; 32]>> {
-        match &self.0 {
+        match &self.material {
             Material::Raw(bytes) => Some(bytes.clone()),
             Material::Passphrase(_) => None,
         }
@@ -157,7 +198,7 @@ impl Key {
 
     /// The key-file text, which is also what `sqlite3_key_v2` takes.
     fn to_text(&self) -> Zeroizing<String> {
-        match &self.0 {
+        match &self.material {
             Material::Passphrase(p) => p.clone(),
             Material::Raw(bytes) => {
                 let mut text = Zeroizing::new(String::with_capacity(67));
@@ -216,6 +257,14 @@ impl Key {
     }
 }
 
+/// The value of one ASCII hex digit (the caller has checked it is one).
+fn hex_value(digit: u8) -> u8 {
+    char::from(digit)
+        .to_digit(16)
+        .and_then(|v| u8::try_from(v).ok())
+        .unwrap_or(0)
+}
+
 /// Lower-case hex digits of `bytes`, in a buffer wiped on drop.
 pub(crate) fn hex(bytes: &[u8]) -> Zeroizing<String> {
     let mut text = Zeroizing::new(String::with_capacity(bytes.len() * 2));
@@ -228,7 +277,7 @@ pub(crate) fn hex(bytes: &[u8]) -> Zeroizing<String> {
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.0 {
+        let kind = match self.material {
             Material::Passphrase(_) => "passphrase",
             Material::Raw(_) => "raw",
         };
@@ -274,7 +323,7 @@ impl KeySource {
                         Zeroizing::new(text.into_string().map_err(|_| Error::InvalidKey {
                             reason: format!("{KEY_ENV} is not valid UTF-8"),
                         })?);
-                    return Key::parse(&text).map(Some);
+                    return Key::parse(&text).map(|k| Some(k.from_origin(KEY_ENV)));
                 }
                 let key_file = default_key_file(db);
                 if key_file.exists() {

@@ -101,14 +101,18 @@ pub async fn sql(vault: &Vault, query: &str, json: bool) -> Result<ExitCode> {
     let cells: Vec<Vec<String>> = rows
         .rows
         .iter()
-        .map(|r| r.iter().map(text_of).collect())
+        .map(|r| {
+            r.iter()
+                .map(|v| super::escape(&text_of(v)).into_owned())
+                .collect()
+        })
         .collect();
     let widths: Vec<usize> = (0..rows.columns.len())
         .map(|i| {
             cells
                 .iter()
                 .map(|r| r[i].chars().count())
-                .chain([rows.columns[i].chars().count()])
+                .chain([super::escape(&rows.columns[i]).chars().count()])
                 .max()
                 .unwrap_or(0)
         })
@@ -117,13 +121,19 @@ pub async fn sql(vault: &Vault, query: &str, json: bool) -> Result<ExitCode> {
         values
             .iter()
             .zip(&widths)
-            .map(|(v, w)| format!("{v:<w$}"))
+            // Padded by hand: `format!`'s width stops at 65535.
+            .map(|(v, w)| format!("{v}{}", " ".repeat(w - v.chars().count())))
             .collect::<Vec<_>>()
             .join(" | ")
             .trim_end()
             .to_owned()
     };
-    println!("{}", line(&rows.columns));
+    let columns: Vec<String> = rows
+        .columns
+        .iter()
+        .map(|c| super::escape(c).into_owned())
+        .collect();
+    println!("{}", line(&columns));
     println!(
         "{}",
         widths

@@ -192,12 +192,19 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Prints `error: <message>` as one line: control characters in it (a
-/// newline in a path or a user id given on the command line) are escaped.
+/// Prints `error: <message>` as one line, [escaped](escape).
 fn print_error(message: impl std::fmt::Display) {
-    let line: String = message
-        .to_string()
-        .chars()
+    eprintln!("error: {}", escape(&message.to_string()));
+}
+
+/// The one rule for text that came from the file or the command line and
+/// goes to a terminal: control characters (a newline, an escape sequence in
+/// a user id) are shown escaped (`\n`, `\u{1b}`), never sent raw.
+pub(crate) fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
         .map(|c| {
             if c.is_control() {
                 c.escape_default().to_string()
@@ -205,8 +212,8 @@ fn print_error(message: impl std::fmt::Display) {
                 c.to_string()
             }
         })
-        .collect();
-    eprintln!("error: {line}");
+        .collect::<String>()
+        .into()
 }
 
 /// The vault's options: flags and environment first, then the config file,

@@ -67,7 +67,7 @@ pub(crate) fn check_file(settings: &ConnSettings) -> crate::Result<CheckReport> 
         }
     };
     if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())) {
-        match super::conn::classify(&settings.path, settings.key.is_some(), e) {
+        match super::conn::classify(&settings.path, settings.key.as_ref(), e) {
             e @ crate::Error::WrongKey { .. } => return Err(e),
             e => checks.push(Check {
                 name: "schema",

@@ -90,7 +90,7 @@ impl ConnSettings {
     /// even when the value does not change.
     pub(crate) fn open_rusqlite(&self, creating: bool) -> Result<rusqlite::Connection> {
         silence_sqlcipher_log();
-        let classify = |e| classify(&self.path, self.key.is_some(), e);
+        let classify = |e| classify(&self.path, self.key.as_ref(), e);
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = rusqlite::Connection::open_with_flags(&self.path, flags).map_err(classify)?;
         // Another process may be creating or migrating the file right now.
@@ -116,7 +116,7 @@ impl ConnSettings {
         silence_sqlcipher_log();
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = rusqlite::Connection::open_with_flags(&self.path, flags)
-            .map_err(|e| classify(&self.path, self.key.is_some(), e))?;
+            .map_err(|e| classify(&self.path, self.key.as_ref(), e))?;
         conn.busy_timeout(self.busy_timeout)?;
         // SAFETY: the connection was just opened on this thread and is not shared.
         unsafe { self.apply_key(conn.handle())? };
@@ -150,17 +150,18 @@ pub(crate) fn retry_busy<T>(
 }
 
 /// Turns SQLite's "not a database" / "corrupt" codes into statevault's words.
-pub(crate) fn classify(path: &Path, keyed: bool, e: rusqlite::Error) -> Error {
+pub(crate) fn classify(path: &Path, key: Option<&Key>, e: rusqlite::Error) -> Error {
     use rusqlite::ErrorCode;
-    match e.sqlite_error_code() {
-        Some(ErrorCode::NotADatabase) if keyed => Error::WrongKey {
+    match (e.sqlite_error_code(), key) {
+        (Some(ErrorCode::NotADatabase), Some(key)) => Error::WrongKey {
             path: path.to_owned(),
+            key: key.describe(),
         },
-        Some(ErrorCode::NotADatabase) => Error::NotADatabase {
+        (Some(ErrorCode::NotADatabase), None) => Error::NotADatabase {
             path: path.to_owned(),
             reason: "SQLite cannot read its header (encrypted? then a key is needed)".into(),
         },
-        Some(ErrorCode::DatabaseCorrupt) => Error::Corrupt {
+        (Some(ErrorCode::DatabaseCorrupt), _) => Error::Corrupt {
             path: Some(path.to_owned()),
             detail: e.to_string(),
         },

@@ -61,7 +61,7 @@ impl Readers {
         }
         let conn = guard.as_ref().ok_or(Error::Closed)?;
         f(conn)
-            .map_err(|e| super::conn::classify(&self.settings.path, self.settings.key.is_some(), e))
+            .map_err(|e| super::conn::classify(&self.settings.path, self.settings.key.as_ref(), e))
     }
 
     /// A free slot, preferring one whose connection is already open: a new
@@ -132,7 +132,7 @@ impl HotWriter {
         }
         let conn = guard.as_ref().ok_or(Error::Closed)?;
         let classify =
-            |e| super::conn::classify(&self.settings.path, self.settings.key.is_some(), e);
+            |e| super::conn::classify(&self.settings.path, self.settings.key.as_ref(), e);
         super::conn::retry_busy(self.settings.busy_timeout, || {
             conn.execute_batch("BEGIN IMMEDIATE")
         })
