@@ -217,6 +217,13 @@ pub enum Error {
         capacity: f64,
     },
 
+    /// The vault was opened outside a tokio runtime; its connections and
+    /// background flushes run on one.
+    #[error(
+        "statevault needs a tokio runtime: open the vault inside one (#[tokio::main], or Runtime::block_on)"
+    )]
+    NoRuntime,
+
     /// The vault was closed; open it again to use it.
     #[error("the vault is closed")]
     Closed,

@@ -437,6 +437,7 @@ impl Vault {
 
     /// Opens the file as it is, never falling back to a backup.
     pub(crate) async fn open_as_is(options: VaultOptions) -> Result<Vault> {
+        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         options.validate()?;
         let limits = LimitsState::new(&options.limits)?;
         let metrics = MetricsState::new(options.metrics.clone())?;
@@ -815,6 +816,7 @@ impl Vault {
     /// that files too damaged to open still get a report naming what is
     /// wrong. Writes nothing, creates nothing.
     pub async fn check_file(options: &VaultOptions) -> Result<CheckReport> {
+        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         options.validate()?;
         Store::check_file(options.spec()).await
     }
