@@ -564,7 +564,7 @@ impl Limits<'_> {
         }
         let now = self.vault.now();
         if spec.shared {
-            return self.check_shared(spec, subject, now, cost_f, client);
+            return self.check_shared(spec, subject, now, cost_f, client).await;
         }
         let verdict = state.decide(self.vault, idx, subject, now, cost_f)?;
         let violation = match &verdict {
@@ -724,7 +724,7 @@ impl Limits<'_> {
         result
     }
 
-    fn check_shared(
+    async fn check_shared(
         &self,
         spec: &CompiledLimit,
         subject: &str,
@@ -735,46 +735,51 @@ impl Limits<'_> {
         // One transaction on the hot writer, on this thread (no sqlx thread
         // hops): the check statement, and on a refusal the state it saw and
         // the violation, so that the decision and the record see one state.
-        self.vault.store().hot_write(|conn| {
-            if let Some(allowed) = sql::shared_check(conn, spec, subject, now, cost)? {
-                return Ok(shared_allowed(spec, allowed, now));
-            }
-            let since = Timestamp::from_millis(now.as_millis() - PENALTY_MEMORY_MS);
-            let stored = sql::buckets(conn, subject, &spec.name)?;
-            let violations = sql::violations(conn, subject, &spec.name, since)?;
-            let entry = LimitsState::entry_from(spec, stored, violations, now);
-            let full_at = match bucket::summary(&spec.windows, &entry.buckets, now) {
-                Outcome::Allowed { full_at, .. } => full_at,
-                Outcome::NotUntil(at) => at,
-            };
-            let recent = entry.recent.len();
-            let verdict = match entry.penalty.filter(|p| p.until > now) {
-                Some(penalty) => Verdict::Penalised {
-                    penalty,
-                    full_at,
-                    recent,
-                },
-                None => {
-                    let not_until =
-                        bucket::not_until(&spec.windows, &entry.buckets, now, cost).unwrap_or(now);
-                    let duration_ms = bucket::penalty_ms(spec.base_penalty_ms, recent + 1);
-                    let penalty = Penalty {
-                        until: Timestamp::from_millis(now.as_millis().saturating_add(duration_ms)),
-                        duration: Duration::from_millis(duration_ms.unsigned_abs()),
-                    };
-                    let row =
-                        self.violation_row(spec, subject, now, cost, penalty.until, client)?;
-                    sql::insert_violation(conn, &row)?;
-                    Verdict::Violation {
-                        penalty,
-                        not_until,
-                        full_at,
-                        recent: recent + 1,
-                    }
+        self.vault
+            .store()
+            .hot_write(|conn| {
+                if let Some(allowed) = sql::shared_check(conn, spec, subject, now, cost)? {
+                    return Ok(shared_allowed(spec, allowed, now));
                 }
-            };
-            Ok(decision(spec, verdict, now))
-        })
+                let since = Timestamp::from_millis(now.as_millis() - PENALTY_MEMORY_MS);
+                let stored = sql::buckets(conn, subject, &spec.name)?;
+                let violations = sql::violations(conn, subject, &spec.name, since)?;
+                let entry = LimitsState::entry_from(spec, stored, violations, now);
+                let full_at = match bucket::summary(&spec.windows, &entry.buckets, now) {
+                    Outcome::Allowed { full_at, .. } => full_at,
+                    Outcome::NotUntil(at) => at,
+                };
+                let recent = entry.recent.len();
+                let verdict = match entry.penalty.filter(|p| p.until > now) {
+                    Some(penalty) => Verdict::Penalised {
+                        penalty,
+                        full_at,
+                        recent,
+                    },
+                    None => {
+                        let not_until = bucket::not_until(&spec.windows, &entry.buckets, now, cost)
+                            .unwrap_or(now);
+                        let duration_ms = bucket::penalty_ms(spec.base_penalty_ms, recent + 1);
+                        let penalty = Penalty {
+                            until: Timestamp::from_millis(
+                                now.as_millis().saturating_add(duration_ms),
+                            ),
+                            duration: Duration::from_millis(duration_ms.unsigned_abs()),
+                        };
+                        let row =
+                            self.violation_row(spec, subject, now, cost, penalty.until, client)?;
+                        sql::insert_violation(conn, &row)?;
+                        Verdict::Violation {
+                            penalty,
+                            not_until,
+                            full_at,
+                            recent: recent + 1,
+                        }
+                    }
+                };
+                Ok(decision(spec, verdict, now))
+            })
+            .await
     }
 
     /// The subject's state under every configured limit, at the vault

@@ -134,14 +134,15 @@ impl Store {
     /// saves sqlx's thread hops (~59 µs here, and a ping on the worker
     /// each time a pooled connection is given back). The hot writer and the
     /// sqlx writer take turns through SQLite's write lock, as two processes
-    /// would; while the other holds it, this thread waits in SQLite's busy
-    /// handler (a flush holds it for milliseconds at most), and the commit
-    /// blocks it for an fsync under `synchronous=FULL`.
-    pub(crate) fn hot_write<T>(
+    /// would. While another connection holds it, this task yields to the
+    /// runtime and tries again (see [`HotWriter`]): the holder may be this
+    /// process's own flush, which needs this thread to commit. The commit
+    /// blocks the thread for an fsync under `synchronous=FULL`.
+    pub(crate) async fn hot_write<T>(
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> Result<T>,
     ) -> Result<T> {
-        self.hot_writer.with(f)
+        self.hot_writer.with(f).await
     }
 
     /// Runs a point lookup on a rusqlite reader, on this thread.

@@ -16,6 +16,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::conn::SharedSettings;
 use crate::{Error, Result};
@@ -105,11 +106,22 @@ impl Readers {
 /// that a request waits on (a shared-mode rate-limit check), run on the
 /// caller's thread to save sqlx's thread hops. It takes turns with the sqlx
 /// writer through SQLite's write lock ([`super::Store::hot_write`]).
+///
+/// It never waits for that lock on the caller's thread. The lock is often
+/// held across an `.await` by this process's own sqlx writer (a flush), and
+/// on a `current_thread` runtime the task that would release it cannot run
+/// while this thread sits in SQLite's busy handler: that was a stall of the
+/// whole busy timeout, then SQLITE_BUSY. So its busy timeout is 0, and while
+/// the lock is taken it yields to the runtime and tries again after a short,
+/// growing pause, up to the busy timeout.
 pub(crate) struct HotWriter {
     settings: SharedSettings,
     conn: Mutex<Option<rusqlite::Connection>>,
     closed: AtomicBool,
 }
+
+/// The longest pause between two tries for the write lock.
+const MAX_PAUSE: Duration = Duration::from_millis(5);
 
 impl HotWriter {
     pub(crate) fn new(settings: SharedSettings) -> Self {
@@ -122,26 +134,34 @@ impl HotWriter {
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed when `f`
     /// returns `Ok` and rolled back otherwise.
-    pub(crate) fn with<T>(&self, f: impl FnOnce(&rusqlite::Connection) -> Result<T>) -> Result<T> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        let mut guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        if guard.is_none() {
-            *guard = Some(self.settings.open_rusqlite(false)?);
-        }
+    pub(crate) async fn with<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let mut pause = Duration::from_micros(50);
+        let guard = loop {
+            if let Some(guard) = self.begin()? {
+                break guard;
+            }
+            if started.elapsed() >= self.settings.busy_timeout {
+                return Err(Error::from(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                    Some(format!(
+                        "the write lock stayed taken for the whole busy timeout ({:?})",
+                        self.settings.busy_timeout
+                    )),
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+        };
         let conn = guard.as_ref().ok_or(Error::Closed)?;
-        let classify =
-            |e| super::conn::classify(&self.settings.path, self.settings.key.as_ref(), e);
-        super::conn::retry_busy(self.settings.busy_timeout, || {
-            conn.execute_batch("BEGIN IMMEDIATE")
-        })
-        .map_err(classify)?;
         match f(conn) {
             Ok(out) => {
                 if let Err(e) = conn.execute_batch("COMMIT") {
                     let _ = conn.execute_batch("ROLLBACK");
-                    return Err(classify(e));
+                    return Err(self.classify(e));
                 }
                 Ok(out)
             }
@@ -150,6 +170,30 @@ impl HotWriter {
                 Err(e)
             }
         }
+    }
+
+    /// Takes the write lock without waiting: the connection inside `BEGIN
+    /// IMMEDIATE`, or `None` while another connection holds the lock.
+    fn begin(&self) -> Result<Option<MutexGuard<'_, Option<rusqlite::Connection>>>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let mut guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if guard.is_none() {
+            let conn = self.settings.open_rusqlite(false)?;
+            conn.busy_timeout(Duration::ZERO)?;
+            *guard = Some(conn);
+        }
+        let conn = guard.as_ref().ok_or(Error::Closed)?;
+        match conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => Ok(Some(guard)),
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => Ok(None),
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+
+    fn classify(&self, e: rusqlite::Error) -> Error {
+        super::conn::classify(&self.settings.path, self.settings.key.as_ref(), e)
     }
 
     /// Closes the connection; later calls get [`Error::Closed`].
