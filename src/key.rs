@@ -116,7 +116,7 @@ impl Key {
     }
 
     /// The same key, remembering where it was read from.
-    fn from_origin(mut self, origin: impl Into<std::sync::Arc<str>>) -> Key {
+    fn read_from(mut self, origin: impl Into<std::sync::Arc<str>>) -> Key {
         self.origin = Some(origin.into());
         self
     }
@@ -156,7 +156,7 @@ impl Key {
             });
         }
         let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| Error::io(path, e))?);
-        Ok(Key::parse(&text)?.from_origin(path.display().to_string()))
+        Ok(Key::parse(&text)?.read_from(path.display().to_string()))
     }
 
     /// Writes the key to a new file, mode 0600. Fails if the file exists.
@@ -323,7 +323,7 @@ impl KeySource {
                         Zeroizing::new(text.into_string().map_err(|_| Error::InvalidKey {
                             reason: format!("{KEY_ENV} is not valid UTF-8"),
                         })?);
-                    return Key::parse(&text).map(|k| Some(k.from_origin(KEY_ENV)));
+                    return Key::parse(&text).map(|k| Some(k.read_from(KEY_ENV)));
                 }
                 let key_file = default_key_file(db);
                 if key_file.exists() {
