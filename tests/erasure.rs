@@ -357,3 +357,29 @@ fn several_demo_runs_leave_no_byte_of_the_erased_users() {
         );
     }
 }
+
+/// `secure_delete` is SQLCipher's default on a keyed connection, but SQLite's
+/// default is off: a vault without a key must zero deleted rows as well.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_without_a_key_keeps_no_deleted_row() {
+    let dir = common::tempdir();
+    let (options, _clock) = common::options(dir.path(), "plain.db");
+    let vault = Vault::open(options.no_encryption()).await.unwrap();
+    let db = vault.path().to_owned();
+    let keys: Vec<CacheKey> = (0..50)
+        .map(|n| CacheKey::derive("playlists", "get", &json!({ "id": n }), Some(VICTIM)).unwrap())
+        .collect();
+    for key in &keys {
+        vault.cache().set(key, b"[]").await.unwrap();
+    }
+    vault.flush().await.unwrap();
+    vault.cache().delete_many(&keys).await.unwrap();
+    vault.flush().await.unwrap();
+    vault.close().await.unwrap();
+    let file = std::fs::read(&db).unwrap();
+    let left = file
+        .windows(VICTIM.len())
+        .filter(|w| *w == VICTIM.as_bytes())
+        .count();
+    assert_eq!(left, 0, "copies of deleted cache keys in {}", db.display());
+}
