@@ -318,7 +318,11 @@ async fn erase_user_while_another_connection_reads_says_so_and_erasing_again_fin
         .unwrap();
 
     let refused = vault.erase_user(VICTIM).await;
-    assert!(refused.is_err(), "{refused:?}");
+    assert!(
+        matches!(refused, Err(statevault::Error::ErasureIncomplete { .. })),
+        "{refused:?}"
+    );
+    println!("{}", refused.unwrap_err());
 
     other.execute_batch("COMMIT").unwrap();
     let again = vault.erase_user(VICTIM).await.unwrap();
@@ -356,6 +360,74 @@ fn several_demo_runs_leave_no_byte_of_the_erased_users() {
             found.join("\n")
         );
     }
+}
+
+/// What an erasure costs on a file of about 50k rows: printed, not asserted.
+/// Writing the rows takes about 15 s, hence `--ignored`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement: cargo test --test erasure -- --ignored --nocapture"]
+async fn erase_user_on_a_file_of_50k_rows() {
+    let dir = common::tempdir();
+    let (options, _clock) = common::options(dir.path(), "big.db");
+    let vault = Vault::open(options).await.unwrap();
+    let db = vault.path().to_owned();
+    let started = Instant::now();
+    for batch in 0..100 {
+        let mut users: Vec<String> = (0..200)
+            .map(|i| format!("bulk-{batch:02}-{i:03}"))
+            .collect();
+        users[100] = VICTIM.to_owned();
+        let entries: Vec<_> = users
+            .iter()
+            .map(|user| {
+                let key = CacheKey::derive("playlists", "get", &json!({ "id": batch }), Some(user));
+                (key.unwrap(), format!("{user}'s playlist").into_bytes())
+            })
+            .collect();
+        vault
+            .cache()
+            .set_many(&entries, &SetOptions::new())
+            .await
+            .unwrap();
+        for (i, user) in users.iter().enumerate() {
+            let event = AuditEvent::new(EventKind::ApiCall, "playlist.read").user(user);
+            vault.audit().append(event).unwrap();
+            if i % 4 == 0 {
+                let note = json!({ "note": format!("{user}'s note") });
+                let session = NewSession::new(user).data(&note).unwrap();
+                vault.sessions().create(session).await.unwrap();
+                vault.preferences().patch(user, &note).await.unwrap();
+            }
+        }
+        vault.flush().await.unwrap();
+    }
+    let rows = vault
+        .query_read_only(
+            "SELECT (SELECT count(*) FROM cache_entries) + (SELECT count(*) FROM audit_events)
+                  + (SELECT count(*) FROM sessions) + (SELECT count(*) FROM preferences)",
+        )
+        .await
+        .unwrap()
+        .rows[0][0]
+        .clone();
+    let bytes = std::fs::metadata(&db).unwrap().len()
+        + std::fs::metadata(suffixed(&db, "-wal")).map_or(0, |m| m.len());
+    println!(
+        "{rows} rows, {:.1} MB (file and WAL), written in {:.1} s",
+        bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    let report = vault.erase_user(VICTIM).await.unwrap();
+    println!(
+        "erase_user took {:.0} ms ({:?}); file now {:.1} MB",
+        started.elapsed().as_secs_f64() * 1e3,
+        report.rows,
+        std::fs::metadata(&db).unwrap().len() as f64 / 1e6
+    );
+    let found = copies(&db, &[VICTIM]);
+    assert!(found.is_empty(), "{}", found.join("\n"));
+    vault.close().await.unwrap();
 }
 
 /// `secure_delete` is SQLCipher's default on a keyed connection, but SQLite's
