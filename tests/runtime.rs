@@ -1,19 +1,24 @@
 //! Work a request waits on never blocks the async runtime's thread while
 //! the vault's own writer needs that thread to finish: on a
 //! `current_thread` runtime (every doc example uses one) that was a certain
-//! stall of `busy_timeout` (5 s) and then SQLITE_BUSY. Nor does a
-//! connection's PBKDF2 run on it.
+//! stall of `busy_timeout` (5 s) and then SQLITE_BUSY. Nor does work that
+//! grows with the file (a large cache value) or a connection's PBKDF2 run
+//! on it.
 //!
 //! The tests print how long the runtime's thread was held (a heartbeat task
 //! notes the longest gap between its turns); they assert only outcomes.
 
 mod common;
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use statevault::{AuditEvent, CacheKey, ClientInfo, EventKind, Key, LimitsConfig, Vault};
+use statevault::{
+    AuditEvent, CacheKey, ClientInfo, Error, EventKind, Key, LimitsConfig, SetOptions, Vault,
+};
 use tokio::task::JoinHandle;
 
 /// Shared-mode checks, with the flusher's transactions (held across its
@@ -119,6 +124,60 @@ async fn hot_readers_open_off_the_runtime_thread() {
     vault.close().await.unwrap();
 }
 
+/// A large cache value is read and decoded off the runtime's thread: no
+/// allocation of its size happens there (before: the decoded copy, 8 MiB).
+/// A counter on a large value is refused without reading the value.
+#[tokio::test(flavor = "current_thread")]
+async fn large_cache_values_are_read_off_the_runtime_thread() {
+    let dir = common::tempdir();
+    let (options, _clock) = common::options(dir.path(), "large.db");
+    let vault = Vault::open(options.clone()).await.unwrap();
+    let json: Vec<u8> = (0..)
+        .flat_map(|i: u32| format!("{{\"id\":{i},\"name\":\"item {i}\"}},").into_bytes())
+        .take(8 << 20)
+        .collect();
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let noise: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let small = b"{\"small\":true}".to_vec();
+    let values = [("json", json), ("noise", noise), ("small", small)];
+    for (name, value) in &values {
+        let key = CacheKey::new("big", name).unwrap();
+        let options = SetOptions::new().never_expires();
+        vault.cache().set_with(&key, value, &options).await.unwrap();
+    }
+    vault.close().await.unwrap();
+
+    // A fresh vault: nothing in L1, every get reads L2.
+    let vault = Vault::open(options).await.unwrap();
+    for (name, value) in &values {
+        let key = CacheKey::new("big", name).unwrap();
+        let started = Instant::now();
+        let (got, largest) = watched(vault.cache().get(&key)).await;
+        let took = started.elapsed();
+        assert_eq!(got.unwrap().as_deref(), Some(&value[..]), "{name}");
+        println!(
+            "{name}: {} bytes in {took:?}; the largest allocation on the runtime's thread was {largest} bytes",
+            value.len()
+        );
+        assert!(largest < 1 << 20, "{name}: {largest} bytes");
+    }
+    let key = CacheKey::new("big", "noise").unwrap();
+    let (counted, largest) = watched(vault.cache().incr(&key, 1)).await;
+    assert!(
+        matches!(&counted, Err(Error::InvalidInput { .. })),
+        "{counted:?}"
+    );
+    assert!(largest < 1 << 20, "incr: {largest} bytes");
+    vault.close().await.unwrap();
+}
+
 /// Notes the longest time the runtime's thread was held by other tasks: a
 /// task that yields in a loop and measures the gaps between its turns.
 struct Heartbeat {
@@ -145,5 +204,58 @@ impl Heartbeat {
     async fn stop(self) -> Duration {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.unwrap()
+    }
+}
+
+/// Runs `work` and returns the largest allocation this thread made meanwhile.
+async fn watched<F: Future>(work: F) -> (F::Output, usize) {
+    LARGEST.store(0, Ordering::Relaxed);
+    WATCHED.with(|w| w.set(true));
+    let out = work.await;
+    WATCHED.with(|w| w.set(false));
+    (out, LARGEST.load(Ordering::Relaxed))
+}
+
+thread_local! {
+    static WATCHED: Cell<bool> = const { Cell::new(false) };
+}
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+/// The system allocator, noting the largest allocation of a watched thread.
+struct Watch;
+
+#[global_allocator]
+static ALLOCATOR: Watch = Watch;
+
+fn note(size: usize) {
+    if WATCHED.try_with(Cell::get).unwrap_or(false) {
+        LARGEST.fetch_max(size, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call goes to `System` unchanged; `note` only reads a
+// thread-local flag and updates an atomic, and never allocates.
+unsafe impl GlobalAlloc for Watch {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: forwarded from the caller.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: forwarded from the caller.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        // SAFETY: forwarded from the caller.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded from the caller.
+        unsafe { System.dealloc(ptr, layout) }
     }
 }

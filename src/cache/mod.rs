@@ -525,12 +525,14 @@ impl<'a> Cache<'a> {
     ) -> Result<Option<Arc<[u8]>>> {
         let state = self.state();
         let max = state.config.max_value_bytes;
-        let found = self
-            .vault
-            .store()
-            .read(|conn| l2::read(conn, key.as_str(), now, max))?;
+        let store = self.vault.store();
+        let found = match store.read(|conn| l2::read(conn, key.as_str(), now, max))? {
+            Some(Found::Large) => l2::read_large(store.reader(), key.as_str(), now, max).await?,
+            found => found,
+        };
         match found {
-            None => {
+            // (`read_large` never answers `Large`)
+            None | Some(Found::Large) => {
                 bump(&state.counters.l2_misses, 1);
                 Ok(None)
             }
@@ -559,7 +561,6 @@ impl<'a> Cache<'a> {
                 meta,
             }) => {
                 bump(&state.counters.l2_hits, 1);
-                let value: Arc<[u8]> = value.into();
                 let item = Item {
                     value: value.clone(),
                     expires_at,
@@ -779,17 +780,20 @@ impl<'a> Cache<'a> {
         let row = l2::read_for_update(tx, key.as_str()).await?;
         let (current, expires_at, tags) = match row {
             Some(r) if r.expires_at.is_none_or(|at| at > now) => {
-                let bytes = l2::decode(&r.codec, &r.value, r.size, config.max_value_bytes)
-                    .map_err(|detail| Error::CacheCorrupt {
+                let not_an_integer =
+                    || Error::invalid("counter", format!("{key} does not hold an integer"));
+                // A value longer than any integer is not decoded at all.
+                let stored = r.value.as_deref().ok_or_else(not_an_integer)?;
+                let bytes = l2::decode(&r.codec, stored, r.size, config.max_value_bytes).map_err(
+                    |detail| Error::CacheCorrupt {
                         key: key.as_str().to_owned(),
                         detail,
-                    })?;
+                    },
+                )?;
                 let n = std::str::from_utf8(&bytes)
                     .ok()
                     .and_then(|s| s.parse::<i64>().ok())
-                    .ok_or_else(|| {
-                        Error::invalid("counter", format!("{key} does not hold an integer"))
-                    })?;
+                    .ok_or_else(not_an_integer)?;
                 (n, r.expires_at.map(Timestamp::as_millis), r.tags)
             }
             _ => (
