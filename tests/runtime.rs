@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use statevault::{
-    AuditEvent, CacheKey, ClientInfo, Error, EventKind, Key, LimitsConfig, SetOptions, Vault,
+    AuditEvent, CacheKey, ClientInfo, EventKind, Key, LimitsConfig, SetOptions, Vault,
 };
 use tokio::task::JoinHandle;
 
@@ -126,7 +126,6 @@ async fn hot_readers_open_off_the_runtime_thread() {
 
 /// A large cache value is read and decoded off the runtime's thread: no
 /// allocation of its size happens there (before: the decoded copy, 8 MiB).
-/// A counter on a large value is refused without reading the value.
 #[tokio::test(flavor = "current_thread")]
 async fn large_cache_values_are_read_off_the_runtime_thread() {
     let dir = common::tempdir();
@@ -168,13 +167,6 @@ async fn large_cache_values_are_read_off_the_runtime_thread() {
         );
         assert!(largest < 1 << 20, "{name}: {largest} bytes");
     }
-    let key = CacheKey::new("big", "noise").unwrap();
-    let (counted, largest) = watched(vault.cache().incr(&key, 1)).await;
-    assert!(
-        matches!(&counted, Err(Error::InvalidInput { .. })),
-        "{counted:?}"
-    );
-    assert!(largest < 1 << 20, "incr: {largest} bytes");
     vault.close().await.unwrap();
 }
 

@@ -502,16 +502,11 @@ pub(crate) async fn delete_where(
 /// A counter's row as the write transaction sees it.
 pub(crate) struct CounterRow {
     pub(crate) codec: String,
-    /// `None` when the value is longer than any integer's text
-    /// ([`COUNTER_TEXT_BYTES`]): it is neither read nor decoded.
-    pub(crate) value: Option<Vec<u8>>,
+    pub(crate) value: Vec<u8>,
     pub(crate) size: i64,
     pub(crate) expires_at: Option<Timestamp>,
     pub(crate) tags: Box<[Box<str>]>,
 }
-
-/// The longest text of an `i64` (`-9223372036854775808`).
-pub(crate) const COUNTER_TEXT_BYTES: i64 = 20;
 
 /// Reads a row inside the write transaction (for counters).
 pub(crate) async fn read_for_update(
@@ -519,11 +514,9 @@ pub(crate) async fn read_for_update(
     key: &str,
 ) -> sqlx::Result<Option<CounterRow>> {
     let row = sqlx::query(
-        "SELECT codec, CASE WHEN size <= ?2 THEN value END, size, expires_at, tags
-         FROM cache_entries WHERE key = ?1",
+        "SELECT codec, value, size, expires_at, tags FROM cache_entries WHERE key = ?1",
     )
     .bind(key)
-    .bind(COUNTER_TEXT_BYTES)
     .fetch_optional(&mut *conn)
     .await?;
     row.map(|r| {

@@ -780,20 +780,17 @@ impl<'a> Cache<'a> {
         let row = l2::read_for_update(tx, key.as_str()).await?;
         let (current, expires_at, tags) = match row {
             Some(r) if r.expires_at.is_none_or(|at| at > now) => {
-                let not_an_integer =
-                    || Error::invalid("counter", format!("{key} does not hold an integer"));
-                // A value longer than any integer is not decoded at all.
-                let stored = r.value.as_deref().ok_or_else(not_an_integer)?;
-                let bytes = l2::decode(&r.codec, stored, r.size, config.max_value_bytes).map_err(
-                    |detail| Error::CacheCorrupt {
+                let bytes = l2::decode(&r.codec, &r.value, r.size, config.max_value_bytes)
+                    .map_err(|detail| Error::CacheCorrupt {
                         key: key.as_str().to_owned(),
                         detail,
-                    },
-                )?;
+                    })?;
                 let n = std::str::from_utf8(&bytes)
                     .ok()
                     .and_then(|s| s.parse::<i64>().ok())
-                    .ok_or_else(not_an_integer)?;
+                    .ok_or_else(|| {
+                        Error::invalid("counter", format!("{key} does not hold an integer"))
+                    })?;
                 (n, r.expires_at.map(Timestamp::as_millis), r.tags)
             }
             _ => (
