@@ -66,8 +66,15 @@ pub(crate) struct Store {
 impl Store {
     pub(crate) async fn open(spec: OpenSpec<'_>) -> Result<Store> {
         let (settings, created) = settings(&spec, spec.create_if_missing)?;
-        let first = settings.open_rusqlite(created)?;
-        Applied::read(&first)?.validate()?;
+        // On the blocking pool: PBKDF2 for a passphrase, and perhaps a wait
+        // for another process setting the file up (see `readers`).
+        let opening = settings.clone();
+        let first = blocking("open", move || {
+            let first = opening.open_rusqlite(created)?;
+            Applied::read(&first)?.validate()?;
+            Ok(first)
+        })
+        .await?;
         let readers = spec.readers.max(1);
         Ok(Store {
             writer: pool(&settings, 1, false),

@@ -16,8 +16,9 @@
 //!
 //! - **Opening a connection** runs PBKDF2 for a passphrase key (~200 ms)
 //!   and may wait out the busy timeout while another process sets the file
-//!   up. It never runs on the caller's thread: a reader is added to the pool
-//!   by a blocking-pool thread, the hot writer is opened on one.
+//!   up. It never runs on the caller's thread: the first reader (opened with
+//!   the store) and the hot writer are opened on tokio's blocking pool, and
+//!   later readers are added to the pool by a blocking-pool thread.
 //! - **The write lock** is often held across an `.await` by this process's
 //!   own sqlx writer (a flush), whose task may need this very thread to
 //!   reach its commit. The hot writer never waits for it here (busy timeout
