@@ -652,6 +652,7 @@ struct Health {
     violation_critical: Option<u64>,
     cache_hit_ratio_warning: Option<f64>,
     cache_min_lookups: Option<u64>,
+    integrity_interval_minutes: Option<u64>,
 }
 
 impl Health {
@@ -686,6 +687,9 @@ impl Health {
         }
         if let Some(n) = self.cache_min_lookups {
             c.cache_min_lookups = n;
+        }
+        if let Some(m) = self.integrity_interval_minutes {
+            c.integrity_interval = secs(m, MINUTE);
         }
         c
     }

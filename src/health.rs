@@ -2,6 +2,13 @@
 //! reason. One function per component; [`Vault::health`] runs them all.
 //! Adding a component (the cache's hit ratio, say) is one more function and
 //! one more line in [`Vault::health`].
+//!
+//! A report is cheap enough to serve on every load-balancer probe: every
+//! component but one costs a lookup or a system call. The exception,
+//! `PRAGMA quick_check`, reads the whole file; it runs at most once per
+//! [`HealthConfig::integrity_interval`] on the vault's clock (on a reader
+//! connection's thread), and the reports in between say how old its answer
+//! is.
 
 use std::fmt;
 use std::path::Path;
@@ -132,6 +139,9 @@ pub struct HealthConfig {
     pub cache_hit_ratio_warning: f64,
     /// … once the cache has seen at least this many lookups (default 1000).
     pub cache_min_lookups: u64,
+    /// How long a `PRAGMA quick_check` answer is reused (default 10
+    /// minutes): the check reads the whole file.
+    pub integrity_interval: Duration,
 }
 
 impl Default for HealthConfig {
@@ -147,8 +157,33 @@ impl Default for HealthConfig {
             violation_critical: 1000,
             cache_hit_ratio_warning: 0.5,
             cache_min_lookups: 1000,
+            integrity_interval: Duration::from_secs(600),
         }
     }
+}
+
+/// The health settings and the last integrity check, inside the vault.
+pub(crate) struct HealthState {
+    config: HealthConfig,
+    /// The last `quick_check` that ran to the end; locked across the check,
+    /// so that reports asked for at once share one run.
+    integrity: tokio::sync::Mutex<Option<Integrity>>,
+}
+
+impl HealthState {
+    pub(crate) fn new(config: HealthConfig) -> Self {
+        HealthState {
+            config,
+            integrity: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// What one `quick_check` said, and when (the vault's clock).
+#[derive(Clone)]
+struct Integrity {
+    at: Timestamp,
+    lines: Vec<String>,
 }
 
 impl HealthConfig {
@@ -205,10 +240,10 @@ impl Vault {
     /// # }
     /// ```
     pub async fn health(&self) -> HealthReport {
-        let config = self.health_config();
+        let config = &self.health_state().config;
         let components = vec![
             self.check_writable().await,
-            self.check_integrity().await,
+            self.check_integrity(config).await,
             self.check_key_file(),
             self.check_key_age(config),
             self.check_disk(config),
@@ -238,35 +273,57 @@ impl Vault {
         }
     }
 
-    async fn check_integrity(&self) -> Component {
+    /// `quick_check`'s answer, at most `integrity_interval` old.
+    async fn check_integrity(&self, config: &HealthConfig) -> Component {
         let name = "integrity";
-        let result: Result<Vec<String>> = async {
-            let mut conn = self
-                .store()
-                .reader()
-                .acquire()
-                .await
-                .map_err(crate::store::closed_or)?;
-            Ok(sqlx::query_scalar("PRAGMA quick_check")
-                .fetch_all(&mut *conn)
-                .await?)
-        }
-        .await;
-        match result {
-            Ok(lines) if lines.len() == 1 && lines[0] == "ok" => {
-                Component::new(name, HealthStatus::Healthy, "quick_check: ok")
-            }
-            Ok(lines) => Component::new(
+        let mut last = self.health_state().integrity.lock().await;
+        let now = self.now();
+        let fresh = last
+            .as_ref()
+            .filter(|c| c.at <= now && now.duration_since(c.at) < config.integrity_interval);
+        let checked = match fresh {
+            Some(checked) => checked.clone(),
+            None => match self.quick_check().await {
+                Ok(lines) => last.insert(Integrity { at: now, lines }).clone(),
+                Err(e) => {
+                    return Component::new(
+                        name,
+                        HealthStatus::Critical,
+                        format!("quick_check failed: {e}"),
+                    );
+                }
+            },
+        };
+        let age = match now.duration_since(checked.at).as_secs() {
+            0 => "checked just now".to_owned(),
+            secs => format!("checked {secs} s ago"),
+        };
+        let every = config.integrity_interval.as_secs();
+        match checked.lines.as_slice() {
+            [ok] if ok == "ok" => Component::new(
+                name,
+                HealthStatus::Healthy,
+                format!("quick_check: ok ({age}; at most every {every} s)"),
+            ),
+            lines => Component::new(
                 name,
                 HealthStatus::Critical,
-                format!("quick_check: {}", lines.join("; ")),
-            ),
-            Err(e) => Component::new(
-                name,
-                HealthStatus::Critical,
-                format!("quick_check failed: {e}"),
+                format!("quick_check: {} ({age})", lines.join("; ")),
             ),
         }
+    }
+
+    /// Runs `PRAGMA quick_check` on a reader connection.
+    async fn quick_check(&self) -> Result<Vec<String>> {
+        let mut conn = self
+            .store()
+            .reader()
+            .acquire()
+            .await
+            .map_err(crate::store::closed_or)?;
+        Ok(sqlx::query_scalar("PRAGMA quick_check")
+            .fetch_all(&mut *conn)
+            .await?)
     }
 
     fn check_key_file(&self) -> Component {

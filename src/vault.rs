@@ -16,7 +16,7 @@ use crate::audit::{self, Audit, AuditConfig, AuditEvent, EventKind};
 use crate::backup::{BackupConfig, Recovery};
 use crate::cache::{CacheConfig, CacheState};
 use crate::clock::{Clock, SystemClock, Timestamp};
-use crate::health::HealthConfig;
+use crate::health::{HealthConfig, HealthState};
 use crate::key::{KEY_ENV, Key, KeySource, default_key_file};
 use crate::limits::{LimitsConfig, LimitsState};
 use crate::metrics::{Metrics, MetricsConfig, MetricsState};
@@ -395,7 +395,7 @@ struct Inner {
     cache: CacheState,
     /// Metric series in memory, written per interval by [`Vault::flush`].
     metrics: MetricsState,
-    health: HealthConfig,
+    health: HealthState,
     /// Where the key was read from, for the health report.
     key_file: Option<PathBuf>,
     backups: BackupConfig,
@@ -458,7 +458,7 @@ impl Vault {
                 limits,
                 cache: CacheState::new(options.cache),
                 metrics,
-                health: options.health,
+                health: HealthState::new(options.health),
                 key_file,
                 backups: options.backups,
                 recovery: OnceLock::new(),
@@ -669,7 +669,7 @@ impl Vault {
         Metrics::new(self, &self.inner.metrics)
     }
 
-    pub(crate) fn health_config(&self) -> &HealthConfig {
+    pub(crate) fn health_state(&self) -> &HealthState {
         &self.inner.health
     }
 

@@ -196,7 +196,7 @@ async fn api_calls_auth_sessions_and_sizes() {
     );
     let auth = m.auth(start, vault.now()).await.unwrap();
     assert_eq!((auth.success, auth.failure), (1, 2));
-    assert_eq!(m.active_sessions().unwrap(), 2);
+    assert_eq!(m.active_sessions().await.unwrap(), 2);
     assert!(m.file_sizes().file_bytes > 0);
 
     let report = m.report(start, vault.now()).await.unwrap();
@@ -386,6 +386,34 @@ async fn health_every_state() {
         report.component("file").unwrap().status,
         HealthStatus::Critical
     );
+}
+
+/// `PRAGMA quick_check` reads the whole file: a report reuses the last
+/// answer for `integrity_interval` on the vault's clock and says how old it
+/// is (it ran on every report, say every load-balancer probe).
+#[tokio::test]
+async fn health_reuses_a_recent_integrity_check() {
+    let dir = common::tempdir();
+    let (options, clock) = common::options(dir.path(), "h.db");
+    let config = HealthConfig {
+        integrity_interval: Duration::from_secs(600),
+        ..HealthConfig::default()
+    };
+    let vault = Vault::open(options.health(config)).await.unwrap();
+    let integrity = |report: &statevault::HealthReport| {
+        let c = report.component("integrity").unwrap();
+        assert_eq!(c.status, HealthStatus::Healthy, "{c:?}");
+        c.reason.clone()
+    };
+    let first = integrity(&vault.health().await);
+    assert!(first.contains("checked just now"), "{first}");
+    clock.advance(Duration::from_secs(120));
+    let reused = integrity(&vault.health().await);
+    assert!(reused.contains("checked 120 s ago"), "{reused}");
+    clock.advance(Duration::from_secs(480));
+    let again = integrity(&vault.health().await);
+    assert!(again.contains("checked just now"), "{again}");
+    vault.close().await.unwrap();
 }
 
 #[tokio::test]

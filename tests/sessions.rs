@@ -871,3 +871,57 @@ async fn an_unreadable_device_binding_fails_closed() {
     }
     vault.close().await.unwrap();
 }
+
+/// The live count behind `/metrics` (`Metrics::active_sessions`) follows
+/// creation, revocation, idle and absolute expiry on the fake clock, and
+/// SQLite answers it from the `sessions_live` index alone: revoked and
+/// expired rows, kept until the retention sweep, are never read (it scanned
+/// the whole table on every scrape).
+#[tokio::test]
+async fn the_live_count_reads_only_the_live_index() {
+    let dir = tempdir();
+    let (vault, clock) = open(dir.path(), config()).await;
+    let live = || async { vault.metrics().active_sessions().await.unwrap() };
+    let plan = vault
+        .query_read_only(
+            "EXPLAIN QUERY PLAN SELECT count(*) FROM sessions
+             WHERE revoked_at IS NULL AND expires_at > '2026-11-29T00:00:00.000Z'
+               AND unixepoch(last_seen_at, 'subsec') + idle_timeout_secs
+                   > unixepoch('2026-11-29T00:00:00.000Z', 'subsec')",
+        )
+        .await
+        .unwrap();
+    let plan = format!("{:?}", plan.rows);
+    assert!(
+        plan.contains("USING COVERING INDEX sessions_live"),
+        "{plan}"
+    );
+
+    assert_eq!(live().await, 0);
+    let s = vault.sessions();
+    let short = s
+        .create(NewSession::new("u1").absolute_lifetime(3 * HOUR))
+        .await
+        .unwrap();
+    let revoked = s.create(NewSession::new("u2")).await.unwrap();
+    let idle = s.create(NewSession::new("u3")).await.unwrap();
+    let busy = s.create(NewSession::new("u4")).await.unwrap();
+    assert_eq!(live().await, 4);
+    assert!(s.revoke(&revoked.id).await.unwrap());
+    assert_eq!(live().await, 3);
+
+    // busy is used every hour (and its last-seen time written); idle is not.
+    for _ in 0..3 {
+        clock.advance(HOUR);
+        assert!(is_live(&vault, busy.token.expose()).await);
+        vault.flush().await.unwrap();
+    }
+    // 3 h: short is past its absolute expiry, idle past its idle timeout.
+    assert_eq!(live().await, 1);
+    assert!(!is_live(&vault, short.token.expose()).await);
+    assert!(!is_live(&vault, idle.token.expose()).await);
+
+    clock.advance(48 * HOUR);
+    assert_eq!(live().await, 0);
+    vault.close().await.unwrap();
+}

@@ -2,8 +2,12 @@
 //! cache's SQL is here.
 //!
 //! Point reads run on the caller's thread through the core's rusqlite
-//! readers; everything that writes runs in one `BEGIN IMMEDIATE` transaction
-//! on the sqlx writer, batched as multi-row statements.
+//! readers, up to [`INLINE_VALUE_BYTES`]: a larger value (up to the 64 MiB
+//! maximum) would hold the caller's thread, often the runtime's only one,
+//! for its whole read and decompression. Such a row is read through the sqlx
+//! reader and decoded on tokio's blocking pool ([`read_large`]). Everything
+//! that writes runs in one `BEGIN IMMEDIATE` transaction on the sqlx writer,
+//! batched as multi-row statements.
 //!
 //! zstd contexts are made once per thread and reused (a fresh context per
 //! call costs ~9 µs here, more than the read itself). Literals are stored
@@ -15,7 +19,8 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection, SqlitePool};
 
 use super::l1::{Meta, Pending};
 use crate::Timestamp;
@@ -70,6 +75,13 @@ fn compressor(level: i32) -> std::io::Result<zstd::bulk::Compressor<'static>> {
     Ok(c)
 }
 
+/// The largest value read and decoded on the caller's thread. zstd decodes
+/// on the order of 1 GB/s, so 64 KiB costs some tens of µs, about what the
+/// hand-off to other threads costs (a sqlx round trip is ~59 µs here):
+/// above it the hand-off is the cheaper thing for the runtime, and a 64 MiB
+/// value no longer holds its thread for its whole read and decompression.
+pub(crate) const INLINE_VALUE_BYTES: i64 = 64 << 10;
+
 /// Decodes a stored value of `size` bytes; `Err` says what is wrong with it.
 pub(crate) fn decode(codec: &str, stored: &[u8], size: i64, max: usize) -> Result<Vec<u8>, String> {
     let size = usize::try_from(size)
@@ -100,13 +112,16 @@ pub(crate) fn decode(codec: &str, stored: &[u8], size: i64, max: usize) -> Resul
 /// What a point read found.
 pub(crate) enum Found {
     Live {
-        value: Result<Vec<u8>, String>,
+        value: Result<Arc<[u8]>, String>,
         expires_at: Option<i64>,
         /// The row's `last_access_at`, in milliseconds since the epoch.
         last_access: i64,
         meta: Meta,
     },
     Expired,
+    /// A live row whose value is larger than [`INLINE_VALUE_BYTES`], not
+    /// read: [`read_large`] reads it off this thread.
+    Large,
 }
 
 /// Parses the file's own time format (`2026-11-23T05:23:17.123Z`) without
@@ -160,7 +175,9 @@ fn parse_time(text: &str) -> crate::Result<Timestamp> {
     }
 }
 
-/// The point read: one indexed lookup, decoded on this thread. Expired rows are not decoded.
+/// The point read: one indexed lookup, decoded on this thread. Expired rows
+/// are not decoded, and values larger than [`INLINE_VALUE_BYTES`] not read
+/// (`value` is the last column: the others are read without its pages).
 pub(crate) fn read(
     conn: &rusqlite::Connection,
     key: &str,
@@ -187,9 +204,13 @@ pub(crate) fn read(
     if expires_at.is_some_and(|at| at <= now) {
         return Ok(Some(Found::Expired));
     }
+    let size: i64 = row.get(1)?;
+    if size > INLINE_VALUE_BYTES {
+        return Ok(Some(Found::Large));
+    }
     let last_access = time(7, row.get_ref(7)?.as_str()?)?;
     let codec = row.get_ref(0)?.as_str()?;
-    let value = decode(codec, row.get_ref(6)?.as_blob()?, row.get(1)?, max);
+    let value = decode(codec, row.get_ref(6)?.as_blob()?, size, max).map(Arc::from);
     let tags: Option<String> = row.get(5)?;
     let meta = Meta {
         namespace: row.get::<_, String>(3)?.into(),
@@ -202,6 +223,50 @@ pub(crate) fn read(
         last_access: last_access.as_millis(),
         meta,
     }))
+}
+
+/// The point read for a value larger than [`INLINE_VALUE_BYTES`]: the row
+/// comes through the sqlx reader (read on its connection's thread) and is
+/// decoded on tokio's blocking pool, so the caller's thread only waits.
+pub(crate) async fn read_large(
+    reader: &SqlitePool,
+    key: &str,
+    now: Timestamp,
+    max: usize,
+) -> crate::Result<Option<Found>> {
+    let row = sqlx::query(
+        "SELECT codec, size, expires_at, namespace, user_id, tags, value, last_access_at
+         FROM cache_entries WHERE key = ?1",
+    )
+    .bind(key)
+    .fetch_optional(reader)
+    .await
+    .map_err(crate::store::closed_or)?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    crate::store::blocking("cache read", move || found(&row, now, max).map(Some)).await
+}
+
+/// What a row read by [`read_large`] holds, its value decoded.
+fn found(row: &SqliteRow, now: Timestamp, max: usize) -> crate::Result<Found> {
+    let expires_at: Option<Timestamp> = row.try_get(2)?;
+    if expires_at.is_some_and(|at| at <= now) {
+        return Ok(Found::Expired);
+    }
+    let codec: &str = row.try_get(0)?;
+    let value = decode(codec, row.try_get(6)?, row.try_get(1)?, max).map(Arc::from);
+    let last_access: Timestamp = row.try_get(7)?;
+    Ok(Found::Live {
+        value,
+        expires_at: expires_at.map(Timestamp::as_millis),
+        last_access: last_access.as_millis(),
+        meta: Meta {
+            namespace: row.try_get::<String, _>(3)?.into(),
+            user: row.try_get::<Option<String>, _>(4)?.map(Into::into),
+            tags: split_tags(row.try_get(5)?),
+        },
+    })
 }
 
 /// Whether a live row exists, without reading its value.

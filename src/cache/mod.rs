@@ -525,12 +525,14 @@ impl<'a> Cache<'a> {
     ) -> Result<Option<Arc<[u8]>>> {
         let state = self.state();
         let max = state.config.max_value_bytes;
-        let found = self
-            .vault
-            .store()
-            .read(|conn| l2::read(conn, key.as_str(), now, max))?;
+        let store = self.vault.store();
+        let found = match store.read(|conn| l2::read(conn, key.as_str(), now, max))? {
+            Some(Found::Large) => l2::read_large(store.reader(), key.as_str(), now, max).await?,
+            found => found,
+        };
         match found {
-            None => {
+            // (`read_large` never answers `Large`)
+            None | Some(Found::Large) => {
                 bump(&state.counters.l2_misses, 1);
                 Ok(None)
             }
@@ -559,7 +561,6 @@ impl<'a> Cache<'a> {
                 meta,
             }) => {
                 bump(&state.counters.l2_hits, 1);
-                let value: Arc<[u8]> = value.into();
                 let item = Item {
                     value: value.clone(),
                     expires_at,

@@ -815,8 +815,10 @@ impl<'a> Metrics<'a> {
 
     /// Sessions live now: not revoked, not expired, not idle past their
     /// timeout (as last written: last-seen times are written behind).
-    pub fn active_sessions(&self) -> Result<u64> {
-        self.vault.sessions().count_live()
+    /// Counted from an index of the unrevoked, unexpired sessions, on a
+    /// reader connection's thread.
+    pub async fn active_sessions(&self) -> Result<u64> {
+        self.vault.sessions().count_live().await
     }
 
     /// The sizes of the database file and its WAL now.
@@ -857,7 +859,7 @@ impl<'a> Metrics<'a> {
             series,
             error_rates: self.error_rates(from, to).await?,
             auth: self.auth(from, to).await?,
-            active_sessions: self.active_sessions()?,
+            active_sessions: self.active_sessions().await?,
             files: self.file_sizes(),
         })
     }
@@ -911,7 +913,7 @@ impl<'a> Metrics<'a> {
         out.gauge(
             "statevault_active_sessions",
             &none,
-            self.active_sessions()? as f64,
+            self.active_sessions().await? as f64,
         );
         // This process's cache counters, per level.
         let cache = self.vault.cache().stats().await?;

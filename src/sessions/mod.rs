@@ -1145,19 +1145,22 @@ impl<'a> Sessions<'a> {
     }
 
     /// How many sessions are live now (not revoked, not past their absolute
-    /// expiry or their idle timeout, as last written), for metrics. Read on
-    /// the caller's thread.
-    pub(crate) fn count_live(&self) -> Result<u64> {
-        let now = self.vault.now();
-        self.vault.store().read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT count(*) FROM sessions
-                 WHERE revoked_at IS NULL AND expires_at > ?1
-                   AND unixepoch(last_seen_at, 'subsec') + idle_timeout_secs > unixepoch(?1, 'subsec')",
-            )?;
-            stmt.query_row([now], |r| r.get::<_, i64>(0))
-                .map(|n| u64::try_from(n).unwrap_or(0))
-        })
+    /// expiry or their idle timeout, as last written), for metrics. It reads
+    /// the partial index `sessions_live` alone (`INDEXED BY`: SQLite refuses
+    /// the query rather than scan the table), so revoked and expired rows,
+    /// kept until the retention sweep, cost nothing; the live ones still
+    /// do, so it runs on the sqlx reader, off the caller's thread.
+    pub(crate) async fn count_live(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sessions INDEXED BY sessions_live
+             WHERE revoked_at IS NULL AND expires_at > ?1
+               AND unixepoch(last_seen_at, 'subsec') + idle_timeout_secs > unixepoch(?1, 'subsec')",
+        )
+        .bind(self.vault.now())
+        .fetch_one(self.vault.store().reader())
+        .await
+        .map_err(crate::store::closed_or)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Drops sessions whose rows are gone from memory; call after commit.

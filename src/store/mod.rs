@@ -6,6 +6,8 @@
 //! | --- | --- | --- |
 //! | writes | one sqlx connection (`writer`), `BEGIN IMMEDIATE` | one writer per process; batches go as multi-row statements, one hop per batch |
 //! | hot point reads | rusqlite [`Readers`](readers) on the caller's thread | a sqlx round trip costs ~59 µs here, the lookup ~4 µs |
+//! | hot short writes (shared limits) | rusqlite [`HotWriter`] on the caller's thread; it never waits there for the write lock | the same hops |
+//! | anything that grows with the file (a large cache value, an integrity check) | the sqlx pools or tokio's blocking pool | the caller's thread may be the runtime's only one |
 //! | scans, admin queries | sqlx pool (`reader`), `query_only` | off the async threads, no hurry |
 //! | migrations | sqlx's migrator on the writer | shared bookkeeping with `sqlx-cli` |
 //!
@@ -64,8 +66,15 @@ pub(crate) struct Store {
 impl Store {
     pub(crate) async fn open(spec: OpenSpec<'_>) -> Result<Store> {
         let (settings, created) = settings(&spec, spec.create_if_missing)?;
-        let first = settings.open_rusqlite(created)?;
-        Applied::read(&first)?.validate()?;
+        // On the blocking pool: PBKDF2 for a passphrase, and perhaps a wait
+        // for another process setting the file up (see `readers`).
+        let opening = settings.clone();
+        let first = blocking("open", move || {
+            let first = opening.open_rusqlite(created)?;
+            Applied::read(&first)?.validate()?;
+            Ok(first)
+        })
+        .await?;
         let readers = spec.readers.max(1);
         Ok(Store {
             writer: pool(&settings, 1, false),
@@ -95,7 +104,7 @@ impl Store {
     /// Closes the readers (hot and sqlx) but not the writer: for work that
     /// must be the file's only connection.
     pub(crate) async fn close_readers(&self) {
-        self.hot.close();
+        self.hot.close().await;
         self.hot_writer.close();
         self.reader.close().await;
     }
@@ -146,7 +155,9 @@ impl Store {
         self.hot_writer.with(f).await
     }
 
-    /// Runs a point lookup on a rusqlite reader, on this thread.
+    /// Runs a point lookup on a rusqlite reader, on this thread. It never
+    /// opens a connection here and never waits for the write lock (see
+    /// [`readers`]); keep `f` to work that does not grow with the file.
     pub(crate) fn read<T>(
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
@@ -267,7 +278,7 @@ impl Store {
     /// Closes every connection: readers first, the writer last, so that the
     /// last connection to close checkpoints the WAL into the file.
     pub(crate) async fn close(&self) {
-        self.hot.close();
+        self.hot.close().await;
         self.hot_writer.close();
         self.reader.close().await;
         self.writer.close().await;
@@ -392,6 +403,20 @@ pub(crate) async fn immediate<T>(
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
     }
     result
+}
+
+/// Runs blocking file work (`what`, for the error) on tokio's blocking
+/// pool, off the runtime's workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| match e.is_cancelled() {
+            true => Error::Closed,
+            false => Error::invalid(what, format!("the task failed: {e}")),
+        })?
 }
 
 /// A closed pool says `PoolClosed`; callers see [`Error::Closed`].

@@ -1,30 +1,67 @@
-//! Hot-path readers: rusqlite connections used on the caller's thread.
+//! Hot-path connections: rusqlite, used on the caller's thread.
 //!
 //! A query through sqlx hops to the connection's worker thread and back
 //! (~59 µs here) while the indexed lookup itself takes ~4 µs. The point
 //! lookups that run on every request (session by token hash, cache entry by
 //! key, bucket by subject) therefore run synchronously, here, through a small
-//! pool of `query_only` connections with cached prepared statements.
+//! pool of `query_only` connections with cached prepared statements; and the
+//! short writes a request waits on (a shared-mode rate-limit check) run on
+//! one [`HotWriter`].
+//!
+//! # What may block the caller's thread, and for how long
+//!
+//! The caller's thread is usually a tokio worker, often the only one (a
+//! `current_thread` runtime). It must never wait for something that needs
+//! that same thread to finish, and never for work that grows with the file.
+//!
+//! - **Opening a connection** runs PBKDF2 for a passphrase key (~200 ms)
+//!   and may wait out the busy timeout while another process sets the file
+//!   up. It never runs on the caller's thread: the first reader (opened with
+//!   the store) and the hot writer are opened on tokio's blocking pool, and
+//!   later readers are added to the pool by a blocking-pool thread.
+//! - **The write lock** is often held across an `.await` by this process's
+//!   own sqlx writer (a flush), whose task may need this very thread to
+//!   reach its commit. The hot writer never waits for it here (busy timeout
+//!   0); the task yields and tries again (see [`HotWriter`]).
+//! - **Reads** never wait for the write lock (WAL). A reader's busy handler
+//!   only runs for the moments a checkpoint or WAL recovery on another
+//!   connection holds the WAL index, work that does not need this thread.
+//! - **The pool's mutexes** are held only for one synchronous lookup or
+//!   write (no guard crosses an `.await`), so waiting for one costs at most
+//!   that lookup, done by another thread. A reader that finds every open
+//!   connection busy takes the first one freed.
 //!
 //! Invariants:
 //! 1. A connection is used by one thread at a time: each sits in its own mutex,
 //!    and no guard is held across an `.await` (the closures are synchronous).
 //! 2. Readers never write: `PRAGMA query_only = ON` is set before a connection
 //!    joins the pool.
-//! 3. Slots open lazily, and only under contention, so opening a vault costs
-//!    one connection, not N.
+//! 3. Slots `0..opened` hold a connection (until `close`), the others none.
+//!    Slots fill in order, only under contention, and one at a time, so
+//!    opening a vault costs one connection, not N.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::conn::SharedSettings;
 use crate::{Error, Result};
 
+type Slot = Mutex<Option<rusqlite::Connection>>;
+
 pub(crate) struct Readers {
-    settings: SharedSettings,
-    slots: Vec<Mutex<Option<rusqlite::Connection>>>,
+    pool: Arc<Pool>,
     next: AtomicUsize,
+}
+
+/// What a background opener shares with the pool.
+struct Pool {
+    settings: SharedSettings,
+    slots: Box<[Slot]>,
+    /// How many slots hold a connection (invariant 3).
+    opened: AtomicUsize,
+    /// A connection is being opened in the background.
+    opening: AtomicBool,
     closed: AtomicBool,
 }
 
@@ -36,13 +73,17 @@ impl Readers {
         first: rusqlite::Connection,
     ) -> Result<Self> {
         first.execute_batch("PRAGMA query_only = ON;")?;
-        let mut slots: Vec<_> = (0..size.max(1)).map(|_| Mutex::new(None)).collect();
-        slots[0] = Mutex::new(Some(first));
+        let slots: Box<[Slot]> = (0..size.max(1)).map(|_| Mutex::new(None)).collect();
+        *lock(&slots[0]) = Some(first);
         Ok(Readers {
-            settings,
-            slots,
+            pool: Arc::new(Pool {
+                settings,
+                slots,
+                opened: AtomicUsize::new(1),
+                opening: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+            }),
             next: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
         })
     }
 
@@ -51,55 +92,102 @@ impl Readers {
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
-        if self.closed.load(Ordering::Acquire) {
+        if self.pool.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let mut guard = self.slot();
-        if guard.is_none() {
-            let conn = self.settings.open_rusqlite(false)?;
-            conn.execute_batch("PRAGMA query_only = ON;")?;
-            *guard = Some(conn);
-        }
+        let guard = self.slot();
         let conn = guard.as_ref().ok_or(Error::Closed)?;
-        f(conn)
-            .map_err(|e| super::conn::classify(&self.settings.path, self.settings.key.as_ref(), e))
+        let settings = &self.pool.settings;
+        f(conn).map_err(|e| super::conn::classify(&settings.path, settings.key.as_ref(), e))
     }
 
-    /// A free slot, preferring one whose connection is already open: a new
-    /// connection is opened only when every open one is busy (with a
-    /// passphrase key each costs a PBKDF2 run). When all are busy, waits for
-    /// the next in turn.
+    /// A free open connection. When every open one is busy (only another
+    /// thread can hold one, for one lookup), asks for one more in the
+    /// background and tries the open ones again until one is free: whichever
+    /// holder finishes first, or the new connection, ends the wait.
     fn slot(&self) -> MutexGuard<'_, Option<rusqlite::Connection>> {
-        let n = self.slots.len();
+        let pool = &self.pool;
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut unopened = None;
-        for i in 0..n {
-            if let Ok(guard) = self.slots[(start + i) % n].try_lock() {
-                if guard.is_some() {
-                    return guard;
+        loop {
+            let opened = pool.opened.load(Ordering::Acquire).max(1);
+            for i in 0..opened {
+                match pool.slots[(start + i) % opened].try_lock() {
+                    Ok(guard) => return guard,
+                    Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+                    Err(TryLockError::WouldBlock) => {}
                 }
-                unopened.get_or_insert(guard);
             }
+            if opened < pool.slots.len() {
+                Pool::grow(pool);
+            }
+            std::thread::yield_now();
         }
-        if let Some(guard) = unopened {
-            return guard;
-        }
-        self.slots[start % n]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Closes every reader; later calls get [`Error::Closed`].
-    pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        for slot in &self.slots {
-            let conn = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
-            if let Some(conn) = conn {
+    /// Closes every reader; later calls get [`Error::Closed`]. Waits for a
+    /// background open in flight, so that no connection outlives the call.
+    pub(crate) async fn close(&self) {
+        let pool = &self.pool;
+        pool.closed.store(true, Ordering::SeqCst);
+        while pool.opening.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for slot in &pool.slots {
+            if let Some(conn) = lock(slot).take() {
                 // A reader has nothing to flush; a failed close only leaks a handle.
                 let _ = conn.close();
             }
         }
     }
+}
+
+impl Pool {
+    /// Opens one more reader on a blocking-pool thread (or here, outside a
+    /// runtime: then there is no worker to keep free), unless one is
+    /// being opened already.
+    fn grow(pool: &Arc<Pool>) {
+        if pool.opening.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Paired with `close`: one of the two sees the other's flag.
+        if pool.closed.load(Ordering::SeqCst) {
+            pool.opening.store(false, Ordering::SeqCst);
+            return;
+        }
+        let pool = Arc::clone(pool);
+        let open = move || {
+            let conn = pool.settings.open_rusqlite(false).and_then(|conn| {
+                conn.execute_batch("PRAGMA query_only = ON;")?;
+                Ok(conn)
+            });
+            match conn {
+                Ok(conn) => pool.add(conn),
+                Err(e) => tracing::warn!(error = %e, "could not open one more hot reader"),
+            }
+            pool.opening.store(false, Ordering::SeqCst);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(open)),
+            Err(_) => open(),
+        }
+    }
+
+    /// Puts a new reader in the first empty slot (dropped if the pool closed).
+    fn add(&self, conn: rusqlite::Connection) {
+        let n = self.opened.load(Ordering::Acquire);
+        let Some(slot) = self.slots.get(n) else {
+            return;
+        };
+        let mut guard = lock(slot);
+        if !self.closed.load(Ordering::SeqCst) {
+            *guard = Some(conn);
+            self.opened.store(n + 1, Ordering::Release);
+        }
+    }
+}
+
+fn lock(slot: &Slot) -> MutexGuard<'_, Option<rusqlite::Connection>> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The hot-path writer: one rusqlite connection for single-statement writes
@@ -113,10 +201,11 @@ impl Readers {
 /// while this thread sits in SQLite's busy handler: that was a stall of the
 /// whole busy timeout, then SQLITE_BUSY. So its busy timeout is 0, and while
 /// the lock is taken it yields to the runtime and tries again after a short,
-/// growing pause, up to the busy timeout.
+/// growing pause, up to the busy timeout. In the common case (the lock is
+/// free) a check costs no more than before: no thread hop, no timer.
 pub(crate) struct HotWriter {
     settings: SharedSettings,
-    conn: Mutex<Option<rusqlite::Connection>>,
+    conn: Slot,
     closed: AtomicBool,
 }
 
@@ -138,6 +227,7 @@ impl HotWriter {
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> Result<T>,
     ) -> Result<T> {
+        self.open().await?;
         let started = Instant::now();
         let mut pause = Duration::from_micros(50);
         let guard = loop {
@@ -172,18 +262,34 @@ impl HotWriter {
         }
     }
 
+    /// Opens the connection on first use, on a blocking-pool thread (see
+    /// the module docs). Two first uses at once may both open one; the
+    /// second is dropped.
+    async fn open(&self) -> Result<()> {
+        if lock(&self.conn).is_some() || self.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let settings = self.settings.clone();
+        let conn = super::blocking("open the hot writer", move || {
+            let conn = settings.open_rusqlite(false)?;
+            conn.busy_timeout(Duration::ZERO)?;
+            Ok(conn)
+        })
+        .await?;
+        let mut guard = lock(&self.conn);
+        if guard.is_none() && !self.closed.load(Ordering::Acquire) {
+            *guard = Some(conn);
+        }
+        Ok(())
+    }
+
     /// Takes the write lock without waiting: the connection inside `BEGIN
     /// IMMEDIATE`, or `None` while another connection holds the lock.
     fn begin(&self) -> Result<Option<MutexGuard<'_, Option<rusqlite::Connection>>>> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let mut guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        if guard.is_none() {
-            let conn = self.settings.open_rusqlite(false)?;
-            conn.busy_timeout(Duration::ZERO)?;
-            *guard = Some(conn);
-        }
+        let guard = lock(&self.conn);
         let conn = guard.as_ref().ok_or(Error::Closed)?;
         match conn.execute_batch("BEGIN IMMEDIATE") {
             Ok(()) => Ok(Some(guard)),
@@ -199,12 +305,7 @@ impl HotWriter {
     /// Closes the connection; later calls get [`Error::Closed`].
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        let conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(conn) = conn {
+        if let Some(conn) = lock(&self.conn).take() {
             // Every transaction has ended by now; a failed close only leaks a handle.
             let _ = conn.close();
         }
