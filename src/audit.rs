@@ -446,6 +446,9 @@ impl<'a> Audit<'a> {
         if event.action.is_empty() || event.action.len() > 256 {
             return Err(Error::invalid("action", "must be 1 to 256 bytes"));
         }
+        if let Some(user) = &event.user_id {
+            crate::ids::check_user(user)?;
+        }
         let details = serde_json::to_string(&event.details)?;
         let max = self.state.config.max_details_bytes;
         crate::json::check_text("details", &details, max, "max_details_bytes")?;

@@ -60,6 +60,7 @@ mod clock;
 mod config;
 mod error;
 mod health;
+mod ids;
 mod json;
 mod key;
 mod legacy;
@@ -85,6 +86,7 @@ pub use clock::{Clock, FakeClock, SystemClock, Timestamp};
 pub use config::{CONFIG_FILE, Config};
 pub use error::{Error, Result};
 pub use health::{Component, HealthConfig, HealthReport, HealthStatus};
+pub use ids::MAX_ID_BYTES;
 pub use key::{KEY_ENV, Key, KeySource, default_key_file};
 pub use legacy::{ImportOutcome, ImportReport, LegacyFile, LegacyKind};
 pub use limits::{

@@ -13,7 +13,8 @@ use crate::clock::Timestamp;
 use crate::limits::{LimitStatus, ViolationRecord};
 use crate::prefs::{Preferences, StoredPreferences};
 use crate::sessions::{ExportedSession, Sessions};
-use crate::{Error, Result, Vault};
+use crate::ids::check_user;
+use crate::{Result, Vault};
 
 /// Everything the vault holds about a user. Token hashes are left out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,18 +141,4 @@ impl Vault {
             .await;
         Ok(erased)
     }
-}
-
-/// A user id every facet accepts: 1 to 256 bytes.
-pub(crate) fn check_user(user_id: &str) -> Result<()> {
-    if user_id.is_empty() {
-        return Err(Error::invalid("user_id", "empty"));
-    }
-    if user_id.len() > 256 {
-        return Err(Error::invalid(
-            "user_id",
-            format!("{} bytes is more than 256", user_id.len()),
-        ));
-    }
-    Ok(())
 }

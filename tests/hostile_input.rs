@@ -248,7 +248,7 @@ fn check_pref_case(
     let prefs = vault.preferences();
     let defaults = prefs.get("nobody").unwrap();
     let user = case.user.as_str();
-    if user.is_empty() || user.len() > 256 {
+    if !user_id_ok(user) {
         let refused = |r: Result<(), Error>| {
             matches!(
                 r,
@@ -437,6 +437,12 @@ fn namespace_ok(ns: &str) -> bool {
     !ns.is_empty() && ns.len() <= 64 && !ns.contains(':') && !ns.chars().any(char::is_control)
 }
 
+/// The one rule for user ids and subjects: 1 to 256 bytes, no control
+/// characters.
+fn user_id_ok(id: &str) -> bool {
+    !id.is_empty() && id.len() <= statevault::MAX_ID_BYTES && !id.chars().any(char::is_control)
+}
+
 /// A short name for an error, to compare with what the model allows.
 fn error_kind(e: &Error) -> String {
     match e {
@@ -530,15 +536,21 @@ fn checked_key(k: &KeyCase) -> Result<Option<CacheKey>, TestCaseError> {
     } else {
         let key = CacheKey::new(&k.namespace, &k.name);
         let key = match &k.user {
-            Some(user) => key.map(|key| key.for_user(user)),
+            Some(user) => key.and_then(|key| key.for_user(user)),
             None => key,
         };
         (key, k.namespace.len() + k.name.len() + 1)
     };
+    // `derive` checks the user before the key's length, `for_user` after.
+    let user_ok = k.user.as_deref().is_none_or(user_id_ok);
     let expected = if !namespace_ok(&k.namespace) {
         Some("cache namespace")
+    } else if k.derive && !user_ok {
+        Some("user_id")
     } else if len > statevault::MAX_KEY_BYTES {
         Some("cache key")
+    } else if !user_ok {
+        Some("user_id")
     } else {
         None
     };

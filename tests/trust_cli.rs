@@ -4,11 +4,11 @@
 
 mod common;
 
-use common::{assert_one_error_line, chmod_private, cli, run, stdout, tempdir};
+use common::{assert_one_error_line, chmod_private, cli, run, stderr, stdout, tempdir};
 
 fn init(dir: &std::path::Path) {
     let out = run(dir, &["init"]);
-    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 /// A raw key with multi-byte characters between `x'` and `'`: the parser
@@ -49,7 +49,7 @@ fn key_files_are_trimmed_and_a_wrong_key_says_what_was_read() {
     std::fs::write(&edited, format!("\u{feff}\n{key}  \r\n\n")).unwrap();
     chmod_private(&edited);
     let out = run(dir.path(), &["--key-file", "edited.key", "info"]);
-    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
 
     let other = dir.path().join("other.key");
     std::fs::write(&other, format!("x'{}'\n", "ab".repeat(32))).unwrap();
@@ -79,17 +79,17 @@ fn sql_prints_any_width_and_escapes_control_characters() {
         dir.path(),
         &["sql", "select printf('%.*c', 70000, 'x') as wide"],
     );
-    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains(&"x".repeat(70000)));
 
     let big = format!(r#"{{"note": "{}"}}"#, "y".repeat(130_000));
     let out = run(dir.path(), &["prefs", "set", "alice", &big]);
-    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
     let out = run(
         dir.path(),
         &["sql", "select user_id, document from preferences"],
     );
-    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
 
     let out = run(
         dir.path(),
@@ -105,4 +105,72 @@ fn sql_prints_any_width_and_escapes_control_characters() {
         "{text:?}"
     );
     assert!(text.contains(r"a\u{1b}[31m\nb"), "{text}");
+}
+
+/// Every command that takes a user or a subject refuses the same ids:
+/// `limits status ''`, `limits reset ''` and `cache clear --user ''` exited
+/// 0, and `prefs set $'user\x01x'` stored the control character.
+#[test]
+fn every_command_refuses_the_same_user_ids() {
+    let dir = tempdir();
+    init(dir.path());
+    for bad in ["", "user\u{1}x", "a\nb"] {
+        let commands: [&[&str]; 10] = [
+            &["limits", "status", bad],
+            &["limits", "reset", bad],
+            &["cache", "clear", "--user", bad],
+            &["prefs", "set", bad, "{}"],
+            &["prefs", "get", bad],
+            &["session", "list", bad],
+            &["session", "revoke", "--user", bad],
+            &["user", "export", bad],
+            &["user", "erase", bad],
+            &["limits", "status", "--json", bad],
+        ];
+        for args in commands {
+            let err = assert_one_error_line(&run(dir.path(), args));
+            assert!(err.contains("invalid "), "{args:?}: {err}");
+            assert!(!err.contains('\u{1}'), "{args:?}: {err}");
+        }
+    }
+    let out = run(dir.path(), &["sql", "select count(*) from preferences"]);
+    assert!(stdout(&out).contains("\n0"), "{}", stdout(&out));
+}
+
+/// Text from the file or the command line reaches the terminal escaped,
+/// whichever command prints it: `session revoke` and `limits status`
+/// echoed a user id's escape sequences raw.
+#[test]
+fn every_command_escapes_what_it_echoes() {
+    let dir = tempdir();
+    init(dir.path());
+    let raw = common::raw_connection(&dir.path().join("statevault.db"));
+    raw.execute(
+        "INSERT INTO audit_events (seq, id, occurred_at, user_id, kind, action, details,
+                                   gdpr_category, content_digest, chain_digest)
+         SELECT 1, 'e', '2026-01-01T00:00:00Z', 'evil' || char(27) || '[2J', 'auth',
+                'x' || char(7), '{}', 'necessary', x'00', x'00'",
+        [],
+    )
+    .unwrap();
+    drop(raw);
+    let id = "\u{1b}[2Jsession";
+    let outputs = [
+        run(dir.path(), &["session", "revoke", id]),
+        run(dir.path(), &["limits", "status", "\u{202e}ok"]),
+        run(dir.path(), &["cache", "invalidate", "--tag", "t"]),
+        run(dir.path(), &["audit", "tail"]),
+    ];
+    for out in &outputs {
+        let text = stdout(out) + &stderr(out);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+    }
+    assert!(
+        stdout(&outputs[0]).contains(r"\u{1b}[2Jsession"),
+        "{}",
+        stdout(&outputs[0])
+    );
 }

@@ -3,6 +3,18 @@
 //! Every command that opens the vault closes it before `main` returns, on
 //! success and on error alike: connections left open at exit have crashed
 //! processes with bundled SQLCipher.
+//!
+//! Everything the commands print goes through [`escape`] (`say!` for a
+//! line, [`print_json`], [`print_lines`], `print_error`): text that came
+//! from the file or the command line never reaches a terminal raw.
+
+/// `println!` of one line, [escaped](escape): a newline or an escape
+/// sequence inside a user id shows as `\n`, `\u{1b}`.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", $crate::cli::escape(&format!($($arg)*)))
+    };
+}
 
 mod admin;
 mod audit;
@@ -318,18 +330,41 @@ async fn dispatch(vault: &Vault, command: Command) -> Result<ExitCode> {
 /// Says on stderr when opening fell back to a backup.
 fn warn_if_recovered(vault: &Vault) {
     if let Some(r) = vault.recovery() {
-        eprintln!(
+        let warning = format!(
             "warning: {} was damaged ({}); opened from backup {}; the damaged file is kept as {}",
             vault.path().display(),
             r.reason,
             r.backup.display(),
             r.damaged_file.display()
         );
+        eprintln!("{}", escape(&warning));
     }
 }
 
-/// Prints a value as pretty JSON on stdout.
+/// Prints a value as pretty JSON on stdout. serde_json escapes only the
+/// C0 controls; the rest (DEL, C1) are escaped here as JSON escapes
+/// (`\u009b`). Outside strings, pretty JSON has no control character but
+/// its newlines.
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    let json = serde_json::to_string_pretty(value)?;
+    let escaped: String = json
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                format!("\\u{:04x}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    println!("{escaped}");
     Ok(())
+}
+
+/// Prints text of several lines (Prometheus exposition), each line
+/// [escaped](escape).
+fn print_lines(text: &str) {
+    for line in text.lines() {
+        println!("{}", escape(line));
+    }
 }

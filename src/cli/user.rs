@@ -28,10 +28,10 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
             let export = vault.export_user(&user).await?;
             let json = serde_json::to_string_pretty(&export)?;
             match out {
-                None => println!("{json}"),
+                None => say!("{json}"),
                 Some(path) => {
                     write_private(&path, json.as_bytes())?;
-                    println!(
+                    say!(
                         "exported {user}: {} session(s), {} audit event(s) to {}",
                         export.sessions.len(),
                         export.audit_events.len(),
@@ -42,9 +42,9 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
         }
         Command::Erase { user } => {
             let report = vault.erase_user(&user).await?;
-            println!("erased {user}:");
+            say!("erased {user}:");
             for (table, rows) in &report.rows {
-                println!("  {table:<14} {rows}");
+                say!("  {table:<14} {rows}");
             }
         }
     }

@@ -42,7 +42,7 @@ use sqlx::{QueryBuilder, Row as _};
 use zeroize::Zeroizing;
 
 use crate::clock::Timestamp;
-use crate::users::check_user;
+use crate::ids::check_user;
 use crate::vault::{Vault, lock};
 use crate::{Error, Result};
 
