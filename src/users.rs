@@ -17,7 +17,9 @@ use crate::ids::check_user;
 use crate::{Result, Vault};
 
 /// Everything the vault holds about a user. Token hashes are left out.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Debug` shows the user and how much there is of each part, never the
+/// personal data itself (session data, preferences, audit details).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct UserExport {
     /// The user.
     pub user_id: String,
@@ -35,6 +37,21 @@ pub struct UserExport {
     pub violations: Vec<ViolationRecord>,
     /// The keys of the user's cache entries.
     pub cache_keys: Vec<String>,
+}
+
+impl std::fmt::Debug for UserExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserExport")
+            .field("user_id", &self.user_id)
+            .field("exported_at", &self.exported_at)
+            .field("sessions", &self.sessions)
+            .field("preferences", &self.preferences.is_some())
+            .field("audit_events", &self.audit_events.len())
+            .field("rate_limits", &self.rate_limits.len())
+            .field("violations", &self.violations.len())
+            .field("cache_keys", &self.cache_keys.len())
+            .finish()
+    }
 }
 
 /// What [`Vault::erase_user`] removed, by table.

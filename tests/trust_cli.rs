@@ -174,3 +174,38 @@ fn every_command_escapes_what_it_echoes() {
         stdout(&outputs[0])
     );
 }
+
+/// `user export --out FILE` kept an existing file's mode (0644 stayed
+/// 0644) and wrote through a symlink to its target. It now only creates a
+/// new file, mode 0600, and refuses anything already at the path, as
+/// `backup --out` does.
+#[test]
+fn user_export_creates_a_new_private_file_or_refuses() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let dir = tempdir();
+    init(dir.path());
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(path("shared.json"), "old").unwrap();
+    std::fs::set_permissions(path("shared.json"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(path("target.txt"), "keep").unwrap();
+    symlink(path("target.txt"), path("link.json")).unwrap();
+    symlink(path("nowhere.txt"), path("dangling.json")).unwrap();
+    for name in ["shared.json", "link.json", "dangling.json"] {
+        let err = assert_one_error_line(&run(
+            dir.path(),
+            &["user", "export", "ann", "--out", name],
+        ));
+        assert!(err.contains("exists already"), "{name}: {err}");
+    }
+    assert_eq!(std::fs::read_to_string(path("shared.json")).unwrap(), "old");
+    assert_eq!(common::file_mode(&path("shared.json")), 0o644);
+    assert_eq!(std::fs::read_to_string(path("target.txt")).unwrap(), "keep");
+    assert!(!path("nowhere.txt").exists());
+
+    let out = run(dir.path(), &["user", "export", "ann", "--out", "new.json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(common::file_mode(&path("new.json")), 0o600);
+    let export: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path("new.json")).unwrap()).unwrap();
+    assert_eq!(export["user_id"], "ann");
+}
