@@ -183,6 +183,38 @@ impl Key {
         fs::hard_link(tmp.path(), path).map_err(|e| Error::io(path, e))
     }
 
+    /// The AES key SQLCipher 4 encrypts pages with, for a file whose salt
+    /// is `salt`: a raw key as it is, a passphrase through
+    /// PBKDF2-HMAC-SHA512 (256 000 iterations, ~200 ms).
+    pub(crate) fn page_key(&self, salt: &[u8; 16]) -> Zeroizing<[u8; 32]> {
+        use hmac::{KeyInit, Mac};
+        let passphrase = match &self.material {
+            Material::Raw(bytes) => return bytes.clone(),
+            Material::Passphrase(p) => p,
+        };
+        // PBKDF2 with one block: SHA-512's 64 bytes cover the 32 wanted.
+        let Ok(prf) = hmac::Hmac::<sha2::Sha512>::new_from_slice(passphrase.as_bytes()) else {
+            return Zeroizing::new([0; 32]);
+        };
+        let mut u = Zeroizing::new([0u8; 64]);
+        u.copy_from_slice(
+            &prf.clone()
+                .chain_update(salt)
+                .chain_update(1u32.to_be_bytes())
+                .finalize()
+                .into_bytes(),
+        );
+        let mut t = u.clone();
+        for _ in 1..256_000 {
+            let next = prf.clone().chain_update(u.as_slice()).finalize().into_bytes();
+            u.copy_from_slice(&next);
+            t.iter_mut().zip(u.iter()).for_each(|(t, u)| *t ^= u);
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(&t[..32]);
+        key
+    }
+
     /// Whether this is a raw key (as opposed to a passphrase).
     pub fn is_raw(&self) -> bool {
         matches!(self.material, Material::Raw(_))

@@ -149,7 +149,10 @@ pub(crate) fn retry_busy<T>(
     }
 }
 
-/// Turns SQLite's "not a database" / "corrupt" codes into statevault's words.
+/// Turns SQLite's "not a database" / "corrupt" codes into statevault's
+/// words. A file SQLite calls corrupt because its header counts more pages
+/// than it holds is [`Error::Truncated`]: cut at a page boundary, an
+/// encrypted file's length alone does not show it.
 pub(crate) fn classify(path: &Path, key: Option<&Key>, e: rusqlite::Error) -> Error {
     use rusqlite::ErrorCode;
     match (e.sqlite_error_code(), key) {
@@ -161,12 +164,30 @@ pub(crate) fn classify(path: &Path, key: Option<&Key>, e: rusqlite::Error) -> Er
             path: path.to_owned(),
             reason: "SQLite cannot read its header (encrypted? then a key is needed)".into(),
         },
-        (Some(ErrorCode::DatabaseCorrupt), _) => Error::Corrupt {
-            path: Some(path.to_owned()),
-            detail: e.to_string(),
-        },
+        (Some(ErrorCode::DatabaseCorrupt), _) => {
+            truncation(path, key).unwrap_or_else(|| Error::Corrupt {
+                path: Some(path.to_owned()),
+                detail: e.to_string(),
+            })
+        }
         _ => Error::from(e),
     }
+}
+
+/// [`Error::Truncated`] when the header of the file at `path` counts more
+/// pages than the file holds. SQLite refuses such a file as corrupt; an
+/// encrypted file's header is read by decrypting page 1 with `key`.
+fn truncation(path: &Path, key: Option<&Key>) -> Option<Error> {
+    let page_size = super::file::CIPHER_PAGE_SIZE;
+    let pages = super::file::cipher_header_pages(path, key?)?;
+    let len = std::fs::metadata(path).ok()?.len();
+    let held = len / page_size;
+    (pages > held).then(|| Error::Truncated {
+        path: path.to_owned(),
+        len,
+        page_size,
+        detail: format!(": the header counts {pages} pages, the file holds {held}"),
+    })
 }
 
 /// SQLCipher logs "ERROR CORE ... hmac check failed" to stderr on a wrong key;
