@@ -143,6 +143,14 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The database file is there but empty (0 bytes), and creating a vault
+    /// in it was not allowed.
+    #[error("{path} is empty (0 bytes): run `statevault init` to create a vault in it")]
+    Empty {
+        /// The database file.
+        path: PathBuf,
+    },
+
     /// A configuration file is malformed: a key it does not know, a value
     /// of the wrong type or out of range.
     #[error("config {path}: {detail}")]
@@ -179,7 +187,7 @@ pub enum Error {
     },
 
     /// A preferences document or patch does not fit the defaults' schema.
-    #[error("invalid preference {field}: {reason}")]
+    #[error("invalid {}: {reason}", preference_field(.field))]
     InvalidPreference {
         /// The field's path (`search_defaults.limit`); empty for the whole document.
         field: String,
@@ -298,6 +306,16 @@ impl Error {
             what,
             reason: reason.into(),
         }
+    }
+}
+
+/// How [`Error::InvalidPreference`] names its field: the whole document
+/// when the path is empty.
+fn preference_field(field: &str) -> String {
+    if field.is_empty() {
+        "preferences".to_owned()
+    } else {
+        format!("preference {field}")
     }
 }
 

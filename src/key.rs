@@ -330,7 +330,8 @@ pub enum KeySource {
     Auto,
     /// This key.
     Key(Key),
-    /// The key in this file.
+    /// The key in this file, which is created with a new random raw key
+    /// (mode 0600) when the database is created and the file does not exist.
     File(PathBuf),
     /// No encryption: a plain SQLite file, for development.
     None,
@@ -348,6 +349,7 @@ impl KeySource {
         match self {
             KeySource::None => Ok(None),
             KeySource::Key(key) => Ok(Some(key.clone())),
+            KeySource::File(path) if creating && !path.exists() => create_key_file(path),
             KeySource::File(path) => Key::read_file(path).map(Some),
             KeySource::Auto => {
                 if let Some(text) = std::env::var_os(KEY_ENV) {
@@ -367,19 +369,22 @@ impl KeySource {
                         key_file,
                     });
                 }
-                let key = Key::generate()?;
-                match key.write_new_file(&key_file) {
-                    Ok(()) => Ok(Some(key)),
-                    // Another process is creating the same vault: use its key.
-                    Err(Error::Io { source, .. })
-                        if source.kind() == std::io::ErrorKind::AlreadyExists =>
-                    {
-                        Key::read_file(&key_file).map(Some)
-                    }
-                    Err(e) => Err(e),
-                }
+                create_key_file(&key_file)
             }
         }
+    }
+}
+
+/// A new random raw key, written to `path` (mode 0600) for a vault being
+/// created. If another process is creating the same vault, its key.
+fn create_key_file(path: &Path) -> Result<Option<Key>> {
+    let key = Key::generate()?;
+    match key.write_new_file(path) {
+        Ok(()) => Ok(Some(key)),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            Key::read_file(path).map(Some)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -67,6 +67,7 @@ mod legacy;
 mod limits;
 mod metrics;
 mod prefs;
+mod read_only_sql;
 mod retention;
 mod sessions;
 mod store;

@@ -821,23 +821,41 @@ impl Vault {
         Store::check_file(options.spec()).await
     }
 
-    /// Runs SQL on a read-only connection and returns every row. Writes are
-    /// refused by SQLite (`query_only`).
+    /// Runs one statement on a read-only connection and returns every row.
+    /// Only `SELECT`, `WITH`, `VALUES`, `EXPLAIN` and the PRAGMAs that only
+    /// read are run; anything else (a write, `VACUUM`, `ATTACH`, a key or
+    /// setting PRAGMA, a second statement) is [`Error::InvalidInput`] before
+    /// SQLite sees it, and a `WITH` that writes is refused by SQLite, with
+    /// the same error.
     pub async fn query_read_only(&self, sql: &str) -> Result<Rows> {
+        crate::read_only_sql::check(sql)?;
         let mut conn = self
             .store()
             .reader()
             .acquire()
             .await
             .map_err(store::closed_or)?;
+        let writes = |e: sqlx::Error| {
+            let read_only = e
+                .as_database_error()
+                .and_then(|db| db.code()?.parse::<i32>().ok())
+                .is_some_and(|code| code & 0xff == libsqlite3_sys::SQLITE_READONLY);
+            if read_only {
+                crate::read_only_sql::refused("the statement writes")
+            } else {
+                Error::from(e)
+            }
+        };
         let stmt = conn
             .prepare(AssertSqlSafe(sql.to_owned()).into_sql_str())
-            .await?;
+            .await
+            .map_err(writes)?;
         let columns = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
         let rows = stmt
             .query()
             .fetch_all(&mut *conn)
-            .await?
+            .await
+            .map_err(writes)?
             .iter()
             .map(|row| (0..row.len()).map(|i| json_value(row, i)).collect())
             .collect::<Result<_>>()?;

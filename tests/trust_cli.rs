@@ -209,3 +209,166 @@ fn user_export_creates_a_new_private_file_or_refuses() {
         serde_json::from_slice(&std::fs::read(path("new.json")).unwrap()).unwrap();
     assert_eq!(export["user_id"], "ann");
 }
+
+/// A 0-byte file "does not exist" to `info`, yet `init` said "exists,
+/// schema up to date" as it made a vault in it.
+#[test]
+fn an_empty_file_is_called_empty_and_init_says_it_created_the_vault() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("statevault.db"), "").unwrap();
+    let err = assert_one_error_line(&run(dir.path(), &["info"]));
+    assert!(err.contains("is empty") && !err.contains("does not exist"), "{err}");
+    let out = run(dir.path(), &["init"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("created, encrypted"), "{}", stdout(&out));
+    assert!(run(dir.path(), &["info"]).status.success());
+}
+
+/// `backup verify` and `restore` of a file that is not there suggested
+/// `statevault init`, as if the vault were missing.
+#[test]
+fn a_missing_backup_is_named_as_the_backup() {
+    let dir = tempdir();
+    init(dir.path());
+    std::fs::write(dir.path().join("empty.db"), "").unwrap();
+    for args in [
+        &["backup", "verify", "nope.db"][..],
+        &["restore", "nope.db"],
+        &["backup", "verify", "empty.db"],
+        &["restore", "empty.db"],
+    ] {
+        let err = assert_one_error_line(&run(dir.path(), args));
+        assert!(!err.contains("init"), "{args:?}: {err}");
+        assert!(err.contains("backup"), "{args:?}: {err}");
+    }
+}
+
+/// A page-aligned cut said "corrupt".
+#[test]
+fn a_page_aligned_truncation_says_truncated() {
+    let dir = tempdir();
+    init(dir.path());
+    let db = dir.path().join("statevault.db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .unwrap()
+        .set_len(len / 4096 / 2 * 4096)
+        .unwrap();
+    for args in [&["info"][..], &["sql", "select 1"]] {
+        let err = assert_one_error_line(&run(dir.path(), args));
+        assert!(err.contains("is truncated"), "{err}");
+    }
+}
+
+/// `prefs set u 'nojson'` said `invalid preference : the patch is not JSON`.
+#[test]
+fn a_patch_that_is_not_json_says_so_without_an_empty_field() {
+    let dir = tempdir();
+    init(dir.path());
+    let err = assert_one_error_line(&run(dir.path(), &["prefs", "set", "u", "nojson"]));
+    assert!(err.contains("invalid patch: not JSON"), "{err}");
+    assert!(!err.contains(" :"), "{err}");
+}
+
+/// `sql` is read-only: a write said `(code: 8) attempt to write a readonly
+/// database`, `PRAGMA rekey='x'` printed `ok`, and `VACUUM INTO 'f'` left
+/// a 0-byte 0644 file. Each is now refused before it runs, saying why.
+#[test]
+fn sql_refuses_writes_pragmas_and_files_saying_why() {
+    let dir = tempdir();
+    init(dir.path());
+    for sql in [
+        "DELETE FROM preferences",
+        "delete from preferences",
+        "WITH x AS (SELECT 1) DELETE FROM preferences",
+        "PRAGMA rekey='x'",
+        "pragma main.key = 'x'",
+        "PRAGMA hexrekey = '00'",
+        "PRAGMA cipher_compatibility = 3",
+        "PRAGMA journal_mode = DELETE",
+        "PRAGMA journal_mode(DELETE)",
+        "PRAGMA user_version = 7",
+        "PRAGMA wal_checkpoint",
+        "PRAGMA optimize",
+        "VACUUM INTO 'f.db'",
+        "vacuum",
+        "ATTACH 'other.db' AS o",
+        "SELECT 1; PRAGMA rekey = 'x'",
+        "EXPLAIN PRAGMA rekey = 'x'",
+        "/* hi */ PRAGMA rekey='x'",
+    ] {
+        let out = run(dir.path(), &["sql", sql]);
+        let err = assert_one_error_line(&out);
+        assert!(err.contains("read-only"), "{sql}: {err}");
+        assert!(!err.contains("code:"), "{sql}: {err}");
+    }
+    for file in ["f.db", "other.db"] {
+        assert!(!dir.path().join(file).exists(), "{file} was created");
+    }
+    for sql in [
+        "SELECT count(*) FROM preferences",
+        "  select 1 -- a comment; with a semicolon",
+        "WITH x AS (SELECT 1) SELECT * FROM x",
+        "PRAGMA table_info(preferences)",
+        "PRAGMA main.page_count",
+        "PRAGMA journal_mode",
+        "PRAGMA integrity_check",
+        "EXPLAIN QUERY PLAN SELECT * FROM sessions",
+        "VALUES (1), (2)",
+        "SELECT 1;",
+    ] {
+        let out = run(dir.path(), &["sql", sql]);
+        assert!(out.status.success(), "{sql}: {}", stderr(&out));
+    }
+    assert!(run(dir.path(), &["check"]).status.success());
+}
+
+/// `init --key-file new.key` failed on a new vault ("No such file"),
+/// though `init` creates the key file: it now makes it there, mode 0600.
+#[test]
+fn init_creates_the_key_file_it_is_given() {
+    let dir = tempdir();
+    let out = run(dir.path(), &["--db", "n.db", "--key-file", "new.key", "init"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("key in new.key"), "{}", stdout(&out));
+    assert_eq!(common::file_mode(&dir.path().join("new.key")), 0o600);
+    assert!(!dir.path().join("n.db.key").exists());
+    let out = run(dir.path(), &["--db", "n.db", "--key-file", "new.key", "info"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // An existing vault is never given a new key file.
+    let err = assert_one_error_line(&run(
+        dir.path(),
+        &["--db", "n.db", "--key-file", "other.key", "init"],
+    ));
+    assert!(err.contains("other.key"), "{err}");
+    assert!(!dir.path().join("other.key").exists());
+}
+
+/// Read commands that used the read-only pool left 0-byte `-wal` and
+/// 32 KiB `-shm` files behind (the last connection to close was a
+/// read-only one, which cannot remove them).
+#[test]
+fn read_commands_leave_no_wal_or_shm_behind() {
+    let dir = tempdir();
+    init(dir.path());
+    let commands: [&[&str]; 8] = [
+        &["info"],
+        &["sql", "select 1"],
+        &["audit", "tail"],
+        &["audit", "verify"],
+        &["cache", "stats"],
+        &["metrics"],
+        &["check"],
+        &["session", "list", "u"],
+    ];
+    for args in commands {
+        let out = run(dir.path(), args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        for suffix in ["-wal", "-shm"] {
+            let file = dir.path().join(format!("statevault.db{suffix}"));
+            assert!(!file.exists(), "{args:?} left {}", file.display());
+        }
+    }
+}

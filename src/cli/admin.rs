@@ -2,21 +2,25 @@
 
 use std::process::ExitCode;
 
-use statevault::{Check, Result, Vault, VaultOptions, default_key_file};
+use statevault::{Check, KeySource, Result, Vault, VaultOptions, default_key_file};
 
 use super::print_json;
 
 pub async fn init(options: VaultOptions) -> Result<ExitCode> {
-    let existed = options.path().exists();
+    // An empty file is where the vault is made, not a vault.
+    let existed = std::fs::metadata(options.path()).is_ok_and(|m| m.len() > 0);
+    let key_file = match options.key_origin() {
+        KeySource::File(file) => Some(file.clone()),
+        KeySource::Auto => Some(default_key_file(options.path())),
+        KeySource::Key(_) | KeySource::None => None,
+    };
     let vault = Vault::open(options.create_if_missing(true).migrate(true)).await?;
     let path = vault.path().display().to_string();
+    let key_file = key_file.filter(|f| f.exists());
     if existed {
         say!("{path}: exists, schema up to date");
-    } else if vault.is_encrypted() && default_key_file(vault.path()).exists() {
-        say!(
-            "{path}: created, encrypted; key in {}",
-            default_key_file(vault.path()).display()
-        );
+    } else if let (true, Some(key_file)) = (vault.is_encrypted(), key_file) {
+        say!("{path}: created, encrypted; key in {}", key_file.display());
     } else if vault.is_encrypted() {
         say!("{path}: created, encrypted");
     } else {

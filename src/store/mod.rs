@@ -224,12 +224,16 @@ impl Store {
         }
     }
 
-    /// Closes every connection: readers first, the writer last, so that the
-    /// last connection to close checkpoints the WAL into the file.
+    /// Closes every connection: the sqlx readers first, then the hot ones,
+    /// the writer last, so that the last connection to close checkpoints
+    /// the WAL into the file and removes the -wal and -shm files. That
+    /// takes a read-write connection: the sqlx readers are opened read-only
+    /// and, closing last (a read command never opens the writer), left
+    /// both files behind. The hot readers are read-write (`query_only`).
     pub(crate) async fn close(&self) {
-        self.hot.close();
-        self.hot_writer.close();
         self.reader.close().await;
+        self.hot_writer.close();
+        self.hot.close();
         self.writer.close().await;
     }
 }
@@ -246,8 +250,11 @@ fn settings(spec: &OpenSpec<'_>, create: bool) -> Result<(SharedSettings, bool)>
     let kind = file::inspect(path)?;
     match (kind, spec.key) {
         (FileKind::New, _) if !create => {
-            return Err(Error::Missing {
-                path: path.to_owned(),
+            let path = path.to_owned();
+            return Err(if path.exists() {
+                Error::Empty { path }
+            } else {
+                Error::Missing { path }
             });
         }
         (FileKind::Plain, KeySource::Auto | KeySource::Key(_) | KeySource::File(_)) => {
