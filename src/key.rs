@@ -108,10 +108,9 @@ impl Key {
                 reason: format!("a raw key needs 64 hex digits, found {}", hex.len()),
             });
         }
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        for (byte, pair) in bytes.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
-            *byte = (hex_value(pair[0]) << 4) | hex_value(pair[1]);
-        }
+        let bytes = parse_hex32(hex).ok_or_else(|| Error::InvalidKey {
+            reason: "a raw key needs 64 hex digits".into(),
+        })?;
         Ok(Key::of(Material::Raw(bytes)))
     }
 
@@ -289,12 +288,20 @@ impl Key {
     }
 }
 
-/// The value of one ASCII hex digit (the caller has checked it is one).
-fn hex_value(digit: u8) -> u8 {
-    char::from(digit)
-        .to_digit(16)
-        .and_then(|v| u8::try_from(v).ok())
-        .unwrap_or(0)
+/// Exactly 64 hex digits (either case) as 32 bytes, in a buffer wiped on
+/// drop; `None` for any other text. Reads raw keys, and the hash salt and
+/// audit anchor that `vault_meta` holds.
+pub(crate) fn parse_hex32(hex: &str) -> Option<Zeroizing<[u8; 32]>> {
+    let digits = hex.as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
+    let value = |d: u8| char::from(d).to_digit(16).and_then(|v| u8::try_from(v).ok());
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = (value(pair[0])? << 4) | value(pair[1])?;
+    }
+    Some(bytes)
 }
 
 /// Lower-case hex digits of `bytes`, in a buffer wiped on drop.

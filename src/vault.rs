@@ -345,6 +345,17 @@ impl fmt::Debug for VaultOptions {
     }
 }
 
+/// A `vault_meta` value as text (read as a BLOB, since the column may hold
+/// bytes that are not UTF-8), or the error naming its row.
+pub(crate) fn meta_text(key: &str, bytes: Vec<u8>) -> Result<String> {
+    String::from_utf8(bytes).map_err(|_| bad_meta(key, "is not UTF-8 text"))
+}
+
+/// The error for a `vault_meta` row the vault cannot use: it names the row.
+pub(crate) fn bad_meta(key: &str, problem: impl std::fmt::Display) -> Error {
+    Error::invalid("vault_meta", format!("{key} {problem} (fix that row)"))
+}
+
 /// The `vault_meta` key of the application's preferences schema.
 const PREFERENCES_SCHEMA: &str = "preferences_schema";
 
@@ -560,10 +571,8 @@ impl Vault {
     /// has one from [`Vault::record_creation`].
     fn load_hash_salt(&self) -> Result<()> {
         if let Some(hex) = self.meta("hash_salt")? {
-            let key = Key::parse(&format!("x'{hex}'"))?;
-            let salt = key
-                .raw_bytes()
-                .ok_or_else(|| Error::invalid("hash_salt", "not 32 bytes of hex"))?;
+            let salt = crate::key::parse_hex32(&hex)
+                .ok_or_else(|| bad_meta("hash_salt", "is not 64 hex digits"))?;
             let _ = self.inner.hash_salt.set(salt);
         }
         Ok(())
@@ -610,11 +619,13 @@ impl Vault {
 
     /// A fact from `vault_meta`, read on this thread.
     pub(crate) fn meta(&self, key: &str) -> Result<Option<String>> {
-        self.store().read(|conn| {
-            let mut stmt = conn.prepare_cached("SELECT value FROM vault_meta WHERE key = ?1")?;
+        let bytes: Option<Vec<u8>> = self.store().read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT CAST(value AS BLOB) FROM vault_meta WHERE key = ?1")?;
             let mut rows = stmt.query([key])?;
             rows.next()?.map(|row| row.get(0)).transpose()
-        })
+        })?;
+        bytes.map(|bytes| meta_text(key, bytes)).transpose()
     }
 
     pub(crate) fn cache_state(&self) -> &CacheState {
