@@ -372,3 +372,33 @@ fn read_commands_leave_no_wal_or_shm_behind() {
         }
     }
 }
+
+/// `statevault info | head -1` panicked ("failed printing to stdout:
+/// Broken pipe") with a backtrace. A reader that goes away ends the
+/// command quietly, the vault closed.
+#[test]
+fn a_closed_stdout_is_no_panic() {
+    let dir = tempdir();
+    init(dir.path());
+    for args in [
+        &["sql", "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 200000) SELECT x FROM c"][..],
+        &["sql", "--json", "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 200000) SELECT x FROM c"],
+        &["info"],
+    ] {
+        let mut child = cli(dir.path())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}");
+    }
+    for suffix in ["-wal", "-shm"] {
+        assert!(!dir.path().join(format!("statevault.db{suffix}")).exists());
+    }
+}

@@ -20,7 +20,7 @@ pub enum Format {
 pub async fn metrics(vault: &Vault, format: Format, window_secs: u64) -> Result<ExitCode> {
     let window = Duration::from_secs(window_secs);
     match format {
-        Format::Prometheus => super::print_lines(&vault.metrics().prometheus(window).await?),
+        Format::Prometheus => super::print_lines(&vault.metrics().prometheus(window).await?)?,
         Format::Json => {
             let now = vault.now();
             let report = vault

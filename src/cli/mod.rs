@@ -8,11 +8,12 @@
 //! line, [`print_json`], [`print_lines`], `print_error`): text that came
 //! from the file or the command line never reaches a terminal raw.
 
-/// `println!` of one line, [escaped](escape): a newline or an escape
-/// sequence inside a user id shows as `\n`, `\u{1b}`.
+/// Prints one line on stdout, [escaped](escape) (a newline or an escape
+/// sequence inside a user id shows as `\n`, `\u{1b}`), and returns from
+/// the calling function if stdout is gone ([`write_line`]).
 macro_rules! say {
     ($($arg:tt)*) => {
-        println!("{}", $crate::cli::escape(&format!($($arg)*)))
+        $crate::cli::write_line(&format!($($arg)*))?
     };
 }
 
@@ -197,6 +198,12 @@ pub fn main() -> ExitCode {
     };
     let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        // The reader went away (`statevault sql ... | head`): nothing to say.
+        Err(statevault::Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            ExitCode::FAILURE
+        }
         Err(e) => {
             print_error(e);
             ExitCode::FAILURE
@@ -341,6 +348,18 @@ fn warn_if_recovered(vault: &Vault) {
     }
 }
 
+/// Writes one line to stdout, [escaped](escape). `println!` panicked when
+/// the reader had closed the pipe (`statevault info | head -1`); this is
+/// an error instead, which `main` ends on quietly.
+pub(crate) fn write_line(line: &str) -> Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{}", escape(line))
+        .map_err(|e| statevault::Error::Io {
+            path: PathBuf::from("standard output"),
+            source: e,
+        })
+}
+
 /// Prints a value as pretty JSON on stdout. serde_json escapes only the
 /// C0 controls; the rest (DEL, C1) are escaped here as JSON escapes
 /// (`\u009b`). Outside strings, pretty JSON has no control character but
@@ -357,14 +376,17 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
             }
         })
         .collect();
-    println!("{escaped}");
+    for line in escaped.lines() {
+        write_line(line)?;
+    }
     Ok(())
 }
 
 /// Prints text of several lines (Prometheus exposition), each line
 /// [escaped](escape).
-fn print_lines(text: &str) {
+fn print_lines(text: &str) -> Result<()> {
     for line in text.lines() {
-        println!("{}", escape(line));
+        write_line(line)?;
     }
+    Ok(())
 }
