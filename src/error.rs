@@ -102,6 +102,19 @@ pub enum Error {
         detail: String,
     },
 
+    /// A write was refused because the file cannot be written: it, or its
+    /// directory (where SQLite makes the -wal and -shm files), is
+    /// read-only. A vault whose directory cannot be written and that no
+    /// one is writing is opened read-only as it is: reads work, writes
+    /// fail with this.
+    #[error("{} cannot be written ({detail}): it or its directory is read-only", file_or_vault(.path))]
+    ReadOnly {
+        /// The file, when known.
+        path: Option<PathBuf>,
+        /// SQLite's words.
+        detail: String,
+    },
+
     /// The operating system failed a read or write of the vault's files
     /// (SQLite's `SQLITE_IOERR` family): a file-size limit or quota reached
     /// (`EFBIG`), a failing disk, a vanished mount. A failed write was rolled
@@ -328,12 +341,16 @@ fn file_or_vault(path: &Option<PathBuf>) -> String {
 /// The typed error for a SQLite result code that says something about the
 /// storage itself (full, failing, damaged), whichever driver met it.
 fn storage_failure(code: i32, detail: impl FnOnce() -> String) -> Option<Error> {
-    use libsqlite3_sys::{SQLITE_CORRUPT, SQLITE_FULL, SQLITE_IOERR};
+    use libsqlite3_sys::{SQLITE_CORRUPT, SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY};
     let detail = || format!("{} (SQLite code {code})", detail());
     match code & 0xff {
         SQLITE_FULL => Some(Error::DiskFull { detail: detail() }),
         SQLITE_IOERR => Some(Error::StorageIo { detail: detail() }),
         SQLITE_CORRUPT => Some(Error::Corrupt {
+            path: None,
+            detail: detail(),
+        }),
+        SQLITE_READONLY => Some(Error::ReadOnly {
             path: None,
             detail: detail(),
         }),

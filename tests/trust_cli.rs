@@ -402,3 +402,83 @@ fn a_closed_stdout_is_no_panic() {
         assert!(!dir.path().join(format!("statevault.db{suffix}")).exists());
     }
 }
+
+/// The CLI as a user who may read the vault but not write its directory:
+/// as that user when this runs as a user, as `nobody` (through `setpriv`)
+/// when it runs as root, whom permissions do not stop. `None` when
+/// neither can be arranged.
+fn as_reader_of(dir: &std::path::Path) -> Option<Box<dyn Fn(&[&str]) -> std::process::Output + '_>> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if root {
+        common::tool("setpriv")?;
+        let owned = std::process::Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !owned {
+            return None;
+        }
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    Some(Box::new(move |args: &[&str]| {
+        let mut cmd = if root {
+            let mut cmd = std::process::Command::new("setpriv");
+            cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(env!("CARGO_BIN_EXE_statevault"));
+            cmd
+        } else {
+            std::process::Command::new(env!("CARGO_BIN_EXE_statevault"))
+        };
+        cmd.current_dir(dir)
+            .env_remove("STATEVAULT_KEY")
+            .env_remove("STATEVAULT_DB")
+            .args(args)
+            .output()
+            .unwrap()
+    }))
+}
+
+/// In a directory the user cannot write, every read command failed with
+/// "attempt to write a readonly database", naming no file: SQLite could
+/// not create the -wal and -shm files. Reads now open the file read-only
+/// as it is; a write names the file and why it cannot be written.
+#[test]
+fn a_read_only_directory_still_reads_and_a_write_says_why() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let vault = dir.path().join("v");
+    std::fs::create_dir(&vault).unwrap();
+    init(&vault);
+    assert!(run(&vault, &["prefs", "set", "ann", r#"{"theme": "dark"}"#]).status.success());
+    let Some(reader) = as_reader_of(&vault) else {
+        return;
+    };
+    let reads: [&[&str]; 7] = [
+        &["info"],
+        &["sql", "select document from preferences"],
+        &["prefs", "get", "ann"],
+        &["audit", "verify"],
+        &["session", "list", "ann"],
+        &["limits", "status", "ann"],
+        &["check"],
+    ];
+    for args in reads {
+        let out = reader(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).is_empty(), "{args:?}: {}", stderr(&out));
+    }
+    assert!(stdout(&reader(&["prefs", "get", "ann"])).contains("dark"));
+    let err = assert_one_error_line(&reader(&["prefs", "set", "ann", "{}"]));
+    assert!(err.contains("statevault.db") && err.contains("read-only"), "{err}");
+    std::fs::set_permissions(&vault, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let names: Vec<_> = std::fs::read_dir(&vault)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}

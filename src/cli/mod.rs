@@ -298,7 +298,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         command => {
             let vault = Vault::open(options.create_if_missing(false).migrate(false)).await?;
             warn_if_recovered(&vault);
-            let result = dispatch(&vault, command).await;
+            let result = dispatch(&vault, command).await.map_err(|e| match e {
+                statevault::Error::ReadOnly { path: None, detail } => {
+                    statevault::Error::ReadOnly {
+                        path: Some(vault.path().to_owned()),
+                        detail,
+                    }
+                }
+                e => e,
+            });
             let closed = vault.close().await;
             let code = result?;
             closed?;

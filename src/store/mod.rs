@@ -280,6 +280,7 @@ fn settings(spec: &OpenSpec<'_>, create: bool) -> Result<(SharedSettings, bool)>
         synchronous: spec.synchronous,
         cache_bytes: spec.cache_bytes,
         busy_timeout: spec.busy_timeout,
+        as_is: !created && conn::must_open_as_is(path),
     });
     Ok((settings, created))
 }
@@ -306,7 +307,8 @@ async fn check_blocking(settings: SharedSettings) -> Result<CheckReport> {
 fn pool(settings: &SharedSettings, max: u32, query_only: bool) -> SqlitePool {
     let options = SqliteConnectOptions::new()
         .filename(&settings.path)
-        .read_only(query_only)
+        .read_only(query_only || settings.as_is)
+        .immutable(settings.as_is)
         .busy_timeout(settings.busy_timeout)
         .statement_cache_capacity(128)
         .disable_statement_logging();
