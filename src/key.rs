@@ -205,7 +205,11 @@ impl Key {
         );
         let mut t = u.clone();
         for _ in 1..256_000 {
-            let next = prf.clone().chain_update(u.as_slice()).finalize().into_bytes();
+            let next = prf
+                .clone()
+                .chain_update(u.as_slice())
+                .finalize()
+                .into_bytes();
             u.copy_from_slice(&next);
             t.iter_mut().zip(u.iter()).for_each(|(t, u)| *t ^= u);
         }
@@ -296,7 +300,11 @@ pub(crate) fn parse_hex32(hex: &str) -> Option<Zeroizing<[u8; 32]>> {
     if digits.len() != 64 {
         return None;
     }
-    let value = |d: u8| char::from(d).to_digit(16).and_then(|v| u8::try_from(v).ok());
+    let value = |d: u8| {
+        char::from(d)
+            .to_digit(16)
+            .and_then(|v| u8::try_from(v).ok())
+    };
     let mut bytes = Zeroizing::new([0u8; 32]);
     for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
         *byte = (value(pair[0])? << 4) | value(pair[1])?;

@@ -95,7 +95,9 @@ fn check_statement(tokens: &[Token]) -> Result<()> {
         "SELECT" | "WITH" | "VALUES" => Ok(()),
         "EXPLAIN" => {
             let rest = match tokens.get(1..3) {
-                Some([Token::Word(q), Token::Word(p)]) if q == "QUERY" && p == "PLAN" => &tokens[3..],
+                Some([Token::Word(q), Token::Word(p)]) if q == "QUERY" && p == "PLAN" => {
+                    &tokens[3..]
+                }
                 _ => &tokens[1..],
             };
             check_statement(rest)
@@ -124,7 +126,9 @@ fn check_pragma(tokens: &[Token]) -> Result<()> {
             "PRAGMA {name} may change the file, its key or the connection"
         )))
     } else {
-        Err(refused(format_args!("PRAGMA {name} with a value changes a setting")))
+        Err(refused(format_args!(
+            "PRAGMA {name} with a value changes a setting"
+        )))
     }
 }
 

@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::StoredEvent;
 use crate::clock::Timestamp;
+use crate::ids::check_user;
 use crate::limits::{LimitStatus, ViolationRecord};
 use crate::prefs::{Preferences, StoredPreferences};
 use crate::sessions::{ExportedSession, Sessions};
-use crate::ids::check_user;
 use crate::{Result, Vault};
 
 /// Everything the vault holds about a user. Token hashes are left out.

@@ -1658,7 +1658,10 @@ fn arbitrary_key_text_parses_or_is_invalid_key() {
             match statevault::Key::parse(&text) {
                 Ok(key) => prop_assert_eq!(key.is_raw(), raw),
                 Err(Error::InvalidKey { reason }) => {
-                    prop_assert!(raw || text.trim_end_matches(['\r', '\n']).is_empty(), "{reason}")
+                    prop_assert!(
+                        raw || text.trim_end_matches(['\r', '\n']).is_empty(),
+                        "{reason}"
+                    )
                 }
                 Err(other) => prop_assert!(false, "{other:?}"),
             }

@@ -218,9 +218,7 @@ async fn an_encrypted_file_cut_at_a_page_boundary_is_truncated_not_corrupt() {
     std::fs::write(&path, cut).unwrap();
     let err = Vault::open(VaultOptions::new(&path)).await.unwrap_err();
     match &err {
-        Error::Truncated {
-            len, page_size, ..
-        } => {
+        Error::Truncated { len, page_size, .. } => {
             assert_eq!((*len, *page_size), (cut.len() as u64, 4096));
             let message = err.to_string();
             assert!(

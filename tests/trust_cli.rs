@@ -191,10 +191,8 @@ fn user_export_creates_a_new_private_file_or_refuses() {
     symlink(path("target.txt"), path("link.json")).unwrap();
     symlink(path("nowhere.txt"), path("dangling.json")).unwrap();
     for name in ["shared.json", "link.json", "dangling.json"] {
-        let err = assert_one_error_line(&run(
-            dir.path(),
-            &["user", "export", "ann", "--out", name],
-        ));
+        let err =
+            assert_one_error_line(&run(dir.path(), &["user", "export", "ann", "--out", name]));
         assert!(err.contains("exists already"), "{name}: {err}");
     }
     assert_eq!(std::fs::read_to_string(path("shared.json")).unwrap(), "old");
@@ -217,10 +215,17 @@ fn an_empty_file_is_called_empty_and_init_says_it_created_the_vault() {
     let dir = tempdir();
     std::fs::write(dir.path().join("statevault.db"), "").unwrap();
     let err = assert_one_error_line(&run(dir.path(), &["info"]));
-    assert!(err.contains("is empty") && !err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("is empty") && !err.contains("does not exist"),
+        "{err}"
+    );
     let out = run(dir.path(), &["init"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("created, encrypted"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("created, encrypted"),
+        "{}",
+        stdout(&out)
+    );
     assert!(run(dir.path(), &["info"]).status.success());
 }
 
@@ -330,12 +335,18 @@ fn sql_refuses_writes_pragmas_and_files_saying_why() {
 #[test]
 fn init_creates_the_key_file_it_is_given() {
     let dir = tempdir();
-    let out = run(dir.path(), &["--db", "n.db", "--key-file", "new.key", "init"]);
+    let out = run(
+        dir.path(),
+        &["--db", "n.db", "--key-file", "new.key", "init"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("key in new.key"), "{}", stdout(&out));
     assert_eq!(common::file_mode(&dir.path().join("new.key")), 0o600);
     assert!(!dir.path().join("n.db.key").exists());
-    let out = run(dir.path(), &["--db", "n.db", "--key-file", "new.key", "info"]);
+    let out = run(
+        dir.path(),
+        &["--db", "n.db", "--key-file", "new.key", "info"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     // An existing vault is never given a new key file.
     let err = assert_one_error_line(&run(
@@ -381,8 +392,15 @@ fn a_closed_stdout_is_no_panic() {
     let dir = tempdir();
     init(dir.path());
     for args in [
-        &["sql", "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 200000) SELECT x FROM c"][..],
-        &["sql", "--json", "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 200000) SELECT x FROM c"],
+        &[
+            "sql",
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 200000) SELECT x FROM c",
+        ][..],
+        &[
+            "sql",
+            "--json",
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 200000) SELECT x FROM c",
+        ],
         &["info"],
     ] {
         let mut child = cli(dir.path())
@@ -403,11 +421,11 @@ fn a_closed_stdout_is_no_panic() {
     }
 }
 
-/// The CLI as a user who may read the vault but not write its directory:
-/// as that user when this runs as a user, as `nobody` (through `setpriv`)
-/// when it runs as root, whom permissions do not stop. `None` when
-/// neither can be arranged.
-fn as_reader_of(dir: &std::path::Path) -> Option<Box<dyn Fn(&[&str]) -> std::process::Output + '_>> {
+/// Makes `dir` one the CLI may read but not write: as the user this runs
+/// as, or, when that is root (whom permissions do not stop), as `nobody`
+/// through `setpriv`. `None` when that cannot be arranged; else how to run
+/// the CLI there.
+fn reader_of(dir: &std::path::Path) -> Option<ReadOnlyCli<'_>> {
     use std::os::unix::fs::PermissionsExt;
     let root = std::process::Command::new("id")
         .arg("-u")
@@ -425,8 +443,18 @@ fn as_reader_of(dir: &std::path::Path) -> Option<Box<dyn Fn(&[&str]) -> std::pro
         }
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
-    Some(Box::new(move |args: &[&str]| {
-        let mut cmd = if root {
+    Some(ReadOnlyCli { dir, root })
+}
+
+/// The CLI run by a user who cannot write `dir`.
+struct ReadOnlyCli<'a> {
+    dir: &'a std::path::Path,
+    root: bool,
+}
+
+impl ReadOnlyCli<'_> {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = if self.root {
             let mut cmd = std::process::Command::new("setpriv");
             cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
                 .arg(env!("CARGO_BIN_EXE_statevault"));
@@ -434,13 +462,13 @@ fn as_reader_of(dir: &std::path::Path) -> Option<Box<dyn Fn(&[&str]) -> std::pro
         } else {
             std::process::Command::new(env!("CARGO_BIN_EXE_statevault"))
         };
-        cmd.current_dir(dir)
+        cmd.current_dir(self.dir)
             .env_remove("STATEVAULT_KEY")
             .env_remove("STATEVAULT_DB")
             .args(args)
             .output()
             .unwrap()
-    }))
+    }
 }
 
 /// In a directory the user cannot write, every read command failed with
@@ -454,8 +482,12 @@ fn a_read_only_directory_still_reads_and_a_write_says_why() {
     let vault = dir.path().join("v");
     std::fs::create_dir(&vault).unwrap();
     init(&vault);
-    assert!(run(&vault, &["prefs", "set", "ann", r#"{"theme": "dark"}"#]).status.success());
-    let Some(reader) = as_reader_of(&vault) else {
+    assert!(
+        run(&vault, &["prefs", "set", "ann", r#"{"theme": "dark"}"#])
+            .status
+            .success()
+    );
+    let Some(reader) = reader_of(&vault) else {
         return;
     };
     let reads: [&[&str]; 7] = [
@@ -468,13 +500,16 @@ fn a_read_only_directory_still_reads_and_a_write_says_why() {
         &["check"],
     ];
     for args in reads {
-        let out = reader(args);
+        let out = reader.run(args);
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).is_empty(), "{args:?}: {}", stderr(&out));
     }
-    assert!(stdout(&reader(&["prefs", "get", "ann"])).contains("dark"));
-    let err = assert_one_error_line(&reader(&["prefs", "set", "ann", "{}"]));
-    assert!(err.contains("statevault.db") && err.contains("read-only"), "{err}");
+    assert!(stdout(&reader.run(&["prefs", "get", "ann"])).contains("dark"));
+    let err = assert_one_error_line(&reader.run(&["prefs", "set", "ann", "{}"]));
+    assert!(
+        err.contains("statevault.db") && err.contains("read-only"),
+        "{err}"
+    );
     std::fs::set_permissions(&vault, std::fs::Permissions::from_mode(0o755)).unwrap();
     let names: Vec<_> = std::fs::read_dir(&vault)
         .unwrap()

@@ -218,7 +218,10 @@ async fn every_facet_refuses_the_same_user_ids() {
         );
         refused(
             "for_user",
-            CacheKey::new("search", "q").unwrap().for_user(bad).map(drop),
+            CacheKey::new("search", "q")
+                .unwrap()
+                .for_user(bad)
+                .map(drop),
         );
         refused(
             "audit",
@@ -230,8 +233,18 @@ async fn every_facet_refuses_the_same_user_ids() {
         refused("export_user", vault.export_user(bad).await.map(drop));
         refused("erase_user", vault.erase_user(bad).await.map(drop));
     }
-    for good in ["alice", "ü", "user@example.com", "\u{1f600}", &"u".repeat(256)] {
-        vault.sessions().create(NewSession::new(good)).await.unwrap();
+    for good in [
+        "alice",
+        "ü",
+        "user@example.com",
+        "\u{1f600}",
+        &"u".repeat(256),
+    ] {
+        vault
+            .sessions()
+            .create(NewSession::new(good))
+            .await
+            .unwrap();
         vault.limits().status(good).await.unwrap();
         vault.cache().clear_user(good).await.unwrap();
     }

@@ -54,12 +54,20 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
             }
             say!(
                 "{:<20} {:>10} {:>14} {:>14} {:>8}",
-                "namespace", "entries", "value bytes", "stored bytes", "expired"
+                "namespace",
+                "entries",
+                "value bytes",
+                "stored bytes",
+                "expired"
             );
             for n in &namespaces {
                 say!(
                     "{:<20} {:>10} {:>14} {:>14} {:>8}",
-                    n.namespace, n.entries, n.value_bytes, n.stored_bytes, n.expired_entries
+                    n.namespace,
+                    n.entries,
+                    n.value_bytes,
+                    n.stored_bytes,
+                    n.expired_entries
                 );
             }
             let ratio = if stats.l2.bytes == 0 {
@@ -69,11 +77,12 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
             };
             say!(
                 "L2: {} entries, {} stored bytes of {} cap, {} expired awaiting sweep, compression {ratio:.2}x",
-                stats.l2.entries, stats.l2.bytes, stats.l2.max_bytes, stats.l2.expired_entries
+                stats.l2.entries,
+                stats.l2.bytes,
+                stats.l2.max_bytes,
+                stats.l2.expired_entries
             );
-            say!(
-                "hit/miss counters and L1 are per process; this CLI process has served no gets"
-            );
+            say!("hit/miss counters and L1 are per process; this CLI process has served no gets");
         }
         Command::Invalidate { tag } => {
             let n = cache.invalidate_tag(&tag).await?;

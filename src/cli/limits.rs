@@ -32,7 +32,8 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
             let counts = vault.limits().reset(&subject).await?;
             say!(
                 "reset {subject}: {} bucket(s), {} violation(s) deleted",
-                counts.buckets, counts.violations
+                counts.buckets,
+                counts.violations
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -61,7 +62,10 @@ async fn status(vault: &Vault, subject: &str, json: bool) -> Result<ExitCode> {
         for w in &l.windows {
             say!(
                 "    {:>6} s window  {:>9.2} / {:<9} full at {}",
-                w.period_secs, w.tokens, w.capacity, w.full_at
+                w.period_secs,
+                w.tokens,
+                w.capacity,
+                w.full_at
             );
         }
     }

@@ -299,12 +299,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let vault = Vault::open(options.create_if_missing(false).migrate(false)).await?;
             warn_if_recovered(&vault);
             let result = dispatch(&vault, command).await.map_err(|e| match e {
-                statevault::Error::ReadOnly { path: None, detail } => {
-                    statevault::Error::ReadOnly {
-                        path: Some(vault.path().to_owned()),
-                        detail,
-                    }
-                }
+                statevault::Error::ReadOnly { path: None, detail } => statevault::Error::ReadOnly {
+                    path: Some(vault.path().to_owned()),
+                    detail,
+                },
                 e => e,
             });
             let closed = vault.close().await;
@@ -361,11 +359,10 @@ fn warn_if_recovered(vault: &Vault) {
 /// an error instead, which `main` ends on quietly.
 pub(crate) fn write_line(line: &str) -> Result<()> {
     use std::io::Write;
-    writeln!(std::io::stdout().lock(), "{}", escape(line))
-        .map_err(|e| statevault::Error::Io {
-            path: PathBuf::from("standard output"),
-            source: e,
-        })
+    writeln!(std::io::stdout().lock(), "{}", escape(line)).map_err(|e| statevault::Error::Io {
+        path: PathBuf::from("standard output"),
+        source: e,
+    })
 }
 
 /// Prints a value as pretty JSON on stdout. serde_json escapes only the

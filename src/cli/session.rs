@@ -37,7 +37,10 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
             } else {
                 say!(
                     "{:<36}  {:<24}  {:<24}  {:<24}  bound",
-                    "id", "created", "last seen", "expires"
+                    "id",
+                    "created",
+                    "last seen",
+                    "expires"
                 );
                 for s in &list {
                     say!(

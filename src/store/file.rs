@@ -141,7 +141,8 @@ pub(crate) fn cipher_header_pages(path: &Path, key: &crate::Key) -> Option<u64> 
         .ok()?;
     // Offsets in the header, less the 16 bytes of salt: 21-23 hold the
     // fixed payload fractions 64, 32, 32.
-    let be32 = |at: usize| u32::from_be_bytes(header[at - 16..at - 12].try_into().unwrap_or([0; 4]));
+    let be32 =
+        |at: usize| u32::from_be_bytes(header[at - 16..at - 12].try_into().unwrap_or([0; 4]));
     let valid = header[21 - 16..24 - 16] == [64, 32, 32] && be32(24) == be32(92);
     valid.then(|| u64::from(be32(28)))
 }
