@@ -249,6 +249,19 @@ pub enum Error {
     #[error("the vault is closed")]
     Closed,
 
+    /// [`Vault::erase_user`](crate::Vault::erase_user) deleted the user's
+    /// rows, but old copies of them stay in the WAL: another connection
+    /// (usually another process) kept a read transaction open for longer
+    /// than the busy timeout. Erasing again once it has ended finishes the job.
+    #[error(
+        "the user's rows are deleted, but old copies remain in the WAL: another connection \
+         kept reading it for {waited_ms} ms; erase the user again once it is done"
+    )]
+    ErasureIncomplete {
+        /// How long the erasure waited for the readers, in milliseconds.
+        waited_ms: u64,
+    },
+
     /// A value is larger than the cache accepts.
     #[error("cache value of {size} bytes is larger than the maximum of {max} bytes")]
     CacheValueTooLarge {

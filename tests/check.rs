@@ -49,15 +49,15 @@ async fn check_raises_no_false_alarm_beside_writers_and_backups() {
     let init = cli(dir.path()).arg("init").output().unwrap();
     assert!(init.status.success(), "{}", stderr(&init));
     let mut writers = Writers(vec![
-        loop_of(dir.path(), 200, "demo --users 20 --requests 2000"),
-        loop_of(dir.path(), 200, "demo --users 20 --requests 2000"),
+        loop_of(dir.path(), 200, "demo --users 10 --requests 1000"),
+        loop_of(dir.path(), 200, "demo --users 10 --requests 1000"),
         loop_of(dir.path(), 400, "backup --out b$i.db"),
     ]);
     let db = dir.path().join("statevault.db");
     let options = VaultOptions::new(&db);
     // Start once the demos have written a few MB, and spread the checks
     // over the load (this paces the test; no TTL waits on it).
-    let pause = std::time::Duration::from_millis(25);
+    let pause = std::time::Duration::from_millis(10);
     while std::fs::metadata(&db).map_or(0, |m| m.len()) < 2 << 20 {
         std::thread::sleep(pause);
     }

@@ -3,8 +3,13 @@
 //! Order matters: first the busy timeout (another process may hold a lock
 //! while this one opens), then the key (SQLCipher must have it before the
 //! first page is read), then `auto_vacuum` (it only takes effect on a new
-//! file, before any table exists), WAL, `synchronous`, the page cache and
-//! foreign keys. Readers then switch to `query_only`.
+//! file, before any table exists), WAL, `synchronous`, the page cache,
+//! foreign keys and `secure_delete`. Readers then switch to `query_only`.
+//!
+//! `secure_delete` is a per-connection setting. SQLCipher turns it on for a
+//! keyed connection, but a file without a key would get SQLite's default
+//! (off), so every connection asks for it: whichever connection deletes a
+//! row zeroes its bytes and the pages it frees.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
@@ -66,7 +71,7 @@ impl ConnSettings {
     pub(crate) fn setup_sql(&self) -> String {
         format!(
             "PRAGMA busy_timeout = {}; {}PRAGMA synchronous = {}; \
-             PRAGMA cache_size = -{}; PRAGMA foreign_keys = ON;",
+             PRAGMA cache_size = -{}; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
             self.busy_timeout.as_millis(),
             if self.as_is {
                 ""

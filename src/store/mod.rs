@@ -110,7 +110,8 @@ impl Store {
     }
 
     /// The writer connection itself, for work that sets a connection pragma
-    /// around its transaction (`synchronous`, `secure_delete`, locking mode).
+    /// around its transaction (`synchronous`, locking mode) or runs outside one
+    /// (`VACUUM`).
     pub(crate) async fn writer_conn(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>> {
         self.writer.acquire().await.map_err(closed_or)
     }
@@ -190,6 +191,45 @@ impl Store {
             .execute(&mut *conn)
             .await?;
         Ok(free - left)
+    }
+
+    /// Leaves no copy of deleted rows in the file or its WAL, on the writer
+    /// connection `conn` (outside any transaction).
+    ///
+    /// `secure_delete` zeroes a deleted cell and a freed page, but not every
+    /// copy SQLite made before: when a b-tree page is rebuilt (a split, a row
+    /// that grew), cells that moved elsewhere stay behind in the page's
+    /// unallocated gap, and the WAL keeps every page's older images. So:
+    /// 1. `VACUUM` rewrites every page from the live rows alone. It holds the
+    ///    write lock meanwhile, and builds the copy in memory: the bundled
+    ///    SQLCipher keeps temporary databases there (`SQLITE_TEMP_STORE=2`),
+    ///    so no plaintext reaches a temporary file;
+    /// 2. `wal_checkpoint(TRUNCATE)` copies the WAL into the file and empties
+    ///    it. It waits for readers up to the busy timeout (SQLite's busy
+    ///    handler), and is tried again while another connection runs a
+    ///    checkpoint of its own, which SQLite does not wait for. A reader that
+    ///    still holds an older snapshot after that gives
+    ///    [`Error::ErasureIncomplete`].
+    pub(crate) async fn purge(&self, conn: &mut sqlx::SqliteConnection) -> Result<()> {
+        sqlx::query("VACUUM").execute(&mut *conn).await?;
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&mut *conn)
+                .await?;
+            let waited = started.elapsed();
+            if busy == 0 {
+                return Ok(());
+            }
+            if waited >= self.settings.busy_timeout {
+                return Err(Error::ErasureIncomplete {
+                    waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(50));
+        }
     }
 
     /// What the file has applied.
