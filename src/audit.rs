@@ -446,6 +446,9 @@ impl<'a> Audit<'a> {
         if event.action.is_empty() || event.action.len() > 256 {
             return Err(Error::invalid("action", "must be 1 to 256 bytes"));
         }
+        if let Some(user) = &event.user_id {
+            crate::ids::check_user(user)?;
+        }
         let details = serde_json::to_string(&event.details)?;
         let max = self.state.config.max_details_bytes;
         crate::json::check_text("details", &details, max, "max_details_bytes")?;
@@ -658,11 +661,18 @@ impl<'a> Audit<'a> {
             .begin()
             .await
             .map_err(crate::store::closed_or)?;
-        let meta: Vec<(String, String)> = sqlx::query_as(
-            "SELECT key, value FROM vault_meta WHERE key IN ('audit_anchor', 'audit_head')",
+        let meta: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT key, CAST(value AS BLOB) FROM vault_meta WHERE key IN ('audit_anchor', 'audit_head')",
         )
         .fetch_all(&mut *tx)
         .await?;
+        let meta = meta
+            .into_iter()
+            .map(|(key, value)| {
+                let value = crate::vault::meta_text(&key, value)?;
+                Ok((key, value))
+            })
+            .collect::<Result<Vec<(String, String)>>>()?;
         let rows = sqlx::query(concat!(
             "SELECT ",
             event_columns!(),
@@ -920,12 +930,13 @@ async fn insert_chained(tx: &mut SqliteConnection, contents: &[&Content]) -> Res
     let (mut seq, mut prev) = match tail {
         Some((seq, digest)) => (seq, digest.as_slice().try_into().unwrap_or([0; 32])),
         None => {
-            let anchor: Option<String> =
-                sqlx::query_scalar("SELECT value FROM vault_meta WHERE key = 'audit_anchor'")
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let anchor: Option<Vec<u8>> = sqlx::query_scalar(
+                "SELECT CAST(value AS BLOB) FROM vault_meta WHERE key = 'audit_anchor'",
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
             anchor
-                .map(|a| parse_anchor(&a))
+                .map(|a| parse_anchor(&crate::vault::meta_text("audit_anchor", a)?))
                 .transpose()?
                 .unwrap_or((0, [0; 32]))
         }
@@ -982,11 +993,15 @@ async fn set_meta(tx: &mut SqliteConnection, key: &str, value: &str, now: Timest
 }
 
 fn parse_anchor(text: &str) -> Result<(i64, [u8; 32])> {
-    let bad = || Error::invalid("audit_anchor", format!("{text:?} is not '<seq> <64 hex>'"));
+    let bad = || {
+        crate::vault::bad_meta(
+            "audit_anchor",
+            format_args!("{text:?} is not '<seq> <64 hex digits>'"),
+        )
+    };
     let (seq, hex) = text.split_once(' ').ok_or_else(bad)?;
     let seq = seq.parse().map_err(|_| bad())?;
-    let key = crate::Key::parse(&format!("x'{hex}'")).map_err(|_| bad())?;
-    let bytes = key.raw_bytes().ok_or_else(bad)?;
+    let bytes = crate::key::parse_hex32(hex).ok_or_else(bad)?;
     Ok((seq, *bytes))
 }
 

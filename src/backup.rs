@@ -336,6 +336,7 @@ fn write_backup(settings: &ConnSettings, path: &Path) -> Result<u64> {
 }
 
 async fn verify(path: &Path, key: Option<Key>) -> Result<BackupVerification> {
+    check_backup_file(path)?;
     let source = match key {
         Some(key) => KeySource::Key(key),
         None => KeySource::None,
@@ -370,6 +371,23 @@ async fn verify(path: &Path, key: Option<Key>) -> Result<BackupVerification> {
         chain: Some(chain),
         tables,
     })
+}
+
+/// A backup to verify or restore must be a file with something in it. Said
+/// of the backup: as a vault, a missing or empty file would be one to
+/// `init`.
+fn check_backup_file(path: &Path) -> Result<()> {
+    let problem = match fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => "is not a file",
+        Ok(meta) if meta.len() == 0 => "is empty (0 bytes)",
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist",
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    Err(Error::invalid(
+        "backup",
+        format!("{} {problem}", path.display()),
+    ))
 }
 
 /// Copies `backup` into the live database with the online backup API,

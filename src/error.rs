@@ -102,6 +102,19 @@ pub enum Error {
         detail: String,
     },
 
+    /// A write was refused because the file cannot be written: it, or its
+    /// directory (where SQLite makes the -wal and -shm files), is
+    /// read-only. A vault whose directory cannot be written and that no
+    /// one is writing is opened read-only as it is: reads work, writes
+    /// fail with this.
+    #[error("{} cannot be written ({detail}): it or its directory is read-only", file_or_vault(.path))]
+    ReadOnly {
+        /// The file, when known.
+        path: Option<PathBuf>,
+        /// SQLite's words.
+        detail: String,
+    },
+
     /// The operating system failed a read or write of the vault's files
     /// (SQLite's `SQLITE_IOERR` family): a file-size limit or quota reached
     /// (`EFBIG`), a failing disk, a vanished mount. A failed write was rolled
@@ -143,6 +156,14 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The database file is there but empty (0 bytes), and creating a vault
+    /// in it was not allowed.
+    #[error("{path} is empty (0 bytes): run `statevault init` to create a vault in it")]
+    Empty {
+        /// The database file.
+        path: PathBuf,
+    },
+
     /// A configuration file is malformed: a key it does not know, a value
     /// of the wrong type or out of range.
     #[error("config {path}: {detail}")]
@@ -179,7 +200,7 @@ pub enum Error {
     },
 
     /// A preferences document or patch does not fit the defaults' schema.
-    #[error("invalid preference {field}: {reason}")]
+    #[error("invalid {}: {reason}", preference_field(.field))]
     InvalidPreference {
         /// The field's path (`search_defaults.limit`); empty for the whole document.
         field: String,
@@ -314,6 +335,16 @@ impl Error {
     }
 }
 
+/// How [`Error::InvalidPreference`] names its field: the whole document
+/// when the path is empty.
+fn preference_field(field: &str) -> String {
+    if field.is_empty() {
+        "preferences".to_owned()
+    } else {
+        format!("preference {field}")
+    }
+}
+
 /// How [`Error::Corrupt`] names its file.
 fn file_or_vault(path: &Option<PathBuf>) -> String {
     path.as_ref()
@@ -323,12 +354,16 @@ fn file_or_vault(path: &Option<PathBuf>) -> String {
 /// The typed error for a SQLite result code that says something about the
 /// storage itself (full, failing, damaged), whichever driver met it.
 fn storage_failure(code: i32, detail: impl FnOnce() -> String) -> Option<Error> {
-    use libsqlite3_sys::{SQLITE_CORRUPT, SQLITE_FULL, SQLITE_IOERR};
+    use libsqlite3_sys::{SQLITE_CORRUPT, SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY};
     let detail = || format!("{} (SQLite code {code})", detail());
     match code & 0xff {
         SQLITE_FULL => Some(Error::DiskFull { detail: detail() }),
         SQLITE_IOERR => Some(Error::StorageIo { detail: detail() }),
         SQLITE_CORRUPT => Some(Error::Corrupt {
+            path: None,
+            detail: detail(),
+        }),
+        SQLITE_READONLY => Some(Error::ReadOnly {
             path: None,
             detail: detail(),
         }),

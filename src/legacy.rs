@@ -808,7 +808,7 @@ fn cache_entry(
         && !user.is_empty()
         && *user != "-"
     {
-        key = key.for_user(user);
+        key = key.for_user(user)?;
     }
     Ok(Plan::Cache {
         key,

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::clock::Timestamp;
-use crate::users::check_user;
+use crate::ids::check_user;
 use crate::{Error, Result, Vault};
 
 /// A function that upgrades a stored document by one schema version.

@@ -10,13 +10,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::StoredEvent;
 use crate::clock::Timestamp;
+use crate::ids::check_user;
 use crate::limits::{LimitStatus, ViolationRecord};
 use crate::prefs::{Preferences, StoredPreferences};
 use crate::sessions::{ExportedSession, Sessions};
-use crate::{Error, Result, Vault};
+use crate::{Result, Vault};
 
 /// Everything the vault holds about a user. Token hashes are left out.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Debug` shows the user and how much there is of each part, never the
+/// personal data itself (session data, preferences, audit details).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct UserExport {
     /// The user.
     pub user_id: String,
@@ -34,6 +37,21 @@ pub struct UserExport {
     pub violations: Vec<ViolationRecord>,
     /// The keys of the user's cache entries.
     pub cache_keys: Vec<String>,
+}
+
+impl std::fmt::Debug for UserExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserExport")
+            .field("user_id", &self.user_id)
+            .field("exported_at", &self.exported_at)
+            .field("sessions", &self.sessions)
+            .field("preferences", &self.preferences.is_some())
+            .field("audit_events", &self.audit_events.len())
+            .field("rate_limits", &self.rate_limits.len())
+            .field("violations", &self.violations.len())
+            .field("cache_keys", &self.cache_keys.len())
+            .finish()
+    }
 }
 
 /// What [`Vault::erase_user`] removed, by table.
@@ -160,18 +178,4 @@ impl Vault {
             })
             .await
     }
-}
-
-/// A user id every facet accepts: 1 to 256 bytes.
-pub(crate) fn check_user(user_id: &str) -> Result<()> {
-    if user_id.is_empty() {
-        return Err(Error::invalid("user_id", "empty"));
-    }
-    if user_id.len() > 256 {
-        return Err(Error::invalid(
-            "user_id",
-            format!("{} bytes is more than 256", user_id.len()),
-        ));
-    }
-    Ok(())
 }

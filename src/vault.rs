@@ -345,6 +345,17 @@ impl fmt::Debug for VaultOptions {
     }
 }
 
+/// A `vault_meta` value as text (read as a BLOB, since the column may hold
+/// bytes that are not UTF-8), or the error naming its row.
+pub(crate) fn meta_text(key: &str, bytes: Vec<u8>) -> Result<String> {
+    String::from_utf8(bytes).map_err(|_| bad_meta(key, "is not UTF-8 text"))
+}
+
+/// The error for a `vault_meta` row the vault cannot use: it names the row.
+pub(crate) fn bad_meta(key: &str, problem: impl std::fmt::Display) -> Error {
+    Error::invalid("vault_meta", format!("{key} {problem} (fix that row)"))
+}
+
 /// The `vault_meta` key of the application's preferences schema.
 const PREFERENCES_SCHEMA: &str = "preferences_schema";
 
@@ -560,10 +571,8 @@ impl Vault {
     /// has one from [`Vault::record_creation`].
     fn load_hash_salt(&self) -> Result<()> {
         if let Some(hex) = self.meta("hash_salt")? {
-            let key = Key::parse(&format!("x'{hex}'"))?;
-            let salt = key
-                .raw_bytes()
-                .ok_or_else(|| Error::invalid("hash_salt", "not 32 bytes of hex"))?;
+            let salt = crate::key::parse_hex32(&hex)
+                .ok_or_else(|| bad_meta("hash_salt", "is not 64 hex digits"))?;
             let _ = self.inner.hash_salt.set(salt);
         }
         Ok(())
@@ -610,11 +619,13 @@ impl Vault {
 
     /// A fact from `vault_meta`, read on this thread.
     pub(crate) fn meta(&self, key: &str) -> Result<Option<String>> {
-        self.store().read(|conn| {
-            let mut stmt = conn.prepare_cached("SELECT value FROM vault_meta WHERE key = ?1")?;
+        let bytes: Option<Vec<u8>> = self.store().read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT CAST(value AS BLOB) FROM vault_meta WHERE key = ?1")?;
             let mut rows = stmt.query([key])?;
             rows.next()?.map(|row| row.get(0)).transpose()
-        })
+        })?;
+        bytes.map(|bytes| meta_text(key, bytes)).transpose()
     }
 
     pub(crate) fn cache_state(&self) -> &CacheState {
@@ -821,23 +832,41 @@ impl Vault {
         Store::check_file(options.spec()).await
     }
 
-    /// Runs SQL on a read-only connection and returns every row. Writes are
-    /// refused by SQLite (`query_only`).
+    /// Runs one statement on a read-only connection and returns every row.
+    /// Only `SELECT`, `WITH`, `VALUES`, `EXPLAIN` and the PRAGMAs that only
+    /// read are run; anything else (a write, `VACUUM`, `ATTACH`, a key or
+    /// setting PRAGMA, a second statement) is [`Error::InvalidInput`] before
+    /// SQLite sees it, and a `WITH` that writes is refused by SQLite, with
+    /// the same error.
     pub async fn query_read_only(&self, sql: &str) -> Result<Rows> {
+        crate::read_only_sql::check(sql)?;
         let mut conn = self
             .store()
             .reader()
             .acquire()
             .await
             .map_err(store::closed_or)?;
+        let writes = |e: sqlx::Error| {
+            let read_only = e
+                .as_database_error()
+                .and_then(|db| db.code()?.parse::<i32>().ok())
+                .is_some_and(|code| code & 0xff == libsqlite3_sys::SQLITE_READONLY);
+            if read_only {
+                crate::read_only_sql::refused("the statement writes")
+            } else {
+                Error::from(e)
+            }
+        };
         let stmt = conn
             .prepare(AssertSqlSafe(sql.to_owned()).into_sql_str())
-            .await?;
+            .await
+            .map_err(writes)?;
         let columns = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
         let rows = stmt
             .query()
             .fetch_all(&mut *conn)
-            .await?
+            .await
+            .map_err(writes)?
             .iter()
             .map(|row| (0..row.len()).map(|i| json_value(row, i)).collect())
             .collect::<Result<_>>()?;

@@ -260,7 +260,10 @@ async fn clear_user_namespace_and_all() {
     let (vault, _clock) = common::vault(dir.path()).await;
     let cache = vault.cache();
     let u1 = CacheKey::derive("search", "tracks", &json!({"q": "a"}), Some("u1")).unwrap();
-    let u1b = CacheKey::new("tracks", "9").unwrap().for_user("u1");
+    let u1b = CacheKey::new("tracks", "9")
+        .unwrap()
+        .for_user("u1")
+        .unwrap();
     let u2 = CacheKey::derive("search", "tracks", &json!({"q": "a"}), Some("u2")).unwrap();
     let shared = key("tracks", "10");
     for k in [&u1, &u1b, &u2, &shared] {
@@ -639,7 +642,10 @@ async fn cli_cache_stats_invalidate_clear() {
         .unwrap();
     cache
         .set(
-            &CacheKey::new("tracks", "b").unwrap().for_user("alice"),
+            &CacheKey::new("tracks", "b")
+                .unwrap()
+                .for_user("alice")
+                .unwrap(),
             b"b",
         )
         .await

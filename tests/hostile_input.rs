@@ -248,7 +248,7 @@ fn check_pref_case(
     let prefs = vault.preferences();
     let defaults = prefs.get("nobody").unwrap();
     let user = case.user.as_str();
-    if user.is_empty() || user.len() > 256 {
+    if !user_id_ok(user) {
         let refused = |r: Result<(), Error>| {
             matches!(
                 r,
@@ -437,6 +437,12 @@ fn namespace_ok(ns: &str) -> bool {
     !ns.is_empty() && ns.len() <= 64 && !ns.contains(':') && !ns.chars().any(char::is_control)
 }
 
+/// The one rule for user ids and subjects: 1 to 256 bytes, no control
+/// characters.
+fn user_id_ok(id: &str) -> bool {
+    !id.is_empty() && id.len() <= statevault::MAX_ID_BYTES && !id.chars().any(char::is_control)
+}
+
 /// A short name for an error, to compare with what the model allows.
 fn error_kind(e: &Error) -> String {
     match e {
@@ -530,15 +536,21 @@ fn checked_key(k: &KeyCase) -> Result<Option<CacheKey>, TestCaseError> {
     } else {
         let key = CacheKey::new(&k.namespace, &k.name);
         let key = match &k.user {
-            Some(user) => key.map(|key| key.for_user(user)),
+            Some(user) => key.and_then(|key| key.for_user(user)),
             None => key,
         };
         (key, k.namespace.len() + k.name.len() + 1)
     };
+    // `derive` checks the user before the key's length, `for_user` after.
+    let user_ok = k.user.as_deref().is_none_or(user_id_ok);
     let expected = if !namespace_ok(&k.namespace) {
         Some("cache namespace")
+    } else if k.derive && !user_ok {
+        Some("user_id")
     } else if len > statevault::MAX_KEY_BYTES {
         Some("cache key")
+    } else if !user_ok {
+        Some("user_id")
     } else {
         None
     };
@@ -1373,6 +1385,11 @@ const SQL: &[&str] = &[
     "VACUUM",
     "ATTACH 'other.db' AS other",
     "SELECT",
+    "VACUUM INTO 'copy.db'",
+    "SELECT 1; PRAGMA rekey = 'x'",
+    "EXPLAIN PRAGMA rekey = 'x'",
+    "select printf('%.*c', 70000, 'x')",
+    "SELECT char(27) || '[2J' || char(10) || char(155)",
 ];
 
 /// Any text that names nothing outside the test's directory: no `/`, not
@@ -1506,6 +1523,183 @@ fn arbitrary_cli_arguments_exit_cleanly_and_leave_the_vault_sound() {
             Ok(())
         })
         .unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// vault_meta: what the vault reads back from its own file
+
+/// The `vault_meta` rows the vault parses when it opens, verifies, reports
+/// health or shows info.
+const META_KEYS: &[&str] = &[
+    "hash_salt",
+    "audit_anchor",
+    "audit_head",
+    "created_at",
+    "created_by",
+    "key_created_at",
+    "preferences_schema",
+];
+
+/// A stored value: odd text, text that nearly parses (hex of the wrong
+/// length or with a multi-byte character, an anchor without its space),
+/// or bytes that are not UTF-8 at all (stored with `CAST(? AS TEXT)`).
+fn meta_value() -> BoxedStrategy<Vec<u8>> {
+    let near = prop_oneof![
+        "[0-9a-f]{0,70}",
+        "[0-9a-f]{30}\u{e9}[0-9a-f]{31}",
+        "-?[0-9]{1,20} [0-9a-fA-F\u{e9}' ]{0,66}",
+        "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{0,14}Z?",
+        r#"\{"version": [0-9]{1,3}, "defaults": (\{\}|\[\]|null)\}"#,
+    ];
+    prop_oneof![
+        2 => odd_string().prop_map(String::into_bytes),
+        3 => near.prop_map(String::into_bytes),
+        1 => vec(any::<u8>(), 0..80),
+    ]
+    .boxed()
+}
+
+/// Puts `rows` back as the whole of `vault_meta`.
+fn restore_meta(db: &std::path::Path, rows: &[(String, String, String)]) {
+    let conn = common::raw_connection(db);
+    conn.execute("DELETE FROM vault_meta", []).unwrap();
+    for (key, value, at) in rows {
+        conn.execute(
+            "INSERT INTO vault_meta (key, value, updated_at) VALUES (?1, ?2, ?3)",
+            [key, value, at],
+        )
+        .unwrap();
+    }
+}
+
+/// Garbage in each `vault_meta` row (written with the key, as a careless
+/// operator could), then a command that reads it: a one-line typed error
+/// naming the row, or success; never a panic. `Key::parse`, which read the
+/// hash salt and the audit anchor, sliced by byte offsets.
+#[test]
+fn garbage_in_vault_meta_is_a_typed_error_naming_the_row() {
+    let dir = common::tempdir();
+    let run = |args: &[&str]| common::run(dir.path(), args);
+    assert!(run(&["init"]).status.success());
+    let db = dir.path().join("statevault.db");
+    let original: Vec<(String, String, String)> = {
+        let conn = common::raw_connection(&db);
+        let mut stmt = conn
+            .prepare("SELECT key, value, updated_at FROM vault_meta")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let commands: Vec<&[&str]> = vec![
+        &["info"],
+        &["audit", "verify"],
+        &["health"],
+        &["prefs", "get", "u"],
+        &["limits", "status", "u"],
+        &["user", "export", "u"],
+    ];
+    runner(24)
+        .run(
+            &(select(META_KEYS), meta_value(), select(commands)),
+            |(key, value, args)| {
+                common::raw_connection(&db)
+                    .execute(
+                        "INSERT INTO vault_meta (key, value, updated_at)
+                         VALUES (?1, CAST(?2 AS TEXT), '')
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        rusqlite::params![key, value],
+                    )
+                    .unwrap();
+                let out = run(args);
+                restore_meta(&db, &original);
+                let err = common::stderr(&out);
+                let shown = String::from_utf8_lossy(&value);
+                prop_assert!(!err.contains("panicked"), "{key}={shown:?} {args:?}: {err}");
+                // A verdict, not an error: health's status, a broken chain.
+                let verdict = args == ["health"]
+                    || (args == ["audit", "verify"]
+                        && common::stdout(&out).starts_with("BROKEN")
+                        && err == "error: the audit chain is broken\n");
+                match out.status.code() {
+                    Some(0) => prop_assert!(err.is_empty(), "{err}"),
+                    Some(1 | 2) if verdict => {}
+                    Some(1) => {
+                        prop_assert_eq!(err.lines().count(), 1, "{}", err);
+                        prop_assert!(err.starts_with("error: "), "{}", err);
+                        prop_assert!(err.contains(key), "{key}={shown:?} {args:?}: {err}");
+                    }
+                    other => prop_assert!(false, "exit {other:?}: {err}"),
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+}
+
+/// Key text in any form a person or a program might produce: a raw key
+/// near its shape (wrong length, multi-byte characters, odd quotes and
+/// spaces, a BOM) or anything at all. `Key::parse` never panics; a raw
+/// key parses, anything else in `x'…'` is `InvalidKey`.
+#[test]
+fn arbitrary_key_text_parses_or_is_invalid_key() {
+    let text = prop_oneof![
+        2 => any::<String>(),
+        2 => "[\u{feff} \n]{0,2}[xX]'[0-9a-fA-F\u{e9}\u{1f600} ]{0,70}'[ \r\n]{0,3}",
+        1 => odd_string(),
+    ];
+    runner(512)
+        .run(&text, |text| {
+            let shape = text.strip_prefix('\u{feff}').unwrap_or(&text).trim();
+            let raw = shape.len() > 2
+                && (shape.starts_with("x'") || shape.starts_with("X'"))
+                && shape.ends_with('\'');
+            match statevault::Key::parse(&text) {
+                Ok(key) => prop_assert_eq!(key.is_raw(), raw),
+                Err(Error::InvalidKey { reason }) => {
+                    prop_assert!(
+                        raw || text.trim_end_matches(['\r', '\n']).is_empty(),
+                        "{reason}"
+                    )
+                }
+                Err(other) => prop_assert!(false, "{other:?}"),
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// Any SQL text through `query_read_only`: rows or a typed error, and
+/// the file unchanged and still opening with its key.
+#[test]
+fn arbitrary_sql_reads_or_is_refused_and_changes_nothing() {
+    let rt = runtime();
+    let dir = common::tempdir();
+    let (vault, _clock) = rt.block_on(common::vault(dir.path()));
+    let sql = prop_oneof![
+        2 => any::<String>(),
+        3 => (select(SQL), select(vec!["", ";", "; SELECT 1", " -- x", "/*", "'"]))
+            .prop_map(|(q, tail)| format!("{q}{tail}")),
+        1 => "(PRAGMA|pragma|EXPLAIN PRAGMA) [a-z_]{1,20}( ?= ?'?[a-z0-9]{0,5}'?)?",
+    ];
+    runner(256)
+        .run(&sql, |sql| {
+            match rt.block_on(vault.query_read_only(&sql)) {
+                Ok(_) | Err(Error::InvalidInput { .. } | Error::Sqlx(_)) => {}
+                Err(other) => prop_assert!(false, "{sql:?}: {other:?}"),
+            }
+            Ok(())
+        })
+        .unwrap();
+    let n = rt
+        .block_on(vault.query_read_only("SELECT count(*) FROM vault_meta"))
+        .unwrap();
+    assert_eq!(n.rows[0][0], json!(4));
+    rt.block_on(vault.close()).unwrap();
+    let (vault, _clock) = rt.block_on(common::vault(dir.path()));
+    assert!(rt.block_on(vault.check()).unwrap().ok());
+    rt.block_on(vault.close()).unwrap();
 }
 
 // ---------------------------------------------------------------------------

@@ -209,3 +209,55 @@ fn every_file_written_is_private() {
         assert_eq!(*mode, 0o600, "{}", file.display());
     }
 }
+
+/// `ExportedSession` and `UserExport` derived `Debug` and printed the
+/// session data, the preferences and the audit details that `Session`'s
+/// own `Debug` keeps out.
+#[tokio::test]
+async fn a_users_export_debug_shows_no_personal_data() {
+    let dir = tempdir();
+    let (vault, _clock) = common::vault(dir.path()).await;
+    vault
+        .sessions()
+        .create(
+            NewSession::new("ann")
+                .data(&serde_json::json!({"upstream": "upstream-token-123"}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    vault
+        .preferences()
+        .patch("ann", &serde_json::json!({"home": "12 Private Road"}))
+        .await
+        .unwrap();
+    vault
+        .audit()
+        .append(
+            statevault::AuditEvent::new(statevault::EventKind::Auth, "login")
+                .user("ann")
+                .details(serde_json::json!({"ip_note": "secret-detail"})),
+        )
+        .unwrap();
+    let export = vault.export_user("ann").await.unwrap();
+    let shown = format!("{export:?} {:?}", export.sessions[0]);
+    for private in ["upstream-token-123", "12 Private Road", "secret-detail"] {
+        assert!(!shown.contains(private), "{private} in {shown}");
+    }
+    assert!(shown.contains("ann"), "{shown}");
+    vault.close().await.unwrap();
+}
+
+/// `Secret` compares in constant time (SHA-256 of both, then every byte);
+/// equal secrets are equal, different ones are not.
+#[tokio::test]
+async fn secrets_compare_by_value() {
+    let dir = tempdir();
+    let (vault, _clock) = common::vault(dir.path()).await;
+    let a = vault.sessions().create(NewSession::new("a")).await.unwrap();
+    let b = vault.sessions().create(NewSession::new("b")).await.unwrap();
+    assert_eq!(a.token, a.token.clone());
+    assert_ne!(a.token, b.token);
+    assert_ne!(a.token, a.csrf_token);
+    vault.close().await.unwrap();
+}

@@ -170,3 +170,83 @@ async fn erase_leaves_nothing_of_the_user_and_the_chain_verifies() {
     );
     vault.close().await.unwrap();
 }
+
+/// One rule for the id of a user or a rate-limit subject, in every facet:
+/// 1 to 256 bytes and no control characters. `limits().status("")`,
+/// `reset("")` and `cache().clear_user("")` answered as if it were an id,
+/// and `"user\u{1}x"` was stored by every facet.
+#[tokio::test]
+async fn every_facet_refuses_the_same_user_ids() {
+    let dir = common::tempdir();
+    let (options, _clock) = common::options(dir.path(), "ids.db");
+    let vault = Vault::open(options.preferences(PreferencesConfig::seeds()))
+        .await
+        .unwrap();
+    let long = "u".repeat(257);
+    for bad in ["", "user\u{1}x", "a\nb", "\u{1b}[31m", "\u{9b}x", &long] {
+        let refused = |what: &str, result: Result<(), statevault::Error>| match result {
+            Err(statevault::Error::InvalidInput { .. }) => {}
+            other => panic!("{what}({bad:?}): {other:?}"),
+        };
+        let sessions = vault.sessions();
+        refused(
+            "create",
+            sessions.create(NewSession::new(bad)).await.map(drop),
+        );
+        refused("list", sessions.list(bad).await.map(drop));
+        refused("revoke_user", sessions.revoke_user(bad).await.map(drop));
+        let prefs = vault.preferences();
+        refused("patch", prefs.patch(bad, &json!({})).await.map(drop));
+        refused("get", prefs.get(bad).map(drop));
+        let limits = vault.limits();
+        refused(
+            "check",
+            limits
+                .check(bad, "auth_attempts", 1, &ClientInfo::none())
+                .await
+                .map(drop),
+        );
+        refused("status", limits.status(bad).await.map(drop));
+        refused("reset", limits.reset(bad).await.map(drop));
+        refused("violations_of", limits.violations_of(bad).await.map(drop));
+        let cache = vault.cache();
+        refused("clear_user", cache.clear_user(bad).await.map(drop));
+        refused("keys_of_user", cache.keys_of_user(bad).await.map(drop));
+        refused(
+            "derive",
+            CacheKey::derive("search", "q", &json!({}), Some(bad)).map(drop),
+        );
+        refused(
+            "for_user",
+            CacheKey::new("search", "q")
+                .unwrap()
+                .for_user(bad)
+                .map(drop),
+        );
+        refused(
+            "audit",
+            vault
+                .audit()
+                .append(AuditEvent::new(EventKind::Auth, "login").user(bad))
+                .map(drop),
+        );
+        refused("export_user", vault.export_user(bad).await.map(drop));
+        refused("erase_user", vault.erase_user(bad).await.map(drop));
+    }
+    for good in [
+        "alice",
+        "ü",
+        "user@example.com",
+        "\u{1f600}",
+        &"u".repeat(256),
+    ] {
+        vault
+            .sessions()
+            .create(NewSession::new(good))
+            .await
+            .unwrap();
+        vault.limits().status(good).await.unwrap();
+        vault.cache().clear_user(good).await.unwrap();
+    }
+    vault.close().await.unwrap();
+}

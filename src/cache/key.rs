@@ -54,6 +54,7 @@ impl CacheKey {
         user: Option<&str>,
     ) -> Result<CacheKey> {
         check_namespace(domain)?;
+        user.map(crate::ids::check_user).transpose()?;
         let value = serde_json::to_value(params)?;
         let mut canonical = String::new();
         write_canonical(&value, &mut canonical);
@@ -63,10 +64,12 @@ impl CacheKey {
         CacheKey::checked(text, domain.len(), user.map(str::to_owned))
     }
 
-    /// Marks the key as belonging to `user`.
-    pub fn for_user(mut self, user: &str) -> Self {
+    /// Marks the key as belonging to `user`; [`Error::InvalidInput`] for
+    /// an id that is not 1 to 256 bytes without control characters.
+    pub fn for_user(mut self, user: &str) -> Result<Self> {
+        crate::ids::check_user(user)?;
         self.user = Some(user.to_owned());
-        self
+        Ok(self)
     }
 
     /// A key from its text: the namespace is what comes before the first

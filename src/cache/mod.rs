@@ -884,6 +884,7 @@ impl<'a> Cache<'a> {
 
     /// Removes every entry of `user` from both levels; how many.
     pub async fn clear_user(&self, user: &str) -> Result<u64> {
+        crate::ids::check_user(user)?;
         self.invalidate(Filter::User(user), |m| m.user.as_deref() == Some(user))
             .await
     }
@@ -891,6 +892,7 @@ impl<'a> Cache<'a> {
     /// The keys of `user`'s entries (for a user's export). Writes buffered
     /// sets first.
     pub async fn keys_of_user(&self, user: &str) -> Result<Vec<String>> {
+        crate::ids::check_user(user)?;
         self.vault.flush().await?;
         let mut conn = self
             .vault

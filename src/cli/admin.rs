@@ -2,25 +2,29 @@
 
 use std::process::ExitCode;
 
-use statevault::{Check, Result, Vault, VaultOptions, default_key_file};
+use statevault::{Check, KeySource, Result, Vault, VaultOptions, default_key_file};
 
 use super::print_json;
 
 pub async fn init(options: VaultOptions) -> Result<ExitCode> {
-    let existed = options.path().exists();
+    // An empty file is where the vault is made, not a vault.
+    let existed = std::fs::metadata(options.path()).is_ok_and(|m| m.len() > 0);
+    let key_file = match options.key_origin() {
+        KeySource::File(file) => Some(file.clone()),
+        KeySource::Auto => Some(default_key_file(options.path())),
+        KeySource::Key(_) | KeySource::None => None,
+    };
     let vault = Vault::open(options.create_if_missing(true).migrate(true)).await?;
     let path = vault.path().display().to_string();
+    let key_file = key_file.filter(|f| f.exists());
     if existed {
-        println!("{path}: exists, schema up to date");
-    } else if vault.is_encrypted() && default_key_file(vault.path()).exists() {
-        println!(
-            "{path}: created, encrypted; key in {}",
-            default_key_file(vault.path()).display()
-        );
+        say!("{path}: exists, schema up to date");
+    } else if let (true, Some(key_file)) = (vault.is_encrypted(), key_file) {
+        say!("{path}: created, encrypted; key in {}", key_file.display());
     } else if vault.is_encrypted() {
-        println!("{path}: created, encrypted");
+        say!("{path}: created, encrypted");
     } else {
-        println!("{path}: created, NOT encrypted (--no-encryption)");
+        say!("{path}: created, NOT encrypted (--no-encryption)");
     }
     vault.close().await?;
     Ok(ExitCode::SUCCESS)
@@ -31,13 +35,13 @@ pub async fn migrate(vault: &Vault, status: bool) -> Result<ExitCode> {
     if status {
         for m in &before {
             let state = if m.applied { "applied" } else { "pending" };
-            println!("{} {:<8} {}", m.version, state, m.description);
+            say!("{} {:<8} {}", m.version, state, m.description);
         }
         return Ok(ExitCode::SUCCESS);
     }
     vault.migrate().await?;
     let applied = before.iter().filter(|m| !m.applied).count();
-    println!("applied {applied} migration(s); schema up to date");
+    say!("applied {applied} migration(s); schema up to date");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -60,23 +64,23 @@ pub async fn info(vault: &Vault, json: bool) -> Result<ExitCode> {
             info.schema_version, info.latest_schema_version
         )
     };
-    println!("path            {}", info.path.display());
-    println!("file_bytes      {}", info.file_bytes);
-    println!("wal_bytes       {}", info.wal_bytes);
-    println!("encrypted       {encrypted}");
-    println!("journal_mode    {}", info.journal_mode);
-    println!("schema_version  {schema}");
-    println!(
+    say!("path            {}", info.path.display());
+    say!("file_bytes      {}", info.file_bytes);
+    say!("wal_bytes       {}", info.wal_bytes);
+    say!("encrypted       {encrypted}");
+    say!("journal_mode    {}", info.journal_mode);
+    say!("schema_version  {schema}");
+    say!(
         "created_at      {}",
         info.created_at.as_deref().unwrap_or("-")
     );
-    println!(
+    say!(
         "key_created_at  {}",
         info.key_created_at.as_deref().unwrap_or("-")
     );
-    println!("tables");
+    say!("tables");
     for (name, rows) in &info.tables {
-        println!("  {name:<20} {rows:>10}");
+        say!("  {name:<20} {rows:>10}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -133,8 +137,8 @@ pub async fn sql(vault: &Vault, query: &str, json: bool) -> Result<ExitCode> {
         .iter()
         .map(|c| super::escape(c).into_owned())
         .collect();
-    println!("{}", line(&columns));
-    println!(
+    say!("{}", line(&columns));
+    say!(
         "{}",
         widths
             .iter()
@@ -143,9 +147,9 @@ pub async fn sql(vault: &Vault, query: &str, json: bool) -> Result<ExitCode> {
             .join("-+-")
     );
     for row in &cells {
-        println!("{}", line(row));
+        say!("{}", line(row));
     }
-    println!(
+    say!(
         "({} row{})",
         cells.len(),
         if cells.len() == 1 { "" } else { "s" }
@@ -179,14 +183,14 @@ pub async fn check(options: &VaultOptions, json: bool) -> Result<ExitCode> {
     } else {
         for check in &report.checks {
             if check.ok {
-                println!("ok    {}", check.name);
+                say!("ok    {}", check.name);
             } else {
-                println!("FAIL  {}", check.name);
+                say!("FAIL  {}", check.name);
                 for problem in check.problems.iter().take(20) {
-                    println!("      {problem}");
+                    say!("      {problem}");
                 }
                 if check.problems.len() > 20 {
-                    println!("      … and {} more", check.problems.len() - 20);
+                    say!("      … and {} more", check.problems.len() - 20);
                 }
             }
         }
@@ -220,9 +224,9 @@ pub async fn sweep(vault: &Vault, json: bool) -> Result<ExitCode> {
         print_json(&report)?;
     } else {
         for (table, rows) in &report.removed {
-            println!("{table:<14} {rows:>8} removed");
+            say!("{table:<14} {rows:>8} removed");
         }
-        println!("{:<14} {:>8} pages given back", "file", report.pages_freed);
+        say!("{:<14} {:>8} pages given back", "file", report.pages_freed);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -30,7 +30,7 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
             if json {
                 super::print_json(&report)?;
             } else {
-                println!("{}", describe(&report));
+                say!("{}", describe(&report));
             }
             if report.ok {
                 Ok(ExitCode::SUCCESS)
@@ -50,7 +50,7 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
                     } else {
                         ""
                     };
-                    println!(
+                    say!(
                         "{:>6}  {}  {:<11} {:<24} user={} {}{erased}",
                         e.seq,
                         e.occurred_at,

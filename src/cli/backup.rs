@@ -42,13 +42,13 @@ pub async fn backup(vault: &Vault, args: BackupArgs) -> Result<ExitCode> {
         }
         None => {
             let written = vault.backup(args.out.as_deref()).await?;
-            println!(
+            say!(
                 "backup: {} ({} bytes)",
                 written.path.display(),
                 written.bytes
             );
             for old in &written.removed {
-                println!("removed old backup {}", old.display());
+                say!("removed old backup {}", old.display());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -60,20 +60,20 @@ fn report(file: &Path, v: &BackupVerification, json: bool) -> Result<ExitCode> {
         super::print_json(v)?;
     } else {
         for check in &v.checks.checks {
-            println!("{}  {}", if check.ok { "ok  " } else { "FAIL" }, check.name);
+            say!("{}  {}", if check.ok { "ok  " } else { "FAIL" }, check.name);
             for problem in check.problems.iter().take(10) {
-                println!("      {problem}");
+                say!("      {problem}");
             }
         }
         if let Some(chain) = &v.chain {
-            println!(
+            say!(
                 "{}  audit_chain: {}",
                 if chain.ok { "ok  " } else { "FAIL" },
                 super::audit::describe(chain)
             );
         }
         for (table, rows) in &v.tables {
-            println!("      {table:<20} {rows:>10}");
+            say!("      {table:<20} {rows:>10}");
         }
     }
     if v.ok {
@@ -100,7 +100,7 @@ pub async fn restore(options: &VaultOptions, file: &Path) -> Result<ExitCode> {
     bar.finish_and_clear();
     let verification = verification?;
     let rows: i64 = verification.tables.values().sum();
-    println!(
+    say!(
         "restored {} from {} ({rows} rows)",
         options.path().display(),
         file.display()
@@ -127,13 +127,13 @@ pub async fn rekey(options: VaultOptions, new_key_file: &Path) -> Result<ExitCod
             path: default_file.clone(),
             source,
         })?;
-        println!(
+        say!(
             "rekeyed {}; {} now holds the new key",
             path.display(),
             default_file.display()
         );
     } else {
-        println!(
+        say!(
             "rekeyed {}; open it with the key in {}",
             path.display(),
             new_key_file.display()

@@ -52,14 +52,22 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
                 }))?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
+            say!(
                 "{:<20} {:>10} {:>14} {:>14} {:>8}",
-                "namespace", "entries", "value bytes", "stored bytes", "expired"
+                "namespace",
+                "entries",
+                "value bytes",
+                "stored bytes",
+                "expired"
             );
             for n in &namespaces {
-                println!(
+                say!(
                     "{:<20} {:>10} {:>14} {:>14} {:>8}",
-                    n.namespace, n.entries, n.value_bytes, n.stored_bytes, n.expired_entries
+                    n.namespace,
+                    n.entries,
+                    n.value_bytes,
+                    n.stored_bytes,
+                    n.expired_entries
                 );
             }
             let ratio = if stats.l2.bytes == 0 {
@@ -67,25 +75,26 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
             } else {
                 stats.l2.value_bytes as f64 / stats.l2.bytes as f64
             };
-            println!(
+            say!(
                 "L2: {} entries, {} stored bytes of {} cap, {} expired awaiting sweep, compression {ratio:.2}x",
-                stats.l2.entries, stats.l2.bytes, stats.l2.max_bytes, stats.l2.expired_entries
+                stats.l2.entries,
+                stats.l2.bytes,
+                stats.l2.max_bytes,
+                stats.l2.expired_entries
             );
-            println!(
-                "hit/miss counters and L1 are per process; this CLI process has served no gets"
-            );
+            say!("hit/miss counters and L1 are per process; this CLI process has served no gets");
         }
         Command::Invalidate { tag } => {
             let n = cache.invalidate_tag(&tag).await?;
-            println!("invalidated {n} entr{} tagged {tag:?}", plural(n));
+            say!("invalidated {n} entr{} tagged {tag:?}", plural(n));
         }
         Command::Clear { user: Some(user) } => {
             let n = cache.clear_user(&user).await?;
-            println!("cleared {n} entr{} of user {user:?}", plural(n));
+            say!("cleared {n} entr{} of user {user:?}", plural(n));
         }
         Command::Clear { user: None } => {
             let n = cache.clear().await?;
-            println!("cleared {n} entr{}", plural(n));
+            say!("cleared {n} entr{}", plural(n));
         }
     }
     Ok(ExitCode::SUCCESS)

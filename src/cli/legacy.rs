@@ -15,7 +15,7 @@ pub async fn run(vault: &Vault, dir: &Path, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for file in &report.files {
-        println!(
+        say!(
             "{:<16} {:<17} {}  {}",
             file.outcome.to_string(),
             file.kind.to_string(),
@@ -24,12 +24,12 @@ pub async fn run(vault: &Vault, dir: &Path, json: bool) -> Result<ExitCode> {
         );
     }
     if report.files.is_empty() {
-        println!(
+        say!(
             "nothing to import in {}: no session.json, session.enc, rate_limits/, cache/l2/ or preferences/",
             report.dir.display()
         );
     } else {
-        println!(
+        say!(
             "{}: {} imported, {} already imported, {} skipped",
             report.dir.display(),
             report.imported,

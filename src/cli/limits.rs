@@ -30,9 +30,10 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
         Command::Status { subject, json } => status(vault, &subject, json).await,
         Command::Reset { subject } => {
             let counts = vault.limits().reset(&subject).await?;
-            println!(
+            say!(
                 "reset {subject}: {} bucket(s), {} violation(s) deleted",
-                counts.buckets, counts.violations
+                counts.buckets,
+                counts.violations
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -45,23 +46,26 @@ async fn status(vault: &Vault, subject: &str, json: bool) -> Result<ExitCode> {
         print_json(&serde_json::json!({ "subject": subject, "limits": limits }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("subject {subject}");
+    say!("subject {subject}");
     for l in &limits {
         let mode = match (l.shared, l.strict) {
             (true, _) => "shared",
             (false, true) => "strict",
             (false, false) => "in memory",
         };
-        println!(
+        say!(
             "{:<16} {mode:<10} violations (1 h) {:<4} penalty until {}",
             l.limit,
             l.recent_violations,
             l.penalty_until.as_deref().unwrap_or("-")
         );
         for w in &l.windows {
-            println!(
+            say!(
                 "    {:>6} s window  {:>9.2} / {:<9} full at {}",
-                w.period_secs, w.tokens, w.capacity, w.full_at
+                w.period_secs,
+                w.tokens,
+                w.capacity,
+                w.full_at
             );
         }
     }

@@ -20,7 +20,7 @@ pub enum Format {
 pub async fn metrics(vault: &Vault, format: Format, window_secs: u64) -> Result<ExitCode> {
     let window = Duration::from_secs(window_secs);
     match format {
-        Format::Prometheus => print!("{}", vault.metrics().prometheus(window).await?),
+        Format::Prometheus => super::print_lines(&vault.metrics().prometheus(window).await?)?,
         Format::Json => {
             let now = vault.now();
             let report = vault
@@ -47,9 +47,9 @@ pub async fn health(options: VaultOptions, json: bool) -> Result<ExitCode> {
     if json {
         super::print_json(&report)?;
     } else {
-        println!("{}", report.status);
+        say!("{}", report.status);
         for c in &report.components {
-            println!("  {:<11} {:<8} {}", c.name, c.status.to_string(), c.reason);
+            say!("  {:<11} {:<8} {}", c.name, c.status.to_string(), c.reason);
         }
     }
     Ok(ExitCode::from(report.status.exit_code()))

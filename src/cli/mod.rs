@@ -3,6 +3,19 @@
 //! Every command that opens the vault closes it before `main` returns, on
 //! success and on error alike: connections left open at exit have crashed
 //! processes with bundled SQLCipher.
+//!
+//! Everything the commands print goes through [`escape`] (`say!` for a
+//! line, [`print_json`], [`print_lines`], `print_error`): text that came
+//! from the file or the command line never reaches a terminal raw.
+
+/// Prints one line on stdout, [escaped](escape) (a newline or an escape
+/// sequence inside a user id shows as `\n`, `\u{1b}`), and returns from
+/// the calling function if stdout is gone ([`write_line`]).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(&format!($($arg)*))?
+    };
+}
 
 mod admin;
 mod audit;
@@ -185,6 +198,12 @@ pub fn main() -> ExitCode {
     };
     let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        // The reader went away (`statevault sql ... | head`): nothing to say.
+        Err(statevault::Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            ExitCode::FAILURE
+        }
         Err(e) => {
             print_error(e);
             ExitCode::FAILURE
@@ -279,7 +298,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         command => {
             let vault = Vault::open(options.create_if_missing(false).migrate(false)).await?;
             warn_if_recovered(&vault);
-            let result = dispatch(&vault, command).await;
+            let result = dispatch(&vault, command).await.map_err(|e| match e {
+                statevault::Error::ReadOnly { path: None, detail } => statevault::Error::ReadOnly {
+                    path: Some(vault.path().to_owned()),
+                    detail,
+                },
+                e => e,
+            });
             let closed = vault.close().await;
             let code = result?;
             closed?;
@@ -318,18 +343,55 @@ async fn dispatch(vault: &Vault, command: Command) -> Result<ExitCode> {
 /// Says on stderr when opening fell back to a backup.
 fn warn_if_recovered(vault: &Vault) {
     if let Some(r) = vault.recovery() {
-        eprintln!(
+        let warning = format!(
             "warning: {} was damaged ({}); opened from backup {}; the damaged file is kept as {}",
             vault.path().display(),
             r.reason,
             r.backup.display(),
             r.damaged_file.display()
         );
+        eprintln!("{}", escape(&warning));
     }
 }
 
-/// Prints a value as pretty JSON on stdout.
+/// Writes one line to stdout, [escaped](escape). `println!` panicked when
+/// the reader had closed the pipe (`statevault info | head -1`); this is
+/// an error instead, which `main` ends on quietly.
+pub(crate) fn write_line(line: &str) -> Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{}", escape(line)).map_err(|e| statevault::Error::Io {
+        path: PathBuf::from("standard output"),
+        source: e,
+    })
+}
+
+/// Prints a value as pretty JSON on stdout. serde_json escapes only the
+/// C0 controls; the rest (DEL, C1) are escaped here as JSON escapes
+/// (`\u009b`). Outside strings, pretty JSON has no control character but
+/// its newlines.
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    let json = serde_json::to_string_pretty(value)?;
+    let escaped: String = json
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                format!("\\u{:04x}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    for line in escaped.lines() {
+        write_line(line)?;
+    }
+    Ok(())
+}
+
+/// Prints text of several lines (Prometheus exposition), each line
+/// [escaped](escape).
+fn print_lines(text: &str) -> Result<()> {
+    for line in text.lines() {
+        write_line(line)?;
+    }
     Ok(())
 }

@@ -37,9 +37,9 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
         }
         Command::Set { user, patch } => {
             let patch: serde_json::Value =
-                serde_json::from_str(&patch).map_err(|e| Error::InvalidPreference {
-                    field: String::new(),
-                    reason: format!("the patch is not JSON: {e}"),
+                serde_json::from_str(&patch).map_err(|e| Error::InvalidInput {
+                    what: "patch",
+                    reason: format!("not JSON: {e}"),
                 })?;
             let merged = vault.preferences().patch(&user, &patch).await?;
             super::print_json(&merged)?;

@@ -33,14 +33,17 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
             if json {
                 super::print_json(&list)?;
             } else if list.is_empty() {
-                println!("{user} has no live sessions");
+                say!("{user} has no live sessions");
             } else {
-                println!(
+                say!(
                     "{:<36}  {:<24}  {:<24}  {:<24}  bound",
-                    "id", "created", "last seen", "expires"
+                    "id",
+                    "created",
+                    "last seen",
+                    "expires"
                 );
                 for s in &list {
-                    println!(
+                    say!(
                         "{:<36}  {:<24}  {:<24}  {:<24}  {}",
                         s.id,
                         s.created_at,
@@ -53,16 +56,16 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
         }
         Command::Revoke { id: Some(id), .. } => {
             if sessions.revoke(&id).await? {
-                println!("revoked session {id}");
+                say!("revoked session {id}");
             } else {
-                println!("no live session {id}");
+                say!("no live session {id}");
             }
         }
         Command::Revoke {
             user: Some(user), ..
         } => {
             let n = sessions.revoke_user(&user).await?;
-            println!("revoked {n} session(s) of {user}");
+            say!("revoked {n} session(s) of {user}");
         }
         Command::Revoke {
             id: None,

@@ -11,7 +11,8 @@ pub enum Command {
     Export {
         /// The user.
         user: String,
-        /// Write to this file (mode 0600) instead of standard output.
+        /// Write to this new file (mode 0600) instead of standard output;
+        /// anything already at the path (a file, a symlink) is refused.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -28,10 +29,10 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
             let export = vault.export_user(&user).await?;
             let json = serde_json::to_string_pretty(&export)?;
             match out {
-                None => println!("{json}"),
+                None => say!("{json}"),
                 Some(path) => {
                     write_private(&path, json.as_bytes())?;
-                    println!(
+                    say!(
                         "exported {user}: {} session(s), {} audit event(s) to {}",
                         export.sessions.len(),
                         export.audit_events.len(),
@@ -42,16 +43,19 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
         }
         Command::Erase { user } => {
             let report = vault.erase_user(&user).await?;
-            println!("erased {user}:");
+            say!("erased {user}:");
             for (table, rows) in &report.rows {
-                println!("  {table:<14} {rows}");
+                say!("  {table:<14} {rows}");
             }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Personal data goes to a file only its owner can read.
+/// Personal data goes to a new file only its owner can read: created
+/// exclusively (`O_EXCL`, which also refuses a symlink, dangling or not),
+/// never an existing file reused with its mode, never a link's target. A
+/// failed write removes the file it created.
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -61,10 +65,21 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     };
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(io)?;
-    file.write_all(bytes).map_err(io)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::InvalidInput {
+                what: "export path",
+                reason: format!("{} exists already", path.display()),
+            },
+            _ => io(e),
+        })?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        drop(file);
+        let _ = std::fs::remove_file(path);
+        return Err(io(e));
+    }
+    Ok(())
 }

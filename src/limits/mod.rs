@@ -551,9 +551,7 @@ impl Limits<'_> {
         if cost == 0 {
             return Err(Error::invalid("cost", "must be at least 1"));
         }
-        if subject.is_empty() {
-            return Err(Error::invalid("subject", "empty"));
-        }
+        crate::ids::check_subject(subject)?;
         let cost_f = f64::from(cost);
         if cost_f > spec.capacity + EPSILON {
             return Err(Error::NeverFits {
@@ -632,7 +630,7 @@ impl Limits<'_> {
         buckets: &[ImportedBucket],
         violations: &[ImportedViolation],
     ) -> Result<SubjectImport> {
-        crate::users::check_user(subject)?;
+        crate::ids::check_subject(subject)?;
         let config = &self.state.config;
         let mut rows = Vec::with_capacity(buckets.len());
         for b in buckets {
@@ -786,6 +784,7 @@ impl Limits<'_> {
     /// clock's now: tokens per window, recent violations, running penalty.
     /// Reads this process's memory where it has the subject, else the file.
     pub async fn status(&self, subject: &str) -> Result<Vec<LimitStatus>> {
+        crate::ids::check_subject(subject)?;
         let state = self.state;
         let now = self.vault.now();
         let since = Timestamp::from_millis(now.as_millis() - PENALTY_MEMORY_MS);
@@ -850,6 +849,7 @@ impl Limits<'_> {
     /// process's memory. Other processes in in-memory mode keep what they
     /// hold in memory until they restart.
     pub async fn reset(&self, subject: &str) -> Result<ResetCounts> {
+        crate::ids::check_subject(subject)?;
         let mut tx = self.vault.store().begin_write().await?;
         // No flush can run while this transaction holds the writer, so
         // nothing of the subject's can be written back between here and the commit.
@@ -866,6 +866,7 @@ impl Limits<'_> {
     /// Every violation of `subject` in the file, oldest first (for export).
     /// Writes this process's buffered violations first.
     pub async fn violations_of(&self, subject: &str) -> Result<Vec<ViolationRecord>> {
+        crate::ids::check_subject(subject)?;
         self.state.flush(self.vault).await?;
         self.vault
             .store()

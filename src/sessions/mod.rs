@@ -42,7 +42,7 @@ use sqlx::{QueryBuilder, Row as _};
 use zeroize::Zeroizing;
 
 use crate::clock::Timestamp;
-use crate::users::check_user;
+use crate::ids::check_user;
 use crate::vault::{Vault, lock};
 use crate::{Error, Result};
 
@@ -305,9 +305,21 @@ pub(crate) enum SessionImport {
 }
 
 /// A secret handed to a client once: a session's bearer token or its CSRF
-/// token. Wiped on drop ([`zeroize::ZeroizeOnDrop`]); `Debug` does not show it.
-#[derive(Clone, PartialEq, Eq, zeroize::ZeroizeOnDrop)]
+/// token. Wiped on drop ([`zeroize::ZeroizeOnDrop`]); `Debug` does not show
+/// it; `==` takes the same time wherever two secrets differ.
+#[derive(Clone, zeroize::ZeroizeOnDrop)]
 pub struct Secret(Zeroizing<String>);
+
+/// In constant time: the SHA-256 of each, compared byte for byte without
+/// stopping at the first difference (so neither length nor content leaks
+/// through timing).
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        constant_time_eq(&sha256(self.0.as_bytes()), &sha256(other.0.as_bytes()))
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     fn generate() -> Result<Secret> {
@@ -454,6 +466,15 @@ impl Session {
     }
 }
 
+impl fmt::Debug for ExportedSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExportedSession")
+            .field("session", &self.session)
+            .field("revoked", &self.revoked)
+            .finish_non_exhaustive()
+    }
+}
+
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
@@ -470,7 +491,8 @@ impl fmt::Debug for Session {
 }
 
 /// A session in a user's export: everything but its token and CSRF hashes.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+/// `Debug` shows the session as [`Session`]'s does, never its data.
+#[derive(Clone, Serialize, serde::Deserialize)]
 pub struct ExportedSession {
     /// The session.
     #[serde(flatten)]

@@ -50,6 +50,11 @@ pub(crate) struct ConnSettings {
     pub(crate) synchronous: Synchronous,
     pub(crate) cache_bytes: u64,
     pub(crate) busy_timeout: Duration,
+    /// Open the file read-only as it is (SQLite's `immutable`): its
+    /// directory cannot be written, so SQLite could not make the -wal and
+    /// -shm files a WAL reader needs, and no WAL is there, so nobody is
+    /// writing it. Every write fails with [`Error::ReadOnly`].
+    pub(crate) as_is: bool,
 }
 
 impl ConnSettings {
@@ -65,12 +70,29 @@ impl ConnSettings {
     /// a file that is already set up, so a refused open leaves it untouched.
     pub(crate) fn setup_sql(&self) -> String {
         format!(
-            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; \
+            "PRAGMA busy_timeout = {}; {}PRAGMA synchronous = {}; \
              PRAGMA cache_size = -{}; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
             self.busy_timeout.as_millis(),
+            if self.as_is {
+                ""
+            } else {
+                "PRAGMA journal_mode = WAL; "
+            },
             self.synchronous.pragma(),
             (self.cache_bytes / 1024).max(64),
         )
+    }
+
+    /// Opens a rusqlite connection with `flags` (read-only and as it is,
+    /// through a `file:` URI, when [`ConnSettings::as_is`]).
+    fn open_with(&self, flags: OpenFlags) -> rusqlite::Result<rusqlite::Connection> {
+        if !self.as_is {
+            return rusqlite::Connection::open_with_flags(&self.path, flags);
+        }
+        let flags = (flags - OpenFlags::SQLITE_OPEN_READ_WRITE - OpenFlags::SQLITE_OPEN_CREATE)
+            | OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI;
+        rusqlite::Connection::open_with_flags(immutable_uri(&self.path), flags)
     }
 
     /// Keys a fresh handle. Errors name the database, never the key.
@@ -97,7 +119,7 @@ impl ConnSettings {
         silence_sqlcipher_log();
         let classify = |e| classify(&self.path, self.key.as_ref(), e);
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = rusqlite::Connection::open_with_flags(&self.path, flags).map_err(classify)?;
+        let conn = self.open_with(flags).map_err(classify)?;
         // Another process may be creating or migrating the file right now.
         conn.busy_timeout(self.busy_timeout)?;
         // SAFETY: the connection was just opened on this thread and is not shared.
@@ -120,13 +142,40 @@ impl ConnSettings {
     pub(crate) fn open_for_check(&self) -> Result<rusqlite::Connection> {
         silence_sqlcipher_log();
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = rusqlite::Connection::open_with_flags(&self.path, flags)
+        let conn = self
+            .open_with(flags)
             .map_err(|e| classify(&self.path, self.key.as_ref(), e))?;
         conn.busy_timeout(self.busy_timeout)?;
         // SAFETY: the connection was just opened on this thread and is not shared.
         unsafe { self.apply_key(conn.handle())? };
         Ok(conn)
     }
+}
+
+/// `file:<path>?immutable=1`, with the characters a URI gives a meaning to
+/// escaped.
+pub(crate) fn immutable_uri(path: &Path) -> String {
+    let mut uri = String::from("file:");
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' | '?' | '#' => uri.push_str(&format!("%{:02x}", u32::from(c))),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
+}
+
+/// Whether the vault at `path` must be opened as it is: its directory
+/// cannot be written (by this user) and no WAL file is there.
+pub(crate) fn must_open_as_is(path: &Path) -> bool {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let writable = rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_ok();
+    // A path that is not UTF-8 cannot be put in a URI faithfully.
+    !writable && path.to_str().is_some() && !super::with_suffix(path, "-wal").exists()
 }
 
 /// Retries `f` while SQLite answers SQLITE_BUSY without waiting, up to
@@ -154,7 +203,10 @@ pub(crate) fn retry_busy<T>(
     }
 }
 
-/// Turns SQLite's "not a database" / "corrupt" codes into statevault's words.
+/// Turns SQLite's "not a database" / "corrupt" codes into statevault's
+/// words. A file SQLite calls corrupt because its header counts more pages
+/// than it holds is [`Error::Truncated`]: cut at a page boundary, an
+/// encrypted file's length alone does not show it.
 pub(crate) fn classify(path: &Path, key: Option<&Key>, e: rusqlite::Error) -> Error {
     use rusqlite::ErrorCode;
     match (e.sqlite_error_code(), key) {
@@ -166,12 +218,34 @@ pub(crate) fn classify(path: &Path, key: Option<&Key>, e: rusqlite::Error) -> Er
             path: path.to_owned(),
             reason: "SQLite cannot read its header (encrypted? then a key is needed)".into(),
         },
-        (Some(ErrorCode::DatabaseCorrupt), _) => Error::Corrupt {
+        (Some(ErrorCode::ReadOnly), _) => Error::ReadOnly {
             path: Some(path.to_owned()),
             detail: e.to_string(),
         },
+        (Some(ErrorCode::DatabaseCorrupt), _) => {
+            truncation(path, key).unwrap_or_else(|| Error::Corrupt {
+                path: Some(path.to_owned()),
+                detail: e.to_string(),
+            })
+        }
         _ => Error::from(e),
     }
+}
+
+/// [`Error::Truncated`] when the header of the file at `path` counts more
+/// pages than the file holds. SQLite refuses such a file as corrupt; an
+/// encrypted file's header is read by decrypting page 1 with `key`.
+fn truncation(path: &Path, key: Option<&Key>) -> Option<Error> {
+    let page_size = super::file::CIPHER_PAGE_SIZE;
+    let pages = super::file::cipher_header_pages(path, key?)?;
+    let len = std::fs::metadata(path).ok()?.len();
+    let held = len / page_size;
+    (pages > held).then(|| Error::Truncated {
+        path: path.to_owned(),
+        len,
+        page_size,
+        detail: format!(": the header counts {pages} pages, the file holds {held}"),
+    })
 }
 
 /// SQLCipher logs "ERROR CORE ... hmac check failed" to stderr on a wrong key;

@@ -121,6 +121,32 @@ fn looks_like_text(head: &[u8]) -> bool {
     utf8 && printable * 100 >= head.len() * 95
 }
 
+/// The page count an encrypted file's header holds, read by decrypting
+/// page 1 with `key` (SQLCipher 4's defaults: the salt in the page's first
+/// 16 bytes, AES-256-CBC over the rest but the 80 reserved bytes at its
+/// end, which start with the IV). `None` when the count is not valid (the
+/// header's change counter differs from its version-valid-for number) or
+/// the page does not decrypt to a SQLite header.
+pub(crate) fn cipher_header_pages(path: &Path, key: &crate::Key) -> Option<u64> {
+    use cbc::cipher::{BlockDecryptMut, KeyIvInit, block_padding::NoPadding};
+    const RESERVED: usize = 80;
+    let mut page = zeroize::Zeroizing::new(vec![0u8; CIPHER_PAGE_SIZE as usize]);
+    File::open(path).ok()?.read_exact(&mut page).ok()?;
+    let salt: [u8; 16] = page[..16].try_into().ok()?;
+    let end = page.len() - RESERVED;
+    let iv: [u8; 16] = page[end..end + 16].try_into().ok()?;
+    let aes_key = key.page_key(&salt);
+    let header = cbc::Decryptor::<aes::Aes256>::new(aes_key.as_slice().into(), &iv.into())
+        .decrypt_padded_mut::<NoPadding>(&mut page[16..end])
+        .ok()?;
+    // Offsets in the header, less the 16 bytes of salt: 21-23 hold the
+    // fixed payload fractions 64, 32, 32.
+    let be32 =
+        |at: usize| u32::from_be_bytes(header[at - 16..at - 12].try_into().unwrap_or([0; 4]));
+    let valid = header[21 - 16..24 - 16] == [64, 32, 32] && be32(24) == be32(92);
+    valid.then(|| u64::from(be32(28)))
+}
+
 /// `path` with `suffix` appended to its file name: `<db>.key`, `<db>-wal`.
 pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();

@@ -275,12 +275,16 @@ impl Store {
         }
     }
 
-    /// Closes every connection: readers first, the writer last, so that the
-    /// last connection to close checkpoints the WAL into the file.
+    /// Closes every connection: the sqlx readers first, then the hot ones,
+    /// the writer last, so that the last connection to close checkpoints
+    /// the WAL into the file and removes the -wal and -shm files. That
+    /// takes a read-write connection: the sqlx readers are opened read-only
+    /// and, closing last (a read command never opens the writer), left
+    /// both files behind. The hot readers are read-write (`query_only`).
     pub(crate) async fn close(&self) {
-        self.hot.close().await;
-        self.hot_writer.close();
         self.reader.close().await;
+        self.hot_writer.close();
+        self.hot.close().await;
         self.writer.close().await;
     }
 }
@@ -297,8 +301,11 @@ fn settings(spec: &OpenSpec<'_>, create: bool) -> Result<(SharedSettings, bool)>
     let kind = file::inspect(path)?;
     match (kind, spec.key) {
         (FileKind::New, _) if !create => {
-            return Err(Error::Missing {
-                path: path.to_owned(),
+            let path = path.to_owned();
+            return Err(if path.exists() {
+                Error::Empty { path }
+            } else {
+                Error::Missing { path }
             });
         }
         (FileKind::Plain, KeySource::Auto | KeySource::Key(_) | KeySource::File(_)) => {
@@ -324,6 +331,7 @@ fn settings(spec: &OpenSpec<'_>, create: bool) -> Result<(SharedSettings, bool)>
         synchronous: spec.synchronous,
         cache_bytes: spec.cache_bytes,
         busy_timeout: spec.busy_timeout,
+        as_is: !created && conn::must_open_as_is(path),
     });
     Ok((settings, created))
 }
@@ -350,7 +358,8 @@ async fn check_blocking(settings: SharedSettings) -> Result<CheckReport> {
 fn pool(settings: &SharedSettings, max: u32, query_only: bool) -> SqlitePool {
     let options = SqliteConnectOptions::new()
         .filename(&settings.path)
-        .read_only(query_only)
+        .read_only(query_only || settings.as_is)
+        .immutable(settings.as_is)
         .busy_timeout(settings.busy_timeout)
         .statement_cache_capacity(128)
         .disable_statement_logging();
