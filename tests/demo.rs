@@ -107,7 +107,7 @@ fn latest_times(dir: &std::path::Path) -> Vec<(String, String)> {
 /// on it, the last two with thousands of requests (days of simulated time
 /// before the fix, all in the future). Afterwards every operator row and
 /// backup is still there, no stored time is later than the real clock,
-/// `health` is happy, and the demo kept only its newest three backups.
+/// `health` sees no burst of violations, and the demo kept only its newest three backups.
 #[test]
 fn the_demo_is_a_guest_in_a_real_file() {
     let dir = tempdir();
@@ -151,8 +151,14 @@ fn the_demo_is_a_guest_in_a_real_file() {
     assert_eq!(demo_backups, 3, "the demo keeps its newest three");
     let prefs = run(&["prefs", "get", "alice"]);
     assert!(common::stdout(&prefs).contains("dark"));
-    let health = cli(dir.path()).arg("health").output().unwrap();
-    assert!(health.status.success(), "{}", common::stdout(&health));
+    // The demo's violations are in the past, and so no alarm (the other
+    // components depend on the machine: its free disk space).
+    let health = common::stdout(&cli(dir.path()).arg("health").output().unwrap());
+    let violations = health
+        .lines()
+        .find(|l| l.trim_start().starts_with("violations"))
+        .unwrap_or_default();
+    assert!(violations.contains("healthy"), "{health}");
 }
 
 #[test]
