@@ -102,12 +102,13 @@ fn latest_times(dir: &std::path::Path) -> Vec<(String, String)> {
     .collect()
 }
 
-/// A file a service already uses: its rows, a recent backup and one made
-/// 30 days ago (which the default retention would delete). Three demos run
-/// on it, the last two with thousands of requests (days of simulated time
-/// before the fix, all in the future). Afterwards every operator row and
-/// backup is still there, no stored time is later than the real clock,
-/// `health` sees no burst of violations, and the demo kept only its newest three backups.
+/// A file a service already uses: its rows, a recent backup and one named
+/// as if made in October (which the default retention would delete). Four
+/// demos run on it, two with thousands of requests (hours of simulated
+/// time, all in the future before the fix). Afterwards every operator row
+/// and backup is still there, no stored time is later than the real clock,
+/// `health` sees no burst of violations, and the demo kept only its newest
+/// three backups.
 #[test]
 fn the_demo_is_a_guest_in_a_real_file() {
     let dir = tempdir();
