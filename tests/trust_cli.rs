@@ -402,6 +402,7 @@ fn a_closed_stdout_is_no_panic() {
             "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 200000) SELECT x FROM c",
         ],
         &["info"],
+        &["demo", "--users", "3", "--requests", "50"],
     ] {
         let mut child = cli(dir.path())
             .args(args)

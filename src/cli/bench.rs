@@ -213,24 +213,33 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         super::print_json(&report)?;
     } else {
         let m = &report.machine;
-        println!(
+        say!(
             "machine: {} ({} cores), {}, SQLCipher {}",
-            m.cpu, m.cores, m.os, m.sqlcipher
+            m.cpu,
+            m.cores,
+            m.os,
+            m.sqlcipher
         );
         if let Some(o) = &report.open {
-            println!(
+            say!(
                 "open (raw-key file)   {:>8.2} ms   rusqlite {:>8.2} ms   ratio {:.2}",
-                o.open_ms, o.open_ms_rusqlite, o.open_ratio
+                o.open_ms,
+                o.open_ms_rusqlite,
+                o.open_ratio
             );
-            println!(
+            say!(
                 "open (passphrase)     {:>8.2} ms   (medians of {} opens)",
-                o.open_ms_passphrase, o.runs
+                o.open_ms_passphrase,
+                o.runs
             );
         }
-        println!();
-        println!(
+        say!("");
+        say!(
             "{:<20} {:>12} {:>14} {:>6}  baseline (same run)",
-            "workload", "ops/s", "baseline ops/s", "ratio"
+            "workload",
+            "ops/s",
+            "baseline ops/s",
+            "ratio"
         );
         for (name, w) in &report.workloads {
             let number = |key: &str| {
@@ -242,7 +251,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
                 .get("baseline")
                 .and_then(serde_json::Value::as_str)
                 .unwrap_or("");
-            println!(
+            say!(
                 "{name:<20} {:>12.0} {:>14.0} {:>6.2}  {baseline}",
                 number("ops_per_sec"),
                 number("baseline_ops_per_sec"),

@@ -254,7 +254,7 @@ pub async fn run(options: VaultOptions, args: Args) -> Result<ExitCode> {
     if args.json {
         super::print_json(&report)?;
     } else {
-        print(&report);
+        print(&report)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -656,43 +656,53 @@ fn upstream(query: &str) -> serde_json::Value {
     json!({"query": query, "tracks": tracks})
 }
 
-fn print(r: &Report) {
+/// The report as text, each line through the CLI's `say!`.
+fn print(r: &Report) -> Result<()> {
     let c = &r.counts;
-    println!(
+    say!(
         "statevault demo: {} ({} users; sessions idle out after 20 min, rotate after 30 min)",
-        r.path, r.users
+        r.path,
+        r.users
     );
-    println!(
+    say!(
         "  {} requests over {:.1} simulated hours in {:.2} s ({:.0} requests/s)",
         c.requests,
         r.simulated_hours,
         r.wall_seconds,
         c.requests as f64 / r.wall_seconds.max(1e-9)
     );
-    println!(
+    say!(
         "  allowed {}, rate-limited {} (429)",
-        c.allowed, c.rate_limited
+        c.allowed,
+        c.rate_limited
     );
-    println!();
-    println!(
-        "  latency of the vault work per request (real time, from the metrics facet's sketches)"
-    );
-    println!(
+    say!("");
+    say!("  latency of the vault work per request (real time, from the metrics facet's sketches)");
+    say!(
         "    {:<20} {:>9} {:>9} {:>9} {:>9}",
-        "endpoint", "requests", "p50 µs", "p95 µs", "p99 µs"
+        "endpoint",
+        "requests",
+        "p50 µs",
+        "p95 µs",
+        "p99 µs"
     );
     for (endpoint, l) in &r.latency_by_endpoint {
-        println!(
+        say!(
             "    {endpoint:<20} {:>9} {:>9.1} {:>9.1} {:>9.1}",
-            l.requests, l.p50_us, l.p95_us, l.p99_us
+            l.requests,
+            l.p50_us,
+            l.p95_us,
+            l.p99_us
         );
     }
-    println!();
-    println!(
+    say!("");
+    say!(
         "  logins {} ok, {} wrong password, {} locked out by auth_attempts",
-        c.logins, c.failed_logins, c.locked_out
+        c.logins,
+        c.failed_logins,
+        c.locked_out
     );
-    println!(
+    say!(
         "  sessions: {} created, {} rotated, {} expired, {} revoked; {} live now",
         c.sessions_created,
         c.sessions_rotated,
@@ -702,7 +712,7 @@ fn print(r: &Report) {
     );
     let (l1, l2) = (&r.cache.l1, &r.cache.l2);
     let ratio = |hits: u64, misses: u64| 100.0 * hits as f64 / (hits + misses).max(1) as f64;
-    println!(
+    say!(
         "  cache: L1 {} hits / {} misses ({:.1} %), L2 {} hits / {} misses ({:.1} %), overall {:.1} %",
         l1.hits,
         l1.misses,
@@ -712,19 +722,22 @@ fn print(r: &Report) {
         ratio(l2.hits, l2.misses),
         100.0 * r.cache.hit_ratio,
     );
-    println!(
+    say!(
         "         {} entries invalidated by playlist edits",
         r.counts.cache_invalidations
     );
-    println!(
+    say!(
         "  rate limits: {} violations, {} with a penalty",
-        r.violations, r.penalties
+        r.violations,
+        r.penalties
     );
-    println!(
+    say!(
         "  preferences: {} reads, {} patches, {} refused (422)",
-        c.preference_reads, c.preference_patches, c.preference_refusals
+        c.preference_reads,
+        c.preference_patches,
+        c.preference_refusals
     );
-    println!(
+    say!(
         "  audit: {} events, chain {}",
         r.audit_events,
         if r.audit_chain_ok {
@@ -733,28 +746,31 @@ fn print(r: &Report) {
             "BROKEN"
         }
     );
-    println!(
+    say!(
         "  export of {}: {} audit events",
-        r.exported_user, r.exported_audit_events
+        r.exported_user,
+        r.exported_audit_events
     );
     let erased: Vec<String> = r
         .erased_rows
         .iter()
         .map(|(t, n)| format!("{t} {n}"))
         .collect();
-    println!("  erasure of {}: {}", r.erased_user, erased.join(", "));
+    say!("  erasure of {}: {}", r.erased_user, erased.join(", "));
     match &r.swept {
         Some(swept) => {
             let swept: Vec<String> = swept.iter().map(|(t, n)| format!("{t} {n}")).collect();
-            println!("  sweep: {}", swept.join(", "));
+            say!("  sweep: {}", swept.join(", "));
         }
-        None => println!("  sweep: skipped, the file held data before the demo"),
+        None => say!("  sweep: skipped, the file held data before the demo"),
     }
-    println!(
+    say!(
         "  backup: {} ({} bytes; {} older demo backups removed)",
-        r.backup, r.backup_bytes, r.backups_removed
+        r.backup,
+        r.backup_bytes,
+        r.backups_removed
     );
-    println!(
+    say!(
         "  file: {} bytes (+ {} bytes of WAL), {}",
         r.file_bytes,
         r.wal_bytes,
@@ -764,4 +780,5 @@ fn print(r: &Report) {
             "NOT encrypted"
         }
     );
+    Ok(())
 }
