@@ -5,12 +5,7 @@ mod common;
 
 use std::io::{Seek, SeekFrom, Write};
 
-use common::{assert_one_error_line, cli, run, stderr, stdout, tempdir};
-
-fn init(dir: &std::path::Path) {
-    let out = run(dir, &["init"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-}
+use common::{assert_one_error_line, cli, init, run, stderr, stdout, tempdir};
 
 #[test]
 fn init_is_idempotent_and_makes_a_private_encrypted_file() {

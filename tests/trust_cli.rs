@@ -4,12 +4,7 @@
 
 mod common;
 
-use common::{assert_one_error_line, chmod_private, cli, run, stderr, stdout, tempdir};
-
-fn init(dir: &std::path::Path) {
-    let out = run(dir, &["init"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-}
+use common::{assert_one_error_line, chmod_private, cli, init, run, stderr, stdout, tempdir};
 
 /// A raw key with multi-byte characters between `x'` and `'`: the parser
 /// sliced the text by byte offsets and panicked. Every malformed raw key

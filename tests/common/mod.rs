@@ -60,6 +60,12 @@ pub fn run(cwd: &Path, args: &[&str]) -> Output {
     cli(cwd).args(args).output().expect("run statevault")
 }
 
+/// `statevault init` in `dir`, which must succeed.
+pub fn init(dir: &Path) {
+    let out = run(dir, &["init"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
