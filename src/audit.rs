@@ -66,7 +66,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::clock::Timestamp;
-use crate::vault::{Vault, lock};
+use crate::core::{Core, lock, meta};
 use crate::{Error, Result};
 
 /// The columns [`stored_event`] reads.
@@ -433,13 +433,13 @@ impl State {
 /// # }
 /// ```
 pub struct Audit<'a> {
-    vault: &'a Vault,
+    core: &'a Core,
     state: &'a State,
 }
 
 impl<'a> Audit<'a> {
-    pub(crate) fn new(vault: &'a Vault, state: &'a State) -> Self {
-        Audit { vault, state }
+    pub(crate) fn new(core: &'a Core, state: &'a State) -> Self {
+        Audit { core, state }
     }
 
     fn content(&self, event: AuditEvent) -> Result<Content> {
@@ -455,7 +455,7 @@ impl<'a> Audit<'a> {
         let hash = |domain, value: Option<String>| {
             value
                 .map(|v| {
-                    self.vault
+                    self.core
                         .keyed_hash(domain, v.as_bytes())
                         .map(|h| h.to_vec())
                 })
@@ -464,7 +464,7 @@ impl<'a> Audit<'a> {
         let (resource_type, resource_id) = event.resource.unzip();
         Ok(Content {
             id: Uuid::now_v7().to_string(),
-            occurred_at: self.vault.now(),
+            occurred_at: self.core.now(),
             user_id: event.user_id,
             session_id: event.session_id,
             kind: name(&event.kind),
@@ -525,7 +525,7 @@ impl<'a> Audit<'a> {
         if batch.events.is_empty() {
             return Ok(());
         }
-        let result = match self.vault.store().writer_conn().await {
+        let result = match self.core.store().sqlx_writer_conn().await {
             Ok(mut conn) => {
                 self.durably(&mut conn, batch.durable(), async |conn| {
                     crate::store::immediate(conn, async |tx| batch.insert(tx).await).await
@@ -589,7 +589,7 @@ impl<'a> Audit<'a> {
         }
         let result = work(conn).await;
         if durable {
-            let normal = self.vault.store().synchronous_pragma();
+            let normal = self.core.store().synchronous_pragma();
             if let Err(e) = sqlx::query(normal).execute(&mut *conn).await {
                 tracing::warn!(error = %e, "could not put synchronous back after a durable audit commit; the writer stays at FULL");
             }
@@ -628,7 +628,7 @@ impl<'a> Audit<'a> {
             .push_bind(i64::from(limit));
         let rows = q
             .build()
-            .fetch_all(self.vault.store().reader())
+            .fetch_all(self.core.store().sqlx_reader())
             .await
             .map_err(crate::store::closed_or)?;
         rows.iter().map(stored_event).collect()
@@ -655,24 +655,14 @@ impl<'a> Audit<'a> {
         // committed in between (by the flusher or another process) would
         // read as events cut from the end.
         let mut tx = self
-            .vault
+            .core
             .store()
-            .reader()
+            .sqlx_reader()
             .begin()
             .await
             .map_err(crate::store::closed_or)?;
-        let meta: Vec<(String, Vec<u8>)> = sqlx::query_as(
-            "SELECT key, CAST(value AS BLOB) FROM vault_meta WHERE key IN ('audit_anchor', 'audit_head')",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let meta = meta
-            .into_iter()
-            .map(|(key, value)| {
-                let value = crate::vault::meta_text(&key, value)?;
-                Ok((key, value))
-            })
-            .collect::<Result<Vec<(String, String)>>>()?;
+        let anchor = meta::get_in(&mut tx, meta::AUDIT_ANCHOR).await?;
+        let head = meta::get_in(&mut tx, meta::AUDIT_HEAD).await?;
         let rows = sqlx::query(concat!(
             "SELECT ",
             event_columns!(),
@@ -681,13 +671,8 @@ impl<'a> Audit<'a> {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        let meta = |key: &str| {
-            meta.iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, value)| value.as_str())
-        };
-        let anchor = meta("audit_anchor").map(parse_anchor).transpose()?;
-        let head = meta("audit_head");
+        let anchor = anchor.as_deref().map(parse_anchor).transpose()?;
+        let head = head.as_deref();
 
         let (mut prev_seq, mut prev) = anchor.unwrap_or((0, [0; 32]));
         let mut report = ChainReport {
@@ -830,7 +815,7 @@ impl<'a> Audit<'a> {
             " FROM audit_events WHERE user_id = ?1 ORDER BY seq"
         ))
         .bind(user_id)
-        .fetch_all(self.vault.store().reader())
+        .fetch_all(self.core.store().sqlx_reader())
         .await
         .map_err(crate::store::closed_or)?;
         rows.iter().map(stored_event).collect()
@@ -845,10 +830,10 @@ impl<'a> Audit<'a> {
         }
         self.flush().await?;
         let _writing = self.state.writing.lock().await;
-        let cutoff = self.vault.now().saturating_sub(self.state.config.retention);
+        let cutoff = self.core.now().saturating_sub(self.state.config.retention);
         let mut removed = 0;
         loop {
-            let mut tx = self.vault.store().begin_write().await?;
+            let mut tx = self.core.store().sqlx_transaction().await?;
             let last: Option<(i64, Vec<u8>)> = sqlx::query_as(
                 "SELECT seq, chain_digest FROM audit_events WHERE seq IN
                      (SELECT seq FROM audit_events WHERE occurred_at < ?1 ORDER BY seq LIMIT ?2)
@@ -867,7 +852,7 @@ impl<'a> Audit<'a> {
                 .await?
                 .rows_affected();
             let anchor = format!("{through} {}", *crate::key::hex(&digest));
-            set_meta(&mut tx, "audit_anchor", &anchor, self.vault.now()).await?;
+            meta::set(&mut tx, meta::AUDIT_ANCHOR, &anchor, self.core.now()).await?;
             let event = self.content(
                 AuditEvent::new(EventKind::Admin, "retention")
                     .details(serde_json::json!({"removed_through_seq": through, "removed": gone, "anchor": anchor})),
@@ -899,7 +884,7 @@ impl<'a> Audit<'a> {
                  details = '{}', ip_hash = NULL, user_agent_hash = NULL, erased_at = ?1
              WHERE user_id = ?2 RETURNING seq",
         )
-        .bind(self.vault.now())
+        .bind(self.core.now())
         .bind(user_id)
         .fetch_all(&mut *tx)
         .await?;
@@ -929,17 +914,12 @@ async fn insert_chained(tx: &mut SqliteConnection, contents: &[&Content]) -> Res
             .await?;
     let (mut seq, mut prev) = match tail {
         Some((seq, digest)) => (seq, digest.as_slice().try_into().unwrap_or([0; 32])),
-        None => {
-            let anchor: Option<Vec<u8>> = sqlx::query_scalar(
-                "SELECT CAST(value AS BLOB) FROM vault_meta WHERE key = 'audit_anchor'",
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
-            anchor
-                .map(|a| parse_anchor(&crate::vault::meta_text("audit_anchor", a)?))
-                .transpose()?
-                .unwrap_or((0, [0; 32]))
-        }
+        None => meta::get_in(tx, meta::AUDIT_ANCHOR)
+            .await?
+            .as_deref()
+            .map(parse_anchor)
+            .transpose()?
+            .unwrap_or((0, [0; 32])),
     };
     let mut rows = Vec::with_capacity(contents.len());
     for content in contents {
@@ -976,26 +956,13 @@ async fn insert_chained(tx: &mut SqliteConnection, contents: &[&Content]) -> Res
     let now = contents
         .last()
         .map_or(Timestamp::UNIX_EPOCH, |c| c.occurred_at);
-    set_meta(tx, "audit_head", &head, now).await
-}
-
-async fn set_meta(tx: &mut SqliteConnection, key: &str, value: &str, now: Timestamp) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO vault_meta (key, value, updated_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-    )
-    .bind(key)
-    .bind(value)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    meta::set(tx, meta::AUDIT_HEAD, &head, now).await
 }
 
 fn parse_anchor(text: &str) -> Result<(i64, [u8; 32])> {
     let bad = || {
-        crate::vault::bad_meta(
-            "audit_anchor",
+        meta::bad(
+            meta::AUDIT_ANCHOR,
             format_args!("{text:?} is not '<seq> <64 hex digits>'"),
         )
     };

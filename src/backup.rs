@@ -30,6 +30,7 @@ use serde::Serialize;
 
 use crate::audit::{AuditEvent, ChainReport, EventKind};
 use crate::clock::Timestamp;
+use crate::core::meta;
 use crate::key::{Key, KeySource};
 use crate::store::{CheckReport, ConnSettings, with_suffix};
 use crate::{Error, Result, Vault, VaultOptions};
@@ -226,7 +227,7 @@ impl Vault {
             .append(AuditEvent::new(EventKind::Admin, "key.rotate"))?;
         self.flush().await?;
         self.store().close_readers().await;
-        let mut conn = self.store().writer_conn().await?;
+        let mut conn = self.store().sqlx_writer_conn().await?;
         // Holding the file exclusively proves no other process has it open.
         sqlx::query("PRAGMA locking_mode = EXCLUSIVE")
             .execute(&mut *conn)
@@ -253,14 +254,8 @@ impl Vault {
                 }
             })?;
         }
-        sqlx::query(
-            "INSERT INTO vault_meta (key, value, updated_at) VALUES ('key_created_at', ?1, ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-        )
-        .bind(self.now())
-        .execute(&mut *conn)
-        .await?;
-        Ok(())
+        let now = self.now();
+        meta::set(&mut conn, meta::KEY_CREATED_AT, &now.to_rfc3339(), now).await
     }
 }
 

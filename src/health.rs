@@ -259,7 +259,7 @@ impl Vault {
         if let Err(e) = std::fs::OpenOptions::new().append(true).open(self.path()) {
             return Component::new(name, HealthStatus::Critical, format!("not writable: {e}"));
         }
-        match self.store().begin_write().await {
+        match self.store().sqlx_transaction().await {
             // Dropping the transaction rolls it back: nothing is written.
             Ok(tx) => {
                 drop(tx);
@@ -317,7 +317,7 @@ impl Vault {
     async fn quick_check(&self) -> Result<Vec<String>> {
         let mut conn = self
             .store()
-            .reader()
+            .sqlx_reader()
             .acquire()
             .await
             .map_err(crate::store::closed_or)?;
@@ -432,7 +432,7 @@ impl Vault {
     }
 
     fn check_wal(&self, config: &HealthConfig) -> Component {
-        let wal = file_sizes(self).wal_bytes;
+        let wal = file_sizes(self.path()).wal_bytes;
         Component::new(
             "wal",
             worse_than(
@@ -450,7 +450,7 @@ impl Vault {
     fn check_violations(&self, config: &HealthConfig) -> Component {
         let name = "violations";
         let since = self.now().saturating_sub(config.violation_window);
-        match crate::limits::violations_since(self, since) {
+        match crate::limits::violations_since(self.core(), since) {
             Ok(n) => Component::new(
                 name,
                 worse_than(

@@ -42,6 +42,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::{AuditEvent, EventKind};
 use crate::cache::CacheKey;
+use crate::core::meta;
 use crate::limits::{ImportedBucket, ImportedViolation};
 use crate::sessions::{ImportedSession, SessionImport};
 use crate::{Error, Result, Timestamp, Vault};
@@ -316,17 +317,8 @@ impl Vault {
             return Ok(already_imported());
         }
         let plan = self.plan(c.kind, stem, &contents)?;
-        let mut tx = self.store().begin_write().await?;
-        let recorded = sqlx::query(
-            "INSERT INTO vault_meta (key, value, updated_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(&ledger)
-        .bind(c.kind.name())
-        .bind(self.now())
-        .execute(&mut *tx)
-        .await?;
-        if recorded.rows_affected() == 0 {
+        let mut tx = self.store().sqlx_transaction().await?;
+        if !meta::set_once(&mut tx, &ledger, c.kind.name(), self.now()).await? {
             return Ok(already_imported());
         }
         let (detail, evicted) = self.apply(&mut tx, plan).await?;

@@ -58,6 +58,7 @@ mod backup;
 mod cache;
 mod clock;
 mod config;
+mod core;
 mod error;
 mod health;
 mod ids;
@@ -67,10 +68,11 @@ mod legacy;
 mod limits;
 mod metrics;
 mod prefs;
-mod read_only_sql;
 mod retention;
 mod sessions;
 mod store;
+#[cfg(feature = "tower-sessions")]
+mod tower_sessions;
 mod users;
 mod vault;
 
@@ -103,12 +105,12 @@ pub use prefs::{
     MAX_PREFERENCE_DEPTH, Preferences, PreferencesConfig, StoredPreferences, Upgrade, merge_patch,
 };
 pub use retention::SweepReport;
-#[cfg(feature = "tower-sessions")]
-pub use sessions::TowerSessionStore;
 pub use sessions::{
     ExpiryReason, ExportedSession, IssuedSession, MAX_SESSION_MEMORY_ENTRIES, NewSession, Secret,
     Session, SessionConfig, Sessions, Validation, WhenFull,
 };
 pub use store::{CIPHER_PASSES, Check, CheckReport, MigrationStatus, Synchronous};
+#[cfg(feature = "tower-sessions")]
+pub use tower_sessions::TowerSessionStore;
 pub use users::{ErasureReport, UserExport};
 pub use vault::{DB_ENV, DEFAULT_DB, Info, Rows, Vault, VaultOptions};

@@ -21,8 +21,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::clock::Timestamp;
+use crate::core::Core;
 use crate::ids::check_user;
-use crate::{Error, Result, Vault};
+use crate::{Error, Result};
 
 /// A function that upgrades a stored document by one schema version.
 pub type Upgrade = Arc<dyn Fn(&mut Value) -> std::result::Result<(), String> + Send + Sync>;
@@ -227,13 +228,13 @@ pub struct StoredPreferences {
 /// # }
 /// ```
 pub struct Preferences<'a> {
-    vault: &'a Vault,
+    core: &'a Core,
     config: &'a PreferencesConfig,
 }
 
 impl<'a> Preferences<'a> {
-    pub(crate) fn new(vault: &'a Vault, config: &'a PreferencesConfig) -> Self {
-        Preferences { vault, config }
+    pub(crate) fn new(core: &'a Core, config: &'a PreferencesConfig) -> Self {
+        Preferences { core, config }
     }
 
     /// The user's preferences: the defaults with their overrides merged in.
@@ -259,7 +260,7 @@ impl<'a> Preferences<'a> {
     /// if the user has none. Read on the caller's thread.
     pub fn stored(&self, user_id: &str) -> Result<Option<StoredPreferences>> {
         check_user(user_id)?;
-        let row = self.vault.store().read(|conn| {
+        let row = self.core.store().read_here(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT document, schema_version, updated_at FROM preferences WHERE user_id = ?1",
             )?;
@@ -345,7 +346,7 @@ impl<'a> Preferences<'a> {
             });
         }
         check_depth(patch)?;
-        let mut tx = self.vault.store().begin_write().await?;
+        let mut tx = self.core.store().sqlx_transaction().await?;
         let row: Option<(String, i64)> = if replace {
             None
         } else {
@@ -362,7 +363,7 @@ impl<'a> Preferences<'a> {
         };
         merge_patch(&mut overrides, patch);
         let merged = self.checked(&overrides)?;
-        let now = self.vault.now();
+        let now = self.core.now();
         sqlx::query(
             "INSERT INTO preferences (user_id, document, schema_version, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?4)
@@ -419,7 +420,7 @@ impl<'a> Preferences<'a> {
         .bind(user_id)
         .bind(overrides.to_string())
         .bind(self.config.version())
-        .bind(self.vault.now())
+        .bind(self.core.now())
         .execute(&mut *tx)
         .await?;
         Ok(done.rows_affected() > 0)
@@ -430,7 +431,7 @@ impl<'a> Preferences<'a> {
         check_user(user_id)?;
         let done = sqlx::query("DELETE FROM preferences WHERE user_id = ?1")
             .bind(user_id)
-            .execute(self.vault.store().writer())
+            .execute(self.core.store().sqlx_writer())
             .await
             .map_err(crate::store::closed_or)?;
         Ok(done.rows_affected() > 0)

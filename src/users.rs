@@ -122,7 +122,7 @@ impl Vault {
         // What is buffered is written in the same transaction; durable
         // appends among it are answered only once that has committed.
         let batch = audit.take_batch();
-        let mut conn = match self.store().writer_conn().await {
+        let mut conn = match self.store().sqlx_writer_conn().await {
             Ok(conn) => conn,
             Err(e) => {
                 audit.settle(batch, Some(&e));

@@ -42,7 +42,8 @@ pub use key::{CacheKey, MAX_KEY_BYTES};
 use l1::{Item, Lookup, Meta, Pending, Shards};
 use l2::{Filter, Found, Row};
 
-use crate::{Error, Result, Timestamp, Vault};
+use crate::core::Core;
+use crate::{Error, Result, Timestamp};
 
 /// How the cache is sized and how long entries live. Every setting has a
 /// default; see [`CacheConfig::default`].
@@ -386,11 +387,11 @@ impl CacheState {
     /// then keeps L2 under its byte cap. The writer is taken first, so that
     /// an invalidation that follows waits for this write (guarantee 1). On
     /// failure what was taken goes back into the buffer.
-    pub(crate) async fn flush(&self, vault: &Vault) -> Result<()> {
+    pub(crate) async fn flush(&self, core: &Core) -> Result<()> {
         if !self.l1.dirty() {
             return Ok(());
         }
-        let mut tx = vault.store().begin_write().await?;
+        let mut tx = core.store().sqlx_transaction().await?;
         let batch = self.l1.begin_flush();
         if batch.is_empty() {
             self.l1.end_flush();
@@ -445,13 +446,6 @@ impl CacheState {
     }
 }
 
-impl Vault {
-    /// The two-level cache. See [`Cache`].
-    pub fn cache(&self) -> Cache<'_> {
-        Cache { vault: self }
-    }
-}
-
 /// The two-level cache of a vault: L1 in memory, L2 in the file.
 ///
 /// ```
@@ -484,7 +478,8 @@ impl Vault {
 /// ```
 #[derive(Clone, Copy)]
 pub struct Cache<'a> {
-    vault: &'a Vault,
+    core: &'a Core,
+    state: &'a CacheState,
 }
 
 impl std::fmt::Debug for Cache<'_> {
@@ -494,12 +489,16 @@ impl std::fmt::Debug for Cache<'_> {
 }
 
 impl<'a> Cache<'a> {
+    pub(crate) fn new(core: &'a Core, state: &'a CacheState) -> Self {
+        Cache { core, state }
+    }
+
     fn state(&self) -> &'a CacheState {
-        self.vault.cache_state()
+        self.state
     }
 
     fn now(&self) -> Timestamp {
-        self.vault.now()
+        self.core.now()
     }
 
     /// The value under `key`, if there is a live one: L1, then L2 (promoted
@@ -508,7 +507,7 @@ impl<'a> Cache<'a> {
     pub async fn get(&self, key: &CacheKey) -> Result<Option<Arc<[u8]>>> {
         // Memory is checked against the coarse clock (see guarantee 4); L2
         // and every write read the full clock.
-        let now = self.vault.clock().now_coarse();
+        let now = self.core.clock().now_coarse();
         match self.state().l1.lookup(key.hashed(), now.as_millis()) {
             Lookup::Hit(value) => Ok(Some(value)),
             Lookup::Expired => Ok(None),
@@ -525,9 +524,11 @@ impl<'a> Cache<'a> {
     ) -> Result<Option<Arc<[u8]>>> {
         let state = self.state();
         let max = state.config.max_value_bytes;
-        let store = self.vault.store();
-        let found = match store.read(|conn| l2::read(conn, key.as_str(), now, max))? {
-            Some(Found::Large) => l2::read_large(store.reader(), key.as_str(), now, max).await?,
+        let store = self.core.store();
+        let found = match store.read_here(|conn| l2::read(conn, key.as_str(), now, max))? {
+            Some(Found::Large) => {
+                l2::read_large(store.sqlx_reader(), key.as_str(), now, max).await?
+            }
             found => found,
         };
         match found {
@@ -545,7 +546,7 @@ impl<'a> Cache<'a> {
                 value: Err(detail), ..
             }) => {
                 bump(&state.counters.corrupt, 1);
-                let mut tx = self.vault.store().begin_write().await?;
+                let mut tx = self.core.store().sqlx_transaction().await?;
                 l2::delete_keys(&mut tx, &[key.as_str()]).await?;
                 tx.commit().await?;
                 state.l1.remove([key.hashed()]);
@@ -588,9 +589,9 @@ impl<'a> Cache<'a> {
         if let Some(live) = self.state().l1.peek(key.hashed(), now.as_millis()) {
             return Ok(live);
         }
-        self.vault
+        self.core
             .store()
-            .read(|conn| l2::exists(conn, key.as_str(), now))
+            .read_here(|conn| l2::exists(conn, key.as_str(), now))
     }
 
     /// Stores `value` under `key` with the namespace's default TTL.
@@ -612,7 +613,7 @@ impl<'a> Cache<'a> {
     async fn flush_if_full(&self, shard_pending: usize) -> Result<()> {
         let config = &self.state().config;
         if shard_pending > config.max_pending_bytes / config.l1_shards {
-            self.vault.flush().await?;
+            self.state.flush(self.core).await?;
         }
         Ok(())
     }
@@ -706,7 +707,7 @@ impl<'a> Cache<'a> {
     pub async fn delete_many(&self, keys: &[CacheKey]) -> Result<u64> {
         let state = self.state();
         let texts: Vec<&str> = keys.iter().map(CacheKey::as_str).collect();
-        let mut tx = self.vault.store().begin_write().await?;
+        let mut tx = self.core.store().sqlx_transaction().await?;
         let in_memory = state.l1.remove(keys.iter().map(CacheKey::hashed));
         let in_file = l2::delete_keys(&mut tx, &texts).await?;
         tx.commit().await?;
@@ -725,7 +726,7 @@ impl<'a> Cache<'a> {
     pub async fn incr(&self, key: &CacheKey, delta: i64) -> Result<i64> {
         let state = self.state();
         let now = self.now();
-        let mut tx = self.vault.store().begin_write().await?;
+        let mut tx = self.core.store().sqlx_transaction().await?;
         let buffered = state.l1.take_pending(key.hashed());
         let result = self
             .incr_in(&mut tx, key, delta, now, buffered.clone())
@@ -866,7 +867,7 @@ impl<'a> Cache<'a> {
         if !self.exists(key).await? {
             return Ok(false);
         }
-        let mut tx = self.vault.store().begin_write().await?;
+        let mut tx = self.core.store().sqlx_transaction().await?;
         let in_memory = state.l1.set_expiry(key.hashed(), expires_at);
         let at = expires_at.map(Timestamp::from_millis);
         let in_file = l2::set_expiry(&mut tx, key.as_str(), at, now).await?;
@@ -893,11 +894,11 @@ impl<'a> Cache<'a> {
     /// sets first.
     pub async fn keys_of_user(&self, user: &str) -> Result<Vec<String>> {
         crate::ids::check_user(user)?;
-        self.vault.flush().await?;
+        self.state.flush(self.core).await?;
         let mut conn = self
-            .vault
+            .core
             .store()
-            .reader()
+            .sqlx_reader()
             .acquire()
             .await
             .map_err(crate::store::closed_or)?;
@@ -973,7 +974,7 @@ impl<'a> Cache<'a> {
     pub(crate) async fn enforce_cap(&self) -> Result<u64> {
         let state = self.state();
         state.l2_bytes.store(-1, Ordering::Relaxed);
-        let mut tx = self.vault.store().begin_write().await?;
+        let mut tx = self.core.store().sqlx_transaction().await?;
         let evicted = state.enforce_cap(&mut tx, 0).await?;
         tx.commit().await?;
         Ok(evicted)
@@ -1007,7 +1008,7 @@ impl<'a> Cache<'a> {
     /// file, then memory again for anything an L2 read promoted meanwhile.
     async fn invalidate(&self, filter: Filter<'_>, matches: impl Fn(&Meta) -> bool) -> Result<u64> {
         let state = self.state();
-        let mut tx = self.vault.store().begin_write().await?;
+        let mut tx = self.core.store().sqlx_transaction().await?;
         let in_memory = state.l1.remove_where(&matches);
         let in_file = l2::delete_where(&mut tx, filter).await?;
         tx.commit().await?;
@@ -1106,7 +1107,7 @@ impl<'a> Cache<'a> {
 
     /// What L2 holds, per namespace.
     pub async fn namespaces(&self) -> Result<Vec<NamespaceStats>> {
-        let rows = l2::namespaces(self.vault.store().reader(), self.now())
+        let rows = l2::namespaces(self.core.store().sqlx_reader(), self.now())
             .await
             .map_err(crate::store::closed_or)?;
         let n = |v: i64| u64::try_from(v).unwrap_or(0);
@@ -1129,11 +1130,11 @@ impl<'a> Cache<'a> {
     /// from L1.
     pub async fn sweep(&self) -> Result<SweepReport> {
         let state = self.state();
-        self.vault.flush().await?;
+        self.state.flush(self.core).await?;
         let now = self.now();
         let mut report = SweepReport::default();
         loop {
-            let mut tx = self.vault.store().begin_write().await?;
+            let mut tx = self.core.store().sqlx_transaction().await?;
             let n = l2::delete_expired(&mut tx, now, SWEEP_BATCH).await?;
             tx.commit().await?;
             report.expired += n;

@@ -47,7 +47,8 @@ use bucket::{Bucket, EPSILON, Outcome, PENALTY_MEMORY_MS};
 use config::{Compiled, CompiledLimit};
 use sql::{BucketRow, StoredBucket, StoredViolation, ViolationRow};
 
-use crate::{Error, Result, Timestamp, Vault};
+use crate::core::Core;
+use crate::{Error, Result, Timestamp};
 
 /// Shards of the in-memory map: enough that tasks on different subjects
 /// rarely meet on one lock.
@@ -225,7 +226,7 @@ pub(crate) struct SubjectImport {
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Limits<'a> {
-    vault: &'a Vault,
+    core: &'a Core,
     state: &'a LimitsState,
 }
 
@@ -308,13 +309,13 @@ impl LimitsState {
     /// Writes dirty buckets and pending violations in one transaction. On
     /// failure nothing taken is lost: entries are marked dirty again and the
     /// violations are put back.
-    pub(crate) async fn flush(&self, vault: &Vault) -> Result<()> {
+    pub(crate) async fn flush(&self, core: &Core) -> Result<()> {
         let idle =
             self.shards.iter().all(|s| lock(s).dirty.is_empty()) && lock(&self.pending).is_empty();
         if idle {
             return Ok(());
         }
-        let mut tx = vault.store().begin_write().await?;
+        let mut tx = core.store().sqlx_transaction().await?;
         let mut keys = Vec::new();
         let mut rows = Vec::new();
         for shard in self.shards.iter() {
@@ -427,7 +428,7 @@ impl LimitsState {
     /// The in-memory decision (no `.await`: the shard lock is held through it).
     fn decide(
         &self,
-        vault: &Vault,
+        core: &Core,
         idx: usize,
         subject: &str,
         now: Timestamp,
@@ -443,7 +444,7 @@ impl LimitsState {
         if !loaded {
             drop(shard);
             let since = Timestamp::from_millis(now.as_millis() - PENALTY_MEMORY_MS);
-            let (stored, violations) = vault.store().read(|c| {
+            let (stored, violations) = core.store().read_here(|c| {
                 Ok((
                     sql::buckets(c, subject, &limit.name)?,
                     sql::violations(c, subject, &limit.name, since)?,
@@ -518,13 +519,9 @@ impl LimitsState {
     }
 }
 
-impl Vault {
-    /// The rate-limit facet (see [`Limits`]).
-    pub fn limits(&self) -> Limits<'_> {
-        Limits {
-            vault: self,
-            state: self.limits_state(),
-        }
+impl<'a> Limits<'a> {
+    pub(crate) fn new(core: &'a Core, state: &'a LimitsState) -> Self {
+        Limits { core, state }
     }
 }
 
@@ -560,11 +557,11 @@ impl Limits<'_> {
                 capacity: spec.capacity,
             });
         }
-        let now = self.vault.now();
+        let now = self.core.now();
         if spec.shared {
             return self.check_shared(spec, subject, now, cost_f, client).await;
         }
-        let verdict = state.decide(self.vault, idx, subject, now, cost_f)?;
+        let verdict = state.decide(self.core, idx, subject, now, cost_f)?;
         let violation = match &verdict {
             Verdict::Violation { penalty, .. } => {
                 Some(self.violation_row(spec, subject, now, cost_f, penalty.until, client)?)
@@ -603,7 +600,7 @@ impl Limits<'_> {
         let mut info = serde_json::Map::new();
         for (name, value) in [("ip", client.ip), ("user_agent", client.user_agent)] {
             if let Some(value) = value {
-                let hash = self.vault.keyed_hash(name, value.as_bytes())?;
+                let hash = self.core.keyed_hash(name, value.as_bytes())?;
                 let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
                 info.insert(name.to_owned(), hex.into());
             }
@@ -705,7 +702,7 @@ impl Limits<'_> {
     ) -> Result<()> {
         let state = self.state;
         let result = async {
-            let mut tx = self.vault.store().begin_write().await?;
+            let mut tx = self.core.store().sqlx_transaction().await?;
             let rows = state.snapshot(subject, idx);
             sql::upsert_buckets(&mut tx, &rows).await?;
             if let Some(v) = &violation {
@@ -733,9 +730,9 @@ impl Limits<'_> {
         // One transaction on the hot writer, on this thread (no sqlx thread
         // hops): the check statement, and on a refusal the state it saw and
         // the violation, so that the decision and the record see one state.
-        self.vault
+        self.core
             .store()
-            .hot_write(|conn| {
+            .write_here(|conn| {
                 if let Some(allowed) = sql::shared_check(conn, spec, subject, now, cost)? {
                     return Ok(shared_allowed(spec, allowed, now));
                 }
@@ -786,7 +783,7 @@ impl Limits<'_> {
     pub async fn status(&self, subject: &str) -> Result<Vec<LimitStatus>> {
         crate::ids::check_subject(subject)?;
         let state = self.state;
-        let now = self.vault.now();
+        let now = self.core.now();
         let since = Timestamp::from_millis(now.as_millis() - PENALTY_MEMORY_MS);
         let mut out = Vec::with_capacity(state.config.limits.len());
         for (idx, limit) in state.config.limits.iter().enumerate() {
@@ -801,7 +798,7 @@ impl Limits<'_> {
             let mut entry = match in_memory {
                 Some(entry) => entry,
                 None => {
-                    let (stored, violations) = self.vault.store().read(|c| {
+                    let (stored, violations) = self.core.store().read_here(|c| {
                         Ok((
                             sql::buckets(c, subject, &limit.name)?,
                             sql::violations(c, subject, &limit.name, since)?,
@@ -850,7 +847,7 @@ impl Limits<'_> {
     /// hold in memory until they restart.
     pub async fn reset(&self, subject: &str) -> Result<ResetCounts> {
         crate::ids::check_subject(subject)?;
-        let mut tx = self.vault.store().begin_write().await?;
+        let mut tx = self.core.store().sqlx_transaction().await?;
         // No flush can run while this transaction holds the writer, so
         // nothing of the subject's can be written back between here and the commit.
         self.state.forget(subject);
@@ -867,10 +864,10 @@ impl Limits<'_> {
     /// Writes this process's buffered violations first.
     pub async fn violations_of(&self, subject: &str) -> Result<Vec<ViolationRecord>> {
         crate::ids::check_subject(subject)?;
-        self.state.flush(self.vault).await?;
-        self.vault
+        self.state.flush(self.core).await?;
+        self.core
             .store()
-            .read(|conn| sql::all_violations(conn, subject))
+            .read_here(|conn| sql::all_violations(conn, subject))
     }
 
     /// Within the whole-user erase transaction: deletes the subject's buckets
@@ -896,11 +893,11 @@ impl Limits<'_> {
     /// entries that are flushed, full and without recent violations.
     pub async fn sweep(&self) -> Result<SweepCounts> {
         let config = &self.state.config;
-        let now = self.vault.now();
+        let now = self.core.now();
         let mut counts = SweepCounts::default();
         let before = Timestamp::from_millis(now.as_millis() - config.violation_retention_ms);
         loop {
-            let mut tx = self.vault.store().begin_write().await?;
+            let mut tx = self.core.store().sqlx_transaction().await?;
             let n = sql::sweep_violations(&mut tx, before, SWEEP_BATCH).await?;
             tx.commit().await?;
             counts.violations += n;
@@ -910,7 +907,7 @@ impl Limits<'_> {
         }
         let before = Timestamp::from_millis(now.as_millis() - config.idle_bucket_retention_ms);
         loop {
-            let mut tx = self.vault.store().begin_write().await?;
+            let mut tx = self.core.store().sqlx_transaction().await?;
             let n = sql::sweep_buckets(&mut tx, before, SWEEP_BATCH).await?;
             tx.commit().await?;
             counts.buckets += n;
@@ -1023,8 +1020,7 @@ fn decision(spec: &CompiledLimit, verdict: Verdict, now: Timestamp) -> Decision 
 /// Violations of every subject recorded after `since` (written ones; those
 /// of non-strict limits still buffered are not counted), for the health
 /// report.
-pub(crate) fn violations_since(vault: &Vault, since: Timestamp) -> Result<u64> {
-    vault
-        .store()
-        .read(|conn| sql::count_violations_since(conn, since))
+pub(crate) fn violations_since(core: &Core, since: Timestamp) -> Result<u64> {
+    core.store()
+        .read_here(|conn| sql::count_violations_since(conn, since))
 }

@@ -39,8 +39,9 @@ use std::time::Duration;
 use serde::Serialize;
 use sketches_ddsketch::{Config, DDSketch};
 
-use crate::vault::lock;
-use crate::{Error, Result, Timestamp, Vault};
+use crate::core::Core;
+use crate::core::lock;
+use crate::{Error, Result, Timestamp};
 
 pub use prom::sanitize_name;
 
@@ -396,13 +397,13 @@ impl MetricsState {
     }
 
     /// Writes ended intervals (all intervals when `all`) in one transaction.
-    pub(crate) async fn flush(&self, vault: &Vault, all: bool) -> Result<()> {
-        let points = self.take(vault.now_coarse(), all);
+    pub(crate) async fn flush(&self, core: &Core, all: bool) -> Result<()> {
+        let points = self.take(core.now_coarse(), all);
         if points.is_empty() {
             return Ok(());
         }
         let written = async {
-            let mut tx = vault.store().begin_write().await?;
+            let mut tx = core.store().sqlx_transaction().await?;
             sql::write_points(&mut tx, &points).await?;
             tx.commit().await?;
             Ok::<_, Error>(())
@@ -469,8 +470,9 @@ fn new_series(name: &str, kind: MetricKind, labels: &[(&str, &str)]) -> Series {
 /// ```
 #[derive(Clone, Copy)]
 pub struct Metrics<'a> {
-    vault: &'a Vault,
+    core: &'a Core,
     state: &'a MetricsState,
+    sources: &'a dyn Sources,
 }
 
 impl fmt::Debug for Metrics<'_> {
@@ -605,16 +607,40 @@ pub struct MetricsSweep {
     pub downsampled: u64,
 }
 
+/// A boxed future, for the [`Sources`] trait object.
+pub(crate) type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the metrics report says about the other facets, supplied from above
+/// (the vault), so that metrics never calls another facet.
+pub(crate) trait Sources: Sync {
+    /// Sessions live now.
+    fn active_sessions(&self) -> BoxFuture<'_, Result<u64>>;
+    /// This process's cache counters per level, and the hit ratio.
+    fn cache_counts(&self) -> BoxFuture<'_, Result<CacheCounts>>;
+}
+
+/// The cache's counters as the Prometheus exposition shows them.
+pub(crate) struct CacheCounts {
+    /// `("l1" | "l2", hits, misses, evictions, entries, bytes)`.
+    pub(crate) levels: [(&'static str, u64, u64, u64, u64, u64); 2],
+    /// Gets answered from either level over all gets.
+    pub(crate) hit_ratio: f64,
+}
+
 impl<'a> Metrics<'a> {
-    pub(crate) fn new(vault: &'a Vault, state: &'a MetricsState) -> Self {
-        Metrics { vault, state }
+    pub(crate) fn new(core: &'a Core, state: &'a MetricsState, sources: &'a dyn Sources) -> Self {
+        Metrics {
+            core,
+            state,
+            sources,
+        }
     }
 
     /// Adds `by` to a counter. Negative or non-finite amounts are dropped,
     /// as is a record whose labels name a key twice.
     pub fn increment(&self, name: &str, labels: &[(&str, &str)], by: f64) {
         self.state.record(
-            self.vault.now_coarse(),
+            self.core.now_coarse(),
             name,
             MetricKind::Counter,
             labels,
@@ -625,7 +651,7 @@ impl<'a> Metrics<'a> {
     /// Sets a gauge.
     pub fn gauge(&self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.state.record(
-            self.vault.now_coarse(),
+            self.core.now_coarse(),
             name,
             MetricKind::Gauge,
             labels,
@@ -641,7 +667,7 @@ impl<'a> Metrics<'a> {
     /// Records any value in a timing's distribution.
     pub fn observe(&self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.state.record(
-            self.vault.now_coarse(),
+            self.core.now_coarse(),
             name,
             MetricKind::Timing,
             labels,
@@ -663,7 +689,7 @@ impl<'a> Metrics<'a> {
         duration: Duration,
         user: Option<&str>,
     ) {
-        let now = self.vault.now_coarse();
+        let now = self.core.now_coarse();
         let mut digits = [0u8; 5];
         let status = status_text(status, &mut digits);
         let authenticated = if user.is_some() { "true" } else { "false" };
@@ -697,7 +723,7 @@ impl<'a> Metrics<'a> {
     /// Writes every series' open interval now, as [`Vault::close`] does
     /// (later records in the same interval are merged into the same point).
     pub async fn flush_all(&self) -> Result<()> {
-        self.state.flush(self.vault, true).await
+        self.state.flush(self.core, true).await
     }
 
     /// The stored points of `name` whose labels include `labels`, from
@@ -715,7 +741,7 @@ impl<'a> Metrics<'a> {
         if res < 1000 {
             return Err(Error::invalid("resolution", "shorter than a second"));
         }
-        let rows = sql::points(self.vault, Some(name), from, to).await?;
+        let rows = sql::points(self.core, Some(name), from, to).await?;
         let mut buckets: BTreeMap<i64, Agg> = BTreeMap::new();
         for row in rows.iter().filter(|r| r.has_labels(labels)) {
             let offset = (row.agg.start_ms - from.as_millis()).div_euclid(res) * res;
@@ -742,7 +768,7 @@ impl<'a> Metrics<'a> {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Summary> {
-        let rows = sql::points(self.vault, Some(name), from, to).await?;
+        let rows = sql::points(self.core, Some(name), from, to).await?;
         let mut total: Option<Agg> = None;
         for row in rows.iter().filter(|r| r.has_labels(labels)) {
             match &mut total {
@@ -767,7 +793,7 @@ impl<'a> Metrics<'a> {
     /// Requests, 4xx and 5xx per endpoint in `[from, to)`, from
     /// [`record_api_call`](Metrics::record_api_call)'s counter.
     pub async fn error_rates(&self, from: Timestamp, to: Timestamp) -> Result<Vec<EndpointErrors>> {
-        let rows = sql::counter_totals(self.vault, API_REQUESTS, from, to).await?;
+        let rows = sql::counter_totals(self.core, API_REQUESTS, from, to).await?;
         let mut by: BTreeMap<String, EndpointErrors> = BTreeMap::new();
         for (labels, total) in rows {
             let endpoint = labels.get("endpoint").cloned().unwrap_or_default();
@@ -803,7 +829,7 @@ impl<'a> Metrics<'a> {
     /// [`record_auth`](Metrics::record_auth)'s counter.
     pub async fn auth(&self, from: Timestamp, to: Timestamp) -> Result<AuthCounts> {
         let mut counts = AuthCounts::default();
-        for (labels, total) in sql::counter_totals(self.vault, AUTH_ATTEMPTS, from, to).await? {
+        for (labels, total) in sql::counter_totals(self.core, AUTH_ATTEMPTS, from, to).await? {
             match labels.get("outcome").map(String::as_str) {
                 Some("success") => counts.success += total as u64,
                 Some("failure") => counts.failure += total as u64,
@@ -818,18 +844,18 @@ impl<'a> Metrics<'a> {
     /// Counted from an index of the unrevoked, unexpired sessions, on a
     /// reader connection's thread.
     pub async fn active_sessions(&self) -> Result<u64> {
-        self.vault.sessions().count_live().await
+        self.sources.active_sessions().await
     }
 
     /// The sizes of the database file and its WAL now.
     pub fn file_sizes(&self) -> FileSizes {
-        file_sizes(self.vault)
+        file_sizes(self.core.store().path())
     }
 
     /// Every series, error rates, auth counts, live sessions and file sizes
     /// over `[from, to)`.
     pub async fn report(&self, from: Timestamp, to: Timestamp) -> Result<MetricsReport> {
-        let rows = sql::points(self.vault, None, from, to).await?;
+        let rows = sql::points(self.core, None, from, to).await?;
         let mut merged: BTreeMap<(String, String, &'static str), (MetricKind, Agg)> =
             BTreeMap::new();
         for row in rows {
@@ -872,10 +898,10 @@ impl<'a> Metrics<'a> {
     /// live sessions). What is still in memory is not included: call
     /// [`flush_all`](Metrics::flush_all) first to include it.
     pub async fn prometheus(&self, window: Duration) -> Result<String> {
-        let now = self.vault.now();
-        let totals = sql::totals(self.vault).await?;
+        let now = self.core.now();
+        let totals = sql::totals(self.core).await?;
         let recent =
-            sql::points(self.vault, None, now.saturating_sub(window), Timestamp::MAX).await?;
+            sql::points(self.core, None, now.saturating_sub(window), Timestamp::MAX).await?;
         let mut quantiles: HashMap<(String, String), Agg> = HashMap::new();
         for row in recent.into_iter().filter(|r| r.kind == MetricKind::Timing) {
             match quantiles.entry((row.name.to_string(), row.labels.clone())) {
@@ -916,25 +942,8 @@ impl<'a> Metrics<'a> {
             self.active_sessions().await? as f64,
         );
         // This process's cache counters, per level.
-        let cache = self.vault.cache().stats().await?;
-        for (level, hits, misses, evictions, entries, bytes) in [
-            (
-                "l1",
-                cache.l1.hits,
-                cache.l1.misses,
-                cache.l1.evictions,
-                cache.l1.entries,
-                cache.l1.bytes,
-            ),
-            (
-                "l2",
-                cache.l2.hits,
-                cache.l2.misses,
-                cache.l2.evictions,
-                cache.l2.entries,
-                cache.l2.bytes,
-            ),
-        ] {
+        let cache = self.sources.cache_counts().await?;
+        for (level, hits, misses, evictions, entries, bytes) in cache.levels {
             let labels = BTreeMap::from([("level".to_owned(), level.to_owned())]);
             out.counter("statevault_cache_hits", &labels, hits as f64);
             out.counter("statevault_cache_misses", &labels, misses as f64);
@@ -950,7 +959,7 @@ impl<'a> Metrics<'a> {
     /// points, then deletes points older than `retention`, at most 500 rows
     /// per transaction.
     pub async fn sweep(&self) -> Result<MetricsSweep> {
-        let now = self.vault.now();
+        let now = self.core.now();
         let config = &self.state.config;
         let mut counts = MetricsSweep::default();
         let cutoff = now
@@ -959,7 +968,7 @@ impl<'a> Metrics<'a> {
             .div_euclid(HOUR_MS)
             * HOUR_MS;
         loop {
-            let n = sql::downsample_batch(self.vault, Timestamp::from_millis(cutoff), SWEEP_BATCH)
+            let n = sql::downsample_batch(self.core, Timestamp::from_millis(cutoff), SWEEP_BATCH)
                 .await?;
             counts.downsampled += n;
             if n < SWEEP_BATCH as u64 {
@@ -968,7 +977,7 @@ impl<'a> Metrics<'a> {
         }
         let purge_before = now.saturating_sub(config.retention);
         loop {
-            let n = sql::purge_batch(self.vault, purge_before, SWEEP_BATCH).await?;
+            let n = sql::purge_batch(self.core, purge_before, SWEEP_BATCH).await?;
             counts.purged += n;
             if n < SWEEP_BATCH as u64 {
                 break;
@@ -1003,11 +1012,12 @@ fn status_text(status: u16, buf: &mut [u8; 5]) -> &str {
     std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
-pub(crate) fn file_sizes(vault: &Vault) -> FileSizes {
+/// The sizes of the database file at `path` and its WAL now.
+pub(crate) fn file_sizes(path: &std::path::Path) -> FileSizes {
     let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     FileSizes {
-        file_bytes: size(vault.path()),
-        wal_bytes: size(&crate::store::with_suffix(vault.path(), "-wal")),
+        file_bytes: size(path),
+        wal_bytes: size(&crate::store::with_suffix(path, "-wal")),
     }
 }
 

@@ -8,8 +8,9 @@ use sketches_ddsketch::DDSketch;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::{Agg, HOUR_MS, MetricKind, Point};
+use crate::core::Core;
 use crate::store::closed_or;
-use crate::{Error, Result, Timestamp, Vault};
+use crate::{Error, Result, Timestamp};
 
 /// Rows per multi-row statement (11 variables each).
 const ROWS_PER_STATEMENT: usize = 100;
@@ -166,12 +167,17 @@ pub(crate) async fn write_points(conn: &mut SqliteConnection, points: &[Point]) 
 
 /// Points (of `name`, or all) starting in `[from, to)`, oldest first.
 pub(crate) async fn points(
-    vault: &Vault,
+    core: &Core,
     name: Option<&str>,
     from: Timestamp,
     to: Timestamp,
 ) -> Result<Vec<StoredPoint>> {
-    let mut conn = vault.store().reader().acquire().await.map_err(closed_or)?;
+    let mut conn = core
+        .store()
+        .sqlx_reader()
+        .acquire()
+        .await
+        .map_err(closed_or)?;
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM metrics
          WHERE interval_start >= ?1 AND interval_start < ?2 AND (?3 IS NULL OR name = ?3)
@@ -187,12 +193,17 @@ pub(crate) async fn points(
 
 /// A counter's total per label set in `[from, to)`.
 pub(crate) async fn counter_totals(
-    vault: &Vault,
+    core: &Core,
     name: &str,
     from: Timestamp,
     to: Timestamp,
 ) -> Result<Vec<(BTreeMap<String, String>, f64)>> {
-    let mut conn = vault.store().reader().acquire().await.map_err(closed_or)?;
+    let mut conn = core
+        .store()
+        .sqlx_reader()
+        .acquire()
+        .await
+        .map_err(closed_or)?;
     let rows = sqlx::query(
         "SELECT labels, sum(sum) FROM metrics
          WHERE name = ?1 AND kind = 'counter' AND interval_start >= ?2 AND interval_start < ?3
@@ -214,8 +225,13 @@ pub(crate) async fn counter_totals(
 }
 
 /// Every series' totals over all stored points, and its last value.
-pub(crate) async fn totals(vault: &Vault) -> Result<Vec<Total>> {
-    let mut conn = vault.store().reader().acquire().await.map_err(closed_or)?;
+pub(crate) async fn totals(core: &Core) -> Result<Vec<Total>> {
+    let mut conn = core
+        .store()
+        .sqlx_reader()
+        .acquire()
+        .await
+        .map_err(closed_or)?;
     // SQLite: with max(), the bare column `last` comes from the latest row.
     let rows = sqlx::query(
         "SELECT name, labels, kind, sum(count), sum(sum), last, max(interval_start)
@@ -239,8 +255,8 @@ pub(crate) async fn totals(vault: &Vault) -> Result<Vec<Total>> {
 
 /// Merges up to `limit` points finer than an hour that start before
 /// `cutoff` into hourly points, in one transaction. Returns how many.
-pub(crate) async fn downsample_batch(vault: &Vault, cutoff: Timestamp, limit: i64) -> Result<u64> {
-    let mut tx = vault.store().begin_write().await?;
+pub(crate) async fn downsample_batch(core: &Core, cutoff: Timestamp, limit: i64) -> Result<u64> {
+    let mut tx = core.store().sqlx_transaction().await?;
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM metrics
          WHERE interval_start < ?1 AND interval_secs < 3600
@@ -293,8 +309,8 @@ pub(crate) async fn downsample_batch(vault: &Vault, cutoff: Timestamp, limit: i6
 }
 
 /// Deletes up to `limit` points that start before `before`. Returns how many.
-pub(crate) async fn purge_batch(vault: &Vault, before: Timestamp, limit: i64) -> Result<u64> {
-    let mut tx = vault.store().begin_write().await?;
+pub(crate) async fn purge_batch(core: &Core, before: Timestamp, limit: i64) -> Result<u64> {
+    let mut tx = core.store().sqlx_transaction().await?;
     let done = sqlx::query(
         "DELETE FROM metrics WHERE (name, labels, interval_start, interval_secs) IN (
              SELECT name, labels, interval_start, interval_secs FROM metrics

@@ -42,14 +42,9 @@ use sqlx::{QueryBuilder, Row as _};
 use zeroize::Zeroizing;
 
 use crate::clock::Timestamp;
+use crate::core::{Core, lock};
 use crate::ids::check_user;
-use crate::vault::{Vault, lock};
 use crate::{Error, Result};
-
-#[cfg(feature = "tower-sessions")]
-mod tower;
-#[cfg(feature = "tower-sessions")]
-pub use tower::TowerSessionStore;
 
 /// How sessions behave. Every field has a default; change the ones you need:
 ///
@@ -672,13 +667,13 @@ impl State {
 /// # }
 /// ```
 pub struct Sessions<'a> {
-    vault: &'a Vault,
+    core: &'a Core,
     pub(crate) state: &'a State,
 }
 
 impl<'a> Sessions<'a> {
-    pub(crate) fn new(vault: &'a Vault, state: &'a State) -> Self {
-        Sessions { vault, state }
+    pub(crate) fn new(core: &'a Core, state: &'a State) -> Self {
+        Sessions { core, state }
     }
 
     /// Creates a session and returns its token and CSRF token, once.
@@ -697,7 +692,7 @@ impl<'a> Sessions<'a> {
         let hash = |domain: &str, value: &Option<Zeroizing<String>>| {
             value
                 .as_ref()
-                .map(|v| self.vault.keyed_hash(domain, v.as_bytes()))
+                .map(|v| self.core.keyed_hash(domain, v.as_bytes()))
                 .transpose()
         };
         let fingerprint = hash("device_fingerprint", &new.fingerprint)?;
@@ -705,13 +700,13 @@ impl<'a> Sessions<'a> {
         let user_agent = hash("user_agent", &new.user_agent)?;
         let client_meta = serde_json::Value::Object(new.client_meta).to_string();
 
-        let now = self.vault.now();
+        let now = self.core.now();
         let token = Secret::generate()?;
         let csrf = Secret::generate()?;
         let id = uuid::Uuid::now_v7().to_string();
         let expires_at = now.saturating_add(lifetime);
 
-        let mut tx = self.vault.store().begin_write().await?;
+        let mut tx = self.core.store().sqlx_transaction().await?;
         let evicted = self.make_room(&mut tx, &new.user_id, now).await?;
         sqlx::query(
             "INSERT INTO sessions (id, token_hash, csrf_hash, user_id, org_id, device_fingerprint, ip_hash,
@@ -765,7 +760,7 @@ impl<'a> Sessions<'a> {
             config.max_data_bytes,
             "max_data_bytes",
         )?;
-        let now = self.vault.now();
+        let now = self.core.now();
         let expires_at = session
             .expires_at
             .unwrap_or_else(|| now.saturating_add(config.absolute_lifetime));
@@ -773,7 +768,7 @@ impl<'a> Sessions<'a> {
         let fingerprint = session
             .device_fingerprint
             .as_ref()
-            .map(|fp| self.vault.keyed_hash("device_fingerprint", fp.as_bytes()))
+            .map(|fp| self.core.keyed_hash("device_fingerprint", fp.as_bytes()))
             .transpose()?;
         let token_hash = sha256(session.token.as_bytes());
         let taken = sqlx::query("SELECT 1 FROM sessions WHERE token_hash = ?1")
@@ -870,7 +865,7 @@ impl<'a> Sessions<'a> {
         device_fingerprint: Option<&str>,
     ) -> Result<Validation> {
         let hash = sha256(token.as_bytes());
-        let now = self.vault.now();
+        let now = self.core.now();
         let Some(row) = self.row(&hash, now)? else {
             return Ok(Validation::Unknown);
         };
@@ -892,7 +887,7 @@ impl<'a> Sessions<'a> {
         }
         if !matches!(row.binding, Binding::Unbound) {
             let presented = device_fingerprint
-                .map(|fp| self.vault.keyed_hash("device_fingerprint", fp.as_bytes()))
+                .map(|fp| self.core.keyed_hash("device_fingerprint", fp.as_bytes()))
                 .transpose()?;
             let matches = match (&row.binding, presented) {
                 (Binding::Device(bound), Some(p)) => constant_time_eq(&p, bound),
@@ -922,7 +917,7 @@ impl<'a> Sessions<'a> {
             return Ok(Some(cached.row.clone()));
         }
         let epoch = self.state.epoch.load(Ordering::SeqCst);
-        let row = self.vault.store().read(|conn| {
+        let row = self.core.store().read_here(|conn| {
             let mut stmt = conn.prepare_cached(concat!(
                 "SELECT ",
                 row_columns!(),
@@ -961,10 +956,10 @@ impl<'a> Sessions<'a> {
         device_fingerprint: Option<&str>,
     ) -> Result<IssuedSession> {
         let session = self.require_valid(token, device_fingerprint).await?;
-        let now = self.vault.now();
+        let now = self.core.now();
         let (new_token, csrf) = (Secret::generate()?, Secret::generate()?);
         let old_hash = sha256(token.as_bytes());
-        let mut tx = self.vault.store().begin_write().await?;
+        let mut tx = self.core.store().sqlx_transaction().await?;
         let done = sqlx::query(
             "UPDATE sessions SET token_hash = ?1, csrf_hash = ?2, rotation_due_at = ?3
              WHERE token_hash = ?4 AND revoked_at IS NULL",
@@ -1000,14 +995,14 @@ impl<'a> Sessions<'a> {
         device_fingerprint: Option<&str>,
     ) -> Result<IssuedSession> {
         let session = self.require_valid(token, device_fingerprint).await?;
-        let now = self.vault.now();
+        let now = self.core.now();
         let config = &self.state.config;
         let (new_token, csrf) = (Secret::generate()?, Secret::generate()?);
         let id = uuid::Uuid::now_v7().to_string();
         let old_hash = sha256(token.as_bytes());
         let lifetime = session.expires_at.duration_since(session.created_at);
         let expires_at = now.saturating_add(lifetime);
-        let mut tx = self.vault.store().begin_write().await?;
+        let mut tx = self.core.store().sqlx_transaction().await?;
         let copied = sqlx::query(
             "INSERT INTO sessions (id, token_hash, csrf_hash, user_id, org_id, device_fingerprint, ip_hash,
                  user_agent_hash, client_meta, data, created_at, last_seen_at, idle_timeout_secs, expires_at,
@@ -1066,7 +1061,7 @@ impl<'a> Sessions<'a> {
         )
         .bind(&json)
         .bind(&hash[..])
-        .execute(self.vault.store().writer())
+        .execute(self.core.store().sqlx_writer())
         .await
         .map_err(crate::store::closed_or)?;
         self.state.forget(&[hash]);
@@ -1080,8 +1075,8 @@ impl<'a> Sessions<'a> {
 
     /// Revokes one session by its public id. Returns whether it was live.
     pub async fn revoke(&self, session_id: &str) -> Result<bool> {
-        let now = self.vault.now();
-        let mut tx = self.vault.store().begin_write().await?;
+        let now = self.core.now();
+        let mut tx = self.core.store().sqlx_transaction().await?;
         let hashes = revoke_ids(&mut tx, [session_id], "revoked", now).await?;
         tx.commit().await?;
         self.state.forget(&hashes);
@@ -1095,9 +1090,9 @@ impl<'a> Sessions<'a> {
             "UPDATE sessions SET revoked_at = ?1, revoked_reason = 'logout_all'
              WHERE user_id = ?2 AND revoked_at IS NULL RETURNING token_hash",
         )
-        .bind(self.vault.now())
+        .bind(self.core.now())
         .bind(user_id)
-        .fetch_all(self.vault.store().writer())
+        .fetch_all(self.core.store().sqlx_writer())
         .await
         .map_err(crate::store::closed_or)?;
         let hashes = token_hashes(&rows)?;
@@ -1108,8 +1103,8 @@ impl<'a> Sessions<'a> {
     /// A user's live sessions (not revoked, not expired), oldest first.
     pub async fn list(&self, user_id: &str) -> Result<Vec<Session>> {
         check_user(user_id)?;
-        let now = self.vault.now();
-        let rows = self.vault.store().read(|conn| {
+        let now = self.core.now();
+        let rows = self.core.store().read_here(|conn| {
             let mut stmt = conn.prepare_cached(concat!(
                 "SELECT ",
                 row_columns!(),
@@ -1132,8 +1127,8 @@ impl<'a> Sessions<'a> {
 
     /// Every session of a user, live or not, with its data (for export).
     pub(crate) async fn export_user(&self, user_id: &str) -> Result<Vec<ExportedSession>> {
-        let now = self.vault.now();
-        let rows = self.vault.store().read(|conn| {
+        let now = self.core.now();
+        let rows = self.core.store().read_here(|conn| {
             let mut stmt = conn.prepare_cached(concat!(
                 "SELECT ",
                 row_columns!(),
@@ -1178,8 +1173,8 @@ impl<'a> Sessions<'a> {
              WHERE revoked_at IS NULL AND expires_at > ?1
                AND unixepoch(last_seen_at, 'subsec') + idle_timeout_secs > unixepoch(?1, 'subsec')",
         )
-        .bind(self.vault.now())
-        .fetch_one(self.vault.store().reader())
+        .bind(self.core.now())
+        .fetch_one(self.core.store().sqlx_reader())
         .await
         .map_err(crate::store::closed_or)?;
         Ok(u64::try_from(n).unwrap_or(0))
@@ -1210,7 +1205,7 @@ impl<'a> Sessions<'a> {
 
     async fn write_touches(&self, touches: &HashMap<String, Timestamp>) -> Result<()> {
         let touches: Vec<_> = touches.iter().collect();
-        let mut tx = self.vault.store().begin_write().await?;
+        let mut tx = self.core.store().sqlx_transaction().await?;
         for chunk in touches.chunks(500) {
             let mut query =
                 QueryBuilder::new("UPDATE sessions SET last_seen_at = v.column2 FROM (");
@@ -1233,7 +1228,7 @@ impl<'a> Sessions<'a> {
             return Err(Error::invalid("batch", "must be at least 1"));
         }
         self.flush().await?;
-        let cutoff = self.vault.now().saturating_sub(self.state.config.retention);
+        let cutoff = self.core.now().saturating_sub(self.state.config.retention);
         let mut removed = 0;
         loop {
             let rows = sqlx::query(
@@ -1243,7 +1238,7 @@ impl<'a> Sessions<'a> {
             )
             .bind(cutoff)
             .bind(i64::try_from(batch).unwrap_or(i64::MAX))
-            .fetch_all(self.vault.store().writer())
+            .fetch_all(self.core.store().sqlx_writer())
             .await
             .map_err(crate::store::closed_or)?;
             let hashes = token_hashes(&rows)?;
@@ -1294,13 +1289,13 @@ fn token_hashes(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<[u8; 32]>> {
 
 /// A tower-sessions record as a row (see `tower.rs`).
 #[cfg(feature = "tower-sessions")]
-struct TowerRecord {
-    id: String,
-    token_hash: [u8; 32],
-    user_id: String,
-    data: String,
-    now: Timestamp,
-    expires_at: Timestamp,
+pub(crate) struct TowerRecord {
+    pub(crate) id: String,
+    pub(crate) token_hash: [u8; 32],
+    pub(crate) user_id: String,
+    pub(crate) data: String,
+    pub(crate) now: Timestamp,
+    pub(crate) expires_at: Timestamp,
 }
 
 /// Inserts a tower-sessions record, or (`replace`) updates the one with the
@@ -1308,7 +1303,11 @@ struct TowerRecord {
 /// The row's idle timeout and rotation are pushed out of the way:
 /// tower-sessions moves `expires_at` itself.
 #[cfg(feature = "tower-sessions")]
-async fn sql_store_tower_record(vault: &Vault, r: TowerRecord, replace: bool) -> Result<bool> {
+pub(crate) async fn sql_store_tower_record(
+    core: &Core,
+    r: TowerRecord,
+    replace: bool,
+) -> Result<bool> {
     let conflict = if replace {
         "ON CONFLICT (token_hash) DO UPDATE SET data = excluded.data, user_id = excluded.user_id,
              expires_at = excluded.expires_at, rotation_due_at = excluded.rotation_due_at,
@@ -1330,7 +1329,7 @@ async fn sql_store_tower_record(vault: &Vault, r: TowerRecord, replace: bool) ->
         .bind(r.now)
         .bind(i64::try_from(TEN_YEARS.as_secs()).unwrap_or(i64::MAX))
         .bind(r.expires_at)
-        .execute(vault.store().writer())
+        .execute(core.store().sqlx_writer())
         .await
         .map_err(crate::store::closed_or)?;
     Ok(done.rows_affected() > 0)
@@ -1338,12 +1337,12 @@ async fn sql_store_tower_record(vault: &Vault, r: TowerRecord, replace: bool) ->
 
 /// A live tower-sessions record's data and expiry, on the caller's thread.
 #[cfg(feature = "tower-sessions")]
-fn sql_load_tower_record(
-    vault: &Vault,
+pub(crate) fn sql_load_tower_record(
+    core: &Core,
     token_hash: &[u8; 32],
     now: Timestamp,
 ) -> Result<Option<(String, Timestamp)>> {
-    vault.store().read(|conn| {
+    core.store().read_here(|conn| {
         let mut stmt = conn.prepare_cached(
             "SELECT data, expires_at FROM sessions WHERE token_hash = ?1 AND revoked_at IS NULL AND expires_at > ?2",
         )?;
@@ -1353,16 +1352,16 @@ fn sql_load_tower_record(
 }
 
 #[cfg(feature = "tower-sessions")]
-async fn sql_delete_by_token_hash(vault: &Vault, token_hash: &[u8; 32]) -> Result<()> {
+pub(crate) async fn sql_delete_by_token_hash(core: &Core, token_hash: &[u8; 32]) -> Result<()> {
     sqlx::query("DELETE FROM sessions WHERE token_hash = ?1")
         .bind(&token_hash[..])
-        .execute(vault.store().writer())
+        .execute(core.store().sqlx_writer())
         .await
         .map_err(crate::store::closed_or)?;
     Ok(())
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 

@@ -24,7 +24,9 @@
 mod check;
 mod conn;
 mod file;
+mod inspect;
 mod migrate;
+mod read_only_sql;
 mod readers;
 
 use std::path::Path;
@@ -121,7 +123,7 @@ impl Store {
     /// The writer connection itself, for work that sets a connection pragma
     /// around its transaction (`synchronous`, locking mode) or runs outside one
     /// (`VACUUM`).
-    pub(crate) async fn writer_conn(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>> {
+    pub(crate) async fn sqlx_writer_conn(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>> {
         self.writer.acquire().await.map_err(closed_or)
     }
 
@@ -135,7 +137,7 @@ impl Store {
     }
 
     /// The sqlx read pool (`query_only`), for scans and admin queries.
-    pub(crate) fn reader(&self) -> &SqlitePool {
+    pub(crate) fn sqlx_reader(&self) -> &SqlitePool {
         &self.reader
     }
 
@@ -148,7 +150,7 @@ impl Store {
     /// runtime and tries again (see [`HotWriter`]): the holder may be this
     /// process's own flush, which needs this thread to commit. The commit
     /// blocks the thread for an fsync under `synchronous=FULL`.
-    pub(crate) async fn hot_write<T>(
+    pub(crate) async fn write_here<T>(
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> Result<T>,
     ) -> Result<T> {
@@ -158,7 +160,7 @@ impl Store {
     /// Runs a point lookup on a rusqlite reader, on this thread. It never
     /// opens a connection here and never waits for the write lock (see
     /// [`readers`]); keep `f` to work that does not grow with the file.
-    pub(crate) fn read<T>(
+    pub(crate) fn read_here<T>(
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
@@ -169,7 +171,7 @@ impl Store {
     /// IMMEDIATE`): a deferred one that later turns into a write fails with
     /// SQLITE_BUSY at once, whatever the busy timeout, while another process
     /// holds the lock.
-    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
+    pub(crate) async fn sqlx_transaction(&self) -> Result<Transaction<'static, Sqlite>> {
         self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
@@ -180,7 +182,7 @@ impl Store {
     /// in its own (autocommit) transaction: SQLite takes the write lock
     /// before the statement reads anything, as `BEGIN IMMEDIATE` would, and
     /// it costs one hop to the connection's thread instead of three.
-    pub(crate) fn writer(&self) -> &SqlitePool {
+    pub(crate) fn sqlx_writer(&self) -> &SqlitePool {
         &self.writer
     }
 
@@ -245,7 +247,7 @@ impl Store {
 
     /// What the file has applied.
     pub(crate) fn applied(&self) -> Result<Applied> {
-        self.read(Applied::read)
+        self.read_here(Applied::read)
     }
 
     /// Applies pending migrations. Another process may be migrating the same

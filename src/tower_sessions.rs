@@ -18,8 +18,8 @@ use time::OffsetDateTime;
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::session_store::{self, SessionStore};
 
-use super::sha256;
 use crate::clock::Timestamp;
+use crate::sessions::sha256;
 use crate::{Error, Vault};
 
 /// A `tower_sessions::SessionStore` that keeps sessions in a [`Vault`].
@@ -54,9 +54,9 @@ impl TowerSessionStore {
         };
         let now = self.vault.now();
         let expires_at = from_offset(record.expiry_date);
-        let written = super::sql_store_tower_record(
-            &self.vault,
-            super::TowerRecord {
+        let written = crate::sessions::sql_store_tower_record(
+            self.vault.core(),
+            crate::sessions::TowerRecord {
                 id: uuid::Uuid::now_v7().to_string(),
                 token_hash: hash,
                 user_id,
@@ -67,7 +67,7 @@ impl TowerSessionStore {
             replace,
         )
         .await?;
-        self.vault.sessions().state.forget(&[hash]);
+        self.vault.sessions().forget(&[hash]);
         Ok(written)
     }
 }
@@ -114,7 +114,8 @@ impl SessionStore for TowerSessionStore {
         let hash = sha256(session_id.to_string().as_bytes());
         let now = self.vault.now();
         let Some((data, expires_at)) =
-            super::sql_load_tower_record(&self.vault, &hash, now).map_err(backend)?
+            crate::sessions::sql_load_tower_record(self.vault.core(), &hash, now)
+                .map_err(backend)?
         else {
             return Ok(None);
         };
@@ -129,10 +130,10 @@ impl SessionStore for TowerSessionStore {
 
     async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
         let hash = sha256(session_id.to_string().as_bytes());
-        super::sql_delete_by_token_hash(&self.vault, &hash)
+        crate::sessions::sql_delete_by_token_hash(self.vault.core(), &hash)
             .await
             .map_err(backend)?;
-        self.vault.sessions().state.forget(&[hash]);
+        self.vault.sessions().forget(&[hash]);
         Ok(())
     }
 }

@@ -1,0 +1,98 @@
+//! The core below the facets: the store, the clock, the keyed-hash secret and
+//! `vault_meta`. Every facet holds a `&Core` and its own state; none of them
+//! knows [`Vault`](crate::Vault) or another facet.
+
+pub(crate) mod meta;
+
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use zeroize::Zeroizing;
+
+use crate::clock::{Clock, Timestamp};
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// What every facet shares: one per vault.
+pub(crate) struct Core {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    /// The secret behind [`Core::keyed_hash`], from `vault_meta`
+    /// (`hash_salt`); set once the schema exists.
+    hash_salt: OnceLock<Zeroizing<[u8; 32]>>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("path", &self.store.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    pub(crate) fn new(store: Store, clock: Arc<dyn Clock>) -> Core {
+        Core {
+            store,
+            clock,
+            hash_salt: OnceLock::new(),
+        }
+    }
+
+    /// The file's connections.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The clock every facet reads.
+    pub(crate) fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
+    /// The clock's current time.
+    pub(crate) fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// The clock's [`now_coarse`](Clock::now_coarse).
+    pub(crate) fn now_coarse(&self) -> Timestamp {
+        self.clock.now_coarse()
+    }
+
+    /// A fact from `vault_meta`, read on this thread.
+    pub(crate) fn meta(&self, key: &str) -> Result<Option<String>> {
+        meta::get(&self.store, key)
+    }
+
+    /// Loads the keyed-hash secret, once the file has one (written by
+    /// [`meta::record_creation`]).
+    pub(crate) fn load_hash_salt(&self) -> Result<()> {
+        if let Some(hex) = self.meta(meta::HASH_SALT)? {
+            let salt = crate::key::parse_hex32(&hex)
+                .ok_or_else(|| meta::bad(meta::HASH_SALT, "is not 64 hex digits"))?;
+            let _ = self.hash_salt.set(salt);
+        }
+        Ok(())
+    }
+
+    /// HMAC-SHA256 of `domain`, a zero byte and `value` under the vault's
+    /// secret salt (see [`Vault::keyed_hash`](crate::Vault::keyed_hash)).
+    pub(crate) fn keyed_hash(&self, domain: &str, value: &[u8]) -> Result<[u8; 32]> {
+        use hmac::{KeyInit, Mac};
+        let salt = self
+            .hash_salt
+            .get()
+            .ok_or_else(|| Error::invalid("vault", "not migrated yet: no hash salt"))?;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(salt.as_slice())
+            .map_err(|_| Error::invalid("hash_salt", "rejected by HMAC"))?;
+        mac.update(domain.as_bytes());
+        mac.update(&[0]);
+        mac.update(value);
+        Ok(mac.finalize().into_bytes().into())
+    }
+}
+
+/// Locks `mutex`, recovering from poisoning: the data behind every lock here
+/// stays consistent at each step, so a panic elsewhere does not spoil it.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

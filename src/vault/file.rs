@@ -1,0 +1,100 @@
+//! Whole-file operations on an open [`Vault`]: what the file is, its
+//! integrity, one read-only statement.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::{Vault, VaultOptions};
+use crate::core::meta;
+use crate::store::{CheckReport, Store};
+use crate::{Error, Result};
+
+impl Vault {
+    /// What the file is: size, encryption, journal mode, schema, rows per table.
+    pub async fn info(&self) -> Result<Info> {
+        let description = self.store().describe().await?;
+        let applied = self.store().applied()?;
+        let files = crate::metrics::file_sizes(self.path());
+        Ok(Info {
+            path: self.path().to_owned(),
+            file_bytes: files.file_bytes,
+            wal_bytes: files.wal_bytes,
+            encrypted: self.is_encrypted(),
+            cipher_version: description.cipher_version,
+            journal_mode: description.journal_mode,
+            schema_version: applied.version(),
+            latest_schema_version: crate::store::latest_version(),
+            created_at: self.meta(meta::CREATED_AT)?,
+            key_created_at: self.meta(meta::KEY_CREATED_AT)?,
+            tables: description.tables,
+        })
+    }
+
+    /// Integrity checks of the file: SQLCipher's `cipher_integrity_check`
+    /// (every page's HMAC) when encrypted, then SQLite's `integrity_check` and
+    /// `foreign_key_check`. A check that cannot even run counts as failed.
+    pub async fn check(&self) -> Result<CheckReport> {
+        if self.store().sqlx_reader().is_closed() {
+            return Err(Error::Closed);
+        }
+        self.store().check().await
+    }
+
+    /// Checks the file at `options`' path without opening it as a vault, so
+    /// that files too damaged to open still get a report naming what is
+    /// wrong. Writes nothing, creates nothing.
+    pub async fn check_file(options: &VaultOptions) -> Result<CheckReport> {
+        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        options.validate()?;
+        Store::check_file(options.spec()).await
+    }
+
+    /// Runs one statement on a read-only connection and returns every row.
+    /// Only `SELECT`, `WITH`, `VALUES`, `EXPLAIN` and the PRAGMAs that only
+    /// read are run; anything else (a write, `VACUUM`, `ATTACH`, a key or
+    /// setting PRAGMA, a second statement) is [`Error::InvalidInput`] before
+    /// SQLite sees it, and a `WITH` that writes is refused by SQLite, with
+    /// the same error.
+    pub async fn query_read_only(&self, sql: &str) -> Result<Rows> {
+        let (columns, rows) = self.store().query_read_only(sql).await?;
+        Ok(Rows { columns, rows })
+    }
+}
+
+/// What [`Vault::info`] reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Info {
+    /// The database file.
+    pub path: PathBuf,
+    /// Its size in bytes (without the WAL).
+    pub file_bytes: u64,
+    /// The size of its `-wal` file (0 when there is none).
+    pub wal_bytes: u64,
+    /// Whether it is encrypted.
+    pub encrypted: bool,
+    /// SQLCipher's version (`PRAGMA cipher_version`).
+    pub cipher_version: Option<String>,
+    /// The journal mode, `wal` for a vault.
+    pub journal_mode: String,
+    /// The newest migration applied to the file.
+    pub schema_version: i64,
+    /// The newest migration this build has.
+    pub latest_schema_version: i64,
+    /// When statevault first created or adopted the file.
+    pub created_at: Option<String>,
+    /// When the current key was set.
+    pub key_created_at: Option<String>,
+    /// Rows per table.
+    pub tables: BTreeMap<String, i64>,
+}
+
+/// Rows from [`Vault::query_read_only`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Rows {
+    /// Column names, in order.
+    pub columns: Vec<String>,
+    /// One vector of values per row, in column order.
+    pub rows: Vec<Vec<serde_json::Value>>,
+}

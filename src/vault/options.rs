@@ -1,0 +1,336 @@
+//! [`VaultOptions`]: how a [`Vault`](super::Vault) opens, with a default for every setting.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::audit::AuditConfig;
+use crate::backup::BackupConfig;
+use crate::cache::CacheConfig;
+use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::health::HealthConfig;
+use crate::key::{KEY_ENV, Key, KeySource, default_key_file};
+use crate::limits::LimitsConfig;
+use crate::metrics::MetricsConfig;
+use crate::prefs::PreferencesConfig;
+use crate::sessions::SessionConfig;
+use crate::store::{OpenSpec, Synchronous};
+use crate::{Error, Result};
+
+use super::{DB_ENV, DEFAULT_DB};
+
+/// How to open a [`Vault`]. Every setting has a default; see each method.
+#[derive(Clone)]
+pub struct VaultOptions {
+    pub(super) path: PathBuf,
+    pub(super) key: KeySource,
+    pub(super) create_if_missing: bool,
+    pub(super) migrate: bool,
+    pub(super) synchronous: Synchronous,
+    pub(super) readers: usize,
+    pub(super) cache_bytes: u64,
+    pub(super) busy_timeout: Duration,
+    pub(super) flush_interval: Duration,
+    pub(super) sweep_interval: Option<Duration>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) sessions: SessionConfig,
+    pub(super) audit: AuditConfig,
+    pub(super) preferences: PreferencesConfig,
+    pub(super) limits: LimitsConfig,
+    pub(super) cache: CacheConfig,
+    pub(super) metrics: MetricsConfig,
+    pub(super) health: HealthConfig,
+    pub(super) backups: BackupConfig,
+}
+
+impl VaultOptions {
+    /// Options for the database at `path`: key from [`KeySource::Auto`],
+    /// created (with its key file) if missing, migrated on open,
+    /// `synchronous=NORMAL`, 4 readers, a 64 MiB page cache per connection, a
+    /// 5 s busy timeout, buffered writes flushed every second, the system
+    /// clock, and each facet's default configuration.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        VaultOptions {
+            path: path.into(),
+            key: KeySource::Auto,
+            create_if_missing: true,
+            migrate: true,
+            synchronous: Synchronous::Normal,
+            readers: 4,
+            cache_bytes: 64 << 20,
+            busy_timeout: Duration::from_secs(5),
+            flush_interval: Duration::from_secs(1),
+            sweep_interval: Some(Duration::from_secs(3600)),
+            clock: Arc::new(SystemClock),
+            sessions: SessionConfig::default(),
+            audit: AuditConfig::default(),
+            preferences: PreferencesConfig::default(),
+            limits: LimitsConfig::default(),
+            cache: CacheConfig::default(),
+            metrics: MetricsConfig::default(),
+            health: HealthConfig::default(),
+            backups: BackupConfig::default(),
+        }
+    }
+
+    /// Options for the default database: `$STATEVAULT_DB`, else `statevault.db`.
+    pub fn from_env() -> Self {
+        VaultOptions::new(
+            std::env::var_os(DB_ENV).map_or_else(|| PathBuf::from(DEFAULT_DB), PathBuf::from),
+        )
+    }
+
+    /// Where the key comes from (default [`KeySource::Auto`]).
+    pub fn key_source(mut self, key: KeySource) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// Encrypt with this key.
+    pub fn key(self, key: Key) -> Self {
+        self.key_source(KeySource::Key(key))
+    }
+
+    /// Read the key from this file.
+    pub fn key_file(self, path: impl Into<PathBuf>) -> Self {
+        self.key_source(KeySource::File(path.into()))
+    }
+
+    /// No encryption: a plain SQLite file, readable by any SQLite tool.
+    pub fn no_encryption(self) -> Self {
+        self.key_source(KeySource::None)
+    }
+
+    /// Create the database (and, with [`KeySource::Auto`], its key file) if
+    /// it does not exist (default `true`).
+    pub fn create_if_missing(mut self, yes: bool) -> Self {
+        self.create_if_missing = yes;
+        self
+    }
+
+    /// Apply pending migrations on open (default `true`).
+    pub fn migrate(mut self, yes: bool) -> Self {
+        self.migrate = yes;
+        self
+    }
+
+    /// `synchronous` for every connection (default [`Synchronous::Normal`]).
+    pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
+        self.synchronous = synchronous;
+        self
+    }
+
+    /// How many hot-path reader connections (1–64, default 4).
+    pub fn readers(mut self, readers: usize) -> Self {
+        self.readers = readers;
+        self
+    }
+
+    /// SQLite page cache per connection, in bytes (at least 64 KiB, default
+    /// 64 MiB). SQLCipher decrypts and checks every page it reads from the
+    /// OS, so a cache that holds the working set saves that work.
+    pub fn page_cache_bytes(mut self, bytes: u64) -> Self {
+        self.cache_bytes = bytes;
+        self
+    }
+
+    /// How long to wait for another process's write lock (at most 1 h,
+    /// default 5 s).
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// How often buffered writes (last-seen touches, …) are written to the
+    /// file by the vault's background task (10 ms – 1 h, default 1 s). A
+    /// crash loses at most this much of them; [`Vault::close`] and
+    /// [`Vault::flush`] write them at once.
+    pub fn flush_interval(mut self, every: Duration) -> Self {
+        self.flush_interval = every;
+        self
+    }
+
+    /// How often the vault's background task runs retention
+    /// ([`Vault::sweep`]); `None` leaves it to the application or to
+    /// `statevault sweep` (at least 1 s; default hourly).
+    pub fn sweep_interval(mut self, every: Option<Duration>) -> Self {
+        self.sweep_interval = every;
+        self
+    }
+
+    /// How sessions behave (default [`SessionConfig::default`]).
+    pub fn sessions(mut self, config: SessionConfig) -> Self {
+        self.sessions = config;
+        self
+    }
+
+    /// The audit log's retention and limits (default [`AuditConfig::default`]).
+    pub fn audit(mut self, config: AuditConfig) -> Self {
+        self.audit = config;
+        self
+    }
+
+    /// The application's preference defaults, schema version and upgrades
+    /// (default: no defaults, any keys).
+    pub fn preferences(mut self, config: PreferencesConfig) -> Self {
+        self.preferences = config;
+        self
+    }
+
+    /// The clock every facet reads (default [`SystemClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The rate limits (default [`LimitsConfig::default`], the seeds'
+    /// limits); validated when the vault opens.
+    pub fn limits(mut self, limits: LimitsConfig) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How the two-level cache is sized (default [`CacheConfig::default`]).
+    pub fn cache(mut self, config: CacheConfig) -> Self {
+        self.cache = config;
+        self
+    }
+
+    /// How metrics are aggregated and kept (default [`MetricsConfig::default`]).
+    pub fn metrics(mut self, config: MetricsConfig) -> Self {
+        self.metrics = config;
+        self
+    }
+
+    /// The health report's thresholds (default [`HealthConfig::default`]).
+    pub fn health(mut self, config: HealthConfig) -> Self {
+        self.health = config;
+        self
+    }
+
+    /// Where backups go, how long they are kept, and whether opening a
+    /// damaged file falls back to the newest good one (default
+    /// [`BackupConfig::default`]: `backups/` beside the file, 7 days, no
+    /// recovery).
+    pub fn backups(mut self, config: BackupConfig) -> Self {
+        self.backups = config;
+        self
+    }
+
+    /// The database path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the key comes from, as set by [`VaultOptions::key_source`] (or
+    /// a [`crate::Config`]).
+    pub fn key_origin(&self) -> &KeySource {
+        &self.key
+    }
+
+    /// The key as configured (read from its file or the environment).
+    pub(crate) fn resolve_key(&self) -> Result<Option<Key>> {
+        self.key.resolve(&self.path, false)
+    }
+
+    pub(crate) fn backup_config(&self) -> &BackupConfig {
+        &self.backups
+    }
+
+    pub(crate) fn clock_now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// How an existing file at this path would be opened (its key found).
+    pub(crate) fn resolve_settings(&self) -> Result<crate::store::SharedSettings> {
+        self.validate()?;
+        crate::store::existing_settings(&self.spec())
+    }
+
+    /// The key file this vault's key is read from, if it comes from one.
+    pub(super) fn key_file_path(&self) -> Option<PathBuf> {
+        match &self.key {
+            KeySource::File(path) => Some(path.clone()),
+            KeySource::Auto if std::env::var_os(KEY_ENV).is_none() => {
+                Some(default_key_file(&self.path))
+            }
+            _ => None,
+        }
+    }
+
+    pub(super) fn spec(&self) -> OpenSpec<'_> {
+        OpenSpec {
+            path: &self.path,
+            key: &self.key,
+            create_if_missing: self.create_if_missing,
+            synchronous: self.synchronous,
+            cache_bytes: self.cache_bytes,
+            busy_timeout: self.busy_timeout,
+            readers: self.readers,
+        }
+    }
+
+    pub(super) fn validate(&self) -> Result<()> {
+        if !(1..=64).contains(&self.readers) {
+            return Err(Error::invalid(
+                "readers",
+                format!("{} is not in 1..=64", self.readers),
+            ));
+        }
+        if self.cache_bytes < 64 << 10 {
+            return Err(Error::invalid(
+                "page_cache_bytes",
+                format!("{} is less than 64 KiB", self.cache_bytes),
+            ));
+        }
+        if self.busy_timeout > Duration::from_secs(3600) {
+            return Err(Error::invalid("busy_timeout", "longer than an hour"));
+        }
+        if self.path.as_os_str().is_empty() {
+            return Err(Error::invalid("path", "empty"));
+        }
+        if self
+            .sweep_interval
+            .is_some_and(|every| every < Duration::from_secs(1))
+        {
+            return Err(Error::invalid("sweep_interval", "shorter than a second"));
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&self.flush_interval) {
+            return Err(Error::invalid(
+                "flush_interval",
+                "not between 10 ms and 1 h",
+            ));
+        }
+        self.sessions.validate()?;
+        self.audit.validate()?;
+        self.preferences.validate()?;
+        self.metrics.validate()?;
+        self.health.validate()?;
+        self.cache.validate()
+    }
+}
+
+impl fmt::Debug for VaultOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultOptions")
+            .field("path", &self.path)
+            .field("key", &self.key)
+            .field("create_if_missing", &self.create_if_missing)
+            .field("migrate", &self.migrate)
+            .field("synchronous", &self.synchronous)
+            .field("readers", &self.readers)
+            .field("cache_bytes", &self.cache_bytes)
+            .field("busy_timeout", &self.busy_timeout)
+            .field("flush_interval", &self.flush_interval)
+            .field("sweep_interval", &self.sweep_interval)
+            .field("sessions", &self.sessions)
+            .field("audit", &self.audit)
+            .field("preferences", &self.preferences)
+            .field("limits", &self.limits)
+            .field("metrics", &self.metrics)
+            .field("health", &self.health)
+            .field("backups", &self.backups)
+            .finish_non_exhaustive()
+    }
+}
