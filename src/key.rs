@@ -354,7 +354,9 @@ pub enum KeySource {
 
 /// The key file that belongs to a database: `<db>.key`.
 pub fn default_key_file(db: &Path) -> PathBuf {
-    crate::store::with_suffix(db, ".key")
+    let mut name = db.as_os_str().to_owned();
+    name.push(".key");
+    PathBuf::from(name)
 }
 
 impl KeySource {

@@ -23,6 +23,7 @@
 
 mod check;
 mod conn;
+mod copy;
 mod file;
 mod inspect;
 mod migrate;
@@ -37,7 +38,8 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Sqlite, Transaction};
 
 pub use check::{CIPHER_PASSES, Check, CheckReport};
 pub use conn::Synchronous;
-pub(crate) use conn::{ConnSettings, SharedSettings};
+pub(crate) use conn::{ConnSettings, SharedSettings, blocking};
+pub(crate) use copy::{copy_into, proves_key, rekey, write_backup};
 pub(crate) use file::{FileKind, with_suffix};
 pub use migrate::MigrationStatus;
 pub(crate) use migrate::{Applied, latest_version};
@@ -414,20 +416,6 @@ pub(crate) async fn immediate<T>(
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
     }
     result
-}
-
-/// Runs blocking file work (`what`, for the error) on tokio's blocking
-/// pool, off the runtime's workers.
-pub(crate) async fn blocking<T: Send + 'static>(
-    what: &'static str,
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| match e.is_cancelled() {
-            true => Error::Closed,
-            false => Error::invalid(what, format!("the task failed: {e}")),
-        })?
 }
 
 /// A closed pool says `PoolClosed`; callers see [`Error::Closed`].

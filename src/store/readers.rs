@@ -270,7 +270,7 @@ impl HotWriter {
             return Ok(());
         }
         let settings = self.settings.clone();
-        let conn = super::blocking("open the hot writer", move || {
+        let conn = super::conn::blocking("open the hot writer", move || {
             let conn = settings.open_rusqlite(false)?;
             conn.busy_timeout(Duration::ZERO)?;
             Ok(conn)

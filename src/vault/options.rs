@@ -18,7 +18,10 @@ use crate::sessions::SessionConfig;
 use crate::store::{OpenSpec, Synchronous};
 use crate::{Error, Result};
 
-use super::{DB_ENV, DEFAULT_DB};
+/// The environment variable naming the default database path.
+pub const DB_ENV: &str = "STATEVAULT_DB";
+/// The database path used when neither a path nor `STATEVAULT_DB` is given.
+pub const DEFAULT_DB: &str = "statevault.db";
 
 /// How to open a [`Vault`]. Every setting has a default; see each method.
 #[derive(Clone)]
