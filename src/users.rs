@@ -54,7 +54,7 @@ impl std::fmt::Debug for UserExport {
     }
 }
 
-/// What [`Vault::erase_user`] removed, by table.
+/// What [`Vault::erase_user`](crate::Vault::erase_user) removed, by table.
 #[derive(Debug, Clone, Serialize)]
 pub struct ErasureReport {
     /// The user.
@@ -142,7 +142,7 @@ impl Vault {
         })
     }
 
-    /// The erase transaction of [`Vault::erase_user`], on the writer
+    /// The erase transaction of [`Vault::erase_user`](crate::Vault::erase_user), on the writer
     /// connection, committed with `synchronous = FULL` when a durable audit
     /// append waits in `batch`. Returns the rows per table and the erased
     /// sessions' token hashes.

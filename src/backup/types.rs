@@ -14,7 +14,7 @@ use crate::store::CheckReport;
 pub const BACKUP_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Where backups go, how long they are kept, and whether opening a damaged
-/// file falls back to one ([`VaultOptions::backups`]).
+/// file falls back to one ([`VaultOptions::backups`](crate::VaultOptions::backups)).
 ///
 /// ```
 /// use statevault::BackupConfig;
@@ -34,7 +34,7 @@ pub struct BackupConfig {
     /// When opening finds the file damaged (corrupt pages, truncated, not a
     /// database; not a wrong key), move it aside and open the newest backup
     /// in the folder that verifies instead, the seeds'
-    /// `_recover_from_backup` (default `false`). [`Vault::recovery`] says
+    /// `_recover_from_backup` (default `false`). [`Vault::recovery`](crate::Vault::recovery) says
     /// when it happened, and the audit log records it.
     pub recover_on_open: bool,
 }
@@ -57,7 +57,7 @@ impl BackupConfig {
     }
 }
 
-/// How a damaged vault was recovered on open ([`Vault::recovery`]).
+/// How a damaged vault was recovered on open ([`Vault::recovery`](crate::Vault::recovery)).
 #[derive(Debug, Clone, Serialize)]
 pub struct Recovery {
     /// The backup the vault now holds.
@@ -68,7 +68,7 @@ pub struct Recovery {
     pub reason: String,
 }
 
-/// What [`Vault::backup`] wrote.
+/// What [`Vault::backup`](crate::Vault::backup) wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupReport {
     /// The backup file.
@@ -79,7 +79,7 @@ pub struct BackupReport {
     pub removed: Vec<PathBuf>,
 }
 
-/// What [`Vault::verify_backup`] found.
+/// What [`Vault::verify_backup`](crate::Vault::verify_backup) found.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupVerification {
     /// Whether every check passed and the chain holds.

@@ -62,7 +62,7 @@ impl Component {
     }
 }
 
-/// What [`Vault::health`] found.
+/// What [`Vault::health`](crate::Vault::health) found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HealthReport {
     /// The worst component's state.
