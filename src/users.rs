@@ -110,7 +110,7 @@ impl Vault {
     /// Errors: an error before the commit leaves everything as it was; one
     /// after it (the rewrite refused: a full disk, or another process held the
     /// write lock past the busy timeout) leaves the rows deleted but copies
-    /// possibly in place. [`Error::ErasureIncomplete`] says that another
+    /// possibly in place. [`Error::ErasureIncomplete`](crate::Error::ErasureIncomplete) says that another
     /// connection (usually another process) kept reading an older snapshot
     /// of the WAL for longer than the busy timeout. Erasing is idempotent: in
     /// every case, calling it again once the cause is gone finishes the job.
