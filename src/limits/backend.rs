@@ -4,8 +4,7 @@
 //! [`sqlite`](super::sqlite) implements it.
 //!
 //! Reads a check makes run on the caller's thread (synchronous methods);
-//! writes are `async`. Each method is one transaction unless it says
-//! otherwise.
+//! writes are `async`, and each write method is one transaction.
 
 use std::sync::Arc;
 
