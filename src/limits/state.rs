@@ -224,7 +224,9 @@ impl LimitsState {
             .get_mut(subject)
             .and_then(|limits| limits[idx].as_mut())
         else {
-            return Err(Error::invalid("subject", "vanished while loading"));
+            return Err(Error::Internal {
+                detail: "a rate-limit entry vanished while it was loaded".into(),
+            });
         };
         let verdict = entry.decide(limit, now, cost);
         if matches!(verdict, Verdict::Allowed { .. }) && !entry.dirty && !limit.strict {
