@@ -207,7 +207,7 @@ impl SetOptions {
         self
     }
 
-    /// Tag the entry, for [`Cache::invalidate_tag`].
+    /// Tag the entry, for [`Cache::invalidate_tag`](crate::Cache::invalidate_tag).
     pub fn tag(mut self, tag: impl Into<String>) -> Self {
         self.tags.push(tag.into());
         self

@@ -2,7 +2,7 @@
 //! vault file (L2, `cache_entries` + `cache_tags`).
 //!
 //! Reads go L1 → pending writes → L2 → miss, and an L2 hit is promoted to L1.
-//! Sets go to L1 and to a write-behind buffer that [`Vault::flush`] writes to
+//! Sets go to L1 and to a write-behind buffer that [`Vault::flush`](crate::Vault::flush) writes to
 //! L2 in one transaction with multi-row statements. Invalidations (delete,
 //! tag, user, namespace, clear) are synchronous: they remove the entries from
 //! L1 and the buffer and delete them from L2 in a write transaction before
@@ -221,7 +221,7 @@ impl<'a> Cache<'a> {
     }
 
     /// Stores `value` under `key`. It is in L1 (when it fits) and readable at
-    /// once; it reaches L2 at the next [`Vault::flush`]. Values larger than
+    /// once; it reaches L2 at the next [`Vault::flush`](crate::Vault::flush). Values larger than
     /// the configured maximum are [`Error::CacheValueTooLarge`]; a zero or
     /// too long TTL is [`Error::InvalidInput`].
     pub async fn set_with(&self, key: &CacheKey, value: &[u8], options: &SetOptions) -> Result<()> {

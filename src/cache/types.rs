@@ -78,7 +78,7 @@ pub struct NamespaceStats {
     pub expired_entries: u64,
 }
 
-/// What a [`Cache::sweep`](super::Cache::sweep) removed.
+/// What a [`Cache::sweep`](crate::Cache::sweep) removed.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct SweepReport {
     /// Expired rows deleted from L2.

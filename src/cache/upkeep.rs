@@ -42,13 +42,12 @@ impl Cache<'_> {
             .len() as u64
     }
 
-    /// Within an import transaction ([`Vault::import_legacy`]): stores an
+    /// Within an import transaction
+    /// ([`Vault::import_legacy`](crate::Vault::import_legacy)): stores an
     /// entry carried over from the seeds' old layout with its own creation
     /// and expiry times, straight into L2 (not L1, not the write buffer),
     /// unless a live entry has its key. Returns whether it was stored. Call
     /// [`Cache::enforce_cap`] once the import is done.
-    ///
-    /// [`Vault::import_legacy`]: crate::Vault::import_legacy
     pub(crate) async fn import_entry(
         &self,
         tx: &mut sqlx::SqliteConnection,

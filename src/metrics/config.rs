@@ -12,10 +12,11 @@ pub(crate) const HOUR_MS: i64 = 3_600_000;
 pub struct MetricsConfig {
     /// Length of one stored point (1 s – 1 h, default 60 s).
     pub interval: Duration,
-    /// Points older than this are purged by [`Metrics::sweep`] (default 30 days).
+    /// Points older than this are purged by
+    /// [`Metrics::sweep`](crate::Metrics::sweep) (default 30 days).
     pub retention: Duration,
     /// Points older than this are merged into hourly points by
-    /// [`Metrics::sweep`] (default 7 days).
+    /// [`Metrics::sweep`](crate::Metrics::sweep) (default 7 days).
     pub downsample_after: Duration,
 }
 

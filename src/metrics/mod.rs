@@ -17,11 +17,12 @@
 //!   timings a [DDSketch](https://arxiv.org/abs/1908.10693) with a relative
 //!   accuracy of 1 % ([`RELATIVE_ERROR`]) and at most 2048 bins
 //!   ([`MAX_BINS`]).
-//! - [`Vault::flush`] (the vault's background task, every `flush_interval`)
-//!   writes the intervals that have ended, in one transaction with
-//!   multi-row upserts; [`Vault::close`] writes the open interval too. A
-//!   point written twice (a close and a restart within one interval) is
-//!   merged with the stored one, never overwritten.
+//! - [`Vault::flush`](crate::Vault::flush) (the vault's background task,
+//!   every `flush_interval`) writes the intervals that have ended, in one
+//!   transaction with multi-row upserts; [`Vault::close`](crate::Vault::close)
+//!   writes the open interval too. A point written twice (a close and a
+//!   restart within one interval) is merged with the stored one, never
+//!   overwritten.
 //! - Queries read the stored points: a range's percentiles are the merge of
 //!   the sketches of the points that start in it.
 //! - [`Metrics::sweep`] downsamples points older than 7 days to hourly
@@ -238,8 +239,9 @@ impl<'a> Metrics<'a> {
         self.increment(AUTH_ATTEMPTS, &[("outcome", outcome)], 1.0);
     }
 
-    /// Writes every series' open interval now, as [`Vault::close`] does
-    /// (later records in the same interval are merged into the same point).
+    /// Writes every series' open interval now, as
+    /// [`Vault::close`](crate::Vault::close) does (later records in the same
+    /// interval are merged into the same point).
     pub async fn flush_all(&self) -> Result<()> {
         self.state.flush(self.core, true).await
     }

@@ -123,7 +123,8 @@ pub struct SeriesSummary {
     pub summary: Summary,
 }
 
-/// Everything [`Metrics::report`](crate::Metrics::report) knows, as `statevault metrics --format json` prints it.
+/// Everything [`Metrics::report`](crate::Metrics::report) knows, as
+/// `statevault metrics --format json` prints it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MetricsReport {
     /// Start of the range.
