@@ -290,17 +290,67 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// An error from sqlx (writer, admin queries, migrations).
-    #[error(transparent)]
-    Sqlx(sqlx::Error),
+    /// Another connection (usually another process) held the file's write
+    /// lock for longer than the busy timeout
+    /// ([`VaultOptions::busy_timeout`](crate::VaultOptions::busy_timeout)).
+    /// Nothing was written; the operation can be retried.
+    #[error(
+        "the vault is busy: another connection held its write lock past the busy timeout ({detail}); retry"
+    )]
+    Busy {
+        /// What SQLite said.
+        detail: String,
+    },
 
-    /// An error from a migration run by sqlx.
-    #[error(transparent)]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// An operation that needs the file to itself (restore, rekey) found it
+    /// open in another process. Nothing was changed.
+    #[error(
+        "{} is open in another process (the service, another CLI command): stop it and try the {operation} again",
+        .path.display()
+    )]
+    AlreadyOpen {
+        /// The database file.
+        path: PathBuf,
+        /// What was refused: `"restore"`, `"rekey"`.
+        operation: &'static str,
+    },
 
-    /// An error from a hot-path reader connection.
-    #[error(transparent)]
-    Sqlite(rusqlite::Error),
+    /// A value stored in the file cannot be used (a `vault_meta` row, a
+    /// metric's sketch): the file is readable, but that value was written by
+    /// something other than statevault, or damaged.
+    #[error("{what} in the vault file cannot be used: {detail}")]
+    BadData {
+        /// What was read: `"vault_meta hash_salt"`, `"metric sketch"`.
+        what: String,
+        /// What is wrong with it, and what to do.
+        detail: String,
+    },
+
+    /// The vault was opened without applying its pending migrations
+    /// ([`VaultOptions::migrate`](crate::VaultOptions::migrate)), and the
+    /// operation needs them.
+    #[error("the vault has pending migrations: run `statevault migrate` (or Vault::migrate) first")]
+    MigrationsPending,
+
+    /// Something statevault itself got wrong: a background task panicked, or
+    /// the operating system's random generator failed.
+    #[error("internal error: {detail}")]
+    Internal {
+        /// What failed.
+        detail: String,
+    },
+
+    /// The database driver failed in a way none of the variants above
+    /// describes. The driver's own error is the [`source`](std::error::Error::source)
+    /// (a `sqlx::Error`, `rusqlite::Error` or sqlx `MigrateError`, for
+    /// logging or downcasting); it is not part of this enum, so that a
+    /// driver's new major version is not a breaking change here.
+    #[error("{source}")]
+    Database {
+        /// The driver's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 
     /// A JSON document could not be encoded or decoded.
     #[error(transparent)]
@@ -325,6 +375,13 @@ impl Error {
             self,
             Error::Corrupt { .. } | Error::Truncated { .. } | Error::NotADatabase { .. }
         )
+    }
+
+    /// A driver error no other variant describes.
+    pub(crate) fn database(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Database {
+            source: Box::new(e),
+        }
     }
 
     pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
@@ -354,10 +411,11 @@ fn file_or_vault(path: &Option<PathBuf>) -> String {
 /// The typed error for a SQLite result code that says something about the
 /// storage itself (full, failing, damaged), whichever driver met it.
 fn storage_failure(code: i32, detail: impl FnOnce() -> String) -> Option<Error> {
-    use libsqlite3_sys::{SQLITE_CORRUPT, SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY};
+    use libsqlite3_sys::{SQLITE_BUSY, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY};
     let detail = || format!("{} (SQLite code {code})", detail());
     match code & 0xff {
         SQLITE_FULL => Some(Error::DiskFull { detail: detail() }),
+        SQLITE_BUSY => Some(Error::Busy { detail: detail() }),
         SQLITE_IOERR => Some(Error::StorageIo { detail: detail() }),
         SQLITE_CORRUPT => Some(Error::Corrupt {
             path: None,
@@ -377,7 +435,16 @@ impl From<sqlx::Error> for Error {
             let code = db.code()?.parse::<i32>().ok()?;
             storage_failure(code, || db.message().to_owned())
         });
-        typed.unwrap_or(Error::Sqlx(e))
+        typed.unwrap_or_else(|| Error::database(e))
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        match e {
+            sqlx::migrate::MigrateError::Execute(e) => Error::from(e),
+            e => Error::database(e),
+        }
     }
 }
 
@@ -391,7 +458,7 @@ impl From<rusqlite::Error> for Error {
             }
             _ => None,
         };
-        typed.unwrap_or(Error::Sqlite(e))
+        typed.unwrap_or_else(|| Error::database(e))
     }
 }
 
@@ -423,6 +490,8 @@ mod tests {
             "{err}"
         );
         let other = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(19), None);
-        assert!(matches!(Error::from(other), Error::Sqlite(_)));
+        assert!(matches!(Error::from(other), Error::Database { .. }));
+        let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(5), None);
+        assert!(matches!(Error::from(busy), Error::Busy { .. }));
     }
 }

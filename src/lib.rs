@@ -5,34 +5,32 @@
 //!
 //! # Layout
 //!
-//! - [`vault`](crate::Vault): the handle and its options; whole-file
-//!   operations (info, check, read-only SQL, close).
-//! - `store`: the file itself. The key (SQLCipher 4, through
+//! Four layers, each importing only the ones below it (`tests/layers.rs`
+//! checks that no file of `src/` imports a file that imports it back):
+//!
+//! - [`Vault`] (`vault/`) is the handle a service opens: it composes the
+//!   facets and owns the work that crosses them: user export and erasure
+//!   (`users`), retention (`retention`), [health](crate::HealthReport),
+//!   backup, restore and rekey (`backup`), the [legacy
+//!   import](crate::Vault::import_legacy), the background flush and sweep.
+//!   [`VaultOptions`] and [`Config`] (`statevault.toml`) say how it opens.
+//! - The facets, one folder each, each holding the core and its own state
+//!   and never another facet: [`sessions`](crate::Sessions),
+//!   [`cache`](crate::Cache), [`limits`](crate::Limits),
+//!   [`audit`](crate::Audit), [`preferences`](crate::Preferences),
+//!   [`metrics`](crate::Metrics). A facet's `mod.rs` has its API and its
+//!   logic; its `sqlite.rs` has all of its SQL, behind a small trait that
+//!   another database can implement.
+//! - `core`: what every facet shares: the store, the [`Clock`], the secret
+//!   behind [`Vault::keyed_hash`], and `vault_meta` (only `core::meta`
+//!   reads and writes it).
+//! - `store`: the file itself: the key (SQLCipher 4, through
 //!   `sqlite3_key_v2`), pragmas, WAL, the one sqlx writer, the sqlx read
-//!   pool, the rusqlite hot-path readers, migrations. Its module docs explain
-//!   which driver does what and why.
-//! - [`sessions`](crate::Sessions): bearer-token sessions: create, validate
-//!   on the caller's thread, rotate, revoke, cap per user, CSRF, typed data.
-//! - [`audit`](crate::Audit): the hash-chained audit log, verifiable after
-//!   erasure and retention.
-//! - [`preferences`](crate::Preferences): per-user JSON over application
-//!   defaults, merge-patched, type-checked, upgraded on read.
-//! - [`limits`](crate::Limits): rate limits (token buckets with several
-//!   windows, violations, escalating penalties), in memory and written
-//!   behind, or shared between processes through the file.
-//! - [`cache`](crate::Cache): the two-level cache (L1 in memory, L2 zstd
-//!   blobs in the file), with a write-behind buffer that [`Vault::flush`] writes.
-//! - [`metrics`](crate::Metrics): counters, gauges and timings aggregated
-//!   in memory and written per interval with a mergeable sketch;
-//!   percentiles over any range, Prometheus exposition.
-//! - [`health`](crate::HealthReport): each component healthy, warning or
-//!   critical, with the reason.
-//! - [`legacy`](crate::Vault::import_legacy): import of the seeds' old file
-//!   layout (session, rate limits, L2 cache files, preferences), one
-//!   transaction per file, idempotent.
-//! - [`clock`](crate::Clock): time, injected; every facet reads the vault's clock.
-//! - [`key`](crate::Key): keys and where they come from; zeroized, never shown.
-//! - [`error`](crate::Error): the one error type.
+//!   pool, the rusqlite hot-path connections, migrations, whole-file copies
+//!   and checks. Its module docs say which driver does what and why.
+//!
+//! Below them all: [`Key`] (keys and where they come from; zeroized, never
+//! shown), [`Clock`] (time, injected), and [`Error`] (the one error type).
 //!
 //! # Example
 //!

@@ -54,7 +54,7 @@ impl std::fmt::Debug for UserExport {
     }
 }
 
-/// What [`Vault::erase_user`] removed, by table.
+/// What [`Vault::erase_user`](crate::Vault::erase_user) removed, by table.
 #[derive(Debug, Clone, Serialize)]
 pub struct ErasureReport {
     /// The user.
@@ -110,7 +110,7 @@ impl Vault {
     /// Errors: an error before the commit leaves everything as it was; one
     /// after it (the rewrite refused: a full disk, or another process held the
     /// write lock past the busy timeout) leaves the rows deleted but copies
-    /// possibly in place. [`Error::ErasureIncomplete`] says that another
+    /// possibly in place. [`Error::ErasureIncomplete`](crate::Error::ErasureIncomplete) says that another
     /// connection (usually another process) kept reading an older snapshot
     /// of the WAL for longer than the busy timeout. Erasing is idempotent: in
     /// every case, calling it again once the cause is gone finishes the job.
@@ -142,7 +142,7 @@ impl Vault {
         })
     }
 
-    /// The erase transaction of [`Vault::erase_user`], on the writer
+    /// The erase transaction of [`Vault::erase_user`](crate::Vault::erase_user), on the writer
     /// connection, committed with `synchronous = FULL` when a durable audit
     /// append waits in `batch`. Returns the rows per table and the erased
     /// sessions' token hashes.

@@ -126,8 +126,17 @@ async fn restore_brings_the_backup_back_and_refuses_while_open() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string()
-            .contains("another process has the vault open"),
+        matches!(
+            err,
+            Error::AlreadyOpen {
+                operation: "restore",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("is open in another process"),
         "{err}"
     );
     assert_eq!(
@@ -194,8 +203,17 @@ async fn rekey_refuses_while_another_handle_has_the_file() {
     other.info().await.unwrap();
     let err = vault.rekey(&Key::generate().unwrap()).await.unwrap_err();
     assert!(
-        err.to_string()
-            .contains("another process has the vault open"),
+        matches!(
+            err,
+            Error::AlreadyOpen {
+                operation: "rekey",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("is open in another process"),
         "{err}"
     );
     assert_eq!(

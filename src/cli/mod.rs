@@ -21,12 +21,6 @@ mod admin;
 mod audit;
 mod backup;
 mod bench;
-mod bench_audit;
-mod bench_cache;
-mod bench_limits;
-mod bench_metrics;
-mod bench_sessions;
-mod bench_sweep;
 mod cache;
 mod demo;
 mod legacy;
@@ -137,7 +131,8 @@ enum Command {
     /// The main job: drive a realistic service workload through every facet
     /// and print a report.
     Demo(demo::Args),
-    /// The standard workloads, in a temporary directory (never touches --db).
+    /// The standard workloads, in a temporary directory (never touches --db):
+    /// runs the `statevault-bench` binary beside this one.
     Bench(bench::Args),
     /// Rate limits of a subject: status, reset.
     #[command(subcommand)]
@@ -288,7 +283,7 @@ fn options(cli: &Cli) -> Result<VaultOptions> {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let options = options(&cli)?;
     match cli.command {
-        Command::Bench(args) => bench::run(args).await,
+        Command::Bench(args) => bench::launch(args),
         Command::Init => admin::init(options).await,
         Command::Demo(args) => demo::run(options, args).await,
         Command::Restore { file } => backup::restore(&options, &file).await,

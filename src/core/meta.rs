@@ -87,7 +87,9 @@ pub(crate) async fn record_creation(store: &Store, now: Timestamp, encrypted: bo
     let salt = crate::key::Key::generate()?
         .raw_bytes()
         .map(|bytes| crate::key::hex(bytes.as_slice()))
-        .ok_or_else(|| Error::invalid("hash_salt", "generated key is not raw"))?;
+        .ok_or_else(|| Error::Internal {
+            detail: "a generated key has no raw bytes".into(),
+        })?;
     let now_text = now.to_rfc3339();
     let mut tx = store.sqlx_transaction().await?;
     set_once(&mut tx, CREATED_AT, &now_text, now).await?;
@@ -108,5 +110,8 @@ pub(crate) fn text(key: &str, bytes: Vec<u8>) -> Result<String> {
 
 /// The error for a row the vault cannot use: it names the row.
 pub(crate) fn bad(key: &str, problem: impl std::fmt::Display) -> Error {
-    Error::invalid("vault_meta", format!("{key} {problem} (fix that row)"))
+    Error::BadData {
+        what: format!("vault_meta {key}"),
+        detail: format!("{problem} (fix that row)"),
+    }
 }

@@ -78,12 +78,12 @@ impl Core {
     /// secret salt (see [`Vault::keyed_hash`](crate::Vault::keyed_hash)).
     pub(crate) fn keyed_hash(&self, domain: &str, value: &[u8]) -> Result<[u8; 32]> {
         use hmac::{KeyInit, Mac};
-        let salt = self
-            .hash_salt
-            .get()
-            .ok_or_else(|| Error::invalid("vault", "not migrated yet: no hash salt"))?;
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(salt.as_slice())
-            .map_err(|_| Error::invalid("hash_salt", "rejected by HMAC"))?;
+        let salt = self.hash_salt.get().ok_or(Error::MigrationsPending)?;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(salt.as_slice()).map_err(|e| {
+            Error::Internal {
+                detail: format!("HMAC refused the salt: {e}"),
+            }
+        })?;
         mac.update(domain.as_bytes());
         mac.update(&[0]);
         mac.update(value);

@@ -5,7 +5,7 @@
 //! 2. Time going backwards refills nothing (elapsed time clamps to zero),
 //!    and `last_refill` never moves back, so the same span is never
 //!    refilled twice when the clock steps back and then forward again.
-//! 3. The shared-mode SQL (see `sql.rs`) computes the same `refill` with the
+//! 3. The shared-mode SQL (see `sqlite.rs`) computes the same `refill` with the
 //!    same f64 operations, so both modes agree to the last bit.
 
 use crate::Timestamp;
@@ -123,6 +123,11 @@ pub(crate) fn summary(windows: &[WindowSpec], state: &[Bucket], now: Timestamp) 
 pub(crate) const MAX_PENALTY_MS: i64 = 3_600_000;
 /// Violations further back than this do not count.
 pub(crate) const PENALTY_MEMORY_MS: i64 = 3_600_000;
+
+/// The moment at `now` after which violations count.
+pub(crate) fn memory_start(now: Timestamp) -> Timestamp {
+    Timestamp::from_millis(now.as_millis() - PENALTY_MEMORY_MS)
+}
 
 /// The penalty for the `n`-th violation in the last hour (n ≥ 1):
 /// `base × 2^(n−1)`, at most 64 × base and at most one hour.

@@ -169,68 +169,8 @@ impl LimitsConfig {
         let mut limits = Vec::with_capacity(self.limits.len());
         let mut by_name = HashMap::with_capacity(self.limits.len());
         for (name, limit) in &self.limits {
-            let bad = |field: &'static str, reason: String| Error::InvalidLimit {
-                limit: name.clone(),
-                field,
-                reason,
-            };
-            if name.is_empty() {
-                return Err(bad("name", "empty".into()));
-            }
-            if limit.windows.is_empty() {
-                return Err(bad("windows", "a limit needs at least one window".into()));
-            }
-            let mut windows: Vec<WindowSpec> = Vec::with_capacity(limit.windows.len());
-            for w in &limit.windows {
-                let secs = w.period.as_secs();
-                if secs == 0 || w.period.subsec_nanos() != 0 {
-                    return Err(bad(
-                        "period",
-                        format!("{:?} is not a whole number of seconds ≥ 1", w.period),
-                    ));
-                }
-                if !w.tokens.is_finite() || w.tokens <= 0.0 {
-                    return Err(bad(
-                        "tokens",
-                        format!("{} is not a positive number", w.tokens),
-                    ));
-                }
-                if !w.burst.is_finite() || w.burst < 0.0 {
-                    return Err(bad("burst", format!("{} is not a number ≥ 0", w.burst)));
-                }
-                let period_secs = i64::try_from(secs)
-                    .map_err(|_| bad("period", format!("{secs} s is too long")))?;
-                if windows.iter().any(|o| o.period_secs == period_secs) {
-                    return Err(bad("period", format!("two windows of {secs} s")));
-                }
-                let rate_per_ms = w.tokens / (secs as f64 * 1000.0);
-                if !rate_per_ms.is_normal() {
-                    return Err(bad(
-                        "tokens",
-                        format!("{} per {secs} s underflows", w.tokens),
-                    ));
-                }
-                windows.push(WindowSpec {
-                    period_secs,
-                    capacity: w.capacity(),
-                    rate_per_ms,
-                });
-            }
-            let capacity = windows
-                .iter()
-                .map(|w| w.capacity)
-                .fold(f64::INFINITY, f64::min);
-            let base_secs = windows.iter().map(|w| w.period_secs).min().unwrap_or(1);
             by_name.insert(name.clone(), limits.len());
-            limits.push(CompiledLimit {
-                name: Arc::from(name.as_str()),
-                strict: limit.strict,
-                shared: limit.shared.unwrap_or(self.shared),
-                capacity,
-                base_penalty_ms: base_secs.saturating_mul(1000),
-                shared_sql: super::sql::shared_check_sql(windows.len()),
-                windows,
-            });
+            limits.push(compile_limit(name, limit, self.shared)?);
         }
         let retention = |d: Duration, what| {
             i64::try_from(d.as_millis())
@@ -250,6 +190,81 @@ impl LimitsConfig {
     }
 }
 
+/// Validates and compiles the limit `name`; `shared` is the configuration's
+/// default mode.
+fn compile_limit(name: &str, limit: &Limit, shared: bool) -> Result<CompiledLimit> {
+    let bad = |field: &'static str, reason: String| Error::InvalidLimit {
+        limit: name.to_owned(),
+        field,
+        reason,
+    };
+    if name.is_empty() {
+        return Err(bad("name", "empty".into()));
+    }
+    if limit.windows.is_empty() {
+        return Err(bad("windows", "a limit needs at least one window".into()));
+    }
+    let mut windows: Vec<WindowSpec> = Vec::with_capacity(limit.windows.len());
+    for w in &limit.windows {
+        windows.push(compile_window(w, &windows, &bad)?);
+    }
+    let capacity = windows
+        .iter()
+        .map(|w| w.capacity)
+        .fold(f64::INFINITY, f64::min);
+    let base_secs = windows.iter().map(|w| w.period_secs).min().unwrap_or(1);
+    Ok(CompiledLimit {
+        name: Arc::from(name),
+        strict: limit.strict,
+        shared: limit.shared.unwrap_or(shared),
+        capacity,
+        base_penalty_ms: base_secs.saturating_mul(1000),
+        windows,
+    })
+}
+
+/// Validates one window, to follow the limit's `earlier` ones; `bad` makes
+/// the error.
+fn compile_window(
+    w: &Window,
+    earlier: &[WindowSpec],
+    bad: &impl Fn(&'static str, String) -> Error,
+) -> Result<WindowSpec> {
+    let secs = w.period.as_secs();
+    if secs == 0 || w.period.subsec_nanos() != 0 {
+        return Err(bad(
+            "period",
+            format!("{:?} is not a whole number of seconds ≥ 1", w.period),
+        ));
+    }
+    if !w.tokens.is_finite() || w.tokens <= 0.0 {
+        return Err(bad(
+            "tokens",
+            format!("{} is not a positive number", w.tokens),
+        ));
+    }
+    if !w.burst.is_finite() || w.burst < 0.0 {
+        return Err(bad("burst", format!("{} is not a number ≥ 0", w.burst)));
+    }
+    let period_secs =
+        i64::try_from(secs).map_err(|_| bad("period", format!("{secs} s is too long")))?;
+    if earlier.iter().any(|o| o.period_secs == period_secs) {
+        return Err(bad("period", format!("two windows of {secs} s")));
+    }
+    let rate_per_ms = w.tokens / (secs as f64 * 1000.0);
+    if !rate_per_ms.is_normal() {
+        return Err(bad(
+            "tokens",
+            format!("{} per {secs} s underflows", w.tokens),
+        ));
+    }
+    Ok(WindowSpec {
+        period_secs,
+        capacity: w.capacity(),
+        rate_per_ms,
+    })
+}
+
 /// A validated limit, ready for the hot path.
 #[derive(Debug)]
 pub(crate) struct CompiledLimit {
@@ -261,8 +276,6 @@ pub(crate) struct CompiledLimit {
     pub(crate) capacity: f64,
     /// The penalty base: the shortest window, in ms.
     pub(crate) base_penalty_ms: i64,
-    /// The shared-mode statement for this many windows.
-    pub(crate) shared_sql: String,
 }
 
 impl CompiledLimit {

@@ -262,3 +262,19 @@ fn silence_sqlcipher_log() {
 
 /// Shared handle to the settings, for the sqlx connect hook.
 pub(crate) type SharedSettings = Arc<ConnSettings>;
+
+/// Runs blocking file work (`what`, for the error) on tokio's blocking
+/// pool, off the runtime's workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| match e.is_cancelled() {
+            true => Error::Closed,
+            false => Error::Internal {
+                detail: format!("{what}: the task failed: {e}"),
+            },
+        })?
+}

@@ -53,6 +53,15 @@ impl Store {
         })
     }
 
+    /// Runs `PRAGMA quick_check` on a reader connection: `["ok"]` or what
+    /// is wrong, a line each.
+    pub(crate) async fn quick_check(&self) -> Result<Vec<String>> {
+        let mut conn = self.sqlx_reader().acquire().await.map_err(closed_or)?;
+        Ok(sqlx::query_scalar("PRAGMA quick_check")
+            .fetch_all(&mut *conn)
+            .await?)
+    }
+
     /// Runs one statement that [`read_only_sql::check`] lets through, on a
     /// read-only connection, and returns every row.
     pub(crate) async fn query_read_only(&self, sql: &str) -> Result<Table> {

@@ -2,13 +2,17 @@
 //!
 //! # Who talks to the file, and how
 //!
-//! | path | driver | why |
+//! Each door's name says which driver it uses and on which thread it runs:
+//! `*_here` is rusqlite on the caller's thread, `sqlx_*` is sqlx on its
+//! connection's worker thread.
+//!
+//! | path | door | why |
 //! | --- | --- | --- |
-//! | writes | one sqlx connection (`writer`), `BEGIN IMMEDIATE` | one writer per process; batches go as multi-row statements, one hop per batch |
-//! | hot point reads | rusqlite [`Readers`](readers) on the caller's thread | a sqlx round trip costs ~59 µs here, the lookup ~4 µs |
-//! | hot short writes (shared limits) | rusqlite [`HotWriter`] on the caller's thread; it never waits there for the write lock | the same hops |
+//! | writes | [`Store::sqlx_transaction`] (`BEGIN IMMEDIATE`), [`Store::sqlx_writer`] (one autocommit statement), [`Store::sqlx_writer_conn`] (pragmas around a transaction): the one sqlx writer connection | one writer per process; batches go as multi-row statements, one hop per batch |
+//! | hot point reads | [`Store::read_here`]: rusqlite [`Readers`](readers) | a sqlx round trip costs many times the indexed lookup it carries (two thread hops; see docs/performance.md) |
+//! | hot short writes (shared limits) | [`Store::write_here`]: the rusqlite [`HotWriter`], which never waits on this thread for the write lock | the same hops |
 //! | anything that grows with the file (a large cache value, an integrity check) | the sqlx pools or tokio's blocking pool | the caller's thread may be the runtime's only one |
-//! | scans, admin queries | sqlx pool (`reader`), `query_only` | off the async threads, no hurry |
+//! | scans, admin queries | [`Store::sqlx_reader`], `query_only` | off the async threads, no hurry |
 //! | migrations | sqlx's migrator on the writer | shared bookkeeping with `sqlx-cli` |
 //!
 //! Both drivers link the same `libsqlite3-sys` built with bundled SQLCipher,
@@ -23,6 +27,7 @@
 
 mod check;
 mod conn;
+mod copy;
 mod file;
 mod inspect;
 mod migrate;
@@ -37,7 +42,8 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Sqlite, Transaction};
 
 pub use check::{CIPHER_PASSES, Check, CheckReport};
 pub use conn::Synchronous;
-pub(crate) use conn::{ConnSettings, SharedSettings};
+pub(crate) use conn::{ConnSettings, SharedSettings, blocking};
+pub(crate) use copy::{copy_into, proves_key, rekey, write_backup};
 pub(crate) use file::{FileKind, with_suffix};
 pub use migrate::MigrationStatus;
 pub(crate) use migrate::{Applied, latest_version};
@@ -143,7 +149,7 @@ impl Store {
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the hot rusqlite
     /// writer, on this thread. For a short write a request waits on: it
-    /// saves sqlx's thread hops (~59 µs here, and a ping on the worker
+    /// saves sqlx's two thread hops (and a ping on the worker
     /// each time a pooled connection is given back). The hot writer and the
     /// sqlx writer take turns through SQLite's write lock, as two processes
     /// would. While another connection holds it, this task yields to the
@@ -414,20 +420,6 @@ pub(crate) async fn immediate<T>(
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
     }
     result
-}
-
-/// Runs blocking file work (`what`, for the error) on tokio's blocking
-/// pool, off the runtime's workers.
-pub(crate) async fn blocking<T: Send + 'static>(
-    what: &'static str,
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| match e.is_cancelled() {
-            true => Error::Closed,
-            false => Error::invalid(what, format!("the task failed: {e}")),
-        })?
 }
 
 /// A closed pool says `PoolClosed`; callers see [`Error::Closed`].

@@ -1,7 +1,8 @@
 //! Hot-path connections: rusqlite, used on the caller's thread.
 //!
-//! A query through sqlx hops to the connection's worker thread and back
-//! (~59 µs here) while the indexed lookup itself takes ~4 µs. The point
+//! A query through sqlx hops to the connection's worker thread and back,
+//! which costs many times the indexed lookup itself (docs/performance.md
+//! has the figures). The point
 //! lookups that run on every request (session by token hash, cache entry by
 //! key, bucket by subject) therefore run synchronously, here, through a small
 //! pool of `query_only` connections with cached prepared statements; and the
@@ -270,7 +271,7 @@ impl HotWriter {
             return Ok(());
         }
         let settings = self.settings.clone();
-        let conn = super::blocking("open the hot writer", move || {
+        let conn = super::conn::blocking("open the hot writer", move || {
             let conn = settings.open_rusqlite(false)?;
             conn.busy_timeout(Duration::ZERO)?;
             Ok(conn)

@@ -1,12 +1,7 @@
 //! Whole-file operations on an open [`Vault`]: what the file is, its
 //! integrity, one read-only statement.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-
-use serde::Serialize;
-
-use super::{Vault, VaultOptions};
+use super::{Info, Rows, Vault, VaultOptions};
 use crate::core::meta;
 use crate::store::{CheckReport, Store};
 use crate::{Error, Result};
@@ -61,40 +56,4 @@ impl Vault {
         let (columns, rows) = self.store().query_read_only(sql).await?;
         Ok(Rows { columns, rows })
     }
-}
-
-/// What [`Vault::info`] reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct Info {
-    /// The database file.
-    pub path: PathBuf,
-    /// Its size in bytes (without the WAL).
-    pub file_bytes: u64,
-    /// The size of its `-wal` file (0 when there is none).
-    pub wal_bytes: u64,
-    /// Whether it is encrypted.
-    pub encrypted: bool,
-    /// SQLCipher's version (`PRAGMA cipher_version`).
-    pub cipher_version: Option<String>,
-    /// The journal mode, `wal` for a vault.
-    pub journal_mode: String,
-    /// The newest migration applied to the file.
-    pub schema_version: i64,
-    /// The newest migration this build has.
-    pub latest_schema_version: i64,
-    /// When statevault first created or adopted the file.
-    pub created_at: Option<String>,
-    /// When the current key was set.
-    pub key_created_at: Option<String>,
-    /// Rows per table.
-    pub tables: BTreeMap<String, i64>,
-}
-
-/// Rows from [`Vault::query_read_only`].
-#[derive(Debug, Clone, Serialize)]
-pub struct Rows {
-    /// Column names, in order.
-    pub columns: Vec<String>,
-    /// One vector of values per row, in column order.
-    pub rows: Vec<Vec<serde_json::Value>>,
 }

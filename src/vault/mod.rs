@@ -1,6 +1,7 @@
 //! [`Vault`]: the handle a service opens, and [`VaultOptions`], how it opens.
 
 mod file;
+mod info;
 mod options;
 
 use std::fmt;
@@ -11,8 +12,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use file::{Info, Rows};
-pub use options::VaultOptions;
+pub use info::{Info, Rows};
+pub use options::{DB_ENV, DEFAULT_DB, VaultOptions};
 
 use crate::audit::{self, Audit, AuditEvent, EventKind};
 use crate::backup::{BackupConfig, Recovery};
@@ -26,11 +27,6 @@ use crate::prefs::{Preferences, PreferencesConfig};
 use crate::sessions::{self, Sessions};
 use crate::store::{MigrationStatus, Store};
 use crate::{Error, Result};
-
-/// The environment variable naming the default database path.
-pub const DB_ENV: &str = "STATEVAULT_DB";
-/// The database path used when neither a path nor `STATEVAULT_DB` is given.
-pub const DEFAULT_DB: &str = "statevault.db";
 
 /// A handle to one vault file. Cheap to clone: clones share the connections.
 ///
@@ -104,7 +100,7 @@ impl Vault {
     pub async fn open(options: VaultOptions) -> Result<Vault> {
         match Vault::open_as_is(options.clone()).await {
             Err(damage) if options.backups.recover_on_open && damage.is_damage() => {
-                let recovery = crate::backup::recover(&options, &damage).await?;
+                let recovery = Vault::recover(&options, &damage).await?;
                 let vault = Vault::open_as_is(options).await?;
                 if let Err(e) = vault.record_recovery(recovery).await {
                     vault.close().await?;

@@ -1,4 +1,4 @@
-//! [`VaultOptions`]: how a [`Vault`](super::Vault) opens, with a default for every setting.
+//! [`VaultOptions`](crate::VaultOptions): how a [`Vault`](super::Vault) opens, with a default for every setting.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -18,9 +18,12 @@ use crate::sessions::SessionConfig;
 use crate::store::{OpenSpec, Synchronous};
 use crate::{Error, Result};
 
-use super::{DB_ENV, DEFAULT_DB};
+/// The environment variable naming the default database path.
+pub const DB_ENV: &str = "STATEVAULT_DB";
+/// The database path used when neither a path nor `STATEVAULT_DB` is given.
+pub const DEFAULT_DB: &str = "statevault.db";
 
-/// How to open a [`Vault`]. Every setting has a default; see each method.
+/// How to open a [`Vault`](crate::Vault). Every setting has a default; see each method.
 #[derive(Clone)]
 pub struct VaultOptions {
     pub(super) path: PathBuf,
@@ -144,15 +147,15 @@ impl VaultOptions {
 
     /// How often buffered writes (last-seen touches, …) are written to the
     /// file by the vault's background task (10 ms – 1 h, default 1 s). A
-    /// crash loses at most this much of them; [`Vault::close`] and
-    /// [`Vault::flush`] write them at once.
+    /// crash loses at most this much of them; [`Vault::close`](crate::Vault::close) and
+    /// [`Vault::flush`](crate::Vault::flush) write them at once.
     pub fn flush_interval(mut self, every: Duration) -> Self {
         self.flush_interval = every;
         self
     }
 
     /// How often the vault's background task runs retention
-    /// ([`Vault::sweep`]); `None` leaves it to the application or to
+    /// ([`Vault::sweep`](crate::Vault::sweep)); `None` leaves it to the application or to
     /// `statevault sweep` (at least 1 s; default hourly).
     pub fn sweep_interval(mut self, every: Option<Duration>) -> Self {
         self.sweep_interval = every;
@@ -223,7 +226,7 @@ impl VaultOptions {
         &self.path
     }
 
-    /// Where the key comes from, as set by [`VaultOptions::key_source`] (or
+    /// Where the key comes from, as set by [`VaultOptions::key_source`](crate::VaultOptions::key_source) (or
     /// a [`crate::Config`]).
     pub fn key_origin(&self) -> &KeySource {
         &self.key

@@ -108,6 +108,21 @@ pub fn tool(name: &str) -> Option<PathBuf> {
     found
 }
 
+/// `statevault-bench` beside the `statevault` binary under test (where
+/// `statevault bench` looks for it), or `None` after saying loudly that the
+/// test is skipped; `cargo test --workspace` builds it.
+pub fn bench_harness() -> Option<PathBuf> {
+    let harness = Path::new(env!("CARGO_BIN_EXE_statevault")).with_file_name("statevault-bench");
+    if harness.is_file() {
+        return Some(harness);
+    }
+    missing(
+        "statevault-bench",
+        "build it with cargo build -p statevault-bench, or run cargo test --workspace",
+    );
+    None
+}
+
 /// A Python interpreter that can `import sqlcipher3` (PyPI
 /// `sqlcipher3-binary`, SQLCipher 4): `$STATEVAULT_PYTHON`, else `python3`.
 pub fn sqlcipher_python() -> Option<PathBuf> {

@@ -46,7 +46,7 @@ fn duration(quick: bool) -> Duration {
 /// In-memory `check` beside a plain HashMap token bucket.
 pub async fn ratelimit_check(dir: &Path, quick: bool) -> Result<Value> {
     let vault =
-        Vault::open(super::bench::options(&dir.join("limits.db")).limits(config(false))).await?;
+        Vault::open(crate::harness::options(&dir.join("limits.db")).limits(config(false))).await?;
     let subjects = subjects();
     let limits = vault.limits();
     let client = ClientInfo::none();
@@ -99,7 +99,7 @@ pub async fn ratelimit_check(dir: &Path, quick: bool) -> Result<Value> {
     }
     let base = ops as f64 / started.elapsed().as_secs_f64();
     std::hint::black_box(allowed);
-    Ok(Value::Object(super::bench::workload(
+    Ok(Value::Object(crate::harness::workload(
         ours,
         "std HashMap<String, (tokens, last_ms)> token bucket, one thread, same clock",
         base,
@@ -109,7 +109,7 @@ pub async fn ratelimit_check(dir: &Path, quick: bool) -> Result<Value> {
 /// Shared-mode `check` beside rusqlite's upsert-returning per check.
 pub async fn ratelimit_check_shared(dir: &Path, quick: bool) -> Result<Value> {
     let path = dir.join("limits-shared.db");
-    let vault = Vault::open(super::bench::options(&path).limits(config(true))).await?;
+    let vault = Vault::open(crate::harness::options(&path).limits(config(true))).await?;
     let subjects = subjects();
     let limits = vault.limits();
     let client = ClientInfo::none();
@@ -133,7 +133,7 @@ pub async fn ratelimit_check_shared(dir: &Path, quick: bool) -> Result<Value> {
     let ours = ops as f64 / started.elapsed().as_secs_f64();
     vault.close().await?;
     let base = rusqlite_upserts(&path, &subjects, run_for)?;
-    Ok(Value::Object(super::bench::workload(
+    Ok(Value::Object(crate::harness::workload(
         ours,
         "rusqlite BEGIN IMMEDIATE; INSERT … ON CONFLICT DO UPDATE … RETURNING; COMMIT per check, same file and key",
         base,
@@ -141,7 +141,7 @@ pub async fn ratelimit_check_shared(dir: &Path, quick: bool) -> Result<Value> {
 }
 
 fn rusqlite_upserts(path: &Path, subjects: &[String], run_for: Duration) -> Result<f64> {
-    let conn = super::bench::raw_connection(path)?;
+    let conn = crate::harness::raw_connection(path)?;
     let clock = SystemClock;
     let rate_per_ms = PLENTY / 3_600_000.0;
     let sql = "INSERT INTO token_buckets

@@ -9,12 +9,12 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use statevault::{AuditEvent, EventKind, Result, Vault};
 
-use super::bench::{Budget, per_sec, raw_connection, workload};
+use crate::harness::{Budget, per_sec, raw_connection, workload};
 
 const BATCH: u64 = 1000;
 
 pub async fn append(dir: &Path, budget: Budget) -> Result<Value> {
-    let vault = Vault::open(super::bench::options(&dir.join("audit_append.db"))).await?;
+    let vault = Vault::open(crate::harness::options(&dir.join("audit_append.db"))).await?;
     let started = Instant::now();
     let mut n = 0;
     while !budget.spent(started, n) {

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sketches_ddsketch::{Config, DDSketch};
 use statevault::{MAX_BINS, RELATIVE_ERROR, Result, Vault};
 
-use super::bench::{Budget, per_sec};
+use crate::harness::{Budget, per_sec};
 
 const BATCH: u64 = 1000;
 const ENDPOINTS: [&str; 8] = [
@@ -61,7 +61,7 @@ fn record(vault: &Vault, endpoint: &str, budget: Budget) -> (u64, Duration) {
 
 pub async fn record_metrics(dir: &Path, budget: Budget, quick: bool) -> Result<Value> {
     let rounds = if quick { 1 } else { ROUNDS };
-    let vault = Vault::open(super::bench::options(&dir.join("metrics_record.db"))).await?;
+    let vault = Vault::open(crate::harness::options(&dir.join("metrics_record.db"))).await?;
 
     // Alternate the two, best of three each: the machine is shared, and a
     // neighbour's burst should not land on one side only.

@@ -124,7 +124,7 @@ fn filled_lru<S: std::hash::BuildHasher>(
 pub async fn l1_get(dir: &Path, quick: bool) -> Result<Value> {
     const N: usize = 500;
     const ROUNDS: u32 = 8;
-    let vault = Vault::open(super::bench::options(&dir.join("cache_l1.db"))).await?;
+    let vault = Vault::open(crate::harness::options(&dir.join("cache_l1.db"))).await?;
     let cache = vault.cache();
     let keys = keys(N)?;
     let values: Vec<Vec<u8>> = (0..N).map(json_value).collect();
@@ -165,7 +165,7 @@ pub async fn l1_get(dir: &Path, quick: bool) -> Result<Value> {
     let stats = cache.stats().await?;
     let rss = rss_mb();
     vault.close().await?;
-    let mut m = super::bench::workload(
+    let mut m = crate::harness::workload(
         mean(ours),
         "lru::LruCache<String, Arc<[u8]>> get + clone, no lock, same keys and values, alternating rounds",
         mean(limit),
@@ -193,7 +193,7 @@ pub async fn l2_get(dir: &Path, quick: bool) -> Result<Value> {
     let n = if quick { 2_000 } else { 10_000 };
     let path = dir.join("cache_l2.db");
     let vault =
-        Vault::open(super::bench::options(&path).cache(CacheConfig::default().l1_entries(0)))
+        Vault::open(crate::harness::options(&path).cache(CacheConfig::default().l1_entries(0)))
             .await?;
     let cache = vault.cache();
     let keys = keys(n)?;
@@ -203,7 +203,7 @@ pub async fn l2_get(dir: &Path, quick: bool) -> Result<Value> {
     vault.flush().await?;
     let stats = cache.stats().await?;
     let walk = order(n, 10_000);
-    let conn = super::bench::raw_connection(&path)?;
+    let conn = crate::harness::raw_connection(&path)?;
     let mut zstd = zstd::bulk::Decompressor::new().map_err(zstd_error)?;
     let round = budget(quick) / ROUNDS;
     let (mut ours, mut limit) = (0.0, 0.0);
@@ -229,7 +229,7 @@ pub async fn l2_get(dir: &Path, quick: bool) -> Result<Value> {
     let (ours, limit) = (ours / f64::from(ROUNDS), limit / f64::from(ROUNDS));
     drop(conn);
     vault.close().await?;
-    let mut m = super::bench::workload(
+    let mut m = crate::harness::workload(
         ours,
         "rusqlite point read + zstd decompress (reused context), same file, key and rows",
         limit,
@@ -252,7 +252,7 @@ pub async fn set(dir: &Path, quick: bool) -> Result<Value> {
     let keys = keys(n)?;
     let values: Vec<Vec<u8>> = (0..n).map(json_value).collect();
 
-    let vault = Vault::open(super::bench::options(&dir.join("cache_set.db"))).await?;
+    let vault = Vault::open(crate::harness::options(&dir.join("cache_set.db"))).await?;
     let cache = vault.cache();
     let started = Instant::now();
     for (i, (k, v)) in keys.iter().zip(&values).enumerate() {
@@ -266,11 +266,11 @@ pub async fn set(dir: &Path, quick: bool) -> Result<Value> {
     vault.close().await?;
 
     let path = dir.join("cache_set_rusqlite.db");
-    Vault::open(super::bench::options(&path))
+    Vault::open(crate::harness::options(&path))
         .await?
         .close()
         .await?;
-    let mut conn = super::bench::raw_connection(&path)?;
+    let mut conn = crate::harness::raw_connection(&path)?;
     // The vault's own settings: level 3, literals without Huffman coding.
     let mut zstd = zstd::bulk::Compressor::new(3).map_err(zstd_error)?;
     zstd.set_parameter(zstd::zstd_safe::CParameter::LiteralCompressionMode(
@@ -317,7 +317,7 @@ pub async fn set(dir: &Path, quick: bool) -> Result<Value> {
     }
     let limit = n as f64 / started.elapsed().as_secs_f64();
     drop(conn);
-    let mut m = super::bench::workload(
+    let mut m = crate::harness::workload(
         ours,
         "rusqlite: zstd (reused context) + 100 rows per INSERT, 1000 per transaction, same rows",
         limit,

@@ -8,12 +8,12 @@ use std::time::Instant;
 use serde_json::Value;
 use statevault::{Error, NewSession, Result, SessionConfig, Vault};
 
-use super::bench::{Budget, per_sec, raw_connection, workload};
+use crate::harness::{Budget, per_sec, raw_connection, workload};
 
 /// Creating a session (one transaction: cap check + insert) vs rusqlite
 /// inserting the same row in its own transaction.
 pub async fn create(dir: &Path, budget: Budget) -> Result<Value> {
-    let vault = Vault::open(super::bench::options(&dir.join("session_create.db"))).await?;
+    let vault = Vault::open(crate::harness::options(&dir.join("session_create.db"))).await?;
     let started = Instant::now();
     let mut n = 0;
     while !budget.spent(started, n) {
@@ -60,7 +60,7 @@ pub async fn create(dir: &Path, budget: Budget) -> Result<Value> {
 /// file (memory off), vs rusqlite's indexed lookup of the token hash.
 pub async fn validate(dir: &Path, budget: Budget) -> Result<Value> {
     let path = dir.join("session_validate.db");
-    let vault = Vault::open(super::bench::options(&path)).await?;
+    let vault = Vault::open(crate::harness::options(&path)).await?;
     let mut tokens = Vec::new();
     for i in 0..1000 {
         let issued = vault
@@ -73,7 +73,7 @@ pub async fn validate(dir: &Path, budget: Budget) -> Result<Value> {
     vault.close().await?;
     let mut no_memory = SessionConfig::default();
     no_memory.memory_entries = 0;
-    let vault = Vault::open(super::bench::options(&path).sessions(no_memory)).await?;
+    let vault = Vault::open(crate::harness::options(&path).sessions(no_memory)).await?;
     let from_file = validate_rate(&vault, &tokens, budget).await?;
     vault.close().await?;
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use statevault::{FakeClock, Result, SessionConfig, Timestamp, Vault, default_key_file};
 
-use super::bench::{per_sec, raw_connection, workload};
+use crate::harness::{per_sec, raw_connection, workload};
 
 const BATCH: i64 = 500;
 
@@ -22,7 +22,7 @@ pub async fn sweep_expired(dir: &Path, quick: bool, rows: Option<u64>) -> Result
     let theirs_path = dir.join("sweep_expired_rusqlite.db");
     let clock = FakeClock::new(Timestamp::from_millis(1_767_225_600_000));
     let vault = Vault::open(
-        super::bench::options(&ours_path)
+        crate::harness::options(&ours_path)
             .clock(clock.clone())
             .sweep_interval(None),
     )
@@ -34,7 +34,7 @@ pub async fn sweep_expired(dir: &Path, quick: bool, rows: Option<u64>) -> Result
     // 31 days later every row is past the 30-day retention.
     clock.advance(Duration::from_secs(31 * 24 * 3600));
     let vault = Vault::open(
-        super::bench::options(&ours_path)
+        crate::harness::options(&ours_path)
             .clock(clock.clone())
             .sessions(SessionConfig::default())
             .sweep_interval(None),
