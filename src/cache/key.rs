@@ -14,9 +14,9 @@ use crate::{Error, Result};
 pub const MAX_KEY_BYTES: usize = 1024;
 
 /// A cache key: its text (the row's primary key), the namespace that picks
-/// its default TTL and that [`Cache::clear_namespace`](super::Cache::clear_namespace)
+/// its default TTL and that [`Cache::clear_namespace`](crate::Cache::clear_namespace)
 /// clears, and optionally the user it belongs to (for
-/// [`Cache::clear_user`](super::Cache::clear_user)).
+/// [`Cache::clear_user`](crate::Cache::clear_user)).
 ///
 /// ```
 /// use statevault::CacheKey;

@@ -6,57 +6,67 @@
 //!
 //! - Recording ([`Metrics::increment`], [`Metrics::gauge`],
 //!   [`Metrics::timing`], [`Metrics::record_api_call`]) touches memory only:
-//!   one of 32 shard locks, chosen by a hash of (name, labels), held for a
-//!   few hundred nanoseconds and never across an `.await`. Recording never
+//!   one of 32 shard locks, chosen by a hash of (name, labels), held only
+//!   to update one aggregate and never across an `.await`. Recording never
 //!   allocates once a series exists. The time is the vault clock's
 //!   [`now_coarse`](crate::Clock::now_coarse) (a few milliseconds old with
-//!   the system clock, a few nanoseconds to read): plenty for intervals of a
+//!   the system clock, and far cheaper to read): plenty for intervals of a
 //!   second or more.
 //! - Each series keeps the aggregate of its current interval (default 60 s,
 //!   [`MetricsConfig::interval`]): count, sum, min, max, last value, and for
 //!   timings a [DDSketch](https://arxiv.org/abs/1908.10693) with a relative
 //!   accuracy of 1 % ([`RELATIVE_ERROR`]) and at most 2048 bins
 //!   ([`MAX_BINS`]).
-//! - [`Vault::flush`] (the vault's background task, every `flush_interval`)
-//!   writes the intervals that have ended, in one transaction with
-//!   multi-row upserts; [`Vault::close`] writes the open interval too. A
-//!   point written twice (a close and a restart within one interval) is
-//!   merged with the stored one, never overwritten.
+//! - [`Vault::flush`](crate::Vault::flush) (the vault's background task,
+//!   every `flush_interval`) writes the intervals that have ended, in one
+//!   transaction with multi-row upserts; [`Vault::close`](crate::Vault::close)
+//!   writes the open interval too. A point written twice (a close and a
+//!   restart within one interval) is merged with the stored one, never
+//!   overwritten.
 //! - Queries read the stored points: a range's percentiles are the merge of
 //!   the sketches of the points that start in it.
 //! - [`Metrics::sweep`] downsamples points older than 7 days to hourly
 //!   points and purges points older than 30 days.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: [`Metrics`], the handle: recording, queries, the report, the
+//!   Prometheus exposition, the sweep; and [`Sources`], what the vault tells
+//!   it about the other facets.
+//! - `state.rs`: the series in memory and the flush; `points.rs`: an
+//!   interval's aggregate, its sketch, and how points merge.
+//! - `config.rs`: [`MetricsConfig`]; `types.rs`: what it reports;
+//!   `prom.rs`: the Prometheus text format.
+//! - `backend.rs`: the storage contract; `sqlite.rs`: every statement of
+//!   the facet.
 
+mod backend;
+mod config;
+mod points;
 mod prom;
-mod sql;
+mod sqlite;
+mod state;
+mod types;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
-use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::Serialize;
-use sketches_ddsketch::{Config, DDSketch};
+use backend::MetricsBackend;
+use config::HOUR_MS;
+pub use config::MetricsConfig;
+use points::Agg;
+pub use points::{MAX_BINS, RELATIVE_ERROR};
+pub use prom::sanitize_name;
+pub(crate) use state::MetricsState;
+pub use types::{
+    AuthCounts, EndpointErrors, FileSizes, MetricKind, MetricsReport, MetricsSweep, SeriesPoint,
+    SeriesSummary, Summary,
+};
 
 use crate::core::Core;
-use crate::core::lock;
 use crate::{Error, Result, Timestamp};
 
-pub use prom::sanitize_name;
-
-/// The sketch's relative accuracy: a reported quantile is within ±1 % of
-/// the value of the sample at that rank.
-pub const RELATIVE_ERROR: f64 = 0.01;
-/// The most bins a sketch holds (8 bytes each); past it the lowest bins
-/// collapse, so memory per series is bounded whatever is recorded. With 1 %
-/// accuracy, 2048 bins cover values over 17 orders of magnitude.
-pub const MAX_BINS: u32 = 2048;
-/// Values at or below this count as zero in a sketch.
-const MIN_VALUE: f64 = 1e-9;
-
-const SHARDS: usize = 32;
-const HOUR_MS: i64 = 3_600_000;
 /// Rows per retention transaction.
 const SWEEP_BATCH: i64 = 500;
 
@@ -66,378 +76,6 @@ pub const API_REQUESTS: &str = "api_requests";
 pub const API_REQUEST_DURATION: &str = "api_request_duration";
 /// The name [`Metrics::record_auth`] counts attempts under.
 pub const AUTH_ATTEMPTS: &str = "auth_attempts";
-
-fn sketch_config() -> Config {
-    Config::new(RELATIVE_ERROR, MAX_BINS, MIN_VALUE)
-}
-
-/// How metrics are aggregated and kept.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetricsConfig {
-    /// Length of one stored point (1 s – 1 h, default 60 s).
-    pub interval: Duration,
-    /// Points older than this are purged by [`Metrics::sweep`] (default 30 days).
-    pub retention: Duration,
-    /// Points older than this are merged into hourly points by
-    /// [`Metrics::sweep`] (default 7 days).
-    pub downsample_after: Duration,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig {
-            interval: Duration::from_secs(60),
-            retention: Duration::from_secs(30 * 86_400),
-            downsample_after: Duration::from_secs(7 * 86_400),
-        }
-    }
-}
-
-impl MetricsConfig {
-    pub(crate) fn validate(&self) -> Result<()> {
-        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.interval) {
-            return Err(Error::invalid(
-                "metrics.interval",
-                "not between 1 s and 1 h",
-            ));
-        }
-        if self.interval.subsec_millis() != 0 {
-            return Err(Error::invalid("metrics.interval", "not whole seconds"));
-        }
-        if self.downsample_after > self.retention {
-            return Err(Error::invalid(
-                "metrics.downsample_after",
-                "longer than the retention",
-            ));
-        }
-        Ok(())
-    }
-
-    fn interval_ms(&self) -> i64 {
-        i64::try_from(self.interval.as_millis()).unwrap_or(HOUR_MS)
-    }
-}
-
-/// What a metric measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MetricKind {
-    /// A count that only goes up (stored per interval: the increments).
-    Counter,
-    /// A value set from time to time (the last one counts).
-    Gauge,
-    /// A distribution of observations (durations in milliseconds), with percentiles.
-    Timing,
-}
-
-impl MetricKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            MetricKind::Counter => "counter",
-            MetricKind::Gauge => "gauge",
-            MetricKind::Timing => "timing",
-        }
-    }
-
-    fn parse(text: &str) -> Result<Self> {
-        match text {
-            "counter" => Ok(MetricKind::Counter),
-            "gauge" => Ok(MetricKind::Gauge),
-            "timing" => Ok(MetricKind::Timing),
-            other => Err(Error::invalid(
-                "metrics.kind",
-                format!("unknown kind {other:?}"),
-            )),
-        }
-    }
-}
-
-/// One interval's aggregate of a series.
-#[derive(Clone)]
-struct Agg {
-    start_ms: i64,
-    count: u64,
-    sum: f64,
-    min: f64,
-    max: f64,
-    last: f64,
-    sketch: Option<DDSketch>,
-}
-
-impl Agg {
-    fn empty(kind: MetricKind) -> Self {
-        Agg {
-            start_ms: 0,
-            count: 0,
-            sum: 0.0,
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
-            last: 0.0,
-            sketch: (kind == MetricKind::Timing).then(|| DDSketch::new(sketch_config())),
-        }
-    }
-
-    fn add(&mut self, value: f64) {
-        self.count += 1;
-        self.sum += value;
-        self.min = self.min.min(value);
-        self.max = self.max.max(value);
-        self.last = value;
-        if let Some(sketch) = &mut self.sketch {
-            sketch.add(value);
-        }
-    }
-
-    /// Merges `other`, which is later in time when `other_later`.
-    fn merge(&mut self, other: &Agg, other_later: bool) -> Result<()> {
-        if other.count == 0 {
-            return Ok(());
-        }
-        if self.count == 0 || other_later {
-            self.last = other.last;
-        }
-        self.count += other.count;
-        self.sum += other.sum;
-        self.min = self.min.min(other.min);
-        self.max = self.max.max(other.max);
-        match (&mut self.sketch, &other.sketch) {
-            (Some(a), Some(b)) => a
-                .merge(b)
-                .map_err(|e| Error::invalid("metrics.sketch", e.to_string()))?,
-            (None, Some(b)) => self.sketch = Some(b.clone()),
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn quantile(&self, q: f64) -> Option<f64> {
-        self.sketch.as_ref()?.quantile(q).ok().flatten()
-    }
-}
-
-/// A series in memory: its identity and the current interval's aggregate.
-struct Series {
-    name: std::sync::Arc<str>,
-    labels: Box<[(Box<str>, Box<str>)]>,
-    labels_json: std::sync::Arc<str>,
-    kind: MetricKind,
-    agg: Agg,
-}
-
-impl Series {
-    fn matches(&self, name: &str, kind: MetricKind, labels: &[(&str, &str)]) -> bool {
-        if self.kind != kind || &*self.name != name || self.labels.len() != labels.len() {
-            return false;
-        }
-        // Callers usually give labels in one order: try it first.
-        let in_order = self
-            .labels
-            .iter()
-            .zip(labels)
-            .all(|((sk, sv), (k, v))| &**sk == *k && &**sv == *v);
-        in_order
-            || labels.iter().all(|(k, v)| {
-                self.labels
-                    .iter()
-                    .any(|(sk, sv)| &**sk == *k && &**sv == *v)
-            })
-    }
-}
-
-/// A point taken from memory, to be written.
-pub(crate) struct Point {
-    name: std::sync::Arc<str>,
-    labels: std::sync::Arc<str>,
-    kind: MetricKind,
-    interval_secs: i64,
-    agg: Agg,
-}
-
-/// A hasher for keys that are already hashes.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// One shard per cache-line pair, so tasks on neighbouring shards do not
-/// contend for one line.
-#[repr(align(128))]
-#[derive(Default)]
-struct Shard {
-    /// Series by the hash of (name, kind, labels); equal hashes share a Vec.
-    series: HashMap<u64, Vec<Series>, BuildHasherDefault<Prehashed>>,
-    /// Ended intervals not yet written.
-    closed: Vec<Point>,
-}
-
-/// The facet's state, one per vault.
-pub(crate) struct MetricsState {
-    config: MetricsConfig,
-    /// Seeded per process: label values may come from requests.
-    hasher: foldhash::fast::RandomState,
-    shards: Box<[Mutex<Shard>]>,
-}
-
-impl MetricsState {
-    pub(crate) fn new(config: MetricsConfig) -> Result<Self> {
-        config.validate()?;
-        Ok(MetricsState {
-            config,
-            hasher: foldhash::fast::RandomState::default(),
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-        })
-    }
-
-    fn record(
-        &self,
-        now: Timestamp,
-        name: &str,
-        kind: MetricKind,
-        labels: &[(&str, &str)],
-        value: f64,
-    ) {
-        if !value.is_finite() || (kind == MetricKind::Counter && value < 0.0) {
-            tracing::debug!(
-                name,
-                value,
-                "metric value dropped: not finite, or a negative count"
-            );
-            return;
-        }
-        let mut hash = self.hasher.hash_one((name, kind as u8));
-        for pair in labels {
-            hash = hash.wrapping_add(self.hasher.hash_one(pair));
-        }
-        let interval = self.config.interval_ms();
-        let start_ms = now.as_millis().div_euclid(interval) * interval;
-        let shard = &self.shards[(hash as usize) % SHARDS];
-        let mut shard = lock(shard);
-        let Shard { series, closed } = &mut *shard;
-        let bucket = series.entry(hash).or_default();
-        let index = match bucket.iter().position(|s| s.matches(name, kind, labels)) {
-            Some(i) => i,
-            None => {
-                // Checked only for a new series: labels with a key twice
-                // never match one, so they always come here.
-                if has_duplicate_keys(labels) {
-                    tracing::debug!(name, "metric dropped: a label name given twice");
-                    return;
-                }
-                bucket.push(new_series(name, kind, labels));
-                bucket.len() - 1
-            }
-        };
-        let s = &mut bucket[index];
-        if s.agg.count > 0 && s.agg.start_ms != start_ms {
-            let ended = std::mem::replace(&mut s.agg, Agg::empty(kind));
-            closed.push(Point {
-                name: s.name.clone(),
-                labels: s.labels_json.clone(),
-                kind,
-                interval_secs: interval / 1000,
-                agg: ended,
-            });
-        }
-        if s.agg.count == 0 {
-            s.agg.start_ms = start_ms;
-        }
-        s.agg.add(value);
-    }
-
-    /// Takes the points of ended intervals (every point when `all`), and
-    /// drops series that recorded nothing for a whole interval.
-    fn take(&self, now: Timestamp, all: bool) -> Vec<Point> {
-        let interval = self.config.interval_ms();
-        let current = now.as_millis().div_euclid(interval) * interval;
-        let mut taken = Vec::new();
-        for shard in self.shards.iter() {
-            let mut shard = lock(shard);
-            let Shard { series, closed } = &mut *shard;
-            taken.append(closed);
-            series.retain(|_, bucket| {
-                bucket.retain_mut(|s| {
-                    if s.agg.count == 0 {
-                        return false;
-                    }
-                    if all || s.agg.start_ms < current {
-                        let ended = std::mem::replace(&mut s.agg, Agg::empty(s.kind));
-                        taken.push(Point {
-                            name: s.name.clone(),
-                            labels: s.labels_json.clone(),
-                            kind: s.kind,
-                            interval_secs: interval / 1000,
-                            agg: ended,
-                        });
-                    }
-                    true
-                });
-                !bucket.is_empty()
-            });
-        }
-        taken
-    }
-
-    /// Puts back points whose write failed; the next flush writes them.
-    fn put_back(&self, points: Vec<Point>) {
-        lock(&self.shards[0]).closed.extend(points);
-    }
-
-    /// Writes ended intervals (all intervals when `all`) in one transaction.
-    pub(crate) async fn flush(&self, core: &Core, all: bool) -> Result<()> {
-        let points = self.take(core.now_coarse(), all);
-        if points.is_empty() {
-            return Ok(());
-        }
-        let written = async {
-            let mut tx = core.store().sqlx_transaction().await?;
-            sql::write_points(&mut tx, &points).await?;
-            tx.commit().await?;
-            Ok::<_, Error>(())
-        }
-        .await;
-        if let Err(e) = written {
-            self.put_back(points);
-            return Err(e);
-        }
-        Ok(())
-    }
-}
-
-fn has_duplicate_keys(labels: &[(&str, &str)]) -> bool {
-    labels
-        .iter()
-        .enumerate()
-        .any(|(i, (k, _))| labels[..i].iter().any(|(other, _)| other == k))
-}
-
-fn new_series(name: &str, kind: MetricKind, labels: &[(&str, &str)]) -> Series {
-    let sorted: BTreeMap<&str, &str> = labels.iter().copied().collect();
-    let json = serde_json::to_string(&sorted).unwrap_or_else(|_| "{}".to_owned());
-    Series {
-        name: name.into(),
-        labels: sorted
-            .iter()
-            .map(|(k, v)| (Box::from(*k), Box::from(*v)))
-            .collect(),
-        labels_json: json.into(),
-        kind,
-        agg: Agg::empty(kind),
-    }
-}
 
 /// The metrics facet of a vault: `vault.metrics()`.
 ///
@@ -483,130 +121,6 @@ impl fmt::Debug for Metrics<'_> {
     }
 }
 
-/// Percentiles and totals of a timing (or any metric) over a range.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Summary {
-    /// Observations.
-    pub count: u64,
-    /// Their sum.
-    pub sum: f64,
-    /// The smallest (exact).
-    pub min: Option<f64>,
-    /// The largest (exact).
-    pub max: Option<f64>,
-    /// The median (timings only; within [`RELATIVE_ERROR`]).
-    pub p50: Option<f64>,
-    /// The 95th percentile.
-    pub p95: Option<f64>,
-    /// The 99th percentile.
-    pub p99: Option<f64>,
-}
-
-impl Summary {
-    fn of(agg: &Agg) -> Summary {
-        let some = |v: f64| (agg.count > 0).then_some(v);
-        Summary {
-            count: agg.count,
-            sum: agg.sum,
-            min: some(agg.min),
-            max: some(agg.max),
-            p50: agg.quantile(0.50),
-            p95: agg.quantile(0.95),
-            p99: agg.quantile(0.99),
-        }
-    }
-}
-
-/// One point of [`Metrics::series`]: the merge of the stored points that
-/// start in `[start, start + resolution)`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SeriesPoint {
-    /// Start of this bucket.
-    pub start: Timestamp,
-    /// The last value recorded in it (a gauge's value).
-    pub last: f64,
-    /// Totals and percentiles.
-    #[serde(flatten)]
-    pub summary: Summary,
-}
-
-/// Requests and errors of one endpoint ([`Metrics::error_rates`]).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EndpointErrors {
-    /// The endpoint.
-    pub endpoint: String,
-    /// Requests.
-    pub requests: u64,
-    /// Responses with status 400–499.
-    pub client_errors: u64,
-    /// Responses with status 500 and up.
-    pub server_errors: u64,
-    /// `server_errors / requests`.
-    pub error_rate: f64,
-}
-
-/// Authentication attempts ([`Metrics::auth`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct AuthCounts {
-    /// Successful attempts.
-    pub success: u64,
-    /// Failed attempts.
-    pub failure: u64,
-}
-
-/// Sizes of the vault's files.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct FileSizes {
-    /// The database file.
-    pub file_bytes: u64,
-    /// Its `-wal` file.
-    pub wal_bytes: u64,
-}
-
-/// One series in a [`MetricsReport`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SeriesSummary {
-    /// The metric's name.
-    pub name: String,
-    /// Its labels.
-    pub labels: BTreeMap<String, String>,
-    /// What it measures.
-    pub kind: MetricKind,
-    /// The last value recorded in the range.
-    pub last: f64,
-    /// Totals and percentiles over the range.
-    #[serde(flatten)]
-    pub summary: Summary,
-}
-
-/// Everything [`Metrics::report`] knows, as `statevault metrics --format json` prints it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MetricsReport {
-    /// Start of the range.
-    pub from: Timestamp,
-    /// End of the range.
-    pub to: Timestamp,
-    /// Every series with points in the range.
-    pub series: Vec<SeriesSummary>,
-    /// Requests and errors per endpoint.
-    pub error_rates: Vec<EndpointErrors>,
-    /// Authentication attempts.
-    pub auth: AuthCounts,
-    /// Sessions live now.
-    pub active_sessions: u64,
-    /// File sizes now.
-    pub files: FileSizes,
-}
-
-/// What [`Metrics::sweep`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct MetricsSweep {
-    /// Points older than the retention, deleted.
-    pub purged: u64,
-    /// Fine points merged into hourly points.
-    pub downsampled: u64,
-}
-
 /// A boxed future, for the [`Sources`] trait object.
 pub(crate) type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -634,6 +148,11 @@ impl<'a> Metrics<'a> {
             state,
             sources,
         }
+    }
+
+    /// The stored points, through their backend.
+    fn storage(&self) -> sqlite::Sqlite<'a> {
+        state::backend(self.core)
     }
 
     /// Adds `by` to a counter. Negative or non-finite amounts are dropped,
@@ -720,8 +239,9 @@ impl<'a> Metrics<'a> {
         self.increment(AUTH_ATTEMPTS, &[("outcome", outcome)], 1.0);
     }
 
-    /// Writes every series' open interval now, as [`Vault::close`] does
-    /// (later records in the same interval are merged into the same point).
+    /// Writes every series' open interval now, as
+    /// [`Vault::close`](crate::Vault::close) does (later records in the same
+    /// interval are merged into the same point).
     pub async fn flush_all(&self) -> Result<()> {
         self.state.flush(self.core, true).await
     }
@@ -741,7 +261,7 @@ impl<'a> Metrics<'a> {
         if res < 1000 {
             return Err(Error::invalid("resolution", "shorter than a second"));
         }
-        let rows = sql::points(self.core, Some(name), from, to).await?;
+        let rows = self.storage().points(Some(name), from, to).await?;
         let mut buckets: BTreeMap<i64, Agg> = BTreeMap::new();
         for row in rows.iter().filter(|r| r.has_labels(labels)) {
             let offset = (row.agg.start_ms - from.as_millis()).div_euclid(res) * res;
@@ -768,7 +288,7 @@ impl<'a> Metrics<'a> {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Summary> {
-        let rows = sql::points(self.core, Some(name), from, to).await?;
+        let rows = self.storage().points(Some(name), from, to).await?;
         let mut total: Option<Agg> = None;
         for row in rows.iter().filter(|r| r.has_labels(labels)) {
             match &mut total {
@@ -793,7 +313,10 @@ impl<'a> Metrics<'a> {
     /// Requests, 4xx and 5xx per endpoint in `[from, to)`, from
     /// [`record_api_call`](Metrics::record_api_call)'s counter.
     pub async fn error_rates(&self, from: Timestamp, to: Timestamp) -> Result<Vec<EndpointErrors>> {
-        let rows = sql::counter_totals(self.core, API_REQUESTS, from, to).await?;
+        let rows = self
+            .storage()
+            .counter_totals(API_REQUESTS, from, to)
+            .await?;
         let mut by: BTreeMap<String, EndpointErrors> = BTreeMap::new();
         for (labels, total) in rows {
             let endpoint = labels.get("endpoint").cloned().unwrap_or_default();
@@ -829,7 +352,11 @@ impl<'a> Metrics<'a> {
     /// [`record_auth`](Metrics::record_auth)'s counter.
     pub async fn auth(&self, from: Timestamp, to: Timestamp) -> Result<AuthCounts> {
         let mut counts = AuthCounts::default();
-        for (labels, total) in sql::counter_totals(self.core, AUTH_ATTEMPTS, from, to).await? {
+        for (labels, total) in self
+            .storage()
+            .counter_totals(AUTH_ATTEMPTS, from, to)
+            .await?
+        {
             match labels.get("outcome").map(String::as_str) {
                 Some("success") => counts.success += total as u64,
                 Some("failure") => counts.failure += total as u64,
@@ -855,7 +382,7 @@ impl<'a> Metrics<'a> {
     /// Every series, error rates, auth counts, live sessions and file sizes
     /// over `[from, to)`.
     pub async fn report(&self, from: Timestamp, to: Timestamp) -> Result<MetricsReport> {
-        let rows = sql::points(self.core, None, from, to).await?;
+        let rows = self.storage().points(None, from, to).await?;
         let mut merged: BTreeMap<(String, String, &'static str), (MetricKind, Agg)> =
             BTreeMap::new();
         for row in rows {
@@ -899,9 +426,11 @@ impl<'a> Metrics<'a> {
     /// [`flush_all`](Metrics::flush_all) first to include it.
     pub async fn prometheus(&self, window: Duration) -> Result<String> {
         let now = self.core.now();
-        let totals = sql::totals(self.core).await?;
-        let recent =
-            sql::points(self.core, None, now.saturating_sub(window), Timestamp::MAX).await?;
+        let totals = self.storage().totals().await?;
+        let recent = self
+            .storage()
+            .points(None, now.saturating_sub(window), Timestamp::MAX)
+            .await?;
         let mut quantiles: HashMap<(String, String), Agg> = HashMap::new();
         for row in recent.into_iter().filter(|r| r.kind == MetricKind::Timing) {
             match quantiles.entry((row.name.to_string(), row.labels.clone())) {
@@ -968,7 +497,9 @@ impl<'a> Metrics<'a> {
             .div_euclid(HOUR_MS)
             * HOUR_MS;
         loop {
-            let n = sql::downsample_batch(self.core, Timestamp::from_millis(cutoff), SWEEP_BATCH)
+            let n = self
+                .storage()
+                .downsample(Timestamp::from_millis(cutoff), SWEEP_BATCH)
                 .await?;
             counts.downsampled += n;
             if n < SWEEP_BATCH as u64 {
@@ -977,7 +508,7 @@ impl<'a> Metrics<'a> {
         }
         let purge_before = now.saturating_sub(config.retention);
         loop {
-            let n = sql::purge_batch(self.core, purge_before, SWEEP_BATCH).await?;
+            let n = self.storage().purge(purge_before, SWEEP_BATCH).await?;
             counts.purged += n;
             if n < SWEEP_BATCH as u64 {
                 break;
@@ -1031,18 +562,5 @@ mod tests {
         assert_eq!(status_text(200, &mut buf), "200");
         assert_eq!(status_text(0, &mut buf), "0");
         assert_eq!(status_text(65535, &mut buf), "65535");
-    }
-
-    #[test]
-    fn sketch_round_trips_and_merges() {
-        let mut a = Agg::empty(MetricKind::Timing);
-        for v in 1..=1000 {
-            a.add(f64::from(v));
-        }
-        let bytes = a.sketch.as_ref().unwrap().to_java_bytes();
-        let back = DDSketch::from_java_bytes(&bytes).unwrap();
-        let mut fresh = DDSketch::new(sketch_config());
-        fresh.merge(&back).unwrap();
-        assert_eq!(fresh.count(), 1000);
     }
 }

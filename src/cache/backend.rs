@@ -1,0 +1,131 @@
+//! The cache's storage contract: what L2 needs from a backend, in the
+//! cache's own terms. `sqlite.rs` implements it for the vault file; another
+//! backend implements the same two traits.
+
+use std::sync::Arc;
+
+use super::codec::{self, Codec};
+use super::l1::{Meta, Pending};
+use super::types::NamespaceStats;
+use crate::{Result, Timestamp};
+
+/// L2's reads, and the write transactions that change it.
+pub(crate) trait CacheBackend {
+    /// A write transaction, holding the backend's write lock until it
+    /// commits or is dropped (rolled back).
+    type Tx: CacheTx;
+
+    /// Begins a write transaction. It waits for any other writer of this
+    /// process, so memory changed after it began cannot be overwritten by a
+    /// flush still under way (the module's guarantee 1).
+    async fn begin(&self) -> Result<Self::Tx>;
+
+    /// The point read, on the caller's thread: one lookup, the value decoded
+    /// unless the row has expired. A value too large to read and decode on
+    /// this thread is [`Found::Large`].
+    fn read(&self, key: &str, now: Timestamp, max: usize) -> Result<Option<Found>>;
+
+    /// The point read for a row [`read`](CacheBackend::read) found too
+    /// large: read and decoded off the caller's thread. Never [`Found::Large`].
+    async fn read_large(&self, key: &str, now: Timestamp, max: usize) -> Result<Option<Found>>;
+
+    /// Whether a live row exists, without reading its value, on the caller's
+    /// thread.
+    fn exists(&self, key: &str, now: Timestamp) -> Result<bool>;
+
+    /// The keys of `user`'s rows, in order (for a user's export).
+    async fn keys_of_user(&self, user: &str) -> Result<Vec<String>>;
+
+    /// What L2 holds per namespace, in namespace order.
+    async fn namespaces(&self, now: Timestamp) -> Result<Vec<NamespaceStats>>;
+}
+
+/// What the cache does inside one write transaction.
+pub(crate) trait CacheTx: Send {
+    /// Writes sets (replacing rows and their tags) and last-access times
+    /// (only forward). Returns the stored bytes written.
+    async fn write(&mut self, rows: &[Row], touches: &[(Arc<str>, i64)]) -> Result<i64>;
+
+    /// Deletes these keys; how many rows went.
+    async fn delete_keys(&mut self, keys: &[&str]) -> Result<u64>;
+
+    /// Deletes every row the filter matches; how many.
+    async fn delete_where(&mut self, filter: Filter<'_>) -> Result<u64>;
+
+    /// A row as this transaction sees it (for counters), expired or not.
+    async fn read_for_update(&mut self, key: &str) -> Result<Option<CounterRow>>;
+
+    /// Sets a new expiry on a live row and notes the access; whether there
+    /// was one.
+    async fn set_expiry(
+        &mut self,
+        key: &str,
+        expires_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<bool>;
+
+    /// Deletes up to `limit` expired rows; how many.
+    async fn delete_expired(&mut self, now: Timestamp, limit: i64) -> Result<u64>;
+
+    /// The stored (compressed) bytes of every row, counted afresh.
+    async fn stored_bytes(&mut self) -> Result<i64>;
+
+    /// Deletes the least-recently-used rows that together free at least
+    /// `excess` stored bytes, at most `limit` of them; their stored bytes.
+    async fn evict_lru(&mut self, excess: i64, limit: i64) -> Result<Vec<i64>>;
+
+    /// Makes the transaction's changes durable and visible.
+    async fn commit(self) -> Result<()>;
+}
+
+/// What a point read found.
+pub(crate) enum Found {
+    Live {
+        value: std::result::Result<Arc<[u8]>, String>,
+        expires_at: Option<i64>,
+        /// The row's last access, in milliseconds since the epoch.
+        last_access: i64,
+        meta: Meta,
+    },
+    Expired,
+    /// A live row whose value is too large to read on the caller's thread,
+    /// not read: [`CacheBackend::read_large`] reads it.
+    Large,
+}
+
+/// Which rows an invalidation deletes.
+pub(crate) enum Filter<'a> {
+    Tag(&'a str),
+    User(&'a str),
+    Namespace(&'a str),
+    All,
+}
+
+/// A set, encoded for L2.
+pub(crate) struct Row {
+    pub(crate) key: Arc<str>,
+    pub(crate) pending: Pending,
+    pub(crate) codec: Codec,
+    pub(crate) stored: Vec<u8>,
+}
+
+impl Row {
+    pub(crate) fn encode(key: Arc<str>, pending: Pending, level: i32, raw_below: usize) -> Row {
+        let (codec, stored) = codec::encode(&pending.item.value, level, raw_below);
+        Row {
+            key,
+            pending,
+            codec,
+            stored,
+        }
+    }
+}
+
+/// A counter's row as the write transaction sees it, its value still encoded.
+pub(crate) struct CounterRow {
+    pub(crate) codec: String,
+    pub(crate) value: Vec<u8>,
+    pub(crate) size: i64,
+    pub(crate) expires_at: Option<Timestamp>,
+    pub(crate) tags: Box<[Box<str>]>,
+}

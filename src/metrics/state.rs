@@ -1,0 +1,234 @@
+//! The metrics' state in memory: series sharded by a hash of (name, kind,
+//! labels), each holding its current interval's aggregate, and the ended
+//! intervals waiting for the next flush.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex};
+
+use super::backend::MetricsBackend;
+use super::config::MetricsConfig;
+use super::points::{Agg, Point};
+use super::sqlite::Sqlite;
+use super::types::MetricKind;
+use crate::core::{Core, lock};
+use crate::{Result, Timestamp};
+
+const SHARDS: usize = 32;
+
+/// Where the points live: the one place that picks the backend.
+pub(super) fn backend(core: &Core) -> Sqlite<'_> {
+    Sqlite::new(core.store())
+}
+
+/// A series in memory: its identity and the current interval's aggregate.
+struct Series {
+    name: Arc<str>,
+    labels: Box<[(Box<str>, Box<str>)]>,
+    labels_json: Arc<str>,
+    kind: MetricKind,
+    agg: Agg,
+}
+
+impl Series {
+    fn matches(&self, name: &str, kind: MetricKind, labels: &[(&str, &str)]) -> bool {
+        if self.kind != kind || &*self.name != name || self.labels.len() != labels.len() {
+            return false;
+        }
+        // Callers usually give labels in one order: try it first.
+        let in_order = self
+            .labels
+            .iter()
+            .zip(labels)
+            .all(|((sk, sv), (k, v))| &**sk == *k && &**sv == *v);
+        in_order
+            || labels.iter().all(|(k, v)| {
+                self.labels
+                    .iter()
+                    .any(|(sk, sv)| &**sk == *k && &**sv == *v)
+            })
+    }
+}
+
+/// A hasher for keys that are already hashes.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// One shard per cache-line pair, so tasks on neighbouring shards do not
+/// contend for one line.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard {
+    /// Series by the hash of (name, kind, labels); equal hashes share a Vec.
+    series: HashMap<u64, Vec<Series>, BuildHasherDefault<Prehashed>>,
+    /// Ended intervals not yet written.
+    closed: Vec<Point>,
+}
+
+/// The facet's state, one per vault.
+pub(crate) struct MetricsState {
+    pub(super) config: MetricsConfig,
+    /// Seeded per process: label values may come from requests.
+    hasher: foldhash::fast::RandomState,
+    shards: Box<[Mutex<Shard>]>,
+}
+
+impl MetricsState {
+    pub(crate) fn new(config: MetricsConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(MetricsState {
+            config,
+            hasher: foldhash::fast::RandomState::default(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+        })
+    }
+
+    /// Adds `value` to its series' current interval, closing the series'
+    /// previous interval if that has ended.
+    pub(super) fn record(
+        &self,
+        now: Timestamp,
+        name: &str,
+        kind: MetricKind,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        if !value.is_finite() || (kind == MetricKind::Counter && value < 0.0) {
+            tracing::debug!(
+                name,
+                value,
+                "metric value dropped: not finite, or a negative count"
+            );
+            return;
+        }
+        let mut hash = self.hasher.hash_one((name, kind as u8));
+        for pair in labels {
+            hash = hash.wrapping_add(self.hasher.hash_one(pair));
+        }
+        let interval = self.config.interval_ms();
+        let start_ms = now.as_millis().div_euclid(interval) * interval;
+        let shard = &self.shards[(hash as usize) % SHARDS];
+        let mut shard = lock(shard);
+        let Shard { series, closed } = &mut *shard;
+        let bucket = series.entry(hash).or_default();
+        let index = match bucket.iter().position(|s| s.matches(name, kind, labels)) {
+            Some(i) => i,
+            None => {
+                // Checked only for a new series: labels with a key twice
+                // never match one, so they always come here.
+                if has_duplicate_keys(labels) {
+                    tracing::debug!(name, "metric dropped: a label name given twice");
+                    return;
+                }
+                bucket.push(new_series(name, kind, labels));
+                bucket.len() - 1
+            }
+        };
+        let s = &mut bucket[index];
+        if s.agg.count > 0 && s.agg.start_ms != start_ms {
+            let ended = std::mem::replace(&mut s.agg, Agg::empty(kind));
+            closed.push(Point {
+                name: s.name.clone(),
+                labels: s.labels_json.clone(),
+                kind,
+                interval_secs: interval / 1000,
+                agg: ended,
+            });
+        }
+        if s.agg.count == 0 {
+            s.agg.start_ms = start_ms;
+        }
+        s.agg.add(value);
+    }
+
+    /// Takes the points of ended intervals (every point when `all`), and
+    /// drops series that recorded nothing for a whole interval.
+    fn take(&self, now: Timestamp, all: bool) -> Vec<Point> {
+        let interval = self.config.interval_ms();
+        let current = now.as_millis().div_euclid(interval) * interval;
+        let mut taken = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            let Shard { series, closed } = &mut *shard;
+            taken.append(closed);
+            series.retain(|_, bucket| {
+                bucket.retain_mut(|s| {
+                    if s.agg.count == 0 {
+                        return false;
+                    }
+                    if all || s.agg.start_ms < current {
+                        let ended = std::mem::replace(&mut s.agg, Agg::empty(s.kind));
+                        taken.push(Point {
+                            name: s.name.clone(),
+                            labels: s.labels_json.clone(),
+                            kind: s.kind,
+                            interval_secs: interval / 1000,
+                            agg: ended,
+                        });
+                    }
+                    true
+                });
+                !bucket.is_empty()
+            });
+        }
+        taken
+    }
+
+    /// Puts back points whose write failed; the next flush writes them.
+    fn put_back(&self, points: Vec<Point>) {
+        lock(&self.shards[0]).closed.extend(points);
+    }
+
+    /// Writes ended intervals (all intervals when `all`) in one transaction.
+    pub(crate) async fn flush(&self, core: &Core, all: bool) -> Result<()> {
+        let points = self.take(core.now_coarse(), all);
+        if points.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = backend(core).write_points(&points).await {
+            self.put_back(points);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// Whether a label name is given twice.
+fn has_duplicate_keys(labels: &[(&str, &str)]) -> bool {
+    labels
+        .iter()
+        .enumerate()
+        .any(|(i, (k, _))| labels[..i].iter().any(|(other, _)| other == k))
+}
+
+/// A new series, its labels sorted by name.
+fn new_series(name: &str, kind: MetricKind, labels: &[(&str, &str)]) -> Series {
+    let sorted: BTreeMap<&str, &str> = labels.iter().copied().collect();
+    let json = serde_json::to_string(&sorted).unwrap_or_else(|_| "{}".to_owned());
+    Series {
+        name: name.into(),
+        labels: sorted
+            .iter()
+            .map(|(k, v)| (Box::from(*k), Box::from(*v)))
+            .collect(),
+        labels_json: json.into(),
+        kind,
+        agg: Agg::empty(kind),
+    }
+}
