@@ -69,8 +69,8 @@ impl Key {
     /// A new random raw key from the operating system's generator.
     pub fn generate() -> Result<Key> {
         let mut bytes = Zeroizing::new([0u8; 32]);
-        getrandom::fill(bytes.as_mut()).map_err(|e| Error::InvalidKey {
-            reason: format!("the system random generator failed: {e}"),
+        getrandom::fill(bytes.as_mut()).map_err(|e| Error::Internal {
+            detail: format!("the system random generator failed: {e}"),
         })?;
         Ok(Key::of(Material::Raw(bytes)))
     }

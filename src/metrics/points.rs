@@ -77,9 +77,10 @@ impl Agg {
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
         match (&mut self.sketch, &other.sketch) {
-            (Some(a), Some(b)) => a
-                .merge(b)
-                .map_err(|e| Error::invalid("metrics.sketch", e.to_string()))?,
+            (Some(a), Some(b)) => a.merge(b).map_err(|e| Error::BadData {
+                what: "a metric's sketch".into(),
+                detail: format!("it does not merge with this process's: {e}"),
+            })?,
             (None, Some(b)) => self.sketch = Some(b.clone()),
             _ => {}
         }

@@ -168,8 +168,10 @@ fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<StoredPoint> {
     let sketch: Option<Vec<u8>> = row.try_get(10)?;
     let sketch = sketch
         .map(|bytes| {
-            DDSketch::from_java_bytes(&bytes)
-                .map_err(|e| Error::invalid("metrics.sketch", format!("cannot decode: {e:?}")))
+            DDSketch::from_java_bytes(&bytes).map_err(|e| Error::BadData {
+                what: "a metric's sketch".into(),
+                detail: format!("it does not decode: {e:?}"),
+            })
         })
         .transpose()?;
     let count: i64 = row.try_get(5)?;
