@@ -23,14 +23,14 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// A session is expired this long after creation, however used (default 7 days).
     pub absolute_lifetime: Duration,
-    /// [`Session::rotation_due`] turns true this long after the token was
+    /// [`Session::rotation_due`](crate::Session::rotation_due) turns true this long after the token was
     /// issued (default 24 h).
     pub rotation_interval: Duration,
     /// Live sessions one user may have at once (default 3).
     pub max_per_user: usize,
     /// What creating one more than `max_per_user` does (default: evict the oldest).
     pub when_full: WhenFull,
-    /// [`Sessions::sweep`] deletes sessions unused for this long (default 30 days).
+    /// [`Sessions::sweep`](crate::Sessions::sweep) deletes sessions unused for this long (default 30 days).
     pub retention: Duration,
     /// How many validated sessions are kept in memory (default 10 000, at
     /// most [`MAX_SESSION_MEMORY_ENTRIES`]; 0 turns it off). Their table is

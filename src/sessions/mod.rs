@@ -52,8 +52,8 @@ use crate::{Error, Result};
 #[cfg(feature = "tower-sessions")]
 pub(crate) use backend::TowerRecord;
 use backend::{Candidate, NewRow, Regenerated, SessionsBackend as _, Tokens};
+use config::check_lifetime;
 pub use config::{MAX_SESSION_MEMORY_ENTRIES, SessionConfig, WhenFull};
-use config::{TEN_YEARS, check_lifetime};
 use sqlite::Sqlite;
 pub(crate) use state::State;
 use state::{Binding, Row};
@@ -559,7 +559,7 @@ impl<'a> Sessions<'a> {
     ) -> Result<bool> {
         let written = self
             .backend()
-            .put_tower_record(&record, TEN_YEARS, replace)
+            .put_tower_record(&record, config::TEN_YEARS, replace)
             .await?;
         self.state.forget(&[record.token_hash]);
         Ok(written)

@@ -137,7 +137,7 @@ pub(crate) struct ImportedSession {
     pub(crate) expires_at: Option<Timestamp>,
 }
 
-/// What [`Sessions::import`] did.
+/// What [`Sessions::import`](crate::Sessions::import) did.
 pub(crate) enum SessionImport {
     /// A session was created; forget `evicted` once the transaction commits.
     Created {
@@ -186,15 +186,15 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// What [`Sessions::create`], [`Sessions::rotate`] and
-/// [`Sessions::regenerate`] hand back: the new secrets, once.
+/// What [`Sessions::create`](crate::Sessions::create), [`Sessions::rotate`](crate::Sessions::rotate) and
+/// [`Sessions::regenerate`](crate::Sessions::regenerate) hand back: the new secrets, once.
 #[derive(Debug, Clone)]
 pub struct IssuedSession {
     /// The session's public id (safe to log and show; not a credential).
     pub id: String,
     /// The bearer token: give it to the client; only its hash is stored.
     pub token: Secret,
-    /// The CSRF token for this session; check it with [`Session::verify_csrf`].
+    /// The CSRF token for this session; check it with [`Session::verify_csrf`](crate::Session::verify_csrf).
     pub csrf_token: Secret,
     /// When the session expires however it is used.
     pub expires_at: Timestamp,
@@ -202,13 +202,13 @@ pub struct IssuedSession {
     pub evicted: Vec<String>,
 }
 
-/// The outcome of [`Sessions::validate`]: each failure is its own case,
+/// The outcome of [`Sessions::validate`](crate::Sessions::validate): each failure is its own case,
 /// because a caller answers them differently (401, re-authenticate, raise
 /// a hijacking alarm).
 #[derive(Debug, Clone)]
 #[must_use]
 pub enum Validation {
-    /// The token is live. Rotate it if [`Session::rotation_due`] says so.
+    /// The token is live. Rotate it if [`Session::rotation_due`](crate::Session::rotation_due) says so.
     Valid(Session),
     /// No session has this token (never issued, rotated away, or swept).
     Unknown,
@@ -282,7 +282,7 @@ pub struct Session {
     pub idle_expires_at: Timestamp,
     /// When it expires however used.
     pub expires_at: Timestamp,
-    /// Whether its token should be rotated now ([`Sessions::rotate`]).
+    /// Whether its token should be rotated now ([`Sessions::rotate`](crate::Sessions::rotate)).
     pub rotation_due: bool,
     /// Whether it is bound to a device fingerprint.
     pub device_bound: bool,
