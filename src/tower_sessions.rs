@@ -54,21 +54,20 @@ impl TowerSessionStore {
         };
         let now = self.vault.now();
         let expires_at = from_offset(record.expiry_date);
-        let written = crate::sessions::sql_store_tower_record(
-            self.vault.core(),
-            crate::sessions::TowerRecord {
-                id: uuid::Uuid::now_v7().to_string(),
-                token_hash: hash,
-                user_id,
-                data,
-                now,
-                expires_at,
-            },
-            replace,
-        )
-        .await?;
-        self.vault.sessions().forget(&[hash]);
-        Ok(written)
+        self.vault
+            .sessions()
+            .put_tower_record(
+                crate::sessions::TowerRecord {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    token_hash: hash,
+                    user_id,
+                    data,
+                    now,
+                    expires_at,
+                },
+                replace,
+            )
+            .await
     }
 }
 
@@ -113,9 +112,11 @@ impl SessionStore for TowerSessionStore {
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
         let hash = sha256(session_id.to_string().as_bytes());
         let now = self.vault.now();
-        let Some((data, expires_at)) =
-            crate::sessions::sql_load_tower_record(self.vault.core(), &hash, now)
-                .map_err(backend)?
+        let Some((data, expires_at)) = self
+            .vault
+            .sessions()
+            .tower_record(&hash, now)
+            .map_err(backend)?
         else {
             return Ok(None);
         };
@@ -130,10 +131,10 @@ impl SessionStore for TowerSessionStore {
 
     async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
         let hash = sha256(session_id.to_string().as_bytes());
-        crate::sessions::sql_delete_by_token_hash(self.vault.core(), &hash)
+        self.vault
+            .sessions()
+            .delete_tower_record(&hash)
             .await
-            .map_err(backend)?;
-        self.vault.sessions().forget(&[hash]);
-        Ok(())
+            .map_err(backend)
     }
 }

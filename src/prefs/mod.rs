@@ -12,9 +12,14 @@
 //! [`PreferencesConfig::allow_unknown_keys`]. Documents nest at most
 //! [`MAX_PREFERENCE_DEPTH`] levels. Errors name the field by its path
 //! (`search_defaults.limit`).
+//!
+//! This file holds the [`Preferences`] handle and the document rules (merge,
+//! types, depth, upgrades); `config.rs` the application's side,
+//! `backend.rs` the storage contract and `sqlite.rs` every statement.
 
-use std::fmt;
-use std::sync::Arc;
+mod backend;
+mod config;
+mod sqlite;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -24,175 +29,9 @@ use crate::clock::Timestamp;
 use crate::core::Core;
 use crate::ids::check_user;
 use crate::{Error, Result};
-
-/// A function that upgrades a stored document by one schema version.
-pub type Upgrade = Arc<dyn Fn(&mut Value) -> std::result::Result<(), String> + Send + Sync>;
-
-/// The application's defaults, schema version and upgrades.
-///
-/// ```
-/// use serde_json::json;
-/// use statevault::PreferencesConfig;
-///
-/// let config = PreferencesConfig::new(json!({"theme": "dark", "page_size": 20}))
-///     // version 1 -> 2: "page_size" became "limit"
-///     .upgrade(|doc| {
-///         if let Some(size) = doc.as_object_mut().and_then(|o| o.remove("page_size")) {
-///             doc["limit"] = size;
-///         }
-///         Ok(())
-///     });
-/// assert_eq!(config.version(), 2);
-/// ```
-#[derive(Clone)]
-pub struct PreferencesConfig {
-    defaults: Value,
-    upgrades: Vec<Upgrade>,
-    allow_unknown: bool,
-    record: bool,
-    /// The schema version of a config read back from the file, which
-    /// carries no upgrades.
-    adopted_version: Option<i64>,
-}
-
-impl PreferencesConfig {
-    /// Defaults (a JSON object), schema version 1, unknown keys refused.
-    pub fn new(defaults: Value) -> Self {
-        PreferencesConfig {
-            defaults,
-            upgrades: Vec::new(),
-            allow_unknown: false,
-            record: true,
-            adopted_version: None,
-        }
-    }
-
-    /// The defaults of the seeds' music service (used by `statevault demo`).
-    pub fn seeds() -> Self {
-        PreferencesConfig::new(serde_json::json!({
-            "audio_quality": "HIGH",
-            "search_defaults": {"limit": 20, "include_explicit": true},
-            "cache_preferences": {"enable_cache": true, "cache_duration": 300},
-            "privacy": {"enable_analytics": true, "share_usage_data": false},
-        }))
-    }
-
-    /// Adds the upgrade from the current version to the next; the schema
-    /// version is 1 + the number of upgrades.
-    pub fn upgrade(
-        mut self,
-        f: impl Fn(&mut Value) -> std::result::Result<(), String> + Send + Sync + 'static,
-    ) -> Self {
-        self.upgrades.push(Arc::new(f));
-        self
-    }
-
-    /// Accept keys the defaults do not have (default: refuse them).
-    pub fn allow_unknown_keys(mut self, yes: bool) -> Self {
-        self.allow_unknown = yes;
-        self
-    }
-
-    /// Whether opening a vault with these defaults records them in the file
-    /// (default `true`), so that a process that knows no defaults of its own
-    /// (the `statevault` CLI without a config file) checks the preferences
-    /// it writes against the application's. A newer schema version is never
-    /// replaced by an older one. Turn it off in a tool that is not the
-    /// application (`statevault demo` does).
-    pub fn record_in_file(mut self, yes: bool) -> Self {
-        self.record = yes;
-        self
-    }
-
-    /// The schema version documents are written in.
-    pub fn version(&self) -> i64 {
-        self.adopted_version
-            .unwrap_or(1 + self.upgrades.len() as i64)
-    }
-
-    /// Whether this is the config that knows nothing: no defaults, every key
-    /// accepted, no upgrades ([`PreferencesConfig::default`]). A vault
-    /// opened with it checks writes against the defaults recorded in the
-    /// file, if any.
-    pub(crate) fn knows_nothing(&self) -> bool {
-        self.upgrades.is_empty()
-            && self.allow_unknown
-            && self.adopted_version.is_none()
-            && self.defaults.as_object().is_some_and(Map::is_empty)
-    }
-
-    /// What is recorded in the file when [`PreferencesConfig::record_in_file`]
-    /// is on and the config knows something; `None` otherwise.
-    pub(crate) fn to_recorded(&self) -> Option<String> {
-        (self.record && !self.knows_nothing()).then(|| {
-            serde_json::json!({
-                "version": self.version(),
-                "defaults": self.defaults,
-                "allow_unknown_keys": self.allow_unknown,
-            })
-            .to_string()
-        })
-    }
-
-    /// The config recorded in the file (by [`PreferencesConfig::to_recorded`]).
-    pub(crate) fn from_recorded(text: &str) -> Result<PreferencesConfig> {
-        let bad = |reason: &str| {
-            Error::invalid(
-                "vault_meta preferences_schema",
-                format!("{reason} (fix or delete that row)"),
-            )
-        };
-        let recorded: Value = serde_json::from_str(text).map_err(|_| bad("not JSON"))?;
-        let version = recorded["version"]
-            .as_i64()
-            .filter(|v| *v >= 1)
-            .ok_or_else(|| bad("no schema version of 1 or more"))?;
-        let defaults = recorded["defaults"].clone();
-        if !defaults.is_object() {
-            return Err(bad("the defaults are not a JSON object"));
-        }
-        let allow_unknown = recorded["allow_unknown_keys"]
-            .as_bool()
-            .ok_or_else(|| bad("allow_unknown_keys is not a boolean"))?;
-        Ok(PreferencesConfig {
-            defaults,
-            upgrades: Vec::new(),
-            allow_unknown,
-            record: false,
-            adopted_version: Some(version),
-        })
-    }
-
-    pub(crate) fn validate(&self) -> Result<()> {
-        if !self.defaults.is_object() {
-            return Err(Error::invalid(
-                "preferences.defaults",
-                "must be a JSON object",
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Default for PreferencesConfig {
-    /// No defaults, unknown keys accepted: the store keeps whatever it is
-    /// given, unless the file records the application's defaults
-    /// ([`PreferencesConfig::record_in_file`]); then those apply.
-    fn default() -> Self {
-        PreferencesConfig::new(Value::Object(Map::new())).allow_unknown_keys(true)
-    }
-}
-
-impl fmt::Debug for PreferencesConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PreferencesConfig")
-            .field("defaults", &self.defaults)
-            .field("version", &self.version())
-            .field("allow_unknown", &self.allow_unknown)
-            .field("record", &self.record)
-            .finish()
-    }
-}
+use backend::{Overrides, PreferencesBackend as _};
+pub use config::{PreferencesConfig, Upgrade};
+use sqlite::Sqlite;
 
 /// A user's stored overrides, as the table has them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -205,7 +44,7 @@ pub struct StoredPreferences {
     pub updated_at: Timestamp,
 }
 
-/// The preferences facet of a vault; from [`Vault::preferences`].
+/// The preferences facet of a vault; from [`Vault::preferences`](crate::Vault::preferences).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -237,6 +76,10 @@ impl<'a> Preferences<'a> {
         Preferences { core, config }
     }
 
+    fn backend(&self) -> Sqlite<'a> {
+        Sqlite::new(self.core.store())
+    }
+
     /// The user's preferences: the defaults with their overrides merged in.
     pub fn get(&self, user_id: &str) -> Result<Value> {
         check_user(user_id)?;
@@ -260,29 +103,16 @@ impl<'a> Preferences<'a> {
     /// if the user has none. Read on the caller's thread.
     pub fn stored(&self, user_id: &str) -> Result<Option<StoredPreferences>> {
         check_user(user_id)?;
-        let row = self.core.store().read_here(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT document, schema_version, updated_at FROM preferences WHERE user_id = ?1",
-            )?;
-            let mut rows = stmt.query([user_id])?;
-            rows.next()?
-                .map(|r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Timestamp>(2)?,
-                    ))
+        self.backend()
+            .stored(user_id)?
+            .map(|stored| {
+                Ok(StoredPreferences {
+                    document: self.upgraded(stored.document, stored.schema_version)?,
+                    schema_version: self.config.version(),
+                    updated_at: stored.updated_at,
                 })
-                .transpose()
-        })?;
-        row.map(|(document, version, updated_at)| {
-            Ok(StoredPreferences {
-                document: self.upgraded(serde_json::from_str(&document)?, version)?,
-                schema_version: self.config.version(),
-                updated_at,
             })
-        })
-        .transpose()
+            .transpose()
     }
 
     /// Runs the upgrades from `version` to the current one.
@@ -339,45 +169,26 @@ impl<'a> Preferences<'a> {
     /// `replace`), checks the result and stores it, in one transaction.
     async fn write(&self, user_id: &str, patch: &Value, replace: bool) -> Result<Value> {
         check_user(user_id)?;
-        if !patch.is_object() {
-            return Err(Error::InvalidPreference {
-                field: String::new(),
-                reason: "a preferences patch must be a JSON object".into(),
-            });
-        }
-        check_depth(patch)?;
-        let mut tx = self.core.store().sqlx_transaction().await?;
-        let row: Option<(String, i64)> = if replace {
-            None
-        } else {
-            sqlx::query_as("SELECT document, schema_version FROM preferences WHERE user_id = ?1")
-                .bind(user_id)
-                .fetch_optional(&mut *tx)
-                .await?
-        };
-        let mut overrides = match row {
-            Some((document, version)) => {
-                self.upgraded(serde_json::from_str(&document)?, version)?
-            }
-            None => Value::Object(Map::new()),
-        };
-        merge_patch(&mut overrides, patch);
-        let merged = self.checked(&overrides)?;
-        let now = self.core.now();
-        sqlx::query(
-            "INSERT INTO preferences (user_id, document, schema_version, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?4)
-             ON CONFLICT (user_id) DO UPDATE SET document = excluded.document,
-                 schema_version = excluded.schema_version, updated_at = excluded.updated_at",
-        )
-        .bind(user_id)
-        .bind(overrides.to_string())
-        .bind(self.config.version())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(merged)
+        check_patch(patch, "a preferences patch must be a JSON object")?;
+        self.backend()
+            .update(user_id, replace, |stored| {
+                let mut overrides = match stored {
+                    Some(Overrides {
+                        document,
+                        schema_version,
+                    }) => self.upgraded(document, schema_version)?,
+                    None => Value::Object(Map::new()),
+                };
+                merge_patch(&mut overrides, patch);
+                let merged = self.checked(&overrides)?;
+                let new = StoredPreferences {
+                    document: overrides,
+                    schema_version: self.config.version(),
+                    updated_at: self.core.now(),
+                };
+                Ok((new, merged))
+            })
+            .await
     }
 
     /// The defaults with `overrides` merged in, if they fit the defaults' types.
@@ -403,47 +214,23 @@ impl<'a> Preferences<'a> {
         patch: &Value,
     ) -> Result<bool> {
         check_user(user_id)?;
-        if !patch.is_object() {
-            return Err(Error::InvalidPreference {
-                field: String::new(),
-                reason: "preferences must be a JSON object".into(),
-            });
-        }
-        check_depth(patch)?;
+        check_patch(patch, "preferences must be a JSON object")?;
         let mut overrides = Value::Object(Map::new());
         merge_patch(&mut overrides, patch);
         self.checked(&overrides)?;
-        let done = sqlx::query(
-            "INSERT INTO preferences (user_id, document, schema_version, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (user_id) DO NOTHING",
-        )
-        .bind(user_id)
-        .bind(overrides.to_string())
-        .bind(self.config.version())
-        .bind(self.core.now())
-        .execute(&mut *tx)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        let (version, now) = (self.config.version(), self.core.now());
+        sqlite::insert_new(tx, user_id, &overrides, version, now).await
     }
 
     /// Deletes the user's overrides: the defaults apply again.
     pub async fn reset(&self, user_id: &str) -> Result<bool> {
         check_user(user_id)?;
-        let done = sqlx::query("DELETE FROM preferences WHERE user_id = ?1")
-            .bind(user_id)
-            .execute(self.core.store().sqlx_writer())
-            .await
-            .map_err(crate::store::closed_or)?;
-        Ok(done.rows_affected() > 0)
+        self.backend().reset(user_id).await
     }
 
     /// Within the whole-user erase transaction.
     pub(crate) async fn erase_user(tx: &mut sqlx::SqliteConnection, user_id: &str) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM preferences WHERE user_id = ?1")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        Ok(done.rows_affected())
+        sqlite::erase_user(tx, user_id).await
     }
 }
 
@@ -472,6 +259,18 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 /// deeper document would be stored and then fail every read; preferences
 /// need a handful.
 pub const MAX_PREFERENCE_DEPTH: usize = crate::json::MAX_DEPTH;
+
+/// Refuses a patch that is not a JSON object (saying `what`), or that is
+/// nested too deep (see [`check_depth`]).
+fn check_patch(patch: &Value, what: &str) -> Result<()> {
+    if !patch.is_object() {
+        return Err(Error::InvalidPreference {
+            field: String::new(),
+            reason: what.into(),
+        });
+    }
+    check_depth(patch)
+}
 
 /// Refuses a patch nested deeper than [`MAX_PREFERENCE_DEPTH`], naming the
 /// top-level field that is. (A merge never makes a document deeper than

@@ -1,0 +1,132 @@
+//! Every statement of the preferences facet, for both drivers: rusqlite for
+//! reads on the caller's thread, sqlx for writes. Implements
+//! [`PreferencesBackend`]; the functions taking a connection run inside a
+//! transaction the vault opens across facets (legacy import, user erasure).
+
+use serde_json::Value;
+use sqlx::SqliteConnection;
+
+use super::StoredPreferences;
+use super::backend::{Overrides, PreferencesBackend};
+use crate::Result;
+use crate::clock::Timestamp;
+use crate::store::{Store, closed_or};
+
+/// The preferences table of a SQLite vault.
+pub(crate) struct Sqlite<'a> {
+    store: &'a Store,
+}
+
+impl<'a> Sqlite<'a> {
+    pub(crate) fn new(store: &'a Store) -> Self {
+        Sqlite { store }
+    }
+}
+
+impl PreferencesBackend for Sqlite<'_> {
+    fn stored(&self, user_id: &str) -> Result<Option<StoredPreferences>> {
+        let row = self.store.read_here(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT document, schema_version, updated_at FROM preferences WHERE user_id = ?1",
+            )?;
+            let mut rows = stmt.query([user_id])?;
+            rows.next()?
+                .map(|r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Timestamp>(2)?,
+                    ))
+                })
+                .transpose()
+        })?;
+        row.map(|(document, schema_version, updated_at)| {
+            Ok(StoredPreferences {
+                document: serde_json::from_str(&document)?,
+                schema_version,
+                updated_at,
+            })
+        })
+        .transpose()
+    }
+
+    async fn update<T: Send>(
+        &self,
+        user_id: &str,
+        replace: bool,
+        change: impl FnOnce(Option<Overrides>) -> Result<(StoredPreferences, T)> + Send,
+    ) -> Result<T> {
+        let mut tx = self.store.sqlx_transaction().await?;
+        let row: Option<(String, i64)> = if replace {
+            None
+        } else {
+            sqlx::query_as("SELECT document, schema_version FROM preferences WHERE user_id = ?1")
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?
+        };
+        let stored = row
+            .map(|(document, schema_version)| {
+                Ok::<_, crate::Error>(Overrides {
+                    document: serde_json::from_str(&document)?,
+                    schema_version,
+                })
+            })
+            .transpose()?;
+        let (new, out) = change(stored)?;
+        sqlx::query(
+            "INSERT INTO preferences (user_id, document, schema_version, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (user_id) DO UPDATE SET document = excluded.document,
+                 schema_version = excluded.schema_version, updated_at = excluded.updated_at",
+        )
+        .bind(user_id)
+        .bind(new.document.to_string())
+        .bind(new.schema_version)
+        .bind(new.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn reset(&self, user_id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM preferences WHERE user_id = ?1")
+            .bind(user_id)
+            .execute(self.store.sqlx_writer())
+            .await
+            .map_err(closed_or)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+/// Stores `document` as the user's overrides on `conn`, unless the user
+/// has some. Returns whether it was stored.
+pub(crate) async fn insert_new(
+    conn: &mut SqliteConnection,
+    user_id: &str,
+    document: &Value,
+    schema_version: i64,
+    now: Timestamp,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO preferences (user_id, document, schema_version, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind(user_id)
+    .bind(document.to_string())
+    .bind(schema_version)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Inside the whole-user erase transaction: deletes the user's overrides.
+pub(crate) async fn erase_user(conn: &mut SqliteConnection, user_id: &str) -> Result<u64> {
+    let done = sqlx::query("DELETE FROM preferences WHERE user_id = ?1")
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,434 @@
+//! Every statement of the sessions facet, for both drivers: rusqlite for
+//! the reads validation and listing make on the caller's thread, sqlx for
+//! writes. Implements [`SessionsBackend`]; the functions taking a
+//! connection run inside a transaction the vault opens across facets
+//! (legacy import, user erasure).
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use sqlx::{QueryBuilder, Row as _, SqliteConnection};
+
+use super::backend::{Candidate, NewRow, Regenerated, SessionsBackend, Tokens};
+use super::state::{Binding, Row};
+use crate::Result;
+use crate::clock::Timestamp;
+use crate::store::{Store, closed_or};
+
+/// The sessions table of a SQLite vault.
+pub(crate) struct Sqlite<'a> {
+    store: &'a Store,
+}
+
+impl<'a> Sqlite<'a> {
+    pub(crate) fn new(store: &'a Store) -> Self {
+        Sqlite { store }
+    }
+}
+
+/// The columns [`row`] reads, in its order.
+macro_rules! row_columns {
+    () => {
+        "id, user_id, org_id, device_fingerprint, csrf_hash, data, client_meta, created_at, last_seen_at, \
+         idle_timeout_secs, expires_at, rotation_due_at, revoked_at, revoked_reason"
+    };
+}
+
+/// A row selected with [`row_columns`].
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    let last_seen: Timestamp = r.get(8)?;
+    let revoked_at: Option<String> = r.get(12)?;
+    let reason: Option<String> = r.get(13)?;
+    Ok(Row {
+        id: r.get(0)?,
+        user_id: r.get(1)?,
+        org_id: r.get(2)?,
+        binding: Binding::from_stored(r.get(3)?),
+        csrf_hash: r.get::<_, Vec<u8>>(4)?.try_into().unwrap_or([0; 32]),
+        data: r.get::<_, String>(5)?.into(),
+        client_meta: r.get::<_, String>(6)?.into(),
+        created_at: r.get(7)?,
+        last_seen_ms: AtomicI64::new(last_seen.as_millis()),
+        idle_timeout: secs(r.get(9)?),
+        expires_at: r.get(10)?,
+        rotation_due_at: r.get(11)?,
+        revoked: revoked_at.map(|_| reason.unwrap_or_else(|| "revoked".into())),
+    })
+}
+
+/// A stored `idle_timeout_secs` (never negative, as written).
+fn secs(stored: i64) -> Duration {
+    Duration::from_secs(u64::try_from(stored).unwrap_or(0))
+}
+
+/// A duration as `idle_timeout_secs`.
+fn stored_secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+impl SessionsBackend for Sqlite<'_> {
+    fn by_token(&self, token_hash: &[u8; 32]) -> Result<Option<Row>> {
+        self.store.read_here(|conn| {
+            let mut stmt = conn.prepare_cached(concat!(
+                "SELECT ",
+                row_columns!(),
+                " FROM sessions WHERE token_hash = ?1"
+            ))?;
+            let mut rows = stmt.query([&token_hash[..]])?;
+            rows.next()?.map(row).transpose()
+        })
+    }
+
+    fn unrevoked_of_user(&self, user_id: &str, now: Timestamp) -> Result<Vec<Row>> {
+        self.store.read_here(|conn| {
+            let mut stmt = conn.prepare_cached(concat!(
+                "SELECT ",
+                row_columns!(),
+                " FROM sessions WHERE user_id = ?1 AND revoked_at IS NULL AND expires_at > ?2 ORDER BY created_at, id"
+            ))?;
+            stmt.query_map(rusqlite::params![user_id, now], row)?
+                .collect()
+        })
+    }
+
+    fn all_of_user(&self, user_id: &str) -> Result<Vec<Row>> {
+        self.store.read_here(|conn| {
+            let mut stmt = conn.prepare_cached(concat!(
+                "SELECT ",
+                row_columns!(),
+                " FROM sessions WHERE user_id = ?1 ORDER BY created_at, id"
+            ))?;
+            stmt.query_map([user_id], row)?.collect()
+        })
+    }
+
+    async fn create(
+        &self,
+        row: &NewRow<'_>,
+        make_room: impl FnOnce(Vec<Candidate>) -> Result<Vec<Candidate>> + Send,
+    ) -> Result<Vec<Candidate>> {
+        let mut tx = self.store.sqlx_transaction().await?;
+        let evicted = make_room_in(&mut tx, row.user_id, row.created_at, make_room).await?;
+        insert(&mut tx, row).await?;
+        tx.commit().await?;
+        Ok(evicted)
+    }
+
+    async fn rotate(
+        &self,
+        old: &[u8; 32],
+        new: &Tokens,
+        rotation_due_at: Timestamp,
+    ) -> Result<bool> {
+        let mut tx = self.store.sqlx_transaction().await?;
+        let done = sqlx::query(
+            "UPDATE sessions SET token_hash = ?1, csrf_hash = ?2, rotation_due_at = ?3
+             WHERE token_hash = ?4 AND revoked_at IS NULL",
+        )
+        .bind(&new.token_hash[..])
+        .bind(&new.csrf_hash[..])
+        .bind(rotation_due_at)
+        .bind(&old[..])
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn regenerate(
+        &self,
+        old: &[u8; 32],
+        old_id: &str,
+        new: &Regenerated<'_>,
+    ) -> Result<bool> {
+        let mut tx = self.store.sqlx_transaction().await?;
+        let copied = sqlx::query(
+            "INSERT INTO sessions (id, token_hash, csrf_hash, user_id, org_id, device_fingerprint, ip_hash,
+                 user_agent_hash, client_meta, data, created_at, last_seen_at, idle_timeout_secs, expires_at,
+                 rotation_due_at)
+             SELECT ?1, ?2, ?3, user_id, org_id, device_fingerprint, ip_hash, user_agent_hash, client_meta, data,
+                 ?4, ?4, idle_timeout_secs, ?5, ?6
+             FROM sessions WHERE token_hash = ?7 AND revoked_at IS NULL",
+        )
+        .bind(new.id)
+        .bind(&new.tokens.token_hash[..])
+        .bind(&new.tokens.csrf_hash[..])
+        .bind(new.created_at)
+        .bind(new.expires_at)
+        .bind(new.rotation_due_at)
+        .bind(&old[..])
+        .execute(&mut *tx)
+        .await?;
+        if copied.rows_affected() == 0 {
+            return Ok(false);
+        }
+        revoke_ids(&mut tx, [old_id], "regenerated", new.created_at).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn set_data(&self, token_hash: &[u8; 32], data: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sessions SET data = ?1 WHERE token_hash = ?2 AND revoked_at IS NULL",
+        )
+        .bind(data)
+        .bind(&token_hash[..])
+        .execute(self.store.sqlx_writer())
+        .await
+        .map_err(closed_or)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn revoke(&self, id: &str, now: Timestamp) -> Result<Vec<[u8; 32]>> {
+        let mut tx = self.store.sqlx_transaction().await?;
+        let hashes = revoke_ids(&mut tx, [id], "revoked", now).await?;
+        tx.commit().await?;
+        Ok(hashes)
+    }
+
+    async fn revoke_user(&self, user_id: &str, now: Timestamp) -> Result<Vec<[u8; 32]>> {
+        let rows = sqlx::query(
+            "UPDATE sessions SET revoked_at = ?1, revoked_reason = 'logout_all'
+             WHERE user_id = ?2 AND revoked_at IS NULL RETURNING token_hash",
+        )
+        .bind(now)
+        .bind(user_id)
+        .fetch_all(self.store.sqlx_writer())
+        .await
+        .map_err(closed_or)?;
+        token_hashes(&rows)
+    }
+
+    /// Reads the partial index `sessions_live` alone (`INDEXED BY`: SQLite
+    /// refuses the query rather than scan the table), so revoked and
+    /// expired rows, kept until the retention sweep, cost nothing; the live
+    /// ones still do, so it runs on the sqlx reader, off the caller's thread.
+    async fn count_live(&self, now: Timestamp) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sessions INDEXED BY sessions_live
+             WHERE revoked_at IS NULL AND expires_at > ?1
+               AND unixepoch(last_seen_at, 'subsec') + idle_timeout_secs > unixepoch(?1, 'subsec')",
+        )
+        .bind(now)
+        .fetch_one(self.store.sqlx_reader())
+        .await
+        .map_err(closed_or)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Multi-row `UPDATE … FROM (VALUES …)`, 500 rows a statement.
+    async fn write_last_seen(&self, touches: &HashMap<String, Timestamp>) -> Result<()> {
+        let touches: Vec<_> = touches.iter().collect();
+        let mut tx = self.store.sqlx_transaction().await?;
+        for chunk in touches.chunks(500) {
+            let mut query =
+                QueryBuilder::new("UPDATE sessions SET last_seen_at = v.column2 FROM (");
+            query.push_values(chunk, |mut row, (id, at)| {
+                row.push_bind(id.as_str()).push_bind(**at);
+            });
+            query
+                .push(") AS v WHERE sessions.id = v.column1 AND sessions.last_seen_at < v.column2");
+            query.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_idle(&self, cutoff: Timestamp, batch: usize) -> Result<Vec<[u8; 32]>> {
+        let rows = sqlx::query(
+            "DELETE FROM sessions WHERE id IN
+                 (SELECT id FROM sessions WHERE last_seen_at < ?1 LIMIT ?2)
+             RETURNING token_hash",
+        )
+        .bind(cutoff)
+        .bind(i64::try_from(batch).unwrap_or(i64::MAX))
+        .fetch_all(self.store.sqlx_writer())
+        .await
+        .map_err(closed_or)?;
+        token_hashes(&rows)
+    }
+
+    #[cfg(feature = "tower-sessions")]
+    async fn put_tower_record(
+        &self,
+        r: &super::backend::TowerRecord,
+        idle_timeout: Duration,
+        replace: bool,
+    ) -> Result<bool> {
+        let conflict = if replace {
+            "ON CONFLICT (token_hash) DO UPDATE SET data = excluded.data, user_id = excluded.user_id,
+                 expires_at = excluded.expires_at, rotation_due_at = excluded.rotation_due_at,
+                 last_seen_at = excluded.last_seen_at"
+        } else {
+            "ON CONFLICT (token_hash) DO NOTHING"
+        };
+        let sql = format!(
+            "INSERT INTO sessions (id, token_hash, csrf_hash, user_id, data, created_at, last_seen_at,
+                 idle_timeout_secs, expires_at, rotation_due_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?8) {conflict}"
+        );
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&r.id)
+            .bind(&r.token_hash[..])
+            .bind(&super::sha256(&r.token_hash)[..])
+            .bind(&r.user_id)
+            .bind(&r.data)
+            .bind(r.now)
+            .bind(stored_secs(idle_timeout))
+            .bind(r.expires_at)
+            .execute(self.store.sqlx_writer())
+            .await
+            .map_err(closed_or)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    #[cfg(feature = "tower-sessions")]
+    fn tower_record(
+        &self,
+        token_hash: &[u8; 32],
+        now: Timestamp,
+    ) -> Result<Option<(String, Timestamp)>> {
+        self.store.read_here(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT data, expires_at FROM sessions WHERE token_hash = ?1 AND revoked_at IS NULL AND expires_at > ?2",
+            )?;
+            let mut rows = stmt.query(rusqlite::params![&token_hash[..], now])?;
+            rows.next()?.map(|row| Ok((row.get(0)?, row.get(1)?))).transpose()
+        })
+    }
+
+    #[cfg(feature = "tower-sessions")]
+    async fn delete_by_token(&self, token_hash: &[u8; 32]) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE token_hash = ?1")
+            .bind(&token_hash[..])
+            .execute(self.store.sqlx_writer())
+            .await
+            .map_err(closed_or)?;
+        Ok(())
+    }
+}
+
+/// Inserts a session row on `conn`.
+pub(crate) async fn insert(conn: &mut SqliteConnection, row: &NewRow<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO sessions (id, token_hash, csrf_hash, user_id, org_id, device_fingerprint, ip_hash,
+             user_agent_hash, client_meta, data, created_at, last_seen_at, idle_timeout_secs, expires_at,
+             rotation_due_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14)",
+    )
+    .bind(row.id)
+    .bind(&row.token_hash[..])
+    .bind(&row.csrf_hash[..])
+    .bind(row.user_id)
+    .bind(row.org_id)
+    .bind(row.device_fingerprint.as_ref().map(<[u8; 32]>::as_slice))
+    .bind(row.ip_hash.as_ref().map(<[u8; 32]>::as_slice))
+    .bind(row.user_agent_hash.as_ref().map(<[u8; 32]>::as_slice))
+    .bind(row.client_meta)
+    .bind(row.data)
+    .bind(row.created_at)
+    .bind(stored_secs(row.idle_timeout))
+    .bind(row.expires_at)
+    .bind(row.rotation_due_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether a session on `conn` has this token hash.
+pub(crate) async fn token_taken(
+    conn: &mut SqliteConnection,
+    token_hash: &[u8; 32],
+) -> Result<bool> {
+    let taken = sqlx::query("SELECT 1 FROM sessions WHERE token_hash = ?1")
+        .bind(&token_hash[..])
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(taken.is_some())
+}
+
+/// Inside the caller's transaction: hands the user's [`Candidate`]s to
+/// `make_room` and revokes the ones it returns (reason `evicted`).
+pub(crate) async fn make_room_in(
+    conn: &mut SqliteConnection,
+    user_id: &str,
+    now: Timestamp,
+    make_room: impl FnOnce(Vec<Candidate>) -> Result<Vec<Candidate>>,
+) -> Result<Vec<Candidate>> {
+    let rows = sqlx::query(
+        "SELECT id, token_hash, last_seen_at, idle_timeout_secs FROM sessions
+         WHERE user_id = ?1 AND revoked_at IS NULL AND expires_at > ?2
+         ORDER BY created_at, id",
+    )
+    .bind(user_id)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    let candidates = rows
+        .iter()
+        .map(|row| {
+            Ok(Candidate {
+                id: row.try_get(0)?,
+                token_hash: hash32(row.try_get(1)?),
+                last_seen: row.try_get(2)?,
+                idle_timeout: secs(row.try_get(3)?),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let evicted = make_room(candidates)?;
+    revoke_ids(conn, evicted.iter().map(|c| c.id.as_str()), "evicted", now).await?;
+    Ok(evicted)
+}
+
+/// Inside the whole-user erase transaction: deletes the user's sessions,
+/// returning their token hashes.
+pub(crate) async fn erase_user(
+    conn: &mut SqliteConnection,
+    user_id: &str,
+) -> Result<Vec<[u8; 32]>> {
+    let rows = sqlx::query("DELETE FROM sessions WHERE user_id = ?1 RETURNING token_hash")
+        .bind(user_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    token_hashes(&rows)
+}
+
+/// Revokes sessions by id inside a transaction; returns the token hashes of
+/// those that were live.
+async fn revoke_ids<'i>(
+    conn: &mut SqliteConnection,
+    ids: impl IntoIterator<Item = &'i str>,
+    reason: &str,
+    now: Timestamp,
+) -> Result<Vec<[u8; 32]>> {
+    let ids: Vec<&str> = ids.into_iter().collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut query = QueryBuilder::new("UPDATE sessions SET revoked_at = ");
+    query
+        .push_bind(now)
+        .push(", revoked_reason = ")
+        .push_bind(reason);
+    query.push(" WHERE revoked_at IS NULL AND id IN (");
+    let mut list = query.separated(", ");
+    for id in &ids {
+        list.push_bind(*id);
+    }
+    query.push(") RETURNING token_hash");
+    let rows = query.build().fetch_all(&mut *conn).await?;
+    token_hashes(&rows)
+}
+
+fn token_hashes(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<[u8; 32]>> {
+    rows.iter().map(|row| Ok(hash32(row.try_get(0)?))).collect()
+}
+
+/// A stored 32-byte hash (`token_hash` is written only by this file).
+fn hash32(bytes: Vec<u8>) -> [u8; 32] {
+    bytes.try_into().unwrap_or([0; 32])
+}
