@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::StoredPreferences;
+use super::types::StoredPreferences;
 use crate::Result;
 
 /// A user's overrides as written, before any upgrade.

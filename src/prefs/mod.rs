@@ -20,29 +20,19 @@
 mod backend;
 mod config;
 mod sqlite;
+mod types;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::clock::Timestamp;
 use crate::core::Core;
 use crate::ids::check_user;
 use crate::{Error, Result};
 use backend::{Overrides, PreferencesBackend as _};
 pub use config::{PreferencesConfig, Upgrade};
 use sqlite::Sqlite;
-
-/// A user's stored overrides, as the table has them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StoredPreferences {
-    /// The overrides (not merged with the defaults).
-    pub document: Value,
-    /// The schema version they were written in.
-    pub schema_version: i64,
-    /// When they were last changed.
-    pub updated_at: Timestamp,
-}
+pub use types::StoredPreferences;
 
 /// The preferences facet of a vault; from [`Vault::preferences`](crate::Vault::preferences).
 ///

@@ -6,8 +6,8 @@
 use serde_json::Value;
 use sqlx::SqliteConnection;
 
-use super::StoredPreferences;
 use super::backend::{Overrides, PreferencesBackend};
+use super::types::StoredPreferences;
 use crate::Result;
 use crate::clock::Timestamp;
 use crate::store::{Store, closed_or};

@@ -169,8 +169,9 @@ impl Eq for Secret {}
 impl Secret {
     pub(super) fn generate() -> Result<Secret> {
         let mut bytes = Zeroizing::new([0u8; 32]);
-        getrandom::fill(bytes.as_mut())
-            .map_err(|e| Error::invalid("random generator", e.to_string()))?;
+        getrandom::fill(bytes.as_mut()).map_err(|e| Error::Internal {
+            detail: format!("the system random generator failed: {e}"),
+        })?;
         Ok(Secret(crate::key::hex(bytes.as_slice())))
     }
 
