@@ -1,11 +1,12 @@
 //! `vault_meta`: the file's facts (origin, key date, hash salt, audit chain
-//! ends, legacy ledger, preferences schema). This module is the only one
-//! that reads or writes the table.
+//! ends, legacy ledger, preferences schema). Everything above the store
+//! reads and writes the table through this module; its statements are in
+//! `store/meta.rs`.
 
 use sqlx::SqliteConnection;
 
 use crate::clock::Timestamp;
-use crate::store::Store;
+use crate::store::{self, Store};
 use crate::{Error, Result};
 
 /// The keyed-hash secret (64 hex digits).
@@ -23,62 +24,17 @@ pub(crate) const AUDIT_HEAD: &str = "audit_head";
 
 /// A fact, read on this thread through a hot reader.
 pub(crate) fn get(store: &Store, key: &str) -> Result<Option<String>> {
-    let bytes: Option<Vec<u8>> = store.read_here(|conn| {
-        let mut stmt =
-            conn.prepare_cached("SELECT CAST(value AS BLOB) FROM vault_meta WHERE key = ?1")?;
-        let mut rows = stmt.query([key])?;
-        rows.next()?.map(|row| row.get(0)).transpose()
-    })?;
+    let bytes = store.meta_bytes(key)?;
     bytes.map(|bytes| text(key, bytes)).transpose()
 }
 
 /// A fact, read inside the caller's transaction on `conn`.
 pub(crate) async fn get_in(conn: &mut SqliteConnection, key: &str) -> Result<Option<String>> {
-    let bytes: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT CAST(value AS BLOB) FROM vault_meta WHERE key = ?1")
-            .bind(key)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let bytes = store::meta::meta_bytes_in(conn, key).await?;
     bytes.map(|bytes| text(key, bytes)).transpose()
 }
 
-/// Sets `key` to `value` on `conn` (inside the caller's transaction, if any).
-pub(crate) async fn set(
-    conn: &mut SqliteConnection,
-    key: &str,
-    value: &str,
-    now: Timestamp,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO vault_meta (key, value, updated_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-    )
-    .bind(key)
-    .bind(value)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Sets `key` to `value` unless it is already set; whether it was set now.
-pub(crate) async fn set_once(
-    conn: &mut SqliteConnection,
-    key: &str,
-    value: &str,
-    now: Timestamp,
-) -> Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO vault_meta (key, value, updated_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT (key) DO NOTHING",
-    )
-    .bind(key)
-    .bind(value)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
+pub(crate) use store::meta::{set_meta as set, set_meta_once as set_once};
 
 /// Writes the facts `info` shows about the file's origin and the keyed-hash
 /// secret, once, in one transaction.

@@ -30,6 +30,7 @@ mod conn;
 mod copy;
 mod file;
 mod inspect;
+pub(crate) mod meta;
 mod migrate;
 mod read_only_sql;
 mod readers;
