@@ -56,16 +56,19 @@ impl Binding {
 }
 
 impl Row {
+    #[inline]
     pub(super) fn last_seen(&self) -> Timestamp {
         Timestamp::from_millis(self.last_seen_ms.load(Ordering::Relaxed))
     }
 
     /// Moves the last-seen time forward to `at` (never back).
+    #[inline]
     pub(super) fn seen_at(&self, at: Timestamp) {
         self.last_seen_ms
             .fetch_max(at.as_millis(), Ordering::Relaxed);
     }
 
+    #[inline]
     pub(super) fn idle_expires_at(&self) -> Timestamp {
         self.last_seen().saturating_add(self.idle_timeout)
     }
@@ -129,12 +132,14 @@ impl State {
         }
     }
 
+    #[inline]
     fn shard(&self, hash: &[u8; 32]) -> Option<&Shard> {
         self.memory.get(usize::from(hash[0]) % SHARDS.max(1))
     }
 
     /// The row in memory for a token hash, if it was read from the file
     /// less than `memory_ttl` before `now`.
+    #[inline]
     pub(super) fn remembered(&self, hash: &[u8; 32], now: Timestamp) -> Option<Arc<Row>> {
         let mut shard = lock(self.shard(hash)?);
         let cached = shard.get(hash)?;
