@@ -136,6 +136,17 @@ impl CacheConfig {
         self
     }
 
+    /// A value of `len` bytes fits, or [`Error::CacheValueTooLarge`].
+    pub(super) fn check_value_size(&self, len: usize) -> Result<()> {
+        if len > self.max_value_bytes {
+            return Err(Error::CacheValueTooLarge {
+                size: len as u64,
+                max: self.max_value_bytes as u64,
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         let ttl_ok = |d: &Duration| !d.is_zero() && *d <= self.max_ttl;
         if !(1..=1024).contains(&self.l1_shards) {

@@ -242,12 +242,7 @@ impl<'a> Cache<'a> {
     fn stage(&self, key: &CacheKey, value: &[u8], options: &SetOptions) -> Result<usize> {
         let state = self.state();
         let config = &state.config;
-        if value.len() > config.max_value_bytes {
-            return Err(Error::CacheValueTooLarge {
-                size: value.len() as u64,
-                max: config.max_value_bytes as u64,
-            });
-        }
+        config.check_value_size(value.len())?;
         let now = self.now();
         let expires_at = self.expiry(key, options, now)?;
         for tag in &options.tags {

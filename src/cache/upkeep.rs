@@ -10,7 +10,7 @@ use super::l1::{Item, Meta, Pending};
 use super::state::{SWEEP_BATCH, bump};
 use super::types::{CacheStats, L1Stats, L2Stats, NamespaceStats, SweepReport};
 use super::{Cache, CacheKey, sqlite};
-use crate::{Error, Result, Timestamp};
+use crate::{Result, Timestamp};
 
 impl Cache<'_> {
     /// The keys of `user`'s entries (for a user's export). Writes buffered
@@ -59,12 +59,7 @@ impl Cache<'_> {
     ) -> Result<bool> {
         let state = self.state();
         let config = &state.config;
-        if value.len() > config.max_value_bytes {
-            return Err(Error::CacheValueTooLarge {
-                size: value.len() as u64,
-                max: config.max_value_bytes as u64,
-            });
-        }
+        config.check_value_size(value.len())?;
         let now = self.now();
         check_ttl(expires_at.duration_since(now), config.max_ttl)?;
         for tag in tags {

@@ -78,7 +78,7 @@ pub struct LegacyFile {
     pub detail: String,
 }
 
-/// What [`Vault::import_legacy`] did, file by file.
+/// What [`Vault::import_legacy`](crate::Vault::import_legacy) did, file by file.
 #[derive(Debug, Clone, Serialize)]
 pub struct ImportReport {
     /// The imported directory.
