@@ -460,3 +460,39 @@ async fn check_passes_on_a_healthy_file() {
     assert_eq!(names, ["cipher_integrity", "integrity", "foreign_keys"]);
     vault.close().await.unwrap();
 }
+
+/// A write that waits past the busy timeout for another connection's write
+/// lock is `Error::Busy`, writes nothing, and works once the lock is gone.
+#[tokio::test]
+async fn a_write_lock_held_past_the_busy_timeout_is_busy() {
+    use statevault::{AuditEvent, EventKind};
+    let dir = tempdir();
+    let path = dir.path().join("busy.db");
+    let options = VaultOptions::new(&path).busy_timeout(std::time::Duration::from_millis(50));
+    let vault = Vault::open(options).await.unwrap();
+    let other = raw_connection(&path);
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = vault
+        .audit()
+        .append_durable(AuditEvent::new(EventKind::Admin, "busy.test"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Busy { .. }), "{err:?}");
+    assert!(err.to_string().contains("busy"), "{err}");
+    other.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(
+        scalar(
+            &vault,
+            "SELECT count(*) FROM audit_events WHERE action = 'busy.test'"
+        )
+        .await,
+        0
+    );
+    vault
+        .audit()
+        .append_durable(AuditEvent::new(EventKind::Admin, "busy.test"))
+        .await
+        .unwrap();
+    drop(other);
+    vault.close().await.unwrap();
+}
