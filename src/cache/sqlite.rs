@@ -83,12 +83,7 @@ impl CacheBackend for Sqlite<'_> {
     }
 
     async fn keys_of_user(&self, user: &str) -> Result<Vec<String>> {
-        let mut conn = self
-            .store
-            .sqlx_reader()
-            .acquire()
-            .await
-            .map_err(closed_or)?;
+        let mut conn = self.store.sqlx_reader_conn().await?;
         Ok(
             sqlx::query_scalar("SELECT key FROM cache_entries WHERE user_id = ?1 ORDER BY key")
                 .bind(user)

@@ -10,7 +10,7 @@ use sqlx::{QueryBuilder, Row, SqliteConnection};
 use super::backend::{MetricsBackend, Total};
 use super::points::{Agg, Merged, Point, StoredPoint, merge_by_series, merge_stored};
 use super::types::MetricKind;
-use crate::store::{Store, closed_or};
+use crate::store::Store;
 use crate::{Error, Result, Timestamp};
 
 /// Rows per multi-row statement (11 variables each).
@@ -44,12 +44,7 @@ impl MetricsBackend for Sqlite<'_> {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<StoredPoint>> {
-        let mut conn = self
-            .store
-            .sqlx_reader()
-            .acquire()
-            .await
-            .map_err(closed_or)?;
+        let mut conn = self.store.sqlx_reader_conn().await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM metrics
              WHERE interval_start >= ?1 AND interval_start < ?2 AND (?3 IS NULL OR name = ?3)
@@ -69,12 +64,7 @@ impl MetricsBackend for Sqlite<'_> {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<(BTreeMap<String, String>, f64)>> {
-        let mut conn = self
-            .store
-            .sqlx_reader()
-            .acquire()
-            .await
-            .map_err(closed_or)?;
+        let mut conn = self.store.sqlx_reader_conn().await?;
         let rows = sqlx::query(
             "SELECT labels, sum(sum) FROM metrics
              WHERE name = ?1 AND kind = 'counter' AND interval_start >= ?2 AND interval_start < ?3
@@ -96,12 +86,7 @@ impl MetricsBackend for Sqlite<'_> {
     }
 
     async fn totals(&self) -> Result<Vec<Total>> {
-        let mut conn = self
-            .store
-            .sqlx_reader()
-            .acquire()
-            .await
-            .map_err(closed_or)?;
+        let mut conn = self.store.sqlx_reader_conn().await?;
         // SQLite: with max(), the bare column `last` comes from the latest row.
         let rows = sqlx::query(
             "SELECT name, labels, kind, sum(count), sum(sum), last, max(interval_start)

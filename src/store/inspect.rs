@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef};
 
-use super::{Store, closed_or, read_only_sql};
+use super::{Store, read_only_sql};
 use crate::{Error, Result};
 
 /// The file's settings and contents, as `PRAGMA`s and counts report them.
@@ -25,7 +25,7 @@ pub(crate) type Table = (Vec<String>, Vec<Vec<Value>>);
 impl Store {
     /// Reads the file's settings and counts every table's rows, on a reader.
     pub(crate) async fn describe(&self) -> Result<Description> {
-        let mut conn = self.sqlx_reader().acquire().await.map_err(closed_or)?;
+        let mut conn = self.sqlx_reader_conn().await?;
         let cipher_version: Option<String> = sqlx::query_scalar("PRAGMA cipher_version")
             .fetch_optional(&mut *conn)
             .await?;
@@ -56,7 +56,7 @@ impl Store {
     /// Runs `PRAGMA quick_check` on a reader connection: `["ok"]` or what
     /// is wrong, a line each.
     pub(crate) async fn quick_check(&self) -> Result<Vec<String>> {
-        let mut conn = self.sqlx_reader().acquire().await.map_err(closed_or)?;
+        let mut conn = self.sqlx_reader_conn().await?;
         Ok(sqlx::query_scalar("PRAGMA quick_check")
             .fetch_all(&mut *conn)
             .await?)
@@ -66,7 +66,7 @@ impl Store {
     /// read-only connection, and returns every row.
     pub(crate) async fn query_read_only(&self, sql: &str) -> Result<Table> {
         read_only_sql::check(sql)?;
-        let mut conn = self.sqlx_reader().acquire().await.map_err(closed_or)?;
+        let mut conn = self.sqlx_reader_conn().await?;
         let writes = |e: sqlx::Error| {
             let read_only = e
                 .as_database_error()

@@ -148,6 +148,12 @@ impl Store {
         &self.reader
     }
 
+    /// One connection of the sqlx read pool, for several statements in a
+    /// row; a closed pool is [`Error::Closed`].
+    pub(crate) async fn sqlx_reader_conn(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>> {
+        self.reader.acquire().await.map_err(closed_or)
+    }
+
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the hot rusqlite
     /// writer, on this thread. For a short write a request waits on: it
     /// saves sqlx's two thread hops (and a ping on the worker
