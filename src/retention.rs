@@ -39,6 +39,7 @@ impl Vault {
         removed.insert("cache_entries".to_owned(), cache.expired + cache.evicted);
         let metrics = self.metrics().sweep().await?;
         removed.insert("metrics".to_owned(), metrics.purged + metrics.downsampled);
+        removed.insert("changes".to_owned(), self.core().trim_feed().await?);
         let pages_freed = self.store().give_back_space().await?;
         Ok(SweepReport {
             removed,

@@ -13,7 +13,7 @@ use crate::clock::Timestamp;
 use crate::ids::check_user;
 use crate::limits::{LimitStatus, ViolationRecord};
 use crate::prefs::{Preferences, StoredPreferences};
-use crate::sessions::{ExportedSession, Sessions};
+use crate::sessions::ExportedSession;
 use crate::{Result, Vault};
 
 /// Everything the vault holds about a user. Token hashes are left out.
@@ -157,7 +157,7 @@ impl Vault {
             .durably(conn, batch.durable(), async |conn| {
                 crate::store::immediate(conn, async |tx| {
                     let mut rows = BTreeMap::new();
-                    let hashes = Sessions::erase_user(tx, user_id).await?;
+                    let hashes = self.sessions().erase_user(tx, user_id).await?;
                     rows.insert("sessions".to_owned(), hashes.len() as u64);
                     rows.insert(
                         "preferences".to_owned(),

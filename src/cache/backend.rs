@@ -1,13 +1,33 @@
 //! The cache's storage contract: what L2 needs from a backend, in the
 //! cache's own terms. `sqlite.rs` implements it for the vault file; another
 //! backend implements the same two traits.
+//!
+//! Each write of a [`CacheTx`] also publishes, in its transaction, the
+//! change-feed records that let another handle drop what it replaced from
+//! its L1 ([`CacheState::apply`](super::state::CacheState) reads them):
+//! [`SET`] for a key written or given a new expiry, [`REMOVED`] for a key
+//! deleted, and one record per invalidation ([`Filter::record`]). Expiry and
+//! eviction publish nothing: every handle checks expiry itself, and an
+//! evicted value is not stale.
 
 use std::sync::Arc;
 
 use super::codec::{self, Codec};
 use super::l1::{Meta, Pending};
 use super::types::NamespaceStats;
+use crate::core::feed::Record;
 use crate::{Result, Timestamp};
+
+/// Feed record: a key's value or expiry changed (another handle drops its
+/// L1 copy, keeping a set of its own not yet written).
+pub(crate) const SET: &str = "set";
+/// Feed record: a key was deleted (another handle drops it from memory).
+pub(crate) const REMOVED: &str = "removed";
+/// Feed records of the invalidations, naming the tag, user or namespace.
+pub(crate) const TAG: &str = "tag";
+pub(crate) const USER: &str = "user";
+pub(crate) const NAMESPACE: &str = "namespace";
+pub(crate) const ALL: &str = "all";
 
 /// L2's reads, and the write transactions that change it.
 pub(crate) trait CacheBackend {
@@ -99,6 +119,19 @@ pub(crate) enum Filter<'a> {
     User(&'a str),
     Namespace(&'a str),
     All,
+}
+
+impl Filter<'_> {
+    /// The change-feed record of this invalidation.
+    pub(crate) fn record(&self) -> Record<'_> {
+        let (kind, target) = match self {
+            Filter::Tag(tag) => (TAG, tag.as_bytes()),
+            Filter::User(user) => (USER, user.as_bytes()),
+            Filter::Namespace(ns) => (NAMESPACE, ns.as_bytes()),
+            Filter::All => (ALL, &[][..]),
+        };
+        Record { kind, target }
+    }
 }
 
 /// A set, encoded for L2.

@@ -23,6 +23,7 @@ pub struct CacheConfig {
     pub(super) raw_below: usize,
     pub(super) access_resolution: Duration,
     pub(super) max_pending_bytes: usize,
+    pub(super) feed_check_interval: Duration,
 }
 
 impl Default for CacheConfig {
@@ -30,7 +31,8 @@ impl Default for CacheConfig {
     /// default; `search` 5 min, `playlists` 15 min, `metadata` 1 h, `tracks`
     /// 6 h; at most 365 days. Values up to 64 MiB, zstd level 3, values
     /// under 64 bytes stored raw. Last access noted at most every 5 s per
-    /// entry; at most 64 MiB of sets buffered before a set flushes.
+    /// entry; at most 64 MiB of sets buffered before a set flushes. Other
+    /// handles' changes looked for on every get.
     fn default() -> Self {
         let ttls = [
             ("search", 5 * 60),
@@ -54,6 +56,7 @@ impl Default for CacheConfig {
             raw_below: 64,
             access_resolution: Duration::from_secs(5),
             max_pending_bytes: 64 << 20,
+            feed_check_interval: Duration::ZERO,
         }
     }
 }
@@ -136,6 +139,17 @@ impl CacheConfig {
         self
     }
 
+    /// How often a get asks the change feed whether another handle on the
+    /// file (process, worker, the CLI) replaced or invalidated entries
+    /// (default zero: on every get, so L1 never serves a value another
+    /// handle's flushed set or invalidation replaced). A longer interval
+    /// saves that check on most gets and lets L1 serve such a value for up
+    /// to that long (at most a minute).
+    pub fn feed_check_interval(mut self, every: Duration) -> Self {
+        self.feed_check_interval = every;
+        self
+    }
+
     /// A value of `len` bytes fits, or [`Error::CacheValueTooLarge`].
     pub(super) fn check_value_size(&self, len: usize) -> Result<()> {
         if len > self.max_value_bytes {
@@ -163,6 +177,12 @@ impl CacheConfig {
         }
         if self.max_ttl.is_zero() || self.max_ttl > Duration::from_secs(100 * 365 * 86_400) {
             return Err(Error::invalid("cache max_ttl", "zero or over 100 years"));
+        }
+        if self.feed_check_interval > Duration::from_secs(60) {
+            return Err(Error::invalid(
+                "cache feed_check_interval",
+                "longer than a minute",
+            ));
         }
         if !ttl_ok(&self.default_ttl) || !self.namespace_ttls.values().all(ttl_ok) {
             return Err(Error::invalid("cache ttl", "zero or longer than max_ttl"));

@@ -412,6 +412,26 @@ impl Shards {
         removed
     }
 
+    /// Drops the key's L1 entry, but not a set of this handle's that L2 does
+    /// not have yet (invariant 2); bumps the shard's version (invariant 3).
+    pub(crate) fn forget_clean(&self, key: &Hashed) {
+        let mut shard = self.shard(key);
+        shard.version += 1;
+        if let Some(e) = shard.lru.pop(key) {
+            shard.bytes -= e.bytes;
+        }
+    }
+
+    /// Empties L1, keeping the sets L2 does not have yet; bumps every
+    /// shard's version.
+    pub(crate) fn forget_all_clean(&self) {
+        for mut shard in self.each() {
+            shard.version += 1;
+            shard.lru.clear();
+            shard.bytes = 0;
+        }
+    }
+
     /// Sets a new expiry on the key wherever memory holds it.
     pub(crate) fn set_expiry(&self, key: &Hashed, expires_at: Option<i64>) -> bool {
         let mut guard = self.shard(key);

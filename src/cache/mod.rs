@@ -133,6 +133,7 @@ impl<'a> Cache<'a> {
         // Memory is checked against the coarse clock (see guarantee 4); L2
         // and every write read the full clock.
         let now = self.core.clock().now_coarse();
+        self.catch_up(now)?;
         match self.state().l1.lookup(key.hashed(), now.as_millis()) {
             Lookup::Hit(value) => Ok(Some(value)),
             Lookup::Expired => Ok(None),
@@ -206,9 +207,19 @@ impl<'a> Cache<'a> {
         }
     }
 
+    /// Drops from memory what other handles replaced or invalidated since
+    /// this one last looked (see `state.rs`).
+    #[inline]
+    fn catch_up(&self, now: Timestamp) -> Result<()> {
+        let state = self.state();
+        self.core
+            .catch_up(&state.feed, now, |news| state.apply(news))
+    }
+
     /// Whether a live value is under `key` (does not count as a get).
     pub async fn exists(&self, key: &CacheKey) -> Result<bool> {
         let now = self.now();
+        self.catch_up(now)?;
         if let Some(live) = self.state().l1.peek(key.hashed(), now.as_millis()) {
             return Ok(live);
         }

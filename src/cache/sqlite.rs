@@ -7,17 +7,20 @@
 //! for its whole read and decompression. Such a row is read through the sqlx
 //! reader and decoded on tokio's blocking pool ([`Sqlite::read_large`]).
 //! Everything that writes runs in one `BEGIN IMMEDIATE` transaction on the
-//! sqlx writer, batched as multi-row statements.
+//! sqlx writer, batched as multi-row statements, with its change-feed
+//! records (see `backend.rs`).
 
 use std::sync::Arc;
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row as _, SqliteConnection, Transaction};
 
-use super::backend::{CacheBackend, CacheTx, CounterRow, Filter, Found, Row};
+use super::backend::{CacheBackend, CacheTx, CounterRow, Filter, Found, REMOVED, Row, SET};
 use super::codec::decode;
 use super::l1::Meta;
 use super::types::NamespaceStats;
+use crate::core::Core;
+use crate::core::feed::{Facet, Record};
 use crate::store::{Store, closed_or};
 use crate::{Result, Timestamp};
 
@@ -38,23 +41,50 @@ const POINT_READ: &str = "SELECT codec, size, expires_at, namespace, user_id, ta
 
 /// L2 in the vault file.
 pub(crate) struct Sqlite<'a> {
+    core: &'a Core,
     store: &'a Store,
 }
 
 impl<'a> Sqlite<'a> {
-    pub(crate) fn new(store: &'a Store) -> Self {
-        Sqlite { store }
+    pub(crate) fn new(core: &'a Core) -> Self {
+        Sqlite {
+            core,
+            store: core.store(),
+        }
     }
 }
 
-/// A write transaction on the sqlx writer (`BEGIN IMMEDIATE`).
-pub(crate) struct SqliteTx(Transaction<'static, sqlx::Sqlite>);
+/// A write transaction on the sqlx writer (`BEGIN IMMEDIATE`), and the
+/// core it publishes its change-feed records through.
+pub(crate) struct SqliteTx<'a> {
+    tx: Transaction<'static, sqlx::Sqlite>,
+    core: &'a Core,
+}
 
-impl CacheBackend for Sqlite<'_> {
-    type Tx = SqliteTx;
+impl SqliteTx<'_> {
+    /// Publishes one record of `kind` per key.
+    async fn publish_keys(&mut self, kind: &'static str, keys: &[&str]) -> Result<()> {
+        let records: Vec<Record<'_>> = keys
+            .iter()
+            .map(|key| Record {
+                kind,
+                target: key.as_bytes(),
+            })
+            .collect();
+        self.core
+            .publish(&mut self.tx, Facet::Cache, &records)
+            .await
+    }
+}
 
-    async fn begin(&self) -> Result<SqliteTx> {
-        Ok(SqliteTx(self.store.sqlx_transaction().await?))
+impl<'a> CacheBackend for Sqlite<'a> {
+    type Tx = SqliteTx<'a>;
+
+    async fn begin(&self) -> Result<SqliteTx<'a>> {
+        Ok(SqliteTx {
+            tx: self.store.sqlx_transaction().await?,
+            core: self.core,
+        })
     }
 
     fn read(&self, key: &str, now: Timestamp, max: usize) -> Result<Option<Found>> {
@@ -119,10 +149,12 @@ impl CacheBackend for Sqlite<'_> {
     }
 }
 
-impl CacheTx for SqliteTx {
+impl CacheTx for SqliteTx<'_> {
     async fn write(&mut self, rows: &[Row], touches: &[(Arc<str>, i64)]) -> Result<i64> {
-        let written = write_sets(&mut self.0, rows).await?;
-        write_touches(&mut self.0, touches).await?;
+        let written = write_sets(&mut self.tx, rows).await?;
+        write_touches(&mut self.tx, touches).await?;
+        let keys: Vec<&str> = rows.iter().map(|row| &*row.key).collect();
+        self.publish_keys(SET, &keys).await?;
         Ok(written)
     }
 
@@ -136,13 +168,14 @@ impl CacheTx for SqliteTx {
                 s.push_bind(*k);
             }
             q.push(")");
-            n += q.build().execute(&mut *self.0).await?.rows_affected();
+            n += q.build().execute(&mut *self.tx).await?.rows_affected();
         }
+        self.publish_keys(REMOVED, keys).await?;
         Ok(n)
     }
 
     async fn delete_where(&mut self, filter: Filter<'_>) -> Result<u64> {
-        delete_where(&mut self.0, filter).await
+        delete_where(self.core, &mut self.tx, filter).await
     }
 
     async fn read_for_update(&mut self, key: &str) -> Result<Option<CounterRow>> {
@@ -150,7 +183,7 @@ impl CacheTx for SqliteTx {
             "SELECT codec, value, size, expires_at, tags FROM cache_entries WHERE key = ?1",
         )
         .bind(key)
-        .fetch_optional(&mut *self.0)
+        .fetch_optional(&mut *self.tx)
         .await?;
         let counter = |r: SqliteRow| -> sqlx::Result<CounterRow> {
             Ok(CounterRow {
@@ -177,9 +210,12 @@ impl CacheTx for SqliteTx {
         .bind(key)
         .bind(expires_at)
         .bind(now)
-        .execute(&mut *self.0)
+        .execute(&mut *self.tx)
         .await?
         .rows_affected();
+        if n > 0 {
+            self.publish_keys(SET, &[key]).await?;
+        }
         Ok(n > 0)
     }
 
@@ -191,7 +227,7 @@ impl CacheTx for SqliteTx {
         )
         .bind(now)
         .bind(limit)
-        .execute(&mut *self.0)
+        .execute(&mut *self.tx)
         .await?
         .rows_affected())
     }
@@ -201,7 +237,7 @@ impl CacheTx for SqliteTx {
         Ok(sqlx::query_scalar(
             "SELECT CAST(total(stored_size) AS INTEGER) FROM cache_entries INDEXED BY cache_entries_lru",
         )
-        .fetch_one(&mut *self.0)
+        .fetch_one(&mut *self.tx)
         .await?)
     }
 
@@ -218,18 +254,24 @@ impl CacheTx for SqliteTx {
         )
         .bind(excess)
         .bind(limit)
-        .fetch_all(&mut *self.0)
+        .fetch_all(&mut *self.tx)
         .await?)
     }
 
     async fn commit(self) -> Result<()> {
-        Ok(self.0.commit().await?)
+        Ok(self.tx.commit().await?)
     }
 }
 
-/// Deletes every row the filter matches, inside the caller's transaction on
-/// `conn` (also the whole-user erase's); how many.
-pub(crate) async fn delete_where(conn: &mut SqliteConnection, filter: Filter<'_>) -> Result<u64> {
+/// Deletes every row the filter matches and publishes the invalidation,
+/// inside the caller's transaction on `conn` (also the whole-user erase's);
+/// how many.
+pub(crate) async fn delete_where(
+    core: &Core,
+    conn: &mut SqliteConnection,
+    filter: Filter<'_>,
+) -> Result<u64> {
+    core.publish(conn, Facet::Cache, &[filter.record()]).await?;
     let q = match filter {
         Filter::Tag(tag) => sqlx::query(
             "DELETE FROM cache_entries WHERE key IN (SELECT key FROM cache_tags WHERE tag = ?1)",

@@ -6,16 +6,18 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::backend::{CacheBackend, CacheTx, Row};
+use super::backend::{ALL, CacheBackend, CacheTx, NAMESPACE, REMOVED, Row, SET, TAG, USER};
 use super::config::CacheConfig;
-use super::l1::Shards;
+use super::key::Hashed;
+use super::l1::{Meta, Shards};
 use super::sqlite::Sqlite;
 use crate::Result;
 use crate::core::Core;
+use crate::core::feed::{Cursor, Facet, News};
 
 /// L2's backend: the one place that picks where the cache's rows live.
 pub(super) fn backend(core: &Core) -> Sqlite<'_> {
-    Sqlite::new(core.store())
+    Sqlite::new(core)
 }
 
 /// Rows per retention or eviction transaction.
@@ -31,6 +33,8 @@ pub(crate) struct CacheState {
     /// Stored bytes in L2 as last counted, plus what was written since
     /// (`-1`: not counted yet).
     pub(super) l2_bytes: AtomicI64,
+    /// Where this handle stands in the change feed.
+    pub(super) feed: Cursor,
 }
 
 /// This process's counters of L2 and of invalidations (L1 counts its own).
@@ -59,10 +63,37 @@ impl CacheState {
                 config.l1_bytes,
                 resolution,
             ),
+            feed: Cursor::new(Facet::Cache, config.feed_check_interval),
             config,
             counters: Counters::default(),
             loading: Mutex::new(HashMap::new()),
             l2_bytes: AtomicI64::new(-1),
+        }
+    }
+
+    /// Applies what another handle published (see `backend.rs`). A key it
+    /// wrote leaves L1 but not this handle's own set not yet written (the
+    /// later flush wins in L2, as between two sets here); a deletion or an
+    /// invalidation takes those too. Lost records, or a kind this build does
+    /// not know, drop every entry L2 has (keeping sets not yet written).
+    pub(super) fn apply(&self, news: News<'_>) {
+        let News::Change(change) = news else {
+            self.l1.forget_all_clean();
+            return;
+        };
+        let Ok(target) = std::str::from_utf8(&change.target) else {
+            self.l1.forget_all_clean();
+            return;
+        };
+        let matching = |matches: &dyn Fn(&Meta) -> bool| drop(self.l1.remove_where(matches));
+        match change.kind.as_str() {
+            SET => self.l1.forget_clean(&Hashed::new(target.into())),
+            REMOVED => drop(self.l1.remove([&Hashed::new(target.into())])),
+            TAG => matching(&|m| m.tags.iter().any(|t| &**t == target)),
+            USER => matching(&|m| m.user.as_deref() == Some(target)),
+            NAMESPACE => matching(&|m| &*m.namespace == target),
+            ALL => matching(&|_| true),
+            _ => self.l1.forget_all_clean(),
         }
     }
 

@@ -30,7 +30,7 @@ impl Cache<'_> {
         user: &str,
     ) -> Result<u64> {
         let in_memory = self.forget_user(user);
-        let in_file = sqlite::delete_where(tx, Filter::User(user)).await?;
+        let in_file = sqlite::delete_where(self.core, tx, Filter::User(user)).await?;
         Ok(in_file.max(in_memory))
     }
 

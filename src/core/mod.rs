@@ -2,11 +2,14 @@
 //! `vault_meta`. Every facet holds a `&Core` and its own state; none of them
 //! knows [`Vault`](crate::Vault) or another facet.
 
+pub(crate) mod feed;
 pub(crate) mod meta;
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use zeroize::Zeroizing;
+
+use feed::{Cursor, Facet, Feed, News, Record};
 
 use crate::clock::{Clock, Timestamp};
 use crate::store::Store;
@@ -16,6 +19,8 @@ use crate::{Error, Result};
 pub(crate) struct Core {
     store: Store,
     clock: Arc<dyn Clock>,
+    /// What other handles on the file changed, and what this one publishes.
+    feed: Feed,
     /// The secret behind [`Core::keyed_hash`], from `vault_meta`
     /// (`hash_salt`); set once the schema exists.
     hash_salt: OnceLock<Zeroizing<[u8; 32]>>,
@@ -30,12 +35,50 @@ impl std::fmt::Debug for Core {
 }
 
 impl Core {
-    pub(crate) fn new(store: Store, clock: Arc<dyn Clock>) -> Core {
+    pub(crate) fn new(store: Store, clock: Arc<dyn Clock>, feed: Feed) -> Core {
         Core {
             store,
             clock,
+            feed,
             hash_salt: OnceLock::new(),
         }
+    }
+
+    /// The change feed (see [`feed`]).
+    pub(crate) fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    /// Applies what other handles changed in `cursor`'s facet since it last
+    /// looked (see [`Feed::catch_up`]).
+    #[inline]
+    pub(crate) fn catch_up(
+        &self,
+        cursor: &Cursor,
+        now: Timestamp,
+        apply: impl FnMut(News<'_>),
+    ) -> Result<()> {
+        self.feed.catch_up(&self.store, cursor, now, apply)
+    }
+
+    /// Deletes the change feed's records older than its retention, in one
+    /// transaction; how many went.
+    pub(crate) async fn trim_feed(&self) -> Result<u64> {
+        let mut tx = self.store.sqlx_transaction().await?;
+        let trimmed = self.feed.trim(&mut tx, self.now()).await?;
+        tx.commit().await?;
+        Ok(trimmed)
+    }
+
+    /// Publishes `records` for `facet` inside the caller's write transaction
+    /// on `conn`, stamped with the clock's time.
+    pub(crate) async fn publish(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        facet: Facet,
+        records: &[Record<'_>],
+    ) -> Result<()> {
+        self.feed.publish(conn, self.now(), facet, records).await
     }
 
     /// The file's connections.

@@ -140,6 +140,7 @@ impl Limits<'_> {
         if spec.shared {
             return self.check_shared(spec, subject, now, cost_f, client).await;
         }
+        self.catch_up(now)?;
         let verdict = state.decide(self.core, idx, subject, now, cost_f)?;
         let violation = match &verdict {
             Verdict::Violation { penalty, .. } => {
@@ -302,6 +303,7 @@ impl Limits<'_> {
         crate::ids::check_subject(subject)?;
         let state = self.state;
         let now = self.core.now();
+        self.catch_up(now)?;
         let since = bucket::memory_start(now);
         let mut out = Vec::with_capacity(state.config.limits.len());
         for (idx, limit) in state.config.limits.iter().enumerate() {
@@ -360,7 +362,15 @@ impl Limits<'_> {
         subject: &str,
     ) -> Result<(u64, u64)> {
         self.state.forget(subject);
-        sqlite::delete_subject(tx, subject).await
+        sqlite::delete_subject(self.core, tx, subject).await
+    }
+
+    /// Drops from memory what other handles reset or erased since this one
+    /// last looked.
+    fn catch_up(&self, now: Timestamp) -> Result<()> {
+        let state = self.state;
+        self.core
+            .catch_up(&state.feed, now, |news| state.apply(news))
     }
 
     /// Drops what this process holds in memory about `subject`.
@@ -472,5 +482,5 @@ fn limit_status(limit: &CompiledLimit, entry: &Entry, now: Timestamp) -> LimitSt
 /// of non-strict limits still buffered are not counted), for the health
 /// report.
 pub(crate) fn violations_since(core: &Core, since: Timestamp) -> Result<u64> {
-    Sqlite::new(core.store(), &Statements::default()).count_violations_since(since)
+    Sqlite::new(core, &Statements::default()).count_violations_since(since)
 }

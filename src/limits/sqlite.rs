@@ -12,7 +12,10 @@ use super::backend::{
     BucketRow, LimitsBackend, Shared, SharedAllowed, SharedCheck, Stored, ViolationRow, Writes,
 };
 use super::bucket::{Bucket, EPSILON};
+use super::state::SUBJECT;
 use super::types::ViolationRecord;
+use crate::core::Core;
+use crate::core::feed::{Facet, Record};
 use crate::store::Store;
 use crate::{Result, Timestamp};
 
@@ -21,13 +24,18 @@ const ROWS_PER_STATEMENT: usize = 100;
 
 /// The limits facet's tables in a SQLite file.
 pub(crate) struct Sqlite<'a> {
+    core: &'a Core,
     store: &'a Store,
     statements: &'a Statements,
 }
 
 impl<'a> Sqlite<'a> {
-    pub(crate) fn new(store: &'a Store, statements: &'a Statements) -> Self {
-        Sqlite { store, statements }
+    pub(crate) fn new(core: &'a Core, statements: &'a Statements) -> Self {
+        Sqlite {
+            core,
+            store: core.store(),
+            statements,
+        }
     }
 }
 
@@ -121,7 +129,7 @@ impl LimitsBackend for Sqlite<'_> {
     async fn delete_subject(&self, subject: &str, holding: impl FnOnce()) -> Result<(u64, u64)> {
         let mut tx = self.store.sqlx_transaction().await?;
         holding();
-        let deleted = delete_subject(&mut tx, subject).await?;
+        let deleted = delete_subject(self.core, &mut tx, subject).await?;
         tx.commit().await?;
         Ok(deleted)
     }
@@ -362,11 +370,18 @@ pub(crate) async fn insert_violations(
 }
 
 /// Deletes everything about `subject` on `conn` (inside the caller's
-/// transaction): (buckets, violations).
+/// transaction) and publishes the reset to the change feed: (buckets,
+/// violations).
 pub(crate) async fn delete_subject(
+    core: &Core,
     conn: &mut SqliteConnection,
     subject: &str,
 ) -> Result<(u64, u64)> {
+    let record = Record {
+        kind: SUBJECT,
+        target: subject.as_bytes(),
+    };
+    core.publish(conn, Facet::Limits, &[record]).await?;
     let buckets = sqlx::query("DELETE FROM token_buckets WHERE subject = ?1")
         .bind(subject)
         .execute(&mut *conn)

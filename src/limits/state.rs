@@ -15,6 +15,7 @@ use super::config::{Compiled, CompiledLimit, LimitsConfig};
 use super::sqlite::{Sqlite, Statements};
 use super::types::Penalty;
 use super::verdict::{self, Verdict};
+use crate::core::feed::{Cursor, Facet, News};
 use crate::core::{Core, lock};
 use crate::{Error, Result, Timestamp};
 
@@ -30,7 +31,13 @@ pub(crate) struct LimitsState {
     /// Violations of non-strict limits not yet written.
     pending: Mutex<Vec<ViolationRow>>,
     statements: Statements,
+    /// Where this handle stands in the change feed.
+    pub(super) feed: Cursor,
 }
+
+/// The change-feed record: a subject whose buckets and violations were
+/// deleted (a reset or an erasure).
+pub(super) const SUBJECT: &str = "subject";
 
 #[derive(Default)]
 struct Shard {
@@ -69,12 +76,13 @@ impl LimitsState {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             pending: Mutex::default(),
             statements,
+            feed: Cursor::new(Facet::Limits, std::time::Duration::ZERO),
         })
     }
 
     /// The file's side of the facet.
     pub(super) fn backend<'a>(&'a self, core: &'a Core) -> Sqlite<'a> {
-        Sqlite::new(core.store(), &self.statements)
+        Sqlite::new(core, &self.statements)
     }
 
     fn shard(&self, subject: &str) -> &Mutex<Shard> {
@@ -277,6 +285,32 @@ impl LimitsState {
     pub(super) fn forget(&self, subject: &str) {
         lock(self.shard(subject)).subjects.remove(subject);
         lock(&self.pending).retain(|v| v.subject != subject);
+    }
+
+    /// Applies what another handle published: forgets the subject it reset
+    /// or erased. Lost records (or a kind this build does not know) drop
+    /// every entry already written, which the next check reloads from the
+    /// file; entries not yet written stay, so no spent token is handed out
+    /// again.
+    pub(super) fn apply(&self, news: News<'_>) {
+        if let News::Change(change) = news
+            && change.kind == SUBJECT
+            && let Ok(subject) = std::str::from_utf8(&change.target)
+        {
+            self.forget(subject);
+            return;
+        }
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            shard.subjects.retain(|_, limits| {
+                for slot in limits.iter_mut() {
+                    if slot.as_ref().is_some_and(|e| !e.dirty) {
+                        *slot = None;
+                    }
+                }
+                limits.iter().any(Option::is_some)
+            });
+        }
     }
 
     /// Drops the entries that are written, full and without recent

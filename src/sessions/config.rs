@@ -37,9 +37,19 @@ pub struct SessionConfig {
     /// allocated at open.
     pub memory_entries: usize,
     /// How long a session read from the file may be served from memory
-    /// before it is read again (default 1 s). This bounds how late this
-    /// process sees another process's revocation.
+    /// before it is read again (default 1 s). Revocations, rotations and
+    /// data changes made through statevault by another handle reach memory
+    /// through the change feed instead (see `feed_check_interval`); this
+    /// bounds how late memory sees what reaches the file another way (an
+    /// operator's SQL) and another process's last-seen times.
     pub memory_ttl: Duration,
+    /// How often validation asks the change feed whether another handle
+    /// (process, worker, the CLI) revoked, rotated or changed a session
+    /// (default zero: on every validation, so another handle's revocation
+    /// refuses the old token on this one's very next validation). A longer
+    /// interval saves that check on most validations and lets a revoked
+    /// token through for up to that long (at most a minute).
+    pub feed_check_interval: Duration,
     /// The largest session data, as JSON bytes (default 64 KiB).
     pub max_data_bytes: usize,
 }
@@ -56,6 +66,7 @@ impl Default for SessionConfig {
             retention: Duration::from_secs(30 * 24 * HOUR),
             memory_entries: 10_000,
             memory_ttl: Duration::from_secs(1),
+            feed_check_interval: Duration::ZERO,
             max_data_bytes: 64 << 10,
         }
     }
@@ -92,6 +103,12 @@ impl SessionConfig {
         }
         if self.memory_ttl > Duration::from_secs(3600) {
             return Err(Error::invalid("sessions.memory_ttl", "longer than an hour"));
+        }
+        if self.feed_check_interval > Duration::from_secs(60) {
+            return Err(Error::invalid(
+                "sessions.feed_check_interval",
+                "longer than a minute",
+            ));
         }
         if self.max_data_bytes > 16 << 20 {
             return Err(Error::invalid(

@@ -104,7 +104,7 @@ impl<'a> Sessions<'a> {
     }
 
     fn backend(&self) -> Sqlite<'a> {
-        Sqlite::new(self.core.store())
+        Sqlite::new(self.core)
     }
 
     /// Creates a session and returns its token and CSRF token, once.
@@ -327,6 +327,9 @@ impl<'a> Sessions<'a> {
     /// The row for a token hash: from memory if read recently enough, else
     /// from the file (and then remembered, unless a change raced the read).
     fn row(&self, hash: &[u8; 32], now: Timestamp) -> Result<Option<Arc<Row>>> {
+        let state = self.state;
+        self.core
+            .catch_up(&state.feed, now, |news| state.apply(news))?;
         if let Some(row) = self.state.remembered(hash, now) {
             return Ok(Some(row));
         }
@@ -488,13 +491,15 @@ impl<'a> Sessions<'a> {
             .collect()
     }
 
-    /// Within the whole-user erase transaction: deletes the user's sessions,
-    /// returning their token hashes (to forget once committed).
+    /// Within the whole-user erase transaction: deletes the user's sessions
+    /// and publishes their tokens to the change feed, returning their token
+    /// hashes (to forget once committed).
     pub(crate) async fn erase_user(
+        &self,
         tx: &mut sqlx::SqliteConnection,
         user_id: &str,
     ) -> Result<Vec<[u8; 32]>> {
-        sqlite::erase_user(tx, user_id).await
+        sqlite::erase_user(self.core, tx, user_id).await
     }
 
     /// How many sessions are live now (not revoked, not past their absolute

@@ -3,6 +3,12 @@
 //! writes. Implements [`SessionsBackend`]; the functions taking a
 //! connection run inside a transaction the vault opens across facets
 //! (legacy import, user erasure).
+//!
+//! Every write that revokes, rotates, deletes or changes a session publishes
+//! its token hash to the change feed in the same transaction, so another
+//! handle drops the row from its memory before its next validation. The
+//! tower-sessions records are not published: they are read from the file on
+//! every load, never from memory.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicI64;
@@ -11,20 +17,39 @@ use std::time::Duration;
 use sqlx::{QueryBuilder, Row as _, SqliteConnection};
 
 use super::backend::{Candidate, NewRow, Regenerated, SessionsBackend, Tokens};
-use super::state::{Binding, Row};
+use super::state::{Binding, Row, TOKEN};
 use crate::Result;
 use crate::clock::Timestamp;
+use crate::core::Core;
+use crate::core::feed::{Facet, Record};
 use crate::store::{Store, closed_or};
 
 /// The sessions table of a SQLite vault.
 pub(crate) struct Sqlite<'a> {
+    core: &'a Core,
     store: &'a Store,
 }
 
 impl<'a> Sqlite<'a> {
-    pub(crate) fn new(store: &'a Store) -> Self {
-        Sqlite { store }
+    pub(crate) fn new(core: &'a Core) -> Self {
+        Sqlite {
+            core,
+            store: core.store(),
+        }
     }
+}
+
+/// Publishes, inside the transaction on `conn`, that these tokens' rows
+/// changed.
+async fn publish(core: &Core, conn: &mut SqliteConnection, hashes: &[[u8; 32]]) -> Result<()> {
+    let records: Vec<Record<'_>> = hashes
+        .iter()
+        .map(|hash| Record {
+            kind: TOKEN,
+            target: hash,
+        })
+        .collect();
+    core.publish(conn, Facet::Sessions, &records).await
 }
 
 /// The columns [`row`] reads, in its order.
@@ -111,6 +136,8 @@ impl SessionsBackend for Sqlite<'_> {
         let mut tx = self.store.sqlx_transaction().await?;
         let evicted = make_room_in(&mut tx, row.user_id, row.created_at, make_room).await?;
         insert(&mut tx, row).await?;
+        let hashes: Vec<[u8; 32]> = evicted.iter().map(|c| c.token_hash).collect();
+        publish(self.core, &mut tx, &hashes).await?;
         tx.commit().await?;
         Ok(evicted)
     }
@@ -135,6 +162,7 @@ impl SessionsBackend for Sqlite<'_> {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
+        publish(self.core, &mut tx, &[*old]).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -167,40 +195,50 @@ impl SessionsBackend for Sqlite<'_> {
             return Ok(false);
         }
         revoke_ids(&mut tx, [old_id], "regenerated", new.created_at).await?;
+        publish(self.core, &mut tx, &[*old]).await?;
         tx.commit().await?;
         Ok(true)
     }
 
     async fn set_data(&self, token_hash: &[u8; 32], data: &str) -> Result<bool> {
+        let mut tx = self.store.sqlx_transaction().await?;
         let done = sqlx::query(
             "UPDATE sessions SET data = ?1 WHERE token_hash = ?2 AND revoked_at IS NULL",
         )
         .bind(data)
         .bind(&token_hash[..])
-        .execute(self.store.sqlx_writer())
-        .await
-        .map_err(closed_or)?;
-        Ok(done.rows_affected() > 0)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        publish(self.core, &mut tx, &[*token_hash]).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn revoke(&self, id: &str, now: Timestamp) -> Result<Vec<[u8; 32]>> {
         let mut tx = self.store.sqlx_transaction().await?;
         let hashes = revoke_ids(&mut tx, [id], "revoked", now).await?;
+        publish(self.core, &mut tx, &hashes).await?;
         tx.commit().await?;
         Ok(hashes)
     }
 
     async fn revoke_user(&self, user_id: &str, now: Timestamp) -> Result<Vec<[u8; 32]>> {
+        let mut tx = self.store.sqlx_transaction().await?;
         let rows = sqlx::query(
             "UPDATE sessions SET revoked_at = ?1, revoked_reason = 'logout_all'
              WHERE user_id = ?2 AND revoked_at IS NULL RETURNING token_hash",
         )
         .bind(now)
         .bind(user_id)
-        .fetch_all(self.store.sqlx_writer())
-        .await
-        .map_err(closed_or)?;
-        token_hashes(&rows)
+        .fetch_all(&mut *tx)
+        .await?;
+        let hashes = token_hashes(&rows)?;
+        publish(self.core, &mut tx, &hashes).await?;
+        tx.commit().await?;
+        Ok(hashes)
     }
 
     /// Reads the partial index `sessions_live` alone (`INDEXED BY`: SQLite
@@ -239,6 +277,7 @@ impl SessionsBackend for Sqlite<'_> {
     }
 
     async fn delete_idle(&self, cutoff: Timestamp, batch: usize) -> Result<Vec<[u8; 32]>> {
+        let mut tx = self.store.sqlx_transaction().await?;
         let rows = sqlx::query(
             "DELETE FROM sessions WHERE id IN
                  (SELECT id FROM sessions WHERE last_seen_at < ?1 LIMIT ?2)
@@ -246,10 +285,12 @@ impl SessionsBackend for Sqlite<'_> {
         )
         .bind(cutoff)
         .bind(i64::try_from(batch).unwrap_or(i64::MAX))
-        .fetch_all(self.store.sqlx_writer())
-        .await
-        .map_err(closed_or)?;
-        token_hashes(&rows)
+        .fetch_all(&mut *tx)
+        .await?;
+        let hashes = token_hashes(&rows)?;
+        publish(self.core, &mut tx, &hashes).await?;
+        tx.commit().await?;
+        Ok(hashes)
     }
 
     #[cfg(feature = "tower-sessions")]
@@ -384,9 +425,10 @@ pub(crate) async fn make_room_in(
     Ok(evicted)
 }
 
-/// Inside the whole-user erase transaction: deletes the user's sessions,
-/// returning their token hashes.
+/// Inside the whole-user erase transaction: deletes the user's sessions and
+/// publishes their tokens, returning their token hashes.
 pub(crate) async fn erase_user(
+    core: &Core,
     conn: &mut SqliteConnection,
     user_id: &str,
 ) -> Result<Vec<[u8; 32]>> {
@@ -394,7 +436,9 @@ pub(crate) async fn erase_user(
         .bind(user_id)
         .fetch_all(&mut *conn)
         .await?;
-    token_hashes(&rows)
+    let hashes = token_hashes(&rows)?;
+    publish(core, conn, &hashes).await?;
+    Ok(hashes)
 }
 
 /// Revokes sessions by id inside a transaction; returns the token hashes of

@@ -13,6 +13,7 @@ use lru::LruCache;
 use super::config::SessionConfig;
 use super::types::Session;
 use crate::clock::Timestamp;
+use crate::core::feed::{Cursor, Facet, News};
 use crate::core::lock;
 
 /// A session as the file has it, shared by memory and validation.
@@ -112,7 +113,12 @@ pub(crate) struct State {
     epoch: AtomicU64,
     /// Last-seen times not yet written, by session id.
     pub(super) touches: Mutex<HashMap<String, Timestamp>>,
+    /// Where this handle stands in the change feed.
+    pub(super) feed: Cursor,
 }
+
+/// The change-feed record: a token (its hash) whose row changed.
+pub(super) const TOKEN: &str = "token";
 
 impl State {
     pub(crate) fn new(config: SessionConfig) -> State {
@@ -125,6 +131,7 @@ impl State {
             })
             .unwrap_or_default();
         State {
+            feed: Cursor::new(Facet::Sessions, config.feed_check_interval),
             config,
             memory,
             epoch: AtomicU64::new(0),
@@ -170,6 +177,27 @@ impl State {
         for hash in hashes {
             if let Some(shard) = self.shard(hash) {
                 lock(shard).pop(hash);
+            }
+        }
+    }
+
+    /// Applies what another handle published: forgets the token it names,
+    /// or every row when records were lost (or are of a kind this build
+    /// does not know, from a newer one).
+    pub(super) fn apply(&self, news: News<'_>) {
+        let hash = match news {
+            News::Change(change) if change.kind == TOKEN => {
+                <[u8; 32]>::try_from(&change.target[..]).ok()
+            }
+            _ => None,
+        };
+        match hash {
+            Some(hash) => self.forget(&[hash]),
+            None => {
+                self.epoch.fetch_add(1, Ordering::SeqCst);
+                for shard in &self.memory {
+                    lock(shard).clear();
+                }
             }
         }
     }

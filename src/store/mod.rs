@@ -28,6 +28,7 @@
 mod check;
 mod conn;
 mod copy;
+pub(crate) mod feed;
 mod file;
 mod inspect;
 pub(crate) mod meta;
@@ -178,6 +179,16 @@ impl Store {
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
         self.hot.with(f)
+    }
+
+    /// [`read_here`](Store::read_here) on the first reader always, waiting
+    /// for it if another thread holds it: for what must be asked of the same
+    /// connection each time (`PRAGMA data_version`).
+    pub(crate) fn read_first<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        self.hot.with_first(f)
     }
 
     /// A write transaction that takes the write lock at once (`BEGIN

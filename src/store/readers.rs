@@ -96,7 +96,26 @@ impl Readers {
         if self.pool.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let guard = self.slot();
+        self.run(self.slot(), f)
+    }
+
+    /// Runs `f` on the first reader (slot 0, open until `close`), waiting
+    /// for it if another thread holds it (for one lookup at most).
+    pub(crate) fn with_first<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        if self.pool.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        self.run(lock(&self.pool.slots[0]), f)
+    }
+
+    fn run<T>(
+        &self,
+        guard: MutexGuard<'_, Option<rusqlite::Connection>>,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
         let conn = guard.as_ref().ok_or(Error::Closed)?;
         let settings = &self.pool.settings;
         f(conn).map_err(|e| super::conn::classify(&settings.path, settings.key.as_ref(), e))

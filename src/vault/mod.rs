@@ -19,6 +19,7 @@ use crate::audit::{self, Audit, AuditEvent, EventKind};
 use crate::backup::{BackupConfig, Recovery};
 use crate::cache::{Cache, CacheState};
 use crate::clock::{Clock, Timestamp};
+use crate::core::feed::Feed;
 use crate::core::{Core, lock, meta};
 use crate::health::HealthState;
 use crate::limits::{Limits, LimitsState};
@@ -120,10 +121,11 @@ impl Vault {
         let metrics = MetricsState::new(options.metrics.clone())?;
         let key_file = options.key_file_path();
         tracing::debug!(?options, "opening vault");
+        let feed = Feed::new(options.feed_retention)?;
         let store = Store::open(options.spec()).await?;
         let vault = Vault {
             inner: Arc::new(Inner {
-                core: Core::new(store, options.clock),
+                core: Core::new(store, options.clock, feed),
                 sessions: sessions::State::new(options.sessions),
                 audit: audit::State::new(options.audit),
                 preferences: options.preferences,
@@ -197,6 +199,7 @@ impl Vault {
             meta::record_creation(self.store(), self.now(), self.is_encrypted()).await?;
         }
         self.core().load_hash_salt()?;
+        self.core().feed().start(self.store())?;
         self.settle_preferences().await
     }
 

@@ -36,6 +36,7 @@ pub struct VaultOptions {
     pub(super) busy_timeout: Duration,
     pub(super) flush_interval: Duration,
     pub(super) sweep_interval: Option<Duration>,
+    pub(super) feed_retention: Duration,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) sessions: SessionConfig,
     pub(super) audit: AuditConfig,
@@ -65,6 +66,7 @@ impl VaultOptions {
             busy_timeout: Duration::from_secs(5),
             flush_interval: Duration::from_secs(1),
             sweep_interval: Some(Duration::from_secs(3600)),
+            feed_retention: Duration::from_secs(60),
             clock: Arc::new(SystemClock),
             sessions: SessionConfig::default(),
             audit: AuditConfig::default(),
@@ -159,6 +161,17 @@ impl VaultOptions {
     /// `statevault sweep` (at least 1 s; default hourly).
     pub fn sweep_interval(mut self, every: Option<Duration>) -> Self {
         self.sweep_interval = every;
+        self
+    }
+
+    /// How long the change feed keeps a record (1 s – 1 day, default one
+    /// minute). Another handle on the file that has not looked at a facet
+    /// for longer than this may find records it had not read trimmed; it
+    /// then drops what that facet holds in memory, so it is never stale,
+    /// only colder. Longer keeps more rows in the file: one per cached key
+    /// flushed, per session token changed, per limit reset.
+    pub fn feed_retention(mut self, keep: Duration) -> Self {
+        self.feed_retention = keep;
         self
     }
 
@@ -299,6 +312,12 @@ impl VaultOptions {
         {
             return Err(Error::invalid("sweep_interval", "shorter than a second"));
         }
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&self.feed_retention) {
+            return Err(Error::invalid(
+                "feed_retention",
+                "not between 1 s and 1 day",
+            ));
+        }
         if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&self.flush_interval) {
             return Err(Error::invalid(
                 "flush_interval",
@@ -327,6 +346,7 @@ impl fmt::Debug for VaultOptions {
             .field("busy_timeout", &self.busy_timeout)
             .field("flush_interval", &self.flush_interval)
             .field("sweep_interval", &self.sweep_interval)
+            .field("feed_retention", &self.feed_retention)
             .field("sessions", &self.sessions)
             .field("audit", &self.audit)
             .field("preferences", &self.preferences)

@@ -1,0 +1,221 @@
+//! The change feed: how what one handle commits reaches the memory of every
+//! other handle on the same file (another worker, another process, the CLI).
+//!
+//! A write that must be seen elsewhere appends, in its own transaction, a
+//! small record to the `changes` table ([`Feed::publish`]): which facet,
+//! what kind of change, what it names (a token hash, a cache key, a tag, a
+//! user, a subject), and the handle that wrote it (`origin`, random per
+//! open). Each facet keeps a [`Cursor`]: the last `seq` it applied and the
+//! transport's version when it last looked. Before it answers from memory,
+//! it catches up ([`Feed::catch_up`]):
+//!
+//! 1. ask the transport whether anything was committed since it last looked
+//!    (for the vault file, `PRAGMA data_version` on one reader: no disk
+//!    read, it changes whenever another connection commits);
+//! 2. only if so, read its facet's records after its `seq`, written by
+//!    other handles, and hand each one to the facet to drop what it names;
+//! 3. if records it had not read were trimmed meanwhile, tell the facet
+//!    that anything it holds may be stale ([`News::Lost`]).
+//!
+//! A facet may bound the staleness instead of checking on every call
+//! ([`Cursor::new`]'s `every`): then it looks at most once per that period
+//! of the vault's clock.
+//!
+//! Retention: the handle that publishes trims records older than the feed's
+//! retention, at most once a second, in the same transaction;
+//! [`Vault::sweep`](crate::Vault::sweep) trims too. The newest record is
+//! always kept, so that a reader can tell that records were trimmed.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use sqlx::SqliteConnection;
+
+use super::lock;
+use crate::clock::Timestamp;
+pub(crate) use crate::store::feed::{Change, Facet, Record};
+use crate::store::{self, Store, feed::Batch};
+use crate::{Error, Result};
+
+/// How news of other handles' commits reaches this one. The vault file's
+/// transport is [`Store`]: `PRAGMA data_version`, then the `changes` table.
+pub(crate) trait Transport {
+    /// A value that differs from every earlier one whenever anything was
+    /// committed since (a false alarm costs one read; a miss is a bug).
+    fn version(&self) -> Result<u64>;
+
+    /// `facet`'s records after `after` not written by `origin`, oldest
+    /// first, with the feed's first and last `seq`, from one snapshot.
+    fn read(&self, facet: Facet, after: i64, origin: i64) -> Result<Batch>;
+
+    /// The newest `seq` (0 when nothing was ever published).
+    fn last(&self) -> Result<i64>;
+}
+
+impl Transport for Store {
+    fn version(&self) -> Result<u64> {
+        self.data_version()
+    }
+
+    fn read(&self, facet: Facet, after: i64, origin: i64) -> Result<Batch> {
+        self.feed_read(facet, after, origin)
+    }
+
+    fn last(&self) -> Result<i64> {
+        self.feed_last()
+    }
+}
+
+/// What a facet is told to apply when it catches up.
+pub(crate) enum News<'a> {
+    /// A record another handle published.
+    Change(&'a Change),
+    /// Records this cursor had not read were trimmed: anything the facet
+    /// holds in memory may be stale.
+    Lost,
+}
+
+/// The feed as one handle sees it.
+pub(crate) struct Feed {
+    /// Marks this handle's records, which it skips when it reads.
+    origin: i64,
+    /// The newest `seq` when the schema was found current; `-1` before (the
+    /// table may not exist yet, and there is nothing to catch up on).
+    start: AtomicI64,
+    retention: Duration,
+    /// When this handle last trimmed (milliseconds of the vault's clock).
+    trimmed_at: AtomicI64,
+}
+
+/// How often the publisher trims, at most.
+const TRIM_EVERY_MS: i64 = 1_000;
+
+impl Feed {
+    /// A feed for a new handle, keeping records for `retention`.
+    pub(crate) fn new(retention: Duration) -> Result<Feed> {
+        let origin = getrandom::u64().map_err(|e| Error::Internal {
+            detail: format!("no randomness for the change feed's origin: {e}"),
+        })?;
+        Ok(Feed {
+            origin: origin.cast_signed(),
+            start: AtomicI64::new(-1),
+            retention,
+            trimmed_at: AtomicI64::new(i64::MIN),
+        })
+    }
+
+    /// Starts reading, from the newest record on: what was committed before
+    /// this handle held anything in memory needs no applying. Call once the
+    /// schema is current.
+    pub(crate) fn start(&self, transport: &impl Transport) -> Result<()> {
+        let last = transport.last()?;
+        let _ = self
+            .start
+            .compare_exchange(-1, last, Ordering::SeqCst, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Appends `records` inside the caller's write transaction on `conn`,
+    /// and trims the feed there when it is due.
+    pub(crate) async fn publish(
+        &self,
+        conn: &mut SqliteConnection,
+        at: Timestamp,
+        facet: Facet,
+        records: &[Record<'_>],
+    ) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        store::feed::publish(conn, self.origin, at, facet, records).await?;
+        let now = at.as_millis();
+        let last = self.trimmed_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= TRIM_EVERY_MS {
+            self.trim(conn, at).await?;
+            self.trimmed_at.store(now, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Deletes the records older than the retention at `now` (keeping the
+    /// newest), inside the caller's transaction; how many went.
+    pub(crate) async fn trim(&self, conn: &mut SqliteConnection, now: Timestamp) -> Result<u64> {
+        store::feed::trim(conn, now.saturating_sub(self.retention)).await
+    }
+
+    /// Applies what other handles published for `cursor`'s facet since it
+    /// last looked (see the module docs). `apply` runs under the cursor's
+    /// lock, so two callers never apply the same records, and a caller that
+    /// returns from here has seen every record committed before it came in
+    /// (unless the cursor bounds staleness and looked less than its period
+    /// ago).
+    pub(crate) fn catch_up(
+        &self,
+        transport: &impl Transport,
+        cursor: &Cursor,
+        now: Timestamp,
+        mut apply: impl FnMut(News<'_>),
+    ) -> Result<()> {
+        let start = self.start.load(Ordering::Acquire);
+        if start < 0 {
+            return Ok(());
+        }
+        let now = now.as_millis();
+        if cursor.every_ms > 0 && now < cursor.next_check.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut pos = lock(&cursor.pos);
+        let version = transport.version()?;
+        if pos.version != Some(version) {
+            let after = pos.seq.unwrap_or(start);
+            let batch = transport.read(cursor.facet, after, self.origin)?;
+            if batch.first.is_some_and(|first| first > after + 1) {
+                apply(News::Lost);
+            } else {
+                batch.changes.iter().for_each(|c| apply(News::Change(c)));
+            }
+            *pos = Pos {
+                seq: Some(batch.last.unwrap_or(after).max(after)),
+                version: Some(version),
+            };
+        }
+        if cursor.every_ms > 0 {
+            cursor
+                .next_check
+                .store(now.saturating_add(cursor.every_ms), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// Where one facet of one handle stands in the feed.
+pub(crate) struct Cursor {
+    facet: Facet,
+    /// Look at most once per this many milliseconds (0: on every call).
+    every_ms: i64,
+    /// When a bounded cursor looks next (milliseconds of the vault's clock).
+    next_check: AtomicI64,
+    pos: Mutex<Pos>,
+}
+
+/// The last `seq` applied and the transport's version then (`None`: not
+/// looked yet).
+#[derive(Default)]
+struct Pos {
+    seq: Option<i64>,
+    version: Option<u64>,
+}
+
+impl Cursor {
+    /// A cursor for `facet` that looks for news at most once per `every`
+    /// (zero: on every call).
+    pub(crate) fn new(facet: Facet, every: Duration) -> Cursor {
+        Cursor {
+            facet,
+            every_ms: i64::try_from(every.as_millis()).unwrap_or(i64::MAX),
+            next_check: AtomicI64::new(i64::MIN),
+            pos: Mutex::new(Pos::default()),
+        }
+    }
+}
