@@ -36,6 +36,7 @@ fn every_section_parses_and_defaults_fill_the_rest() {
         page_cache_mb = 16
         busy_timeout_ms = 2000
         flush_interval_ms = 500
+        feed_retention_seconds = 300
 
         [session_management]
         idle_timeout_minutes = 30
@@ -46,6 +47,7 @@ fn every_section_parses_and_defaults_fill_the_rest() {
         retention_days = 14
         memory_entries = 100
         memory_ttl_ms = 250
+        feed_check_interval_ms = 2
         max_data_kb = 8
 
         [caching]
@@ -53,6 +55,7 @@ fn every_section_parses_and_defaults_fill_the_rest() {
         max_ttl_seconds = 86400
         max_value_kb = 1024
         compression_level = 5
+        feed_check_interval_ms = 3
         l1_cache = { enabled = true, max_size = 50, max_size_mb = 10 }
         l2_cache = { max_size_mb = 20 }
         ttl_seconds = { search = 60, lyrics = 7200 }
@@ -115,6 +118,9 @@ fn every_section_parses_and_defaults_fill_the_rest() {
         "recover_on_open: true",
         "snapshots",
         "retention: 259200s",
+        "feed_retention: 300s",
+        "feed_check_interval: 2ms",
+        "feed_check_interval: 3ms",
     ] {
         assert!(debug.contains(shown), "{shown:?} missing from {debug}");
     }

@@ -150,7 +150,7 @@ async fn evicting_the_oldest_session_reaches_the_other_handle() {
     let first = login(&a, "dave").await;
     assert!(is_valid(&validate(&b, &first).await));
     let second = login(&a, "dave").await;
-    assert_eq!(second.evicted, [first.id.clone()]);
+    assert_eq!(second.evicted, std::slice::from_ref(&first.id));
     assert!(!is_valid(&validate(&b, &first).await));
     close(&[a, b]).await;
 }

@@ -12,6 +12,13 @@
 //! Meanwhile the test runs `statevault info`, `sql`, `audit verify`,
 //! `cache stats`, `limits status` and `sweep` over and over, each of which
 //! must exit 0 with nothing on stderr.
+//!
+//! Each server also probes the change feed with the other, in rounds: the
+//! sender makes a session and a cache entry; the receiver validates the
+//! token and reads the entry (both now in its memory); the sender revokes
+//! the session and replaces the entry; the receiver must refuse the token
+//! and read the new value at once. They pass each other the round's state
+//! through preferences, which every process reads from the file.
 
 mod common;
 
@@ -33,6 +40,8 @@ use statevault::{
 const DB_ENV: &str = "STATEVAULT_SOAK_DB";
 /// The server's name, which prefixes its users and keys.
 const NAME_ENV: &str = "STATEVAULT_SOAK_NAME";
+/// The other server's name, whose feed probes this one receives.
+const PEER_ENV: &str = "STATEVAULT_SOAK_PEER";
 /// How long the servers run.
 const LOAD: Duration = Duration::from_secs(8);
 const SERVERS: usize = 2;
@@ -51,6 +60,8 @@ struct Done {
     audit: u64,
     /// user → the last `n` patched in.
     prefs: BTreeMap<String, u64>,
+    /// Feed rounds this server checked as the receiver.
+    probes: u64,
 }
 
 fn limits() -> LimitsConfig {
@@ -71,6 +82,7 @@ fn server() {
         return;
     };
     let name = std::env::var(NAME_ENV).unwrap();
+    let peer = std::env::var(PEER_ENV).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -82,6 +94,8 @@ fn server() {
         let tasks: Vec<_> = (0..TASKS)
             .map(|task| tokio::spawn(serve(vault.clone(), format!("{name}-{task}"), until)))
             .collect();
+        let sender = tokio::spawn(send_probes(vault.clone(), name.clone(), until));
+        let receiver = tokio::spawn(receive_probes(vault.clone(), peer, until));
         let mut done = Done::default();
         let mut failed = None;
         for task in tasks {
@@ -95,6 +109,13 @@ fn server() {
                 }
                 Err(e) => failed = Some(e),
             }
+        }
+        if let Err(e) = sender.await.unwrap() {
+            failed = Some(e);
+        }
+        match receiver.await.unwrap() {
+            Ok(probes) => done.probes = probes,
+            Err(e) => failed = Some(e),
         }
         let closed = vault.close().await;
         match failed {
@@ -159,6 +180,122 @@ async fn serve(vault: Vault, user: String, until: Instant) -> statevault::Result
     Ok(done)
 }
 
+/// How long past the load a probe waits for its peer before it fails.
+const PROBE_GRACE: Duration = Duration::from_secs(20);
+
+/// The sender's side of the feed probe (see the module docs), until `until`.
+async fn send_probes(vault: Vault, name: String, until: Instant) -> statevault::Result<()> {
+    let prefs = vault.preferences();
+    let mailbox = format!("mail-{name}");
+    let key = CacheKey::new("probe", &name)?;
+    let mut round = 0;
+    while Instant::now() < until {
+        round += 1;
+        let issued = vault
+            .sessions()
+            .create(NewSession::new(format!("probe-{name}")))
+            .await?;
+        vault
+            .cache()
+            .set(&key, format!("{round} old").as_bytes())
+            .await?;
+        vault.flush().await?;
+        let mail = json!({"round": round, "token": issued.token.expose(), "state": "ready"});
+        prefs.patch(&mailbox, &mail).await?;
+        wait_for(
+            &vault,
+            &format!("ack-{name}"),
+            json!({"round": round, "checked": false}),
+            until,
+        )
+        .await?;
+        vault.sessions().revoke(&issued.id).await?;
+        vault
+            .cache()
+            .set(&key, format!("{round} new").as_bytes())
+            .await?;
+        vault.flush().await?;
+        prefs.patch(&mailbox, &json!({"state": "changed"})).await?;
+        wait_for(
+            &vault,
+            &format!("ack-{name}"),
+            json!({"round": round, "checked": true}),
+            until,
+        )
+        .await?;
+    }
+    prefs.patch(&mailbox, &json!({"state": "done"})).await?;
+    Ok(())
+}
+
+/// Waits until `user`'s preferences are `expected`, reading the file.
+async fn wait_for(
+    vault: &Vault,
+    user: &str,
+    expected: serde_json::Value,
+    until: Instant,
+) -> statevault::Result<()> {
+    while vault.preferences().get(user)? != expected {
+        assert!(
+            Instant::now() < until + PROBE_GRACE,
+            "{user} never became {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+/// The receiver's side: checks each of `peer`'s rounds until it is done;
+/// returns how many rounds it checked.
+async fn receive_probes(vault: Vault, peer: String, until: Instant) -> statevault::Result<u64> {
+    let prefs = vault.preferences();
+    let (mailbox, ack) = (format!("mail-{peer}"), format!("ack-{peer}"));
+    let key = CacheKey::new("probe", &peer)?;
+    let mut checked = 0;
+    let mut seen = 0;
+    loop {
+        assert!(
+            Instant::now() < until + PROBE_GRACE,
+            "{peer} stopped sending"
+        );
+        let mail = prefs.get(&mailbox)?;
+        let round = mail["round"].as_u64().unwrap_or(0);
+        let token = mail["token"].as_str().unwrap_or_default();
+        match mail["state"].as_str() {
+            Some("done") => return Ok(checked),
+            Some("ready") if round > seen => {
+                let valid = vault.sessions().validate(token, None).await?;
+                assert!(
+                    matches!(valid, Validation::Valid(_)),
+                    "round {round}: {valid:?}"
+                );
+                let value = vault.cache().get(&key).await?;
+                assert_eq!(value.as_deref(), Some(format!("{round} old").as_bytes()));
+                seen = round;
+                prefs
+                    .patch(&ack, &json!({"round": round, "checked": false}))
+                    .await?;
+            }
+            Some("changed") if round == seen && round > checked => {
+                let refused = vault.sessions().validate(token, None).await?;
+                assert!(
+                    matches!(refused, Validation::Revoked { .. }),
+                    "round {round}: another process's revocation was not seen: {refused:?}"
+                );
+                let value = vault.cache().get(&key).await?;
+                assert_eq!(
+                    value.as_deref(),
+                    Some(format!("{round} new").as_bytes()),
+                    "round {round}: another process's flushed set was not seen"
+                );
+                checked = round;
+                prefs.patch(&ack, &json!({"checked": true})).await?;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
 /// The CLI commands run against the file while the servers work.
 const READERS: [&[&str]; 6] = [
     &["info", "--json"],
@@ -219,6 +356,7 @@ fn servers_and_cli_share_one_file() {
                 .args(["server", "--exact", "--nocapture", "--test-threads", "1"])
                 .env(DB_ENV, &db)
                 .env(NAME_ENV, format!("s{n}"))
+                .env(PEER_ENV, format!("s{}", (n + 1) % SERVERS))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -264,6 +402,8 @@ fn servers_and_cli_share_one_file() {
         total.checks_allowed += done.checks_allowed;
         total.audit += done.audit;
         total.prefs.extend(done.prefs);
+        assert!(done.probes >= 1, "no feed round checked: {text}");
+        total.probes += done.probes;
     }
     let failures: Vec<_> = cli.iter().flat_map(|(_, f)| f).collect();
     assert!(failures.is_empty(), "CLI runs failed: {failures:#?}");
@@ -279,7 +419,10 @@ fn servers_and_cli_share_one_file() {
                 .as_u64()
                 .unwrap()
         };
-        assert_eq!(count("SELECT count(*) FROM sessions").await, total.sessions);
+        assert_eq!(
+            count("SELECT count(*) FROM sessions WHERE user_id NOT LIKE 'probe-%'").await,
+            total.sessions
+        );
         assert_eq!(
             count("SELECT count(*) FROM cache_entries WHERE namespace = 'soak'").await,
             total.cache_sets
@@ -308,11 +451,12 @@ fn servers_and_cli_share_one_file() {
     });
     let _ = writeln!(
         std::io::stderr(),
-        "soak: {:.1} s, {SERVERS} servers: {} sessions, {} cache sets, {} shared checks, {} audit events; {runs} CLI runs, {sweeps} of them sweeps",
+        "soak: {:.1} s, {SERVERS} servers: {} sessions, {} cache sets, {} shared checks, {} audit events, {} feed rounds across processes; {runs} CLI runs, {sweeps} of them sweeps",
         started.elapsed().as_secs_f64(),
         total.sessions,
         total.cache_sets,
         total.checks_allowed,
         total.audit,
+        total.probes,
     );
 }

@@ -5,10 +5,12 @@
 //! Each write of a [`CacheTx`] also publishes, in its transaction, the
 //! change-feed records that let another handle drop what it replaced from
 //! its L1 ([`CacheState::apply`](super::state::CacheState) reads them):
-//! [`SET`] for a key written or given a new expiry, [`REMOVED`] for a key
-//! deleted, and one record per invalidation ([`Filter::record`]). Expiry and
-//! eviction publish nothing: every handle checks expiry itself, and an
-//! evicted value is not stale.
+//! [`SET`] for keys written or given a new expiry, [`REMOVED`] for keys
+//! deleted (each record names up to [`KEYS_PER_RECORD`] keys, packed by
+//! [`pack_keys`]: a flush of a thousand sets adds one row, not a thousand),
+//! and one record per invalidation ([`Filter::record`]). Expiry and eviction
+//! publish nothing: every handle checks expiry itself, and an evicted value
+//! is not stale.
 
 use std::sync::Arc;
 
@@ -18,11 +20,38 @@ use super::types::NamespaceStats;
 use crate::core::feed::Record;
 use crate::{Result, Timestamp};
 
-/// Feed record: a key's value or expiry changed (another handle drops its
-/// L1 copy, keeping a set of its own not yet written).
+/// Feed record: these keys' values or expiries changed (another handle
+/// drops its L1 copies, keeping sets of its own not yet written).
 pub(crate) const SET: &str = "set";
-/// Feed record: a key was deleted (another handle drops it from memory).
+/// Feed record: these keys were deleted (another handle drops them from
+/// memory).
 pub(crate) const REMOVED: &str = "removed";
+/// The most keys one [`SET`] or [`REMOVED`] record names.
+pub(crate) const KEYS_PER_RECORD: usize = 1000;
+
+/// Keys as one record's target: each key's length (two bytes, big-endian;
+/// a key is at most [`MAX_KEY_BYTES`](super::MAX_KEY_BYTES)) and its bytes.
+pub(crate) fn pack_keys(keys: &[&str]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(keys.iter().map(|k| k.len() + 2).sum());
+    for key in keys {
+        let len = u16::try_from(key.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&key.as_bytes()[..usize::from(len)]);
+    }
+    out
+}
+
+/// The keys [`pack_keys`] packed; `None` if `target` is not such a list.
+pub(crate) fn unpack_keys(mut target: &[u8]) -> Option<Vec<&str>> {
+    let mut keys = Vec::new();
+    while let [hi, lo, rest @ ..] = target {
+        let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+        let (key, after) = rest.split_at_checked(len)?;
+        keys.push(std::str::from_utf8(key).ok()?);
+        target = after;
+    }
+    target.is_empty().then_some(keys)
+}
 /// Feed records of the invalidations, naming the tag, user or namespace.
 pub(crate) const TAG: &str = "tag";
 pub(crate) const USER: &str = "user";
@@ -161,4 +190,22 @@ pub(crate) struct CounterRow {
     pub(crate) size: i64,
     pub(crate) expires_at: Option<Timestamp>,
     pub(crate) tags: Box<[Box<str>]>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{pack_keys, unpack_keys};
+
+    #[test]
+    fn packed_keys_unpack_to_themselves_and_garbage_to_none() {
+        let keys = ["search:a", "", "tracks:\u{e9}\n\0", &"k".repeat(1024)];
+        assert_eq!(unpack_keys(&pack_keys(&keys)).unwrap(), keys);
+        assert_eq!(unpack_keys(&[]).unwrap(), Vec::<&str>::new());
+        assert!(
+            unpack_keys(&[0, 5, b'a']).is_none(),
+            "shorter than its length"
+        );
+        assert!(unpack_keys(&[0]).is_none(), "half a length");
+        assert!(unpack_keys(&[0, 1, 0xff]).is_none(), "not UTF-8");
+    }
 }

@@ -22,9 +22,11 @@
 //!    clock's coarse reading ([`Clock::now_coarse`](crate::Clock::now_coarse),
 //!    up to a few milliseconds behind with the system clock), so an entry
 //!    may be served from memory for that long past its expiry.
-//! 5. L1 is per process. Another process sees this one's sets once they are
-//!    flushed, and this process's L1 may serve a value another process has
-//!    since replaced until it expires or is evicted here.
+//! 5. Every handle on the file (another process, the CLI) sees this one's
+//!    sets once they are flushed, and its invalidations once they return:
+//!    before a get or `exists` answers, it applies the change feed's records
+//!    of other handles (see `state.rs` and `core/feed.rs`), at most
+//!    once per `feed_check_interval` when that is set.
 //!
 //! # Layout
 //!

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row as _, SqliteConnection, Transaction};
 
-use super::backend::{CacheBackend, CacheTx, CounterRow, Filter, Found, REMOVED, Row, SET};
+use super::backend::{
+    CacheBackend, CacheTx, CounterRow, Filter, Found, KEYS_PER_RECORD, REMOVED, Row, SET, pack_keys,
+};
 use super::codec::decode;
 use super::l1::Meta;
 use super::types::NamespaceStats;
@@ -62,14 +64,12 @@ pub(crate) struct SqliteTx<'a> {
 }
 
 impl SqliteTx<'_> {
-    /// Publishes one record of `kind` per key.
+    /// Publishes that `keys` changed, in records of `kind`.
     async fn publish_keys(&mut self, kind: &'static str, keys: &[&str]) -> Result<()> {
-        let records: Vec<Record<'_>> = keys
+        let packed: Vec<Vec<u8>> = keys.chunks(KEYS_PER_RECORD).map(pack_keys).collect();
+        let records: Vec<Record<'_>> = packed
             .iter()
-            .map(|key| Record {
-                kind,
-                target: key.as_bytes(),
-            })
+            .map(|target| Record { kind, target })
             .collect();
         self.core
             .publish(&mut self.tx, Facet::Cache, &records)

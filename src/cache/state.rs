@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::backend::{ALL, CacheBackend, CacheTx, NAMESPACE, REMOVED, Row, SET, TAG, USER};
+use super::backend::{
+    ALL, CacheBackend, CacheTx, NAMESPACE, REMOVED, Row, SET, TAG, USER, unpack_keys,
+};
 use super::config::CacheConfig;
 use super::key::Hashed;
 use super::l1::{Meta, Shards};
@@ -78,21 +80,29 @@ impl CacheState {
     /// not know, drop every entry L2 has (keeping sets not yet written).
     pub(super) fn apply(&self, news: News<'_>) {
         let News::Change(change) = news else {
-            self.l1.forget_all_clean();
-            return;
+            return self.l1.forget_all_clean();
         };
-        let Ok(target) = std::str::from_utf8(&change.target) else {
-            self.l1.forget_all_clean();
+        let kind = change.kind.as_str();
+        if kind == SET || kind == REMOVED {
+            let Some(keys) = unpack_keys(&change.target) else {
+                return self.l1.forget_all_clean();
+            };
+            for key in keys {
+                let key = Hashed::new(key.into());
+                if kind == SET {
+                    self.l1.forget_clean(&key);
+                } else {
+                    self.l1.remove([&key]);
+                }
+            }
             return;
-        };
+        }
         let matching = |matches: &dyn Fn(&Meta) -> bool| drop(self.l1.remove_where(matches));
-        match change.kind.as_str() {
-            SET => self.l1.forget_clean(&Hashed::new(target.into())),
-            REMOVED => drop(self.l1.remove([&Hashed::new(target.into())])),
-            TAG => matching(&|m| m.tags.iter().any(|t| &**t == target)),
-            USER => matching(&|m| m.user.as_deref() == Some(target)),
-            NAMESPACE => matching(&|m| &*m.namespace == target),
-            ALL => matching(&|_| true),
+        match (kind, std::str::from_utf8(&change.target)) {
+            (TAG, Ok(tag)) => matching(&|m| m.tags.iter().any(|t| &**t == tag)),
+            (USER, Ok(user)) => matching(&|m| m.user.as_deref() == Some(user)),
+            (NAMESPACE, Ok(ns)) => matching(&|m| &*m.namespace == ns),
+            (ALL, _) => matching(&|_| true),
             _ => self.l1.forget_all_clean(),
         }
     }

@@ -161,6 +161,7 @@ pub(super) struct Storage {
     pub(super) page_cache_mb: Option<u64>,
     pub(super) busy_timeout_ms: Option<u64>,
     pub(super) flush_interval_ms: Option<u64>,
+    pub(super) feed_retention_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -181,6 +182,7 @@ pub(super) struct Sessions {
     pub(super) retention_days: Option<u64>,
     pub(super) memory_entries: Option<usize>,
     pub(super) memory_ttl_ms: Option<u64>,
+    pub(super) feed_check_interval_ms: Option<u64>,
     pub(super) max_data_kb: Option<usize>,
 }
 
@@ -214,6 +216,9 @@ impl Sessions {
         if let Some(ms) = self.memory_ttl_ms {
             c.memory_ttl = Duration::from_millis(ms);
         }
+        if let Some(ms) = self.feed_check_interval_ms {
+            c.feed_check_interval = Duration::from_millis(ms);
+        }
         if let Some(kb) = self.max_data_kb {
             c.max_data_bytes = kb.saturating_mul(1024);
         }
@@ -228,6 +233,7 @@ pub(super) struct Caching {
     pub(super) max_ttl_seconds: Option<u64>,
     pub(super) max_value_kb: Option<usize>,
     pub(super) compression_level: Option<i32>,
+    pub(super) feed_check_interval_ms: Option<u64>,
     #[serde(default)]
     l1_cache: L1,
     #[serde(default)]
@@ -255,6 +261,9 @@ impl Caching {
         let mut c = CacheConfig::default();
         if let Some(n) = self.default_ttl_seconds {
             c = c.default_ttl(secs(n, SECOND));
+        }
+        if let Some(ms) = self.feed_check_interval_ms {
+            c = c.feed_check_interval(Duration::from_millis(ms));
         }
         if let Some(n) = self.max_ttl_seconds {
             c = c.max_ttl(secs(n, SECOND));

@@ -142,6 +142,9 @@ impl Config {
         if let Some(ms) = s.flush_interval_ms {
             options = options.flush_interval(Duration::from_millis(ms));
         }
+        if let Some(n) = s.feed_retention_seconds {
+            options = options.feed_retention(secs(n, SECOND));
+        }
         if let Some(cleanup) = f.cleanup.enabled {
             let every = secs(f.cleanup.interval_seconds.unwrap_or(HOUR), SECOND);
             options = options.sweep_interval(cleanup.then_some(every));

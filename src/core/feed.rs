@@ -27,7 +27,7 @@
 //! always kept, so that a reader can tell that records were trimmed.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::SqliteConnection;
@@ -55,7 +55,7 @@ pub(crate) trait Transport {
 
 impl Transport for Store {
     fn version(&self) -> Result<u64> {
-        self.data_version()
+        self.commit_version()
     }
 
     fn read(&self, facet: Facet, after: i64, origin: i64) -> Result<Batch> {
@@ -87,6 +87,11 @@ pub(crate) struct Feed {
     /// When this handle last trimmed (milliseconds of the vault's clock).
     trimmed_at: AtomicI64,
 }
+
+/// `Cursor::applied` before the first read: no transport gives it (the
+/// wal-index version is `iChange << 32 | mxFrame`, and `mxFrame` never
+/// reaches `u32::MAX` frames).
+const NEVER: u64 = u64::MAX;
 
 /// How often the publisher trims, at most.
 const TRIM_EVERY_MS: i64 = 1_000;
@@ -150,41 +155,61 @@ impl Feed {
     /// returns from here has seen every record committed before it came in
     /// (unless the cursor bounds staleness and looked less than its period
     /// ago).
+    #[inline]
     pub(crate) fn catch_up(
         &self,
         transport: &impl Transport,
         cursor: &Cursor,
         now: Timestamp,
-        mut apply: impl FnMut(News<'_>),
+        apply: impl FnMut(News<'_>),
     ) -> Result<()> {
         let start = self.start.load(Ordering::Acquire);
         if start < 0 {
             return Ok(());
         }
         let now = now.as_millis();
-        if cursor.every_ms > 0 && now < cursor.next_check.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let mut pos = lock(&cursor.pos);
-        let version = transport.version()?;
-        if pos.version != Some(version) {
-            let after = pos.seq.unwrap_or(start);
-            let batch = transport.read(cursor.facet, after, self.origin)?;
-            if batch.first.is_some_and(|first| first > after + 1) {
-                apply(News::Lost);
-            } else {
-                batch.changes.iter().for_each(|c| apply(News::Change(c)));
-            }
-            *pos = Pos {
-                seq: Some(batch.last.unwrap_or(after).max(after)),
-                version: Some(version),
-            };
-        }
         if cursor.every_ms > 0 {
+            if now < cursor.next_check.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             cursor
                 .next_check
                 .store(now.saturating_add(cursor.every_ms), Ordering::Relaxed);
         }
+        let version = transport.version()?;
+        // The common case, without the lock: nothing committed since the
+        // records were last applied (`applied` is stored after they were).
+        if cursor.applied.load(Ordering::Acquire) == version {
+            return Ok(());
+        }
+        self.read(transport, cursor, start, version, apply)
+    }
+
+    /// The rest of [`catch_up`](Feed::catch_up), when the version moved:
+    /// under the cursor's lock, reads and applies the records after the
+    /// cursor's `seq`, then marks `version` applied.
+    #[cold]
+    fn read(
+        &self,
+        transport: &impl Transport,
+        cursor: &Cursor,
+        start: i64,
+        version: u64,
+        mut apply: impl FnMut(News<'_>),
+    ) -> Result<()> {
+        let mut seq = lock(&cursor.seq);
+        if cursor.applied.load(Ordering::Acquire) == version {
+            return Ok(());
+        }
+        let after = seq.unwrap_or(start);
+        let batch = transport.read(cursor.facet, after, self.origin)?;
+        if batch.first.is_some_and(|first| first > after + 1) {
+            apply(News::Lost);
+        } else {
+            batch.changes.iter().for_each(|c| apply(News::Change(c)));
+        }
+        *seq = Some(batch.last.unwrap_or(after).max(after));
+        cursor.applied.store(version, Ordering::Release);
         Ok(())
     }
 }
@@ -196,15 +221,11 @@ pub(crate) struct Cursor {
     every_ms: i64,
     /// When a bounded cursor looks next (milliseconds of the vault's clock).
     next_check: AtomicI64,
-    pos: Mutex<Pos>,
-}
-
-/// The last `seq` applied and the transport's version then (`None`: not
-/// looked yet).
-#[derive(Default)]
-struct Pos {
-    seq: Option<i64>,
-    version: Option<u64>,
+    /// The transport's version when the records were last applied.
+    applied: AtomicU64,
+    /// The last `seq` applied (`None`: nothing read yet, start from the
+    /// feed's start).
+    seq: Mutex<Option<i64>>,
 }
 
 impl Cursor {
@@ -215,7 +236,8 @@ impl Cursor {
             facet,
             every_ms: i64::try_from(every.as_millis()).unwrap_or(i64::MAX),
             next_check: AtomicI64::new(i64::MIN),
-            pos: Mutex::new(Pos::default()),
+            applied: AtomicU64::new(NEVER),
+            seq: Mutex::new(None),
         }
     }
 }

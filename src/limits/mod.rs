@@ -327,8 +327,8 @@ impl Limits<'_> {
 
     /// Deletes everything about `subject` (admin): its buckets under every
     /// limit, its violations and penalties, in the file and in this
-    /// process's memory. Other processes in in-memory mode keep what they
-    /// hold in memory until they restart.
+    /// process's memory. Every other handle on the file forgets the subject
+    /// on its next check (the change feed).
     pub async fn reset(&self, subject: &str) -> Result<ResetCounts> {
         crate::ids::check_subject(subject)?;
         // No flush can run while the delete holds the writer, so nothing of

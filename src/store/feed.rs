@@ -55,15 +55,11 @@ pub(crate) struct Batch {
 const ROWS_PER_STATEMENT: usize = 500;
 
 impl Store {
-    /// `PRAGMA data_version` on the first hot reader: it changes whenever
-    /// another connection (of this process or another) commits. Always the
-    /// same connection, so that two values can be compared.
-    pub(crate) fn data_version(&self) -> Result<u64> {
-        self.read_first(|conn| {
-            let mut stmt = conn.prepare_cached("PRAGMA data_version")?;
-            stmt.query_row([], |row| row.get::<_, i64>(0))
-        })
-        .map(i64::cast_unsigned)
+    /// A value that changes whenever any connection (of this process or
+    /// another) commits, read without a query (see `watch.rs`).
+    #[inline]
+    pub(crate) fn commit_version(&self) -> Result<u64> {
+        self.hot.commit_version()
     }
 
     /// The newest `seq` (0 when nothing was ever published).

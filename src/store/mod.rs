@@ -35,6 +35,7 @@ pub(crate) mod meta;
 mod migrate;
 mod read_only_sql;
 mod readers;
+mod watch;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -179,16 +180,6 @@ impl Store {
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
         self.hot.with(f)
-    }
-
-    /// [`read_here`](Store::read_here) on the first reader always, waiting
-    /// for it if another thread holds it: for what must be asked of the same
-    /// connection each time (`PRAGMA data_version`).
-    pub(crate) fn read_first<T>(
-        &self,
-        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
-    ) -> Result<T> {
-        self.hot.with_first(f)
     }
 
     /// A write transaction that takes the write lock at once (`BEGIN

@@ -42,10 +42,11 @@
 //!    opening a vault costs one connection, not N.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::conn::SharedSettings;
+use super::watch::Header;
 use crate::{Error, Result};
 
 type Slot = Mutex<Option<rusqlite::Connection>>;
@@ -53,6 +54,9 @@ type Slot = Mutex<Option<rusqlite::Connection>>;
 pub(crate) struct Readers {
     pool: Arc<Pool>,
     next: AtomicUsize,
+    /// The wal-index header of slot 0's connection (see [`Header`]);
+    /// cleared before that connection closes.
+    header: RwLock<Option<Header>>,
 }
 
 /// What a background opener shares with the pool.
@@ -74,6 +78,10 @@ impl Readers {
         first: rusqlite::Connection,
     ) -> Result<Self> {
         first.execute_batch("PRAGMA query_only = ON;")?;
+        // SAFETY: `first` has read the file, goes into slot 0, and is closed
+        // only by `close`, which clears `header` first; no other thread has
+        // it yet.
+        let header = unsafe { Header::of(&first) };
         let slots: Box<[Slot]> = (0..size.max(1)).map(|_| Mutex::new(None)).collect();
         *lock(&slots[0]) = Some(first);
         Ok(Readers {
@@ -85,7 +93,23 @@ impl Readers {
                 closed: AtomicBool::new(false),
             }),
             next: AtomicUsize::new(0),
+            header: RwLock::new(header),
         })
+    }
+
+    /// A value that changes whenever any connection commits: the wal-index
+    /// header's, or else (no shared wal-index) `PRAGMA data_version` on
+    /// slot 0, always the same connection so that two values compare.
+    #[inline]
+    pub(crate) fn commit_version(&self) -> Result<u64> {
+        if let Some(header) = &*self.header.read().unwrap_or_else(PoisonError::into_inner) {
+            return Ok(header.version());
+        }
+        self.with_first(|conn| {
+            let mut stmt = conn.prepare_cached("PRAGMA data_version")?;
+            stmt.query_row([], |row| row.get::<_, i64>(0))
+        })
+        .map(i64::cast_unsigned)
     }
 
     /// Runs `f` on a free reader, on this thread.
@@ -101,7 +125,7 @@ impl Readers {
 
     /// Runs `f` on the first reader (slot 0, open until `close`), waiting
     /// for it if another thread holds it (for one lookup at most).
-    pub(crate) fn with_first<T>(
+    fn with_first<T>(
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
@@ -149,6 +173,7 @@ impl Readers {
     pub(crate) async fn close(&self) {
         let pool = &self.pool;
         pool.closed.store(true, Ordering::SeqCst);
+        *self.header.write().unwrap_or_else(PoisonError::into_inner) = None;
         while pool.opening.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
