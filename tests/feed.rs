@@ -472,3 +472,38 @@ async fn cli_commands_reach_a_running_handle() {
     assert_eq!(b.preferences().get("mo").unwrap()["theme"], json!("dark"));
     close(&v).await;
 }
+
+#[tokio::test]
+async fn the_feed_names_keys_users_and_subjects_by_digest_never_by_text() {
+    let dir = common::tempdir();
+    let (v, _clock) = handles(dir.path(), 1).await;
+    let vault = &v[0];
+    let key = CacheKey::new("tracks", "nina-secret-key")
+        .unwrap()
+        .for_user("nina-secret")
+        .unwrap();
+    vault
+        .cache()
+        .set_with(&key, b"v", &SetOptions::new().tag("nina-secret-tag"))
+        .await
+        .unwrap();
+    vault.flush().await.unwrap();
+    vault.cache().delete(&key).await.unwrap();
+    vault
+        .cache()
+        .invalidate_tag("nina-secret-tag")
+        .await
+        .unwrap();
+    vault.cache().clear_user("nina-secret").await.unwrap();
+    vault.limits().reset("nina-secret").await.unwrap();
+    let rows = vault
+        .query_read_only(
+            "SELECT count(*), sum(instr(CAST(target AS TEXT), 'nina-secret') > 0) FROM changes",
+        )
+        .await
+        .unwrap()
+        .rows;
+    assert!(rows[0][0].as_u64().unwrap() >= 5, "{rows:?}");
+    assert_eq!(rows[0][1], json!(0), "a name in clear in the feed");
+    close(&v).await;
+}

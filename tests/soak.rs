@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use statevault::{
-    AuditEvent, CacheKey, ClientInfo, EventKind, Limit, LimitsConfig, NewSession, Validation,
-    Vault, VaultOptions, Window,
+    AuditEvent, CacheKey, ClientInfo, EventKind, Limit, LimitsConfig, NewSession, SessionConfig,
+    Validation, Vault, VaultOptions, Window,
 };
 
 /// The database a server works on; set only in server processes.
@@ -71,8 +71,12 @@ fn limits() -> LimitsConfig {
         .shared(true)
 }
 
+/// Sessions stay in memory for an hour unless the change feed drops them,
+/// so the probes' stale reads can only come from memory.
 fn options(db: &Path) -> VaultOptions {
-    VaultOptions::new(db).limits(limits())
+    let mut sessions = SessionConfig::default();
+    sessions.memory_ttl = Duration::from_secs(3600);
+    VaultOptions::new(db).limits(limits()).sessions(sessions)
 }
 
 /// A server: runs only when re-executed by the test below.

@@ -7,17 +7,19 @@
 //! its L1 ([`CacheState::apply`](super::state::CacheState) reads them):
 //! [`SET`] for keys written or given a new expiry, [`REMOVED`] for keys
 //! deleted (each record names up to [`KEYS_PER_RECORD`] keys, packed by
-//! [`pack_keys`]: a flush of a thousand sets adds one row, not a thousand),
-//! and one record per invalidation ([`Filter::record`]). Expiry and eviction
-//! publish nothing: every handle checks expiry itself, and an evicted value
-//! is not stale.
+//! [`pack_digests`]: a flush of a thousand sets adds one row, not a
+//! thousand), and one record per invalidation ([`Filter::record`]). Records
+//! name keys, tags, users and namespaces by their keyed digest
+//! ([`Core::digest`]), never by their text, so a deleted entry or an erased
+//! user leaves no copy in the feed. Expiry and eviction publish nothing:
+//! every handle checks expiry itself, and an evicted value is not stale.
 
 use std::sync::Arc;
 
 use super::codec::{self, Codec};
 use super::l1::{Meta, Pending};
 use super::types::NamespaceStats;
-use crate::core::feed::Record;
+use crate::core::Core;
 use crate::{Result, Timestamp};
 
 /// Feed record: these keys' values or expiries changed (another handle
@@ -29,29 +31,36 @@ pub(crate) const REMOVED: &str = "removed";
 /// The most keys one [`SET`] or [`REMOVED`] record names.
 pub(crate) const KEYS_PER_RECORD: usize = 1000;
 
-/// Keys as one record's target: each key's length (two bytes, big-endian;
-/// a key is at most [`MAX_KEY_BYTES`](super::MAX_KEY_BYTES)) and its bytes.
-pub(crate) fn pack_keys(keys: &[&str]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(keys.iter().map(|k| k.len() + 2).sum());
-    for key in keys {
-        let len = u16::try_from(key.len()).unwrap_or(u16::MAX);
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(&key.as_bytes()[..usize::from(len)]);
-    }
-    out
+/// The digest of a cache key (see [`Core::digest`]).
+pub(crate) fn key_digest(core: &Core, key: &str) -> Result<u64> {
+    core.digest("feed: cache key", key)
 }
 
-/// The keys [`pack_keys`] packed; `None` if `target` is not such a list.
-pub(crate) fn unpack_keys(mut target: &[u8]) -> Option<Vec<&str>> {
-    let mut keys = Vec::new();
-    while let [hi, lo, rest @ ..] = target {
-        let len = usize::from(u16::from_be_bytes([*hi, *lo]));
-        let (key, after) = rest.split_at_checked(len)?;
-        keys.push(std::str::from_utf8(key).ok()?);
-        target = after;
-    }
-    target.is_empty().then_some(keys)
+/// The digest of the tag, user or namespace a [`TAG`], [`USER`] or
+/// [`NAMESPACE`] record names.
+pub(crate) fn name_digest(core: &Core, kind: &str, name: &str) -> Result<u64> {
+    core.digest(&format!("feed: cache {kind}"), name)
 }
+
+/// Key digests as one record's target: eight bytes each, big-endian.
+pub(crate) fn pack_digests(digests: &[u64]) -> Vec<u8> {
+    digests.iter().flat_map(|d| d.to_be_bytes()).collect()
+}
+
+/// The digests [`pack_digests`] packed; `None` if `target` is not such a
+/// list.
+pub(crate) fn unpack_digests(target: &[u8]) -> Option<Vec<u64>> {
+    let chunks = target.chunks_exact(8);
+    if !chunks.remainder().is_empty() {
+        return None;
+    }
+    Some(
+        chunks
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()))
+            .collect(),
+    )
+}
+
 /// Feed records of the invalidations, naming the tag, user or namespace.
 pub(crate) const TAG: &str = "tag";
 pub(crate) const USER: &str = "user";
@@ -151,15 +160,16 @@ pub(crate) enum Filter<'a> {
 }
 
 impl Filter<'_> {
-    /// The change-feed record of this invalidation.
-    pub(crate) fn record(&self) -> Record<'_> {
-        let (kind, target) = match self {
-            Filter::Tag(tag) => (TAG, tag.as_bytes()),
-            Filter::User(user) => (USER, user.as_bytes()),
-            Filter::Namespace(ns) => (NAMESPACE, ns.as_bytes()),
-            Filter::All => (ALL, &[][..]),
-        };
-        Record { kind, target }
+    /// The change-feed record of this invalidation: its kind, and the
+    /// digest of the name it matches (empty for [`ALL`]).
+    pub(crate) fn record(&self, core: &Core) -> Result<(&'static str, Vec<u8>)> {
+        let named = |kind, name| Ok((kind, name_digest(core, kind, name)?.to_be_bytes().to_vec()));
+        match self {
+            Filter::Tag(tag) => named(TAG, tag),
+            Filter::User(user) => named(USER, user),
+            Filter::Namespace(ns) => named(NAMESPACE, ns),
+            Filter::All => Ok((ALL, Vec::new())),
+        }
     }
 }
 
@@ -194,18 +204,13 @@ pub(crate) struct CounterRow {
 
 #[cfg(test)]
 mod tests {
-    use super::{pack_keys, unpack_keys};
+    use super::{pack_digests, unpack_digests};
 
     #[test]
-    fn packed_keys_unpack_to_themselves_and_garbage_to_none() {
-        let keys = ["search:a", "", "tracks:\u{e9}\n\0", &"k".repeat(1024)];
-        assert_eq!(unpack_keys(&pack_keys(&keys)).unwrap(), keys);
-        assert_eq!(unpack_keys(&[]).unwrap(), Vec::<&str>::new());
-        assert!(
-            unpack_keys(&[0, 5, b'a']).is_none(),
-            "shorter than its length"
-        );
-        assert!(unpack_keys(&[0]).is_none(), "half a length");
-        assert!(unpack_keys(&[0, 1, 0xff]).is_none(), "not UTF-8");
+    fn packed_digests_unpack_to_themselves_and_garbage_to_none() {
+        let digests = [0, 1, u64::MAX, 0x0102_0304_0506_0708];
+        assert_eq!(unpack_digests(&pack_digests(&digests)).unwrap(), digests);
+        assert_eq!(unpack_digests(&[]).unwrap(), Vec::<u64>::new());
+        assert!(unpack_digests(&[0; 9]).is_none(), "not whole digests");
     }
 }

@@ -89,6 +89,7 @@ impl Cache<'_> {
         let item = Item {
             value: value.to_string().into_bytes().into(),
             expires_at,
+            digest: self.digest(key)?,
             meta: Arc::new(Meta {
                 namespace: key.namespace().into(),
                 user: key.user().map(Into::into),

@@ -22,7 +22,7 @@
 //!    the L2 read ([`Shards::promote`]): a set or an invalidation that ran
 //!    in between wins, so no stale value is ever promoted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use lru::LruCache;
@@ -48,6 +48,9 @@ pub(crate) struct Item {
     /// Milliseconds since the epoch; `None`: never expires.
     pub(crate) expires_at: Option<i64>,
     pub(crate) meta: Arc<Meta>,
+    /// The key's digest, as change-feed records name it
+    /// ([`key_digest`](super::backend::key_digest)).
+    pub(crate) digest: u64,
 }
 
 impl Item {
@@ -412,13 +415,39 @@ impl Shards {
         removed
     }
 
-    /// Drops the key's L1 entry, but not a set of this handle's that L2 does
-    /// not have yet (invariant 2); bumps the shard's version (invariant 3).
-    pub(crate) fn forget_clean(&self, key: &Hashed) {
-        let mut shard = self.shard(key);
-        shard.version += 1;
-        if let Some(e) = shard.lru.pop(key) {
-            shard.bytes -= e.bytes;
+    /// Drops the L1 entries whose keys have these digests; with `pending`,
+    /// also this handle's sets of them that L2 does not have yet (else
+    /// those stay, invariant 2). Bumps every shard's version (invariant 3).
+    pub(crate) fn forget_digests(&self, digests: &HashSet<u64>, pending: bool) {
+        for mut guard in self.each() {
+            let shard = &mut *guard;
+            shard.version += 1;
+            let named = |item: &Item| digests.contains(&item.digest);
+            let mut keys: Vec<Hashed> = shard
+                .lru
+                .iter()
+                .filter(|(_, e)| named(&e.item))
+                .map(|(k, _)| k.clone())
+                .collect();
+            if !pending {
+                for key in keys {
+                    if let Some(e) = shard.lru.pop(&key) {
+                        shard.bytes -= e.bytes;
+                    }
+                }
+                continue;
+            }
+            keys.extend(
+                shard
+                    .pending
+                    .iter()
+                    .chain(shard.flushing.iter())
+                    .filter(|(_, p)| named(&p.item))
+                    .map(|(k, _)| k.clone()),
+            );
+            for key in &keys {
+                remove_one(shard, key);
+            }
         }
     }
 

@@ -192,6 +192,7 @@ impl<'a> Cache<'a> {
                     value: value.clone(),
                     expires_at,
                     meta: Arc::new(meta),
+                    digest: self.digest(key)?,
                 };
                 state
                     .l1
@@ -209,13 +210,17 @@ impl<'a> Cache<'a> {
         }
     }
 
+    /// The key's digest, as change-feed records name it.
+    fn digest(&self, key: &CacheKey) -> Result<u64> {
+        backend::key_digest(self.core, key.as_str())
+    }
+
     /// Drops from memory what other handles replaced or invalidated since
     /// this one last looked (see `state.rs`).
     #[inline]
     fn catch_up(&self, now: Timestamp) -> Result<()> {
-        let state = self.state();
-        self.core
-            .catch_up(&state.feed, now, |news| state.apply(news))
+        let (core, state) = (self.core, self.state());
+        core.catch_up(&state.feed, now, |news| state.apply(core, news))
     }
 
     /// Whether a live value is under `key` (does not count as a get).
@@ -264,6 +269,7 @@ impl<'a> Cache<'a> {
         let item = Item {
             value: Arc::from(value),
             expires_at,
+            digest: self.digest(key)?,
             meta: Arc::new(Meta {
                 namespace: key.namespace().into(),
                 user: key.user().map(Into::into),

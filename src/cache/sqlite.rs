@@ -16,7 +16,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row as _, SqliteConnection, Transaction};
 
 use super::backend::{
-    CacheBackend, CacheTx, CounterRow, Filter, Found, KEYS_PER_RECORD, REMOVED, Row, SET, pack_keys,
+    CacheBackend, CacheTx, CounterRow, Filter, Found, KEYS_PER_RECORD, REMOVED, Row, SET,
+    key_digest, pack_digests,
 };
 use super::codec::decode;
 use super::l1::Meta;
@@ -64,9 +65,10 @@ pub(crate) struct SqliteTx<'a> {
 }
 
 impl SqliteTx<'_> {
-    /// Publishes that `keys` changed, in records of `kind`.
-    async fn publish_keys(&mut self, kind: &'static str, keys: &[&str]) -> Result<()> {
-        let packed: Vec<Vec<u8>> = keys.chunks(KEYS_PER_RECORD).map(pack_keys).collect();
+    /// Publishes that the keys with these digests changed, in records of
+    /// `kind`.
+    async fn publish_keys(&mut self, kind: &'static str, digests: &[u64]) -> Result<()> {
+        let packed: Vec<Vec<u8>> = digests.chunks(KEYS_PER_RECORD).map(pack_digests).collect();
         let records: Vec<Record<'_>> = packed
             .iter()
             .map(|target| Record { kind, target })
@@ -153,8 +155,8 @@ impl CacheTx for SqliteTx<'_> {
     async fn write(&mut self, rows: &[Row], touches: &[(Arc<str>, i64)]) -> Result<i64> {
         let written = write_sets(&mut self.tx, rows).await?;
         write_touches(&mut self.tx, touches).await?;
-        let keys: Vec<&str> = rows.iter().map(|row| &*row.key).collect();
-        self.publish_keys(SET, &keys).await?;
+        let digests: Vec<u64> = rows.iter().map(|row| row.pending.item.digest).collect();
+        self.publish_keys(SET, &digests).await?;
         Ok(written)
     }
 
@@ -170,7 +172,11 @@ impl CacheTx for SqliteTx<'_> {
             q.push(")");
             n += q.build().execute(&mut *self.tx).await?.rows_affected();
         }
-        self.publish_keys(REMOVED, keys).await?;
+        let digests = keys
+            .iter()
+            .map(|key| key_digest(self.core, key))
+            .collect::<Result<Vec<u64>>>()?;
+        self.publish_keys(REMOVED, &digests).await?;
         Ok(n)
     }
 
@@ -214,7 +220,8 @@ impl CacheTx for SqliteTx<'_> {
         .await?
         .rows_affected();
         if n > 0 {
-            self.publish_keys(SET, &[key]).await?;
+            self.publish_keys(SET, &[key_digest(self.core, key)?])
+                .await?;
         }
         Ok(n > 0)
     }
@@ -271,7 +278,12 @@ pub(crate) async fn delete_where(
     conn: &mut SqliteConnection,
     filter: Filter<'_>,
 ) -> Result<u64> {
-    core.publish(conn, Facet::Cache, &[filter.record()]).await?;
+    let (kind, target) = filter.record(core)?;
+    let record = Record {
+        kind,
+        target: &target,
+    };
+    core.publish(conn, Facet::Cache, &[record]).await?;
     let q = match filter {
         Filter::Tag(tag) => sqlx::query(
             "DELETE FROM cache_entries WHERE key IN (SELECT key FROM cache_tags WHERE tag = ?1)",

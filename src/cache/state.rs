@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::backend::{
-    ALL, CacheBackend, CacheTx, NAMESPACE, REMOVED, Row, SET, TAG, USER, unpack_keys,
+    ALL, CacheBackend, CacheTx, NAMESPACE, REMOVED, Row, SET, TAG, USER, name_digest,
+    unpack_digests,
 };
 use super::config::CacheConfig;
-use super::key::Hashed;
 use super::l1::{Meta, Shards};
 use super::sqlite::Sqlite;
 use crate::Result;
@@ -78,31 +78,38 @@ impl CacheState {
     /// later flush wins in L2, as between two sets here); a deletion or an
     /// invalidation takes those too. Lost records, or a kind this build does
     /// not know, drop every entry L2 has (keeping sets not yet written).
-    pub(super) fn apply(&self, news: News<'_>) {
+    pub(super) fn apply(&self, core: &Core, news: News<'_>) {
         let News::Change(change) = news else {
             return self.l1.forget_all_clean();
         };
         let kind = change.kind.as_str();
-        if kind == SET || kind == REMOVED {
-            let Some(keys) = unpack_keys(&change.target) else {
-                return self.l1.forget_all_clean();
-            };
-            for key in keys {
-                let key = Hashed::new(key.into());
-                if kind == SET {
-                    self.l1.forget_clean(&key);
-                } else {
-                    self.l1.remove([&key]);
-                }
+        match kind {
+            SET | REMOVED => match unpack_digests(&change.target) {
+                Some(digests) => self
+                    .l1
+                    .forget_digests(&digests.into_iter().collect(), kind == REMOVED),
+                None => self.l1.forget_all_clean(),
+            },
+            ALL => drop(self.l1.remove_where(|_| true)),
+            TAG | USER | NAMESPACE => {
+                let Some(target) = unpack_digests(&change.target).and_then(|d| d.first().copied())
+                else {
+                    return self.l1.forget_all_clean();
+                };
+                // Each distinct name is hashed once; one that cannot be
+                // (no salt yet) is dropped, as if it matched.
+                let mut seen = HashMap::new();
+                let mut named = |name: &str| {
+                    *seen.entry(name.to_owned()).or_insert_with(|| {
+                        name_digest(core, kind, name).map_or(true, |d| d == target)
+                    })
+                };
+                drop(self.l1.remove_where(|m: &Meta| match kind {
+                    TAG => m.tags.iter().any(|t| named(t)),
+                    USER => m.user.as_deref().is_some_and(&mut named),
+                    _ => named(&m.namespace),
+                }));
             }
-            return;
-        }
-        let matching = |matches: &dyn Fn(&Meta) -> bool| drop(self.l1.remove_where(matches));
-        match (kind, std::str::from_utf8(&change.target)) {
-            (TAG, Ok(tag)) => matching(&|m| m.tags.iter().any(|t| &**t == tag)),
-            (USER, Ok(user)) => matching(&|m| m.user.as_deref() == Some(user)),
-            (NAMESPACE, Ok(ns)) => matching(&|m| &*m.namespace == ns),
-            (ALL, _) => matching(&|_| true),
             _ => self.l1.forget_all_clean(),
         }
     }

@@ -69,6 +69,7 @@ impl Cache<'_> {
             item: Item {
                 value: Arc::from(value),
                 expires_at: Some(expires_at.as_millis()),
+                digest: self.digest(key)?,
                 meta: Arc::new(Meta {
                     namespace: key.namespace().into(),
                     user: key.user().map(Into::into),

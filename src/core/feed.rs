@@ -10,12 +10,14 @@
 //! it catches up ([`Feed::catch_up`]):
 //!
 //! 1. ask the transport whether anything was committed since it last looked
-//!    (for the vault file, `PRAGMA data_version` on one reader: no disk
-//!    read, it changes whenever another connection commits);
+//!    (for the vault file, the wal-index header in shared memory, which
+//!    every commit rewrites: two loads, no statement, no disk read; see
+//!    `store/watch.rs`);
 //! 2. only if so, read its facet's records after its `seq`, written by
 //!    other handles, and hand each one to the facet to drop what it names;
-//! 3. if records it had not read were trimmed meanwhile, tell the facet
-//!    that anything it holds may be stale ([`News::Lost`]).
+//! 3. if records it had not read were trimmed meanwhile, first tell the
+//!    facet that anything it holds may be stale ([`News::Lost`]), then hand
+//!    it the records still there.
 //!
 //! A facet may bound the staleness instead of checking on every call
 //! ([`Cursor::new`]'s `every`): then it looks at most once per that period
@@ -39,7 +41,8 @@ use crate::store::{self, Store, feed::Batch};
 use crate::{Error, Result};
 
 /// How news of other handles' commits reaches this one. The vault file's
-/// transport is [`Store`]: `PRAGMA data_version`, then the `changes` table.
+/// transport is [`Store`]: the wal-index header (or `PRAGMA data_version`
+/// where there is no shared one), then the `changes` table.
 pub(crate) trait Transport {
     /// A value that differs from every earlier one whenever anything was
     /// committed since (a false alarm costs one read; a miss is a bug).
@@ -205,9 +208,8 @@ impl Feed {
         let batch = transport.read(cursor.facet, after, self.origin)?;
         if batch.first.is_some_and(|first| first > after + 1) {
             apply(News::Lost);
-        } else {
-            batch.changes.iter().for_each(|c| apply(News::Change(c)));
         }
+        batch.changes.iter().for_each(|c| apply(News::Change(c)));
         *seq = Some(batch.last.unwrap_or(after).max(after));
         cursor.applied.store(version, Ordering::Release);
         Ok(())

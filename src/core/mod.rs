@@ -70,6 +70,17 @@ impl Core {
         Ok(trimmed)
     }
 
+    /// Eight bytes of [`keyed_hash`](Core::keyed_hash): how a change-feed
+    /// record names a cache key, a user or a subject without holding its
+    /// text (a deleted row or an erased user leaves no copy in the feed).
+    /// Equal values give equal digests in every process on the file.
+    pub(crate) fn digest(&self, domain: &str, value: &str) -> Result<u64> {
+        let hash = self.keyed_hash(domain, value.as_bytes())?;
+        let mut first = [0; 8];
+        first.copy_from_slice(&hash[..8]);
+        Ok(u64::from_be_bytes(first))
+    }
+
     /// Publishes `records` for `facet` inside the caller's write transaction
     /// on `conn`, stamped with the clock's time.
     pub(crate) async fn publish(

@@ -368,9 +368,8 @@ impl Limits<'_> {
     /// Drops from memory what other handles reset or erased since this one
     /// last looked.
     fn catch_up(&self, now: Timestamp) -> Result<()> {
-        let state = self.state;
-        self.core
-            .catch_up(&state.feed, now, |news| state.apply(news))
+        let (core, state) = (self.core, self.state);
+        core.catch_up(&state.feed, now, |news| state.apply(core, news))
     }
 
     /// Drops what this process holds in memory about `subject`.

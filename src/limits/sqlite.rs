@@ -12,7 +12,7 @@ use super::backend::{
     BucketRow, LimitsBackend, Shared, SharedAllowed, SharedCheck, Stored, ViolationRow, Writes,
 };
 use super::bucket::{Bucket, EPSILON};
-use super::state::SUBJECT;
+use super::state::{SUBJECT, subject_digest};
 use super::types::ViolationRecord;
 use crate::core::Core;
 use crate::core::feed::{Facet, Record};
@@ -377,9 +377,10 @@ pub(crate) async fn delete_subject(
     conn: &mut SqliteConnection,
     subject: &str,
 ) -> Result<(u64, u64)> {
+    let digest = subject_digest(core, subject)?.to_be_bytes();
     let record = Record {
         kind: SUBJECT,
-        target: subject.as_bytes(),
+        target: &digest,
     };
     core.publish(conn, Facet::Limits, &[record]).await?;
     let buckets = sqlx::query("DELETE FROM token_buckets WHERE subject = ?1")

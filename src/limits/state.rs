@@ -36,8 +36,14 @@ pub(crate) struct LimitsState {
 }
 
 /// The change-feed record: a subject whose buckets and violations were
-/// deleted (a reset or an erasure).
+/// deleted (a reset or an erasure), named by [`subject_digest`].
 pub(super) const SUBJECT: &str = "subject";
+
+/// How a [`SUBJECT`] record names its subject: a keyed digest, never the
+/// text (an erased user leaves no copy in the feed).
+pub(super) fn subject_digest(core: &Core, subject: &str) -> Result<u64> {
+    core.digest("feed: limits subject", subject)
+}
 
 #[derive(Default)]
 struct Shard {
@@ -288,16 +294,30 @@ impl LimitsState {
     }
 
     /// Applies what another handle published: forgets the subject it reset
-    /// or erased. Lost records (or a kind this build does not know) drop
-    /// every entry already written, which the next check reloads from the
-    /// file; entries not yet written stay, so no spent token is handed out
-    /// again.
-    pub(super) fn apply(&self, news: News<'_>) {
+    /// or erased (each subject in memory is hashed to find it; resets are
+    /// rare). Lost records (or a kind this build does not know) drop every
+    /// entry already written, which the next check reloads from the file;
+    /// entries not yet written stay, so no spent token is handed out again.
+    pub(super) fn apply(&self, core: &Core, news: News<'_>) {
         if let News::Change(change) = news
             && change.kind == SUBJECT
-            && let Ok(subject) = std::str::from_utf8(&change.target)
+            && let Ok(target) = <[u8; 8]>::try_from(&change.target[..])
         {
-            self.forget(subject);
+            let target = u64::from_be_bytes(target);
+            // One that cannot be hashed (no salt yet) is dropped, as if it matched.
+            let named = |subject: &str| subject_digest(core, subject).map_or(true, |d| d == target);
+            let mut named_subjects = Vec::new();
+            for shard in self.shards.iter() {
+                let mut shard = lock(shard);
+                shard.subjects.retain(|subject, _| {
+                    let keep = !named(subject);
+                    if !keep {
+                        named_subjects.push(subject.clone());
+                    }
+                    keep
+                });
+            }
+            lock(&self.pending).retain(|v| !named_subjects.contains(&v.subject));
             return;
         }
         for shard in self.shards.iter() {
