@@ -125,7 +125,9 @@ impl Feed {
     }
 
     /// Appends `records` inside the caller's write transaction on `conn`,
-    /// and trims the feed there when it is due.
+    /// and trims the feed there when it is due. Before the schema is
+    /// current (a vault opened without migrating) there is no feed to write
+    /// to, and no handle of this build reads one yet.
     pub(crate) async fn publish(
         &self,
         conn: &mut SqliteConnection,
@@ -133,7 +135,7 @@ impl Feed {
         facet: Facet,
         records: &[Record<'_>],
     ) -> Result<()> {
-        if records.is_empty() {
+        if records.is_empty() || self.start.load(Ordering::Acquire) < 0 {
             return Ok(());
         }
         store::feed::publish(conn, self.origin, at, facet, records).await?;
