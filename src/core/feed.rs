@@ -126,8 +126,8 @@ impl Feed {
 
     /// Appends `records` inside the caller's write transaction on `conn`,
     /// and trims the feed there when it is due. Before the schema is
-    /// current (a vault opened without migrating) there is no feed to write
-    /// to, and no handle of this build reads one yet.
+    /// current (a vault opened without migrating) there may be no `changes`
+    /// table to write to: nothing is published.
     pub(crate) async fn publish(
         &self,
         conn: &mut SqliteConnection,

@@ -351,6 +351,7 @@ impl fmt::Debug for VaultOptions {
             .field("audit", &self.audit)
             .field("preferences", &self.preferences)
             .field("limits", &self.limits)
+            .field("cache", &self.cache)
             .field("metrics", &self.metrics)
             .field("health", &self.health)
             .field("backups", &self.backups)
