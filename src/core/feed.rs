@@ -28,13 +28,12 @@
 //! [`Vault::sweep`](crate::Vault::sweep) trims too. The newest record is
 //! always kept, so that a reader can tell that records were trimmed.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use sqlx::SqliteConnection;
 
-use super::lock;
 use crate::clock::Timestamp;
 pub(crate) use crate::store::feed::{Change, Facet, Record};
 use crate::store::{self, Store, feed::Batch};
@@ -202,7 +201,8 @@ impl Feed {
         version: u64,
         mut apply: impl FnMut(News<'_>),
     ) -> Result<()> {
-        let mut seq = lock(&cursor.seq);
+        // A panic in `apply` leaves `seq` where it was: records are applied again.
+        let mut seq = cursor.seq.lock().unwrap_or_else(PoisonError::into_inner);
         if cursor.applied.load(Ordering::Acquire) == version {
             return Ok(());
         }

@@ -10,7 +10,18 @@ use std::sync::Arc;
 
 use super::bucket::{Bucket, WindowSpec};
 use super::types::ViolationRecord;
+use crate::core::Core;
 use crate::{Result, Timestamp};
+
+/// The change-feed record a backend publishes with a subject's deletion (a
+/// reset or an erasure), naming it by [`subject_digest`].
+pub(crate) const SUBJECT: &str = "subject";
+
+/// How a [`SUBJECT`] record names its subject: a keyed digest, never the
+/// text (an erased user leaves no copy in the feed).
+pub(crate) fn subject_digest(core: &Core, subject: &str) -> Result<u64> {
+    core.digest("feed: limits subject", subject)
+}
 
 /// One bucket row to write.
 #[derive(Debug, Clone)]

@@ -9,10 +9,10 @@ use std::borrow::Cow;
 use sqlx::{QueryBuilder, Sqlite as Db, SqliteConnection};
 
 use super::backend::{
-    BucketRow, LimitsBackend, Shared, SharedAllowed, SharedCheck, Stored, ViolationRow, Writes,
+    BucketRow, LimitsBackend, SUBJECT, Shared, SharedAllowed, SharedCheck, Stored, ViolationRow,
+    Writes, subject_digest,
 };
 use super::bucket::{Bucket, EPSILON};
-use super::state::{SUBJECT, subject_digest};
 use super::types::ViolationRecord;
 use crate::core::Core;
 use crate::core::feed::{Facet, Record};

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, MutexGuard};
 
-use super::backend::{BucketRow, LimitsBackend, Stored, ViolationRow, Writes};
+use super::backend::{
+    BucketRow, LimitsBackend, SUBJECT, Stored, ViolationRow, Writes, subject_digest,
+};
 use super::bucket::{self, Bucket, Outcome};
 use super::config::{Compiled, CompiledLimit, LimitsConfig};
 use super::sqlite::{Sqlite, Statements};
@@ -33,16 +35,6 @@ pub(crate) struct LimitsState {
     statements: Statements,
     /// Where this handle stands in the change feed.
     pub(super) feed: Cursor,
-}
-
-/// The change-feed record: a subject whose buckets and violations were
-/// deleted (a reset or an erasure), named by [`subject_digest`].
-pub(super) const SUBJECT: &str = "subject";
-
-/// How a [`SUBJECT`] record names its subject: a keyed digest, never the
-/// text (an erased user leaves no copy in the feed).
-pub(super) fn subject_digest(core: &Core, subject: &str) -> Result<u64> {
-    core.digest("feed: limits subject", subject)
 }
 
 #[derive(Default)]
