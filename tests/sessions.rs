@@ -667,41 +667,46 @@ async fn concurrent_validation_never_accepts_a_rotated_token() {
 }
 
 #[tokio::test]
-async fn another_handle_sees_a_revocation_within_memory_ttl() {
+async fn another_handles_revocation_is_seen_at_once_and_a_hand_edit_within_memory_ttl() {
     let dir = tempdir();
     let (server, clock) = open(dir.path(), config()).await;
-    let token = server
-        .sessions()
-        .create(NewSession::new("quin"))
-        .await
-        .unwrap()
-        .token;
-    assert!(is_live(&server, token.expose()).await);
+    let create = async || {
+        server
+            .sessions()
+            .create(NewSession::new("quin"))
+            .await
+            .unwrap()
+    };
+    let (first, second) = (create().await, create().await);
+    assert!(is_live(&server, first.token.expose()).await);
+    assert!(is_live(&server, second.token.expose()).await);
+    let validate = async |token: &str| server.sessions().validate(token, None).await.unwrap();
 
-    // A second handle on the same file, like the CLI in another process.
+    // A second handle on the same file, like the CLI in another process: its
+    // revocation reaches the server's memory through the change feed.
     let admin = Vault::open(VaultOptions::new(server.path()).clock(clock.clone()))
         .await
         .unwrap();
-    let id = admin.sessions().list("quin").await.unwrap()[0].id.clone();
-    assert!(admin.sessions().revoke(&id).await.unwrap());
+    assert!(admin.sessions().revoke(&first.id).await.unwrap());
     admin.close().await.unwrap();
-
-    let outcome = server
-        .sessions()
-        .validate(token.expose(), None)
-        .await
-        .unwrap();
+    let outcome = validate(first.token.expose()).await;
     assert!(
-        matches!(outcome, Validation::Valid(_)),
-        "served from memory within memory_ttl: {outcome:?}"
+        matches!(outcome, Validation::Revoked { .. }),
+        "served from memory after another handle revoked it: {outcome:?}"
     );
+
+    // A change made by hand publishes nothing: memory serves the row it
+    // read until `memory_ttl` (1 s) has passed.
+    common::raw_connection(server.path())
+        .execute(
+            "UPDATE sessions SET revoked_at = created_at, revoked_reason = 'by hand' WHERE id = ?1",
+            [&second.id],
+        )
+        .unwrap();
+    assert!(matches!(validate(second.token.expose()).await, Validation::Valid(_)));
     clock.advance(Duration::from_secs(1));
     assert!(matches!(
-        server
-            .sessions()
-            .validate(token.expose(), None)
-            .await
-            .unwrap(),
+        validate(second.token.expose()).await,
         Validation::Revoked { .. }
     ));
     server.close().await.unwrap();
