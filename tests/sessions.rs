@@ -703,7 +703,10 @@ async fn another_handles_revocation_is_seen_at_once_and_a_hand_edit_within_memor
             [&second.id],
         )
         .unwrap();
-    assert!(matches!(validate(second.token.expose()).await, Validation::Valid(_)));
+    assert!(matches!(
+        validate(second.token.expose()).await,
+        Validation::Valid(_)
+    ));
     clock.advance(Duration::from_secs(1));
     assert!(matches!(
         validate(second.token.expose()).await,
