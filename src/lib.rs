@@ -62,6 +62,8 @@ mod health;
 mod ids;
 mod json;
 mod key;
+#[cfg(feature = "tower")]
+mod layers;
 mod legacy;
 mod limits;
 mod metrics;
@@ -89,6 +91,11 @@ pub use error::{Error, Result};
 pub use health::{Component, HealthConfig, HealthReport, HealthStatus};
 pub use ids::MAX_ID_BYTES;
 pub use key::{KEY_ENV, Key, KeySource, default_key_file};
+#[cfg(feature = "tower")]
+pub use layers::{
+    CookieConfig, CurrentSession, RATELIMIT, RATELIMIT_POLICY, RateLimitLayer, RateLimitService,
+    SameSite, SessionLayer, SessionService, TokenSource, rate_limit_headers,
+};
 pub use legacy::{ImportOutcome, ImportReport, LegacyFile, LegacyKind};
 pub use limits::{
     ClientInfo, Decision, Limit, LimitStatus, Limits, LimitsConfig, Penalty, ResetCounts,
