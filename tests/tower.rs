@@ -28,7 +28,10 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// `two_windows` (10 a minute, 100 an hour).
 async fn vault(dir: &Path) -> (Vault, FakeClock) {
     let (options, clock) = common::options(dir, "vault.db");
-    (Vault::open(options_for(options)).await.expect("open"), clock)
+    (
+        Vault::open(options_for(options)).await.expect("open"),
+        clock,
+    )
 }
 
 fn options_for(options: VaultOptions) -> VaultOptions {
@@ -54,7 +57,10 @@ fn options_for(options: VaultOptions) -> VaultOptions {
 
 /// The trivial service: answers the session's user, or `anonymous`.
 async fn whoami(request: Request<String>) -> Result<Response<String>, Infallible> {
-    let user = request.extensions().get::<Session>().map(|s| s.user_id.clone());
+    let user = request
+        .extensions()
+        .get::<Session>()
+        .map(|s| s.user_id.clone());
     Ok(Response::new(user.unwrap_or_else(|| "anonymous".into())))
 }
 
@@ -78,7 +84,10 @@ fn bearer(token: &str) -> String {
 }
 
 fn header<'r>(response: &'r Response<String>, name: &str) -> Option<&'r str> {
-    response.headers().get(name).map(|v| v.to_str().expect("ASCII"))
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().expect("ASCII"))
 }
 
 fn refused_because(response: &Response<String>) -> &str {
@@ -93,7 +102,11 @@ async fn bearer_sessions_answer_200_or_401_with_why() {
     let app = ServiceBuilder::new()
         .layer(SessionLayer::new(vault.clone()))
         .service(service_fn(whoami));
-    let issued = vault.sessions().create(NewSession::new("alice")).await.unwrap();
+    let issued = vault
+        .sessions()
+        .create(NewSession::new("alice"))
+        .await
+        .unwrap();
     let auth = bearer(issued.token.expose());
 
     let ok = call(&app, request(Method::GET, &[("authorization", &auth)])).await;
@@ -105,21 +118,47 @@ async fn bearer_sessions_answer_200_or_401_with_why() {
 
     let none = call(&app, request(Method::GET, &[])).await;
     assert_eq!(refused_because(&none), "Bearer");
-    let unknown = call(&app, request(Method::GET, &[("authorization", "Bearer 0badc0de")])).await;
+    let unknown = call(
+        &app,
+        request(Method::GET, &[("authorization", "Bearer 0badc0de")]),
+    )
+    .await;
     assert_eq!(
         refused_because(&unknown),
         r#"Bearer error="invalid_token", error_description="unknown token""#
     );
 
     // Idle for 13 hours (the timeout is 12): expired.
-    let idle = vault.sessions().create(NewSession::new("bob")).await.unwrap();
+    let idle = vault
+        .sessions()
+        .create(NewSession::new("bob"))
+        .await
+        .unwrap();
     clock.advance(13 * HOUR);
-    let expired = call(&app, request(Method::GET, &[("authorization", &bearer(idle.token.expose()))])).await;
+    let expired = call(
+        &app,
+        request(
+            Method::GET,
+            &[("authorization", &bearer(idle.token.expose()))],
+        ),
+    )
+    .await;
     assert!(refused_because(&expired).ends_with(r#"error_description="session expired""#));
 
-    let live = vault.sessions().create(NewSession::new("carol")).await.unwrap();
+    let live = vault
+        .sessions()
+        .create(NewSession::new("carol"))
+        .await
+        .unwrap();
     vault.sessions().revoke(&live.id).await.unwrap();
-    let revoked = call(&app, request(Method::GET, &[("authorization", &bearer(live.token.expose()))])).await;
+    let revoked = call(
+        &app,
+        request(
+            Method::GET,
+            &[("authorization", &bearer(live.token.expose()))],
+        ),
+    )
+    .await;
     assert!(refused_because(&revoked).ends_with(r#"error_description="session revoked""#));
     vault.close().await.unwrap();
 }
@@ -134,7 +173,11 @@ async fn public_routes_pass_without_a_token_but_not_with_a_bad_one() {
     let anonymous = call(&app, request(Method::POST, &[])).await;
     assert_eq!(anonymous.status(), StatusCode::OK);
     assert_eq!(anonymous.body(), "anonymous");
-    let bad = call(&app, request(Method::GET, &[("authorization", "Bearer nope")])).await;
+    let bad = call(
+        &app,
+        request(Method::GET, &[("authorization", "Bearer nope")]),
+    )
+    .await;
     assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
     vault.close().await.unwrap();
 }
@@ -146,12 +189,21 @@ async fn another_device_is_401_and_a_committed_hijack_alarm() {
     let layer = SessionLayer::new(vault.clone())
         .device_fingerprint_header(HeaderName::from_static("x-device"))
         .client_ip(|_| Some("203.0.113.9".into()));
-    let app = ServiceBuilder::new().layer(layer).service(service_fn(whoami));
+    let app = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(whoami));
     let new = NewSession::new("alice").device_fingerprint("laptop");
     let issued = vault.sessions().create(new).await.unwrap();
     let auth = bearer(issued.token.expose());
 
-    let home = call(&app, request(Method::GET, &[("authorization", &auth), ("x-device", "laptop")])).await;
+    let home = call(
+        &app,
+        request(
+            Method::GET,
+            &[("authorization", &auth), ("x-device", "laptop")],
+        ),
+    )
+    .await;
     assert_eq!(home.status(), StatusCode::OK);
     for device in [Some("phone"), None] {
         let mut headers = vec![("authorization", auth.as_str()), ("user-agent", "curl/8")];
@@ -182,7 +234,11 @@ async fn unsafe_methods_need_the_csrf_token_with_a_cookie() {
     let cookie_app = ServiceBuilder::new()
         .layer(SessionLayer::new(vault.clone()).cookie(CookieConfig::default()))
         .service(service_fn(whoami));
-    let issued = vault.sessions().create(NewSession::new("alice")).await.unwrap();
+    let issued = vault
+        .sessions()
+        .create(NewSession::new("alice"))
+        .await
+        .unwrap();
     let cookie = format!("theme=dark; session={}", issued.token.expose());
     let csrf = issued.csrf_token.expose();
 
@@ -201,16 +257,31 @@ async fn unsafe_methods_need_the_csrf_token_with_a_cookie() {
 
     // A bearer token needs none, unless asked; the header name is the service's.
     let auth = bearer(issued.token.expose());
-    let post = call(&cookie_app, request(Method::POST, &[("authorization", &auth)])).await;
+    let post = call(
+        &cookie_app,
+        request(Method::POST, &[("authorization", &auth)]),
+    )
+    .await;
     assert_eq!(post.status(), StatusCode::OK);
     let strict = SessionLayer::new(vault.clone())
         .csrf_with_bearer(true)
         .csrf_header(HeaderName::from_static("x-xsrf"));
-    let strict_app = ServiceBuilder::new().layer(strict).service(service_fn(whoami));
-    let post = call(&strict_app, request(Method::POST, &[("authorization", &auth)])).await;
+    let strict_app = ServiceBuilder::new()
+        .layer(strict)
+        .service(service_fn(whoami));
+    let post = call(
+        &strict_app,
+        request(Method::POST, &[("authorization", &auth)]),
+    )
+    .await;
     assert_eq!(post.status(), StatusCode::FORBIDDEN);
     let post = [("authorization", auth.as_str()), ("x-xsrf", csrf)];
-    assert_eq!(call(&strict_app, request(Method::POST, &post)).await.status(), StatusCode::OK);
+    assert_eq!(
+        call(&strict_app, request(Method::POST, &post))
+            .await
+            .status(),
+        StatusCode::OK
+    );
     vault.close().await.unwrap();
 }
 
@@ -226,7 +297,11 @@ async fn a_due_rotation_hands_out_the_new_bearer_token_in_a_header() {
             assert_eq!(current.source, TokenSource::Bearer);
             Ok::<_, Infallible>(Response::new(current.token.expose().to_owned()))
         }));
-    let issued = vault.sessions().create(NewSession::new("alice")).await.unwrap();
+    let issued = vault
+        .sessions()
+        .create(NewSession::new("alice"))
+        .await
+        .unwrap();
     let old = bearer(issued.token.expose());
 
     let early = call(&app, request(Method::GET, &[("authorization", &old)])).await;
@@ -236,7 +311,9 @@ async fn a_due_rotation_hands_out_the_new_bearer_token_in_a_header() {
     clock.advance(HOUR + MINUTE);
     let rotated = call(&app, request(Method::GET, &[("authorization", &old)])).await;
     assert_eq!(rotated.status(), StatusCode::OK);
-    let new = header(&rotated, "x-session-token").expect("new token").to_owned();
+    let new = header(&rotated, "x-session-token")
+        .expect("new token")
+        .to_owned();
     assert_eq!(rotated.body(), &new);
     assert_ne!(new, issued.token.expose());
     let csrf = header(&rotated, "x-csrf-token").expect("new CSRF token");
@@ -245,7 +322,11 @@ async fn a_due_rotation_hands_out_the_new_bearer_token_in_a_header() {
 
     let stale = call(&app, request(Method::GET, &[("authorization", &old)])).await;
     assert!(refused_because(&stale).ends_with(r#"error_description="unknown token""#));
-    let next = call(&app, request(Method::GET, &[("authorization", &bearer(&new))])).await;
+    let next = call(
+        &app,
+        request(Method::GET, &[("authorization", &bearer(&new))]),
+    )
+    .await;
     assert_eq!(next.status(), StatusCode::OK);
     assert!(header(&next, "x-session-token").is_none(), "rotated once");
     vault.close().await.unwrap();
@@ -255,17 +336,28 @@ async fn a_due_rotation_hands_out_the_new_bearer_token_in_a_header() {
 async fn a_due_rotation_sets_the_cookie_with_its_attributes() {
     let dir = common::tempdir();
     let (vault, clock) = vault(dir.path()).await;
-    let issued = vault.sessions().create(NewSession::new("alice")).await.unwrap();
+    let issued = vault
+        .sessions()
+        .create(NewSession::new("alice"))
+        .await
+        .unwrap();
     clock.advance(HOUR + MINUTE);
     let remaining = issued.expires_at.duration_since(vault.now()).as_secs();
 
     let defaults = SessionLayer::new(vault.clone()).cookie(CookieConfig::default());
-    let app = ServiceBuilder::new().layer(defaults).service(service_fn(whoami));
+    let app = ServiceBuilder::new()
+        .layer(defaults)
+        .service(service_fn(whoami));
     let cookie = format!("session={}", issued.token.expose());
     let response = call(&app, request(Method::GET, &[("cookie", &cookie)])).await;
     assert_eq!(response.status(), StatusCode::OK);
     let set = header(&response, SET_COOKIE.as_str()).expect("Set-Cookie");
-    let token = set.strip_prefix("session=").unwrap().split(';').next().unwrap();
+    let token = set
+        .strip_prefix("session=")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap();
     assert_eq!(token.len(), 64);
     assert_eq!(
         set,
@@ -284,10 +376,17 @@ async fn a_due_rotation_sets_the_cookie_with_its_attributes() {
     let app = ServiceBuilder::new()
         .layer(SessionLayer::new(vault.clone()).cookie(config))
         .service(service_fn(whoami));
-    let response = call(&app, request(Method::GET, &[("cookie", &format!("sid={token}"))])).await;
+    let response = call(
+        &app,
+        request(Method::GET, &[("cookie", &format!("sid={token}"))]),
+    )
+    .await;
     let set = header(&response, SET_COOKIE.as_str()).expect("Set-Cookie");
     assert!(set.starts_with("sid="), "{set}");
-    assert!(set.ends_with("; Path=/app; Max-Age=597480; SameSite=Lax"), "{set}");
+    assert!(
+        set.ends_with("; Path=/app; Max-Age=597480; SameSite=Lax"),
+        "{set}"
+    );
     let none = CookieConfig::default().same_site(SameSite::None);
     assert!(format!("{none:?}").contains("None"));
     vault.close().await.unwrap();
@@ -301,7 +400,11 @@ async fn a_session_a_handler_issues_is_handed_out() {
     let login = service_fn(move |_: Request<String>| {
         let vault = login_vault.clone();
         async move {
-            let issued = vault.sessions().create(NewSession::new("alice")).await.unwrap();
+            let issued = vault
+                .sessions()
+                .create(NewSession::new("alice"))
+                .await
+                .unwrap();
             let mut response = Response::new(String::new());
             response.extensions_mut().insert::<IssuedSession>(issued);
             Ok::<_, Infallible>(response)
@@ -313,8 +416,21 @@ async fn a_session_a_handler_issues_is_handed_out() {
     let app = ServiceBuilder::new().layer(layer).service(login);
     let response = call(&app, request(Method::POST, &[])).await;
     let set = header(&response, SET_COOKIE.as_str()).expect("Set-Cookie");
-    let token = set.strip_prefix("session=").unwrap().split(';').next().unwrap();
-    assert!(vault.sessions().validate(token, None).await.unwrap().valid().is_some());
+    let token = set
+        .strip_prefix("session=")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap();
+    assert!(
+        vault
+            .sessions()
+            .validate(token, None)
+            .await
+            .unwrap()
+            .valid()
+            .is_some()
+    );
     assert!(header(&response, "x-csrf-token").is_some());
     vault.close().await.unwrap();
 }
@@ -326,9 +442,16 @@ async fn the_session_is_an_axum_extractor() {
     let (vault, _clock) = vault(dir.path()).await;
     let app = axum::Router::new()
         .route("/", get(|session: Session| async move { session.user_id }))
-        .route("/open", get(|session: Session| async move { session.user_id }))
+        .route(
+            "/open",
+            get(|session: Session| async move { session.user_id }),
+        )
         .layer(SessionLayer::new(vault.clone()).optional(true));
-    let issued = vault.sessions().create(NewSession::new("alice")).await.unwrap();
+    let issued = vault
+        .sessions()
+        .create(NewSession::new("alice"))
+        .await
+        .unwrap();
     let get = |uri: &str, auth: Option<String>| {
         let mut builder = Request::get(uri);
         if let Some(auth) = auth {
@@ -375,17 +498,28 @@ async fn a_limit_answers_429_with_retry_after_and_both_fields() {
     // the shortest window: 60 s.
     assert_eq!(header(&refused, RETRY_AFTER.as_str()), Some("60"));
     assert_eq!(header(&refused, "ratelimit"), Some(r#""three";r=0;t=60"#));
-    assert_eq!(header(&refused, "ratelimit-policy"), Some(r#""three";q=3;w=60"#));
+    assert_eq!(
+        header(&refused, "ratelimit-policy"),
+        Some(r#""three";q=3;w=60"#)
+    );
 
     // Another subject has its own budget; no subject, no limit and no fields.
-    assert_eq!(call(&app, request(Method::GET, &[("x-user", "bob")])).await.status(), StatusCode::OK);
+    assert_eq!(
+        call(&app, request(Method::GET, &[("x-user", "bob")]))
+            .await
+            .status(),
+        StatusCode::OK
+    );
     let anonymous = call(&app, request(Method::GET, &[])).await;
     assert_eq!(anonymous.status(), StatusCode::OK);
     assert!(header(&anonymous, "ratelimit").is_none());
 
     // A second early, still refused; then allowed.
     clock.advance(Duration::from_secs(59));
-    assert_eq!(call(&app, alice()).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        call(&app, alice()).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
     clock.advance(Duration::from_secs(1));
     assert_eq!(call(&app, alice()).await.status(), StatusCode::OK);
     vault.close().await.unwrap();
@@ -408,7 +542,9 @@ async fn every_window_is_in_the_policy_shortest_first() {
     assert_eq!(header(&ok, "ratelimit"), Some(r#""two_windows";r=11;t=36"#));
 
     let unknown = RateLimitLayer::new(vault.clone(), "no_such_limit", by_user);
-    let broken = ServiceBuilder::new().layer(unknown).service(service_fn(whoami));
+    let broken = ServiceBuilder::new()
+        .layer(unknown)
+        .service(service_fn(whoami));
     let response = call(&broken, request(Method::GET, &[("x-user", "alice")])).await;
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     vault.close().await.unwrap();
@@ -421,7 +557,9 @@ async fn shared_limits_are_one_budget_in_memory_ones_one_each() {
     let dir = common::tempdir();
     let (first, clock) = vault(dir.path()).await;
     let options = VaultOptions::new(dir.path().join("vault.db")).clock(clock.clone());
-    let second = Vault::open(options_for(options)).await.expect("second handle");
+    let second = Vault::open(options_for(options))
+        .await
+        .expect("second handle");
     let layered = |vault: &Vault, limit: &str| {
         ServiceBuilder::new()
             .layer(RateLimitLayer::new(vault.clone(), limit, by_user))
@@ -429,7 +567,10 @@ async fn shared_limits_are_one_budget_in_memory_ones_one_each() {
     };
     let alice = || request(Method::GET, &[("x-user", "alice")]);
 
-    let (a, b) = (layered(&first, "three_shared"), layered(&second, "three_shared"));
+    let (a, b) = (
+        layered(&first, "three_shared"),
+        layered(&second, "three_shared"),
+    );
     let statuses = [
         call(&a, alice()).await.status(),
         call(&b, alice()).await.status(),
@@ -443,7 +584,10 @@ async fn shared_limits_are_one_budget_in_memory_ones_one_each() {
         for _ in 0..3 {
             assert_eq!(call(service, alice()).await.status(), StatusCode::OK);
         }
-        assert_eq!(call(service, alice()).await.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            call(service, alice()).await.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
     }
     second.close().await.unwrap();
     first.close().await.unwrap();

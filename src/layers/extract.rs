@@ -8,9 +8,9 @@ use http::StatusCode;
 use http::request::Parts;
 
 use super::types::CurrentSession;
+use crate::Session;
 #[cfg(doc)]
 use crate::SessionLayer;
-use crate::Session;
 
 impl<S: Send + Sync> FromRequestParts<S> for Session {
     type Rejection = StatusCode;

@@ -25,6 +25,8 @@ mod rate_limit;
 mod session;
 mod types;
 
-pub use rate_limit::{RATELIMIT, RATELIMIT_POLICY, RateLimitLayer, RateLimitService, rate_limit_headers};
+pub use rate_limit::{
+    RATELIMIT, RATELIMIT_POLICY, RateLimitLayer, RateLimitService, rate_limit_headers,
+};
 pub use session::{SessionLayer, SessionService};
 pub use types::{CookieConfig, CurrentSession, SameSite, TokenSource};

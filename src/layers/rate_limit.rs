@@ -29,7 +29,8 @@ pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 ///
 /// A refusal is a 429 with `Retry-After` (whole seconds, rounded up); every
 /// answer, allowed or not, carries `RateLimit-Policy` and `RateLimit` (see
-/// [`rate_limit_headers`]). The limit is in memory or shared as it is
+/// [`rate_limit_headers`]); layers stacked on one route each add their
+/// limit's field lines, innermost first. The limit is in memory or shared as it is
 /// configured ([`Limit::shared`](crate::Limit::shared)); the layer does not
 /// care. An unknown limit or a storage error is a 500, logged.
 ///
@@ -159,7 +160,11 @@ where
                 Err(error) => return Ok(internal(&error)),
             };
             let mut response = inner.call(Request::from_parts(parts, body)).await?;
-            response.headers_mut().extend(headers);
+            // Appended: the fields are lists, which another layer's limit
+            // (a route's own, inside this one) may have begun.
+            for (name, value) in &headers {
+                response.headers_mut().append(name, value.clone());
+            }
             Ok(response)
         })
     }

@@ -157,7 +157,10 @@ impl SessionLayer {
 
     /// The client's IP, for the audit event of a suspected hijack (behind
     /// a proxy, read its forwarding header).
-    pub fn client_ip(self, read: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
+    pub fn client_ip(
+        self,
+        read: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
         self.with(|c| c.client_ip = Some(Arc::new(read)))
     }
 
@@ -270,7 +273,11 @@ impl Config {
         source: TokenSource,
         fingerprint: Option<&str>,
     ) -> Result<CurrentSession, Response<ResBody>> {
-        let validation = self.vault.sessions().validate(token.expose(), fingerprint).await;
+        let validation = self
+            .vault
+            .sessions()
+            .validate(token.expose(), fingerprint)
+            .await;
         let session = match validation {
             Ok(Validation::Valid(session)) => session,
             Ok(Validation::Unknown) => return Err(unauthorized(Some("unknown token"))),
