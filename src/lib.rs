@@ -14,6 +14,8 @@
 //!   backup, restore and rekey (`backup`), the [legacy
 //!   import](crate::Vault::import_legacy), the background flush and sweep.
 //!   [`VaultOptions`] and [`Config`] (`statevault.toml`) say how it opens.
+//!   Beside it, with the feature `tower`: `SessionLayer` and
+//!   `RateLimitLayer` (`layers/`), tower middleware over a vault.
 //! - The facets, one folder each, each holding the core and its own state
 //!   and never another facet: [`sessions`](crate::Sessions),
 //!   [`cache`](crate::Cache), [`limits`](crate::Limits),

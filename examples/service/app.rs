@@ -239,9 +239,8 @@ async fn metrics(State(vault): State<Vault>) -> Result<Response, ApiError> {
     Ok(([(CONTENT_TYPE, content_type)], text).into_response())
 }
 
-/// Who is calling, for the limits' violations, the audit log and the
-/// session's metadata (each keeps only keyed hashes). Behind a proxy, take
-/// the address from its forwarding header here instead.
+/// Who is calling, for the login's limit, the audit log and the session's
+/// metadata (each keeps only keyed hashes).
 struct Caller {
     ip: Option<String>,
     user_agent: Option<String>,
@@ -272,10 +271,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(Caller {
-            ip: parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip().to_string()),
+            ip: client_ip(parts),
             user_agent: parts
                 .headers
                 .get(USER_AGENT)
