@@ -31,11 +31,11 @@ use crate::{AuditEvent, Error, EventKind, IssuedSession, Secret, Validation, Vau
 ///    (`X-CSRF-Token`): 403 otherwise. A bearer token is not sent by the
 ///    browser on its own, so it needs none unless
 ///    [`csrf_with_bearer`](SessionLayer::csrf_with_bearer);
-/// 4. rotates the token when [`Session::rotation_due`], and hands the new
+/// 4. rotates the token when [`Session::rotation_due`](crate::Session::rotation_due), and hands the new
 ///    one out on the response: as the cookie if it came as one, else in the
 ///    `X-Session-Token` header; the new CSRF token goes in the CSRF header;
-/// 5. puts the [`Session`] and a [`CurrentSession`] in the request's
-///    extensions, and the [`Session`] in the response's (for an outer access
+/// 5. puts the [`Session`](crate::Session) and a [`CurrentSession`] in the request's
+///    extensions, and the [`Session`](crate::Session) in the response's (for an outer access
 ///    log or metrics layer).
 ///
 /// A handler that issues a session (a login, a regeneration) puts the
