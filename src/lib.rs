@@ -14,6 +14,8 @@
 //!   backup, restore and rekey (`backup`), the [legacy
 //!   import](crate::Vault::import_legacy), the background flush and sweep.
 //!   [`VaultOptions`] and [`Config`] (`statevault.toml`) say how it opens.
+//!   Beside it, with the feature `tower`: `SessionLayer` and
+//!   `RateLimitLayer` (`layers/`), tower middleware over a vault.
 //! - The facets, one folder each, each holding the core and its own state
 //!   and never another facet: [`sessions`](crate::Sessions),
 //!   [`cache`](crate::Cache), [`limits`](crate::Limits),
@@ -62,6 +64,8 @@ mod health;
 mod ids;
 mod json;
 mod key;
+#[cfg(feature = "tower")]
+mod layers;
 mod legacy;
 mod limits;
 mod metrics;
@@ -89,6 +93,11 @@ pub use error::{Error, Result};
 pub use health::{Component, HealthConfig, HealthReport, HealthStatus};
 pub use ids::MAX_ID_BYTES;
 pub use key::{KEY_ENV, Key, KeySource, default_key_file};
+#[cfg(feature = "tower")]
+pub use layers::{
+    CookieConfig, CurrentSession, RATELIMIT, RATELIMIT_POLICY, RateLimitLayer, RateLimitService,
+    SameSite, SessionLayer, SessionService, TokenSource, rate_limit_headers,
+};
 pub use legacy::{ImportOutcome, ImportReport, LegacyFile, LegacyKind};
 pub use limits::{
     ClientInfo, Decision, Limit, LimitStatus, Limits, LimitsConfig, Penalty, ResetCounts,

@@ -3,6 +3,8 @@
 //! the API's request path (session, limits, cache, audit, metrics),
 //! logout, `/health` and `/metrics`, then a graceful shutdown.
 
+#![cfg(feature = "tower")]
+
 mod common;
 #[path = "../examples/service/app.rs"]
 mod service;
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, RETRY_AFTER};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
@@ -117,7 +119,10 @@ async fn the_example_service_end_to_end() {
     );
     let bogus = client.get("/search?q=blue", Some("0123abcd")).await;
     assert_eq!(bogus.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(bogus.json()["error"], "unknown token");
+    assert_eq!(
+        bogus.header(WWW_AUTHENTICATE.as_str()),
+        Some(r#"Bearer error="invalid_token", error_description="unknown token""#)
+    );
 
     // A wrong password is refused; a right one gets a token.
     assert_eq!(
@@ -135,6 +140,23 @@ async fn the_example_service_end_to_end() {
     let first = client.get("/search?q=blue", token).await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.body);
     assert_eq!(first.header("x-cache"), Some("miss"));
+    // Allowed calls say where the caller stands: search_queries is 20 a
+    // minute (plus a burst of 5) and 200 an hour; 24 of 25 are left.
+    assert_eq!(
+        first.header("ratelimit-policy"),
+        Some(r#""search_queries";q=20;w=60, "search_queries/3600s";q=200;w=3600"#)
+    );
+    let left = first.header("ratelimit").expect("RateLimit");
+    assert!(left.starts_with(r#""search_queries";r=24;t="#), "{left}");
+    // Then the user's api_calls, whose layer is outside the route's.
+    let lines: Vec<_> = first.headers.get_all("ratelimit").iter().collect();
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines[1]
+            .to_str()
+            .unwrap()
+            .starts_with(r#""api_calls";r=119;t="#)
+    );
     assert_eq!(first.json()["tracks"][0]["id"], "blue-1");
     let second = client.get("/search?q=blue", token).await;
     assert_eq!(second.header("x-cache"), Some("hit"));
@@ -166,8 +188,8 @@ async fn the_example_service_end_to_end() {
         .expect("whole seconds");
     assert!((1..=3600).contains(&retry_after), "{retry_after}");
     assert_eq!(
-        refused.json()["error"],
-        "rate limit search_queries exceeded"
+        refused.header("ratelimit"),
+        Some(format!(r#""search_queries";r=0;t={retry_after}"#).as_str())
     );
 
     // Still refused a second early; allowed once Retry-After has passed.
@@ -262,7 +284,11 @@ async fn the_example_service_end_to_end() {
     assert_eq!(logout.status, StatusCode::NO_CONTENT, "{}", logout.body);
     let after = client.get("/search?q=blue", token).await;
     assert_eq!(after.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(after.json()["error"], "session revoked");
+    let why = after.header(WWW_AUTHENTICATE.as_str()).expect("challenge");
+    assert!(
+        why.ends_with(r#"error_description="session revoked""#),
+        "{why}"
+    );
     let twice = client.send(Method::POST, "/logout", token, None).await;
     assert_eq!(twice.status, StatusCode::UNAUTHORIZED);
 
@@ -278,6 +304,11 @@ async fn the_example_service_end_to_end() {
         locked.body
     );
     assert!(locked.header(RETRY_AFTER.as_str()).is_some());
+    assert_eq!(
+        locked.header("ratelimit-policy"),
+        Some(r#""auth_attempts";q=5;w=900"#)
+    );
+    assert_eq!(locked.json()["error"], "too many attempts");
     assert_eq!(client.login("bob", "pw").await.status, StatusCode::OK);
 
     // Every step left its audit event.

@@ -1,44 +1,41 @@
 //! The HTTP side of the example service: an axum [`Router`] over one
 //! [`Vault`], which is all the state the service keeps.
 //!
-//! Every call to the API (`GET /search`, `POST /logout`) goes through the
-//! same path:
-//! 1. [`authenticate`]: the bearer token must name a live session (401
-//!    otherwise), and the user must be within `api_calls` (429 with
-//!    `Retry-After` otherwise);
-//! 2. the handler: its own limit (`search_queries`), the answer through the
-//!    cache's `get_or_load`, an audit event;
-//! 3. [`record_call`], around every route: the call counted and timed in
-//!    the metrics facet.
+//! The API (`GET /search`, `POST /logout`) sits behind statevault's tower
+//! layers: [`SessionLayer`] (the bearer token must name a live session: 401
+//! otherwise), then [`RateLimitLayer`]s for the user's `api_calls` and, on
+//! `/search`, `search_queries` (429 with `Retry-After` and the `RateLimit`
+//! fields). Handlers take the [`Session`] as an extractor. [`record_call`],
+//! around every route, counts and times each call in the metrics facet.
 //!
-//! `POST /login` runs the strict `auth_attempts` limit before it creates a
-//! session. `GET /health` is the vault's health report (200 when healthy or
-//! warning, 503 when critical, so a load balancer stops sending traffic
-//! only when the vault is broken) and `GET /metrics` is the metrics facet's
-//! Prometheus text. Both are unauthenticated, as scrapers and probes expect:
-//! keep them on a private address.
+//! `POST /login` checks the strict `auth_attempts` limit itself (its
+//! subject is in the body) before it creates a session. `GET /health` is
+//! the vault's health report (200 when healthy or warning, 503 when
+//! critical, so a load balancer stops sending traffic only when the vault
+//! is broken) and `GET /metrics` the metrics facet's Prometheus text. Both
+//! are unauthenticated, as scrapers and probes expect: keep them on a
+//! private address.
 //!
 //! `main.rs` adds the command line, the signals and `Vault::close`;
 //! `tests/service.rs` serves this same module on a loopback port.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Query, Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT, WWW_AUTHENTICATE};
+use axum::http::header::{CONTENT_TYPE, USER_AGENT, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use statevault::{
-    AuditEvent, CacheKey, ClientInfo, EventKind, GdprCategory, HealthStatus, NewSession, Session,
-    SetOptions, Validation, Vault,
+    AuditEvent, CacheKey, ClientInfo, EventKind, GdprCategory, HealthStatus, NewSession,
+    RateLimitLayer, Session, SessionLayer, SetOptions, Vault, rate_limit_headers,
 };
 use tokio::net::TcpListener;
 
@@ -48,10 +45,12 @@ const METRICS_WINDOW: Duration = Duration::from_secs(300);
 /// The service's routes over `vault`. `Vault` is a cheap clone (an `Arc`
 /// inside), so it is the router's state as it is.
 pub fn app(vault: Vault) -> Router {
+    let limit = |name| RateLimitLayer::new(vault.clone(), name, user).client_ip(client_ip);
     let api = Router::new()
-        .route("/search", get(search))
+        .route("/search", get(search).layer(limit("search_queries")))
         .route("/logout", post(logout))
-        .route_layer(middleware::from_fn_with_state(vault.clone(), authenticate));
+        .route_layer(limit("api_calls"))
+        .route_layer(SessionLayer::new(vault.clone()).client_ip(client_ip));
     Router::new()
         .route("/login", post(login))
         .route("/health", get(health))
@@ -59,6 +58,17 @@ pub fn app(vault: Vault) -> Router {
         .merge(api)
         .route_layer(middleware::from_fn_with_state(vault.clone(), record_call))
         .with_state(vault)
+}
+
+/// The rate-limit subject of an authenticated call: its user.
+fn user(parts: &Parts) -> Option<String> {
+    parts.extensions.get::<Session>().map(|s| s.user_id.clone())
+}
+
+/// The peer's address. Behind a proxy, read its forwarding header here.
+fn client_ip(parts: &Parts) -> Option<String> {
+    let ConnectInfo(addr) = parts.extensions.get::<ConnectInfo<SocketAddr>>()?;
+    Some(addr.ip().to_string())
 }
 
 /// Serves [`app`] on `listener` until `shutdown` completes, then lets the
@@ -75,8 +85,8 @@ pub async fn serve(
 }
 
 /// Counts and times every call (`api_requests`, `api_request_duration`),
-/// labelled by route, method and status. A response that [`authenticate`]
-/// let through carries its [`Session`], which marks the call authenticated.
+/// labelled by route, method and status. [`SessionLayer`] leaves the
+/// [`Session`] on the responses it let through: the call was authenticated.
 async fn record_call(
     State(vault): State<Vault>,
     route: MatchedPath,
@@ -100,79 +110,22 @@ async fn record_call(
     response
 }
 
-/// The session behind the bearer token (401 without one), then the user's
-/// `api_calls` budget (429). The handler finds the session in the request's
-/// extensions; the response carries it too, for [`record_call`].
-async fn authenticate(
-    State(vault): State<Vault>,
-    caller: Caller,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let token = bearer(request.headers()).ok_or(ApiError::Unauthorized("no bearer token"))?;
-    let session = match vault.sessions().validate(token, None).await? {
-        Validation::Valid(session) => session,
-        Validation::Unknown => return Err(ApiError::Unauthorized("unknown token")),
-        Validation::Expired { .. } => return Err(ApiError::Unauthorized("session expired")),
-        Validation::Revoked { .. } => return Err(ApiError::Unauthorized("session revoked")),
-        // Sessions here are not bound to a device, so this cannot happen;
-        // a service that binds them would raise an alarm.
-        Validation::FingerprintMismatch { .. } => {
-            return Err(ApiError::Unauthorized("wrong device"));
-        }
-    };
-    let mut response = match spend(&vault, &session.user_id, "api_calls", &caller).await {
-        Ok(()) => {
-            request.extensions_mut().insert(session.clone());
-            next.run(request).await
-        }
-        Err(refused) => refused.into_response(),
-    };
-    response.extensions_mut().insert(session);
-    Ok(response)
-}
-
-/// The token of an `Authorization: Bearer <token>` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// Takes one token of `limit` for `subject`, or says when to come back.
-async fn spend(vault: &Vault, subject: &str, limit: &str, caller: &Caller) -> Result<(), ApiError> {
-    let decision = vault
-        .limits()
-        .check(subject, limit, 1, &caller.client_info())
-        .await?;
-    if decision.allowed {
-        Ok(())
-    } else {
-        Err(ApiError::Limited {
-            limit: decision.limit,
-            retry_after: decision.retry_after,
-        })
-    }
-}
-
 #[derive(Deserialize)]
 struct SearchParams {
     q: String,
 }
 
-/// `GET /search?q=...`: the `search_queries` limit, then the (fake)
-/// upstream search through the cache, shared by every user for the
+/// `GET /search?q=...`: the (fake) upstream search through the cache, shared by every user for the
 /// namespace's TTL. `X-Cache` says whether the loader ran.
 async fn search(
     State(vault): State<Vault>,
-    Extension(session): Extension<Session>,
+    session: Session,
     caller: Caller,
     Query(params): Query<SearchParams>,
 ) -> Result<Response, ApiError> {
     if params.q.trim().is_empty() {
         return Err(ApiError::BadRequest("q is empty".into()));
     }
-    spend(&vault, &session.user_id, "search_queries", &caller).await?;
     let key = CacheKey::derive("search", "tracks", &json!({ "q": params.q }), None)?;
     let mut loaded = false;
     let results: Value = vault
@@ -220,9 +173,13 @@ async fn login(
 ) -> Result<Response, ApiError> {
     let event =
         |action: &str| caller.describe(AuditEvent::new(EventKind::Auth, action).user(&login.user));
-    if let Err(refused) = spend(&vault, &login.user, "auth_attempts", &caller).await {
+    let attempt = vault
+        .limits()
+        .check(&login.user, "auth_attempts", 1, &caller.client_info())
+        .await?;
+    if !attempt.allowed {
         vault.audit().append(event("login.locked_out"))?;
-        return Err(refused);
+        return Err(ApiError::Limited(rate_limit_headers(&vault, &attempt)?));
     }
     if !password_ok(&login.user, &login.password) {
         vault.metrics().record_auth(false);
@@ -254,10 +211,7 @@ fn password_ok(_user: &str, password: &str) -> bool {
 
 /// `POST /logout`: revokes the caller's session; its token is dead when
 /// this returns.
-async fn logout(
-    State(vault): State<Vault>,
-    Extension(session): Extension<Session>,
-) -> Result<StatusCode, ApiError> {
+async fn logout(State(vault): State<Vault>, session: Session) -> Result<StatusCode, ApiError> {
     vault.sessions().revoke(&session.id).await?;
     vault.audit().append(
         AuditEvent::new(EventKind::Auth, "logout")
@@ -285,9 +239,8 @@ async fn metrics(State(vault): State<Vault>) -> Result<Response, ApiError> {
     Ok(([(CONTENT_TYPE, content_type)], text).into_response())
 }
 
-/// Who is calling, for the limits' violations, the audit log and the
-/// session's metadata (each keeps only keyed hashes). Behind a proxy, take
-/// the address from its forwarding header here instead.
+/// Who is calling, for the login's limit, the audit log and the session's
+/// metadata (each keeps only keyed hashes).
 struct Caller {
     ip: Option<String>,
     user_agent: Option<String>,
@@ -318,10 +271,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(Caller {
-            ip: parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip().to_string()),
+            ip: client_ip(parts),
             user_agent: parts
                 .headers
                 .get(USER_AGENT)
@@ -337,11 +287,8 @@ enum ApiError {
     BadRequest(String),
     /// 401, with why.
     Unauthorized(&'static str),
-    /// 429 with `Retry-After` in whole seconds, rounded up.
-    Limited {
-        limit: Arc<str>,
-        retry_after: Duration,
-    },
+    /// 429, with `Retry-After` and the `RateLimit` fields.
+    Limited(HeaderMap),
     /// 500; the error is logged, not shown.
     Internal(statevault::Error),
 }
@@ -368,15 +315,12 @@ impl IntoResponse for ApiError {
                 body(why),
             )
                 .into_response(),
-            ApiError::Limited { limit, retry_after } => {
-                let secs = retry_after.as_millis().div_ceil(1000).max(1);
-                (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    [(RETRY_AFTER, secs.to_string())],
-                    body(&format!("rate limit {limit} exceeded")),
-                )
-                    .into_response()
-            }
+            ApiError::Limited(headers) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                headers,
+                body("too many attempts"),
+            )
+                .into_response(),
             ApiError::Internal(error) => {
                 tracing::error!(%error, "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, body("internal error")).into_response()

@@ -220,6 +220,7 @@ fn compile_limit(name: &str, limit: &Limit, shared: bool) -> Result<CompiledLimi
         capacity,
         base_penalty_ms: base_secs.saturating_mul(1000),
         windows,
+        configured: limit.windows.clone(),
     })
 }
 
@@ -270,6 +271,8 @@ fn compile_window(
 pub(crate) struct CompiledLimit {
     pub(crate) name: Arc<str>,
     pub(crate) windows: Vec<WindowSpec>,
+    /// The windows as configured, for callers that advertise the limit.
+    pub(crate) configured: Vec<Window>,
     pub(crate) strict: bool,
     pub(crate) shared: bool,
     /// The smallest window capacity: a cost above it can never fit.

@@ -102,6 +102,14 @@ impl<'a> Limits<'a> {
     pub(crate) fn new(core: &'a Core, state: &'a LimitsState) -> Self {
         Limits { core, state }
     }
+
+    /// The windows of `limit`, as configured: what a service advertises
+    /// to its clients (the `RateLimit-Policy` header). Errors:
+    /// [`Error::UnknownLimit`].
+    pub fn windows(&self, limit: &str) -> Result<&'a [Window]> {
+        let config = &self.state.config;
+        Ok(&config.limits[config.find(limit)?].configured)
+    }
 }
 
 impl Limits<'_> {

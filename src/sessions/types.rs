@@ -175,6 +175,12 @@ impl Secret {
         Ok(Secret(crate::key::hex(bytes.as_slice())))
     }
 
+    /// A token a client presented, kept as a secret from then on.
+    #[cfg(feature = "tower")]
+    pub(crate) fn presented(token: &str) -> Secret {
+        Secret(Zeroizing::new(token.to_owned()))
+    }
+
     /// The token, to hand to the client (64 URL-safe characters).
     pub fn expose(&self) -> &str {
         &self.0
