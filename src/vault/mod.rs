@@ -401,6 +401,8 @@ impl Vault {
     /// connections are closed all the same and the error is returned.
     pub async fn close(&self) -> Result<()> {
         self.inner.shutdown.send_replace(true);
+        // What the `metrics` facade records from now on would never be written.
+        self.inner.metrics.close();
         let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
         for task in tasks {
             // Each task ends at the signal; a panic in one is already logged.
