@@ -71,6 +71,7 @@ mod sessions;
 mod store;
 #[cfg(feature = "tower-sessions")]
 mod tower_sessions;
+mod trace;
 mod users;
 mod vault;
 

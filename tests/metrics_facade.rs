@@ -20,7 +20,10 @@ const HOUR: Duration = Duration::from_secs(3600);
 fn sample(text: &str, series: &str) -> f64 {
     let line = text
         .lines()
-        .find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))
+        .find(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with(' '))
+        })
         .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"));
     line[series.len() + 1..].parse().expect("a number")
 }
@@ -152,7 +155,10 @@ async fn intervals_follow_the_vault_clock() {
     let sums: Vec<f64> = points.iter().map(|p| p.summary.sum).collect();
     assert_eq!(sums, [1.0, 2.0]);
     assert_eq!(
-        sample(&vault.metrics().prometheus(HOUR).await.unwrap(), "ticks_total"),
+        sample(
+            &vault.metrics().prometheus(HOUR).await.unwrap(),
+            "ticks_total"
+        ),
         3.0
     );
     vault.close().await.unwrap();

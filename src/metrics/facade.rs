@@ -189,8 +189,10 @@ fn ms_per(unit: Unit) -> f64 {
 struct Handles<H> {
     /// Keyed by the key's precomputed hash, mixed with a per-process seed
     /// (label values may come from requests).
-    shards: Box<[Mutex<HashMap<Key, Arc<H>, foldhash::fast::RandomState>>]>,
+    shards: Box<[HandleShard<H>]>,
 }
+
+type HandleShard<H> = Mutex<HashMap<Key, Arc<H>, foldhash::fast::RandomState>>;
 
 impl<H> Default for Handles<H> {
     fn default() -> Self {

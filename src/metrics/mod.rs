@@ -261,8 +261,7 @@ impl<'a> Metrics<'a> {
     /// [`Error::RecorderAlreadyInstalled`].
     #[cfg(feature = "metrics")]
     pub fn install_recorder(&self) -> Result<()> {
-        ::metrics::set_global_recorder(self.recorder())
-            .map_err(|_| Error::RecorderAlreadyInstalled)
+        ::metrics::set_global_recorder(self.recorder()).map_err(|_| Error::RecorderAlreadyInstalled)
     }
 
     /// Writes every series' open interval now, as
@@ -513,34 +512,42 @@ impl<'a> Metrics<'a> {
     /// Retention: merges points older than `downsample_after` into hourly
     /// points, then deletes points older than `retention`, at most 500 rows
     /// per transaction.
+    #[tracing::instrument(name = "metrics.sweep", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn sweep(&self) -> Result<MetricsSweep> {
-        let now = self.core.now();
-        let config = &self.state.config;
-        let mut counts = MetricsSweep::default();
-        let cutoff = now
-            .saturating_sub(config.downsample_after)
-            .as_millis()
-            .div_euclid(HOUR_MS)
-            * HOUR_MS;
-        loop {
-            let n = self
-                .storage()
-                .downsample(Timestamp::from_millis(cutoff), SWEEP_BATCH)
-                .await?;
-            counts.downsampled += n;
-            if n < SWEEP_BATCH as u64 {
-                break;
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                let now = self.core.now();
+                let config = &self.state.config;
+                let mut counts = MetricsSweep::default();
+                let cutoff = now
+                    .saturating_sub(config.downsample_after)
+                    .as_millis()
+                    .div_euclid(HOUR_MS)
+                    * HOUR_MS;
+                loop {
+                    let n = self
+                        .storage()
+                        .downsample(Timestamp::from_millis(cutoff), SWEEP_BATCH)
+                        .await?;
+                    counts.downsampled += n;
+                    if n < SWEEP_BATCH as u64 {
+                        break;
+                    }
+                }
+                let purge_before = now.saturating_sub(config.retention);
+                loop {
+                    let n = self.storage().purge(purge_before, SWEEP_BATCH).await?;
+                    counts.purged += n;
+                    if n < SWEEP_BATCH as u64 {
+                        break;
+                    }
+                }
+                Ok(counts)
             }
-        }
-        let purge_before = now.saturating_sub(config.retention);
-        loop {
-            let n = self.storage().purge(purge_before, SWEEP_BATCH).await?;
-            counts.purged += n;
-            if n < SWEEP_BATCH as u64 {
-                break;
-            }
-        }
-        Ok(counts)
+            .await,
+            crate::trace::ok,
+        )
     }
 }
 

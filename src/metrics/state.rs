@@ -151,16 +151,24 @@ impl MetricsState {
     }
 
     /// Writes ended intervals (all intervals when `all`) in one transaction.
+    #[tracing::instrument(name = "metrics.flush", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub(crate) async fn flush(&self, core: &Core, all: bool) -> Result<()> {
-        let points = self.series.take(core.now_coarse(), all);
-        if points.is_empty() {
-            return Ok(());
-        }
-        if let Err(e) = backend(core).write_points(&points).await {
-            self.series.put_back(points);
-            return Err(e);
-        }
-        Ok(())
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                let points = self.series.take(core.now_coarse(), all);
+                if points.is_empty() {
+                    return Ok(());
+                }
+                if let Err(e) = backend(core).write_points(&points).await {
+                    self.series.put_back(points);
+                    return Err(e);
+                }
+                Ok(())
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 }
 
