@@ -249,6 +249,12 @@ pub enum Error {
     #[error("the vault is closed")]
     Closed,
 
+    /// `Metrics::install_recorder` (feature `metrics`): this process already
+    /// has a global `metrics` recorder, and the `metrics` crate sets it only
+    /// once per process.
+    #[error("a global `metrics` recorder is already installed in this process")]
+    RecorderAlreadyInstalled,
+
     /// [`Vault::erase_user`](crate::Vault::erase_user) deleted the user's
     /// rows, but old copies of them stay in the WAL: another connection
     /// (usually another process) kept a read transaction open for longer

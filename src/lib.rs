@@ -75,6 +75,7 @@ mod sessions;
 mod store;
 #[cfg(feature = "tower-sessions")]
 mod tower_sessions;
+mod trace;
 mod users;
 mod vault;
 
@@ -103,7 +104,10 @@ pub use limits::{
     ClientInfo, Decision, Limit, LimitStatus, Limits, LimitsConfig, Penalty, ResetCounts,
     SweepCounts, ViolationRecord, Window, WindowStatus,
 };
-pub use metrics::{
+// `crate::`: with feature `metrics`, `metrics` alone is also the crate.
+#[cfg(feature = "metrics")]
+pub use crate::metrics::MetricsRecorder;
+pub use crate::metrics::{
     API_REQUEST_DURATION, API_REQUESTS, AUTH_ATTEMPTS, AuthCounts, EndpointErrors, FileSizes,
     MAX_BINS, MetricKind, Metrics, MetricsConfig, MetricsReport, MetricsSweep, RELATIVE_ERROR,
     SeriesPoint, SeriesSummary, Summary, sanitize_name,

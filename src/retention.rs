@@ -27,23 +27,31 @@ pub struct SweepReport {
 
 impl Vault {
     /// Applies every facet's retention now (see the module docs).
+    #[tracing::instrument(name = "vault.sweep", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn sweep(&self) -> Result<SweepReport> {
-        self.flush().await?;
-        let mut removed = BTreeMap::new();
-        removed.insert("sessions".to_owned(), self.sessions().sweep(BATCH).await?);
-        removed.insert("audit_events".to_owned(), self.audit().sweep(BATCH).await?);
-        let limits = self.limits().sweep().await?;
-        removed.insert("violations".to_owned(), limits.violations);
-        removed.insert("token_buckets".to_owned(), limits.buckets);
-        let cache = self.cache().sweep().await?;
-        removed.insert("cache_entries".to_owned(), cache.expired + cache.evicted);
-        let metrics = self.metrics().sweep().await?;
-        removed.insert("metrics".to_owned(), metrics.purged + metrics.downsampled);
-        removed.insert("changes".to_owned(), self.core().trim_feed().await?);
-        let pages_freed = self.store().give_back_space().await?;
-        Ok(SweepReport {
-            removed,
-            pages_freed,
-        })
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                self.flush().await?;
+                let mut removed = BTreeMap::new();
+                removed.insert("sessions".to_owned(), self.sessions().sweep(BATCH).await?);
+                removed.insert("audit_events".to_owned(), self.audit().sweep(BATCH).await?);
+                let limits = self.limits().sweep().await?;
+                removed.insert("violations".to_owned(), limits.violations);
+                removed.insert("token_buckets".to_owned(), limits.buckets);
+                let cache = self.cache().sweep().await?;
+                removed.insert("cache_entries".to_owned(), cache.expired + cache.evicted);
+                let metrics = self.metrics().sweep().await?;
+                removed.insert("metrics".to_owned(), metrics.purged + metrics.downsampled);
+                removed.insert("changes".to_owned(), self.core().trim_feed().await?);
+                let pages_freed = self.store().give_back_space().await?;
+                Ok(SweepReport {
+                    removed,
+                    pages_freed,
+                })
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 }

@@ -65,22 +65,30 @@ pub struct ErasureReport {
 
 impl Vault {
     /// Everything about `user_id`, from every facet, as one document.
+    #[tracing::instrument(name = "vault.export_user", level = "debug", skip_all, fields(outcome = tracing::field::Empty, user_id = user_id))]
     pub async fn export_user(&self, user_id: &str) -> Result<UserExport> {
-        check_user(user_id)?;
-        self.flush().await?;
-        Ok(UserExport {
-            user_id: user_id.to_owned(),
-            exported_at: self.now(),
-            sessions: self.sessions().export_user(user_id).await?,
-            preferences: self
-                .preferences()
-                .stored(user_id)?
-                .map(|StoredPreferences { document, .. }| document),
-            audit_events: self.audit().export_user(user_id).await?,
-            rate_limits: self.limits().status(user_id).await?,
-            violations: self.limits().violations_of(user_id).await?,
-            cache_keys: self.cache().keys_of_user(user_id).await?,
-        })
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                check_user(user_id)?;
+                self.flush().await?;
+                Ok(UserExport {
+                    user_id: user_id.to_owned(),
+                    exported_at: self.now(),
+                    sessions: self.sessions().export_user(user_id).await?,
+                    preferences: self
+                        .preferences()
+                        .stored(user_id)?
+                        .map(|StoredPreferences { document, .. }| document),
+                    audit_events: self.audit().export_user(user_id).await?,
+                    rate_limits: self.limits().status(user_id).await?,
+                    violations: self.limits().violations_of(user_id).await?,
+                    cache_keys: self.cache().keys_of_user(user_id).await?,
+                })
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// Erases `user_id` from every facet in one transaction: sessions,
@@ -114,32 +122,40 @@ impl Vault {
     /// connection (usually another process) kept reading an older snapshot
     /// of the WAL for longer than the busy timeout. Erasing is idempotent: in
     /// every case, calling it again once the cause is gone finishes the job.
+    #[tracing::instrument(name = "vault.erase_user", level = "debug", skip_all, fields(outcome = tracing::field::Empty, user_id = user_id))]
     pub async fn erase_user(&self, user_id: &str) -> Result<ErasureReport> {
-        check_user(user_id)?;
-        self.sessions().flush().await?;
-        let audit = self.audit();
-        let _exclusive = audit.exclusive().await;
-        // What is buffered is written in the same transaction; durable
-        // appends among it are answered only once that has committed.
-        let batch = audit.take_batch();
-        let mut conn = match self.store().sqlx_writer_conn().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                audit.settle(batch, Some(&e));
-                return Err(e);
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                check_user(user_id)?;
+                self.sessions().flush().await?;
+                let audit = self.audit();
+                let _exclusive = audit.exclusive().await;
+                // What is buffered is written in the same transaction; durable
+                // appends among it are answered only once that has committed.
+                let batch = audit.take_batch();
+                let mut conn = match self.store().sqlx_writer_conn().await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        audit.settle(batch, Some(&e));
+                        return Err(e);
+                    }
+                };
+                let erased = self.erase_on(&mut conn, &batch, user_id).await;
+                audit.settle(batch, erased.as_ref().err());
+                let (rows, hashes) = erased?;
+                self.sessions().forget(&hashes);
+                self.limits().forget(user_id);
+                self.cache().forget_user(user_id);
+                self.store().purge(&mut conn).await?;
+                Ok(ErasureReport {
+                    user_id: user_id.to_owned(),
+                    rows,
+                })
             }
-        };
-        let erased = self.erase_on(&mut conn, &batch, user_id).await;
-        audit.settle(batch, erased.as_ref().err());
-        let (rows, hashes) = erased?;
-        self.sessions().forget(&hashes);
-        self.limits().forget(user_id);
-        self.cache().forget_user(user_id);
-        self.store().purge(&mut conn).await?;
-        Ok(ErasureReport {
-            user_id: user_id.to_owned(),
-            rows,
-        })
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// The erase transaction of [`Vault::erase_user`](crate::Vault::erase_user), on the writer

@@ -3,7 +3,8 @@
 //! included); key material and tokens wipe themselves on drop; every file
 //! statevault writes is readable by its owner only.
 //!
-//! One test installs a global TRACE subscriber; the others in this file may
+//! One test installs a global TRACE subscriber (spans printed with their
+//! fields when they close) and runs every operation that has a span; the others in this file may
 //! log into it too, which only widens what it searches.
 
 mod common;
@@ -43,6 +44,7 @@ async fn keys_and_tokens_never_reach_logs_or_debug() {
     let writer = captured.clone();
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_writer(move || writer.clone())
         .init();
     let dir = tempdir();
@@ -120,10 +122,17 @@ async fn keys_and_tokens_never_reach_logs_or_debug() {
     shown += &format!("{session:?}");
     vault.close().await.unwrap();
 
+    // Every operation's span, with the fields it opens and closes with.
+    secrets.extend(common::every_operation(dir.path()).await);
+
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(
         logs.contains("opening vault"),
         "the subscriber captured statevault's events: {logs}"
+    );
+    assert!(
+        logs.contains("cache.get{") && logs.contains("time.busy"),
+        "the subscriber captured statevault's spans: {logs}"
     );
     for secret in &secrets {
         assert!(!logs.contains(secret.as_str()), "a secret reached the logs");

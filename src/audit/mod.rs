@@ -156,11 +156,19 @@ impl<'a> Audit<'a> {
 
     /// Buffers an event; the vault writes it within one flush interval.
     /// Returns its id. A crash before the flush loses it.
+    #[tracing::instrument(name = "audit.append", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub fn append(&self, event: AuditEvent) -> Result<Uuid> {
-        let content = self.content(event)?;
-        let id = Uuid::parse_str(&content.id).map_err(|e| Error::invalid("id", e.to_string()))?;
-        self.state.push(content, None);
-        Ok(id)
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            (|| {
+                let content = self.content(event)?;
+                let id = Uuid::parse_str(&content.id)
+                    .map_err(|e| Error::invalid("id", e.to_string()))?;
+                self.state.push(content, None);
+                Ok(id)
+            })(),
+            crate::trace::ok,
+        )
     }
 
     /// Appends an event and returns once it is committed with
@@ -169,21 +177,32 @@ impl<'a> Audit<'a> {
     ///
     /// `Ok` means the event is in the file; an error means it is not, and
     /// never will be from this call, so retrying cannot record it twice.
+    #[tracing::instrument(name = "audit.append_durable", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn append_durable(&self, event: AuditEvent) -> Result<Uuid> {
-        let content = self.content(event)?;
-        let id = Uuid::parse_str(&content.id).map_err(|e| Error::invalid("id", e.to_string()))?;
-        let (tx, rx) = oneshot::channel();
-        self.state.push(content, Some(tx));
-        // Another flush may take the event first; the answer comes through
-        // the waiter either way, and this flush's own error says why it failed.
-        let flushed = self.flush().await;
-        match rx.await {
-            Ok(Ok(())) => Ok(id),
-            Ok(Err(reason)) => Err(flushed.err().unwrap_or(Error::StorageIo {
-                detail: format!("the audit batch holding the event was not written: {reason}"),
-            })),
-            Err(_) => Err(Error::Closed),
-        }
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                let content = self.content(event)?;
+                let id = Uuid::parse_str(&content.id)
+                    .map_err(|e| Error::invalid("id", e.to_string()))?;
+                let (tx, rx) = oneshot::channel();
+                self.state.push(content, Some(tx));
+                // Another flush may take the event first; the answer comes through
+                // the waiter either way, and this flush's own error says why it failed.
+                let flushed = self.flush().await;
+                match rx.await {
+                    Ok(Ok(())) => Ok(id),
+                    Ok(Err(reason)) => Err(flushed.err().unwrap_or(Error::StorageIo {
+                        detail: format!(
+                            "the audit batch holding the event was not written: {reason}"
+                        ),
+                    })),
+                    Err(_) => Err(Error::Closed),
+                }
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// Writes the buffered events in one transaction. On failure nothing is
@@ -253,9 +272,17 @@ impl<'a> Audit<'a> {
 
     /// Walks the whole chain and reports the first broken link (see the
     /// module docs for what is checked). Writes buffered events first.
+    #[tracing::instrument(name = "audit.verify", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn verify(&self) -> Result<ChainReport> {
-        self.flush().await?;
-        verify::verify(self.backend().read_chain().await?)
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                self.flush().await?;
+                verify::verify(self.backend().read_chain().await?)
+            }
+            .await,
+            |r| if r.ok { "ok" } else { "broken" },
+        )
     }
 
     /// A user's events (for export), oldest first.
@@ -267,35 +294,43 @@ impl<'a> Audit<'a> {
     /// Deletes events older than `retention` from the start of the log, at
     /// most `batch` per transaction, keeping the chain verifiable (module
     /// docs). Returns how many went.
+    #[tracing::instrument(name = "audit.sweep", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn sweep(&self, batch: usize) -> Result<u64> {
-        if batch == 0 {
-            return Err(Error::invalid("batch", "must be at least 1"));
-        }
-        self.flush().await?;
-        let _writing = self.state.writing.lock().await;
-        let cutoff = self.core.now().saturating_sub(self.state.config.retention);
-        let backend = self.backend();
-        let mut removed = 0;
-        loop {
-            let gone = backend
-                .remove_oldest(cutoff, batch, |removed| {
-                    self.content(AuditEvent::new(EventKind::Admin, "retention").details(
-                        serde_json::json!({
-                            "removed_through_seq": removed.through,
-                            "removed": removed.count,
-                            "anchor": removed.anchor,
-                        }),
-                    ))
-                })
-                .await?;
-            let Some(gone) = gone else {
-                return Ok(removed);
-            };
-            removed += gone;
-            if gone < batch as u64 {
-                return Ok(removed);
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                if batch == 0 {
+                    return Err(Error::invalid("batch", "must be at least 1"));
+                }
+                self.flush().await?;
+                let _writing = self.state.writing.lock().await;
+                let cutoff = self.core.now().saturating_sub(self.state.config.retention);
+                let backend = self.backend();
+                let mut removed = 0;
+                loop {
+                    let gone = backend
+                        .remove_oldest(cutoff, batch, |removed| {
+                            self.content(AuditEvent::new(EventKind::Admin, "retention").details(
+                                serde_json::json!({
+                                    "removed_through_seq": removed.through,
+                                    "removed": removed.count,
+                                    "anchor": removed.anchor,
+                                }),
+                            ))
+                        })
+                        .await?;
+                    let Some(gone) = gone else {
+                        return Ok(removed);
+                    };
+                    removed += gone;
+                    if gone < batch as u64 {
+                        return Ok(removed);
+                    }
+                }
             }
-        }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// Within the whole-user erase transaction: writes `batch` (what was

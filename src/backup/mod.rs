@@ -43,40 +43,49 @@ impl Vault {
     /// ([`BackupConfig::dir`], `backups/` beside the database), named by the
     /// vault clock's time, and older backups there are deleted after
     /// [`BackupConfig::retention`].
+    #[tracing::instrument(name = "vault.backup", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn backup(&self, out: Option<&Path>) -> Result<BackupReport> {
-        self.flush().await?;
-        let now = self.now();
-        let (path, default_dir) = match out {
-            Some(path) => (path.to_owned(), None),
-            None => {
-                let dir = self.backup_config().dir_for(self.path());
-                fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-                (dir.join(backup_name(self.path(), now)), Some(dir))
-            }
-        };
-        if path.exists() {
-            return Err(Error::invalid(
-                "backup path",
-                format!("{} exists already", path.display()),
-            ));
-        }
-        let settings = self.store().settings().clone();
-        let target = path.clone();
-        let bytes =
-            tokio::task::spawn_blocking(move || crate::store::write_backup(&settings, &target))
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                self.flush().await?;
+                let now = self.now();
+                let (path, default_dir) = match out {
+                    Some(path) => (path.to_owned(), None),
+                    None => {
+                        let dir = self.backup_config().dir_for(self.path());
+                        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                        (dir.join(backup_name(self.path(), now)), Some(dir))
+                    }
+                };
+                if path.exists() {
+                    return Err(Error::invalid(
+                        "backup path",
+                        format!("{} exists already", path.display()),
+                    ));
+                }
+                let settings = self.store().settings().clone();
+                let target = path.clone();
+                let bytes = tokio::task::spawn_blocking(move || {
+                    crate::store::write_backup(&settings, &target)
+                })
                 .await
                 .map_err(|e| Error::Internal {
                     detail: format!("the backup task failed: {e}"),
                 })??;
-        let removed = match default_dir {
-            Some(dir) => prune(&dir, self.path(), now, self.backup_config().retention)?,
-            None => Vec::new(),
-        };
-        Ok(BackupReport {
-            path,
-            bytes,
-            removed,
-        })
+                let removed = match default_dir {
+                    Some(dir) => prune(&dir, self.path(), now, self.backup_config().retention)?,
+                    None => Vec::new(),
+                };
+                Ok(BackupReport {
+                    path,
+                    bytes,
+                    removed,
+                })
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// Opens `path` with this vault's key and checks it: every page, the
@@ -90,44 +99,60 @@ impl Vault {
     /// `backup`. Refuses, changing nothing, if the backup does not verify or
     /// if any other connection has the vault open (stop the service first).
     /// `progress(copied_pages, total_pages)` is called as the copy goes.
+    #[tracing::instrument(name = "vault.restore", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn restore(
         options: &VaultOptions,
         backup: &Path,
         progress: impl FnMut(u64, u64) + Send + 'static,
     ) -> Result<BackupVerification> {
-        let settings = options.resolve_settings()?;
-        let verification = Vault::verify_file(backup, settings.key.clone()).await?;
-        if !verification.ok {
-            return Err(Error::Corrupt {
-                path: Some(backup.to_owned()),
-                detail: "the backup does not verify (run `statevault backup verify` for details)"
-                    .into(),
-            });
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+            let settings = options.resolve_settings()?;
+            let verification = Vault::verify_file(backup, settings.key.clone()).await?;
+            if !verification.ok {
+                return Err(Error::Corrupt {
+                    path: Some(backup.to_owned()),
+                    detail: "the backup does not verify (run `statevault backup verify` for details)"
+                        .into(),
+                });
+            }
+            let backup = backup.to_owned();
+            tokio::task::spawn_blocking(move || crate::store::copy_into(&settings, &backup, progress))
+                .await
+                .map_err(|e| Error::Internal {
+                    detail: format!("the restore task failed: {e}"),
+                })??;
+            Ok(verification)
         }
-        let backup = backup.to_owned();
-        tokio::task::spawn_blocking(move || crate::store::copy_into(&settings, &backup, progress))
-            .await
-            .map_err(|e| Error::Internal {
-                detail: format!("the restore task failed: {e}"),
-            })??;
-        Ok(verification)
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// Re-encrypts the file with `new_key` and closes the vault; reopen it
     /// with the new key. Refuses if another process has the file open (its
     /// connections would hold the old key). Records the date as
     /// `key_created_at` in `vault_meta` and a `key.rotate` audit event.
+    #[tracing::instrument(name = "vault.rekey", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn rekey(self, new_key: &Key) -> Result<()> {
-        if !self.is_encrypted() {
-            return Err(Error::NotEncrypted {
-                path: self.path().to_owned(),
-            });
-        }
-        let result = self.rekey_inner(new_key).await;
-        let settings = ConnSettings::clone(self.store().settings());
-        let closed = self.close().await;
-        result.and(closed)?;
-        crate::store::proves_key(settings, new_key)
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                if !self.is_encrypted() {
+                    return Err(Error::NotEncrypted {
+                        path: self.path().to_owned(),
+                    });
+                }
+                let result = self.rekey_inner(new_key).await;
+                let settings = ConnSettings::clone(self.store().settings());
+                let closed = self.close().await;
+                result.and(closed)?;
+                crate::store::proves_key(settings, new_key)
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     async fn rekey_inner(&self, new_key: &Key) -> Result<()> {

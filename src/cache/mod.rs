@@ -131,17 +131,25 @@ impl<'a> Cache<'a> {
     /// The value under `key`, if there is a live one: L1, then L2 (promoted
     /// to L1 on a hit). A corrupt row in L2 is dropped and reported as
     /// [`Error::CacheCorrupt`].
+    #[tracing::instrument(name = "cache.get", level = "trace", skip_all, fields(outcome = tracing::field::Empty, key = %key))]
     pub async fn get(&self, key: &CacheKey) -> Result<Option<Arc<[u8]>>> {
-        // Memory is checked against the coarse clock (see guarantee 4); L2
-        // and every write read the full clock.
-        let now = self.core.clock().now_coarse();
-        self.catch_up(now)?;
-        match self.state().l1.lookup(key.hashed(), now.as_millis()) {
-            Lookup::Hit(value) => Ok(Some(value)),
-            Lookup::Expired => Ok(None),
-            // boxed so that the L1 hit path stays a small future
-            Lookup::Miss(version) => Box::pin(self.get_l2(key, self.now(), version)).await,
-        }
+        crate::trace::done(
+            tracing::Level::TRACE,
+            async {
+                // Memory is checked against the coarse clock (see guarantee 4); L2
+                // and every write read the full clock.
+                let now = self.core.clock().now_coarse();
+                self.catch_up(now)?;
+                match self.state().l1.lookup(key.hashed(), now.as_millis()) {
+                    Lookup::Hit(value) => Ok(Some(value)),
+                    Lookup::Expired => Ok(None),
+                    // boxed so that the L1 hit path stays a small future
+                    Lookup::Miss(version) => Box::pin(self.get_l2(key, self.now(), version)).await,
+                }
+            }
+            .await,
+            |v| if v.is_some() { "hit" } else { "miss" },
+        )
     }
 
     async fn get_l2(
@@ -224,13 +232,21 @@ impl<'a> Cache<'a> {
     }
 
     /// Whether a live value is under `key` (does not count as a get).
+    #[tracing::instrument(name = "cache.exists", level = "trace", skip_all, fields(outcome = tracing::field::Empty, key = %key))]
     pub async fn exists(&self, key: &CacheKey) -> Result<bool> {
-        let now = self.now();
-        self.catch_up(now)?;
-        if let Some(live) = self.state().l1.peek(key.hashed(), now.as_millis()) {
-            return Ok(live);
-        }
-        self.l2().exists(key.as_str(), now)
+        crate::trace::done(
+            tracing::Level::TRACE,
+            async {
+                let now = self.now();
+                self.catch_up(now)?;
+                if let Some(live) = self.state().l1.peek(key.hashed(), now.as_millis()) {
+                    return Ok(live);
+                }
+                self.l2().exists(key.as_str(), now)
+            }
+            .await,
+            |v| if *v { "hit" } else { "miss" },
+        )
     }
 
     /// Stores `value` under `key` with the namespace's default TTL.
@@ -242,9 +258,17 @@ impl<'a> Cache<'a> {
     /// once; it reaches L2 at the next [`Vault::flush`](crate::Vault::flush). Values larger than
     /// the configured maximum are [`Error::CacheValueTooLarge`]; a zero or
     /// too long TTL is [`Error::InvalidInput`].
+    #[tracing::instrument(name = "cache.set", level = "debug", skip_all, fields(outcome = tracing::field::Empty, key = %key))]
     pub async fn set_with(&self, key: &CacheKey, value: &[u8], options: &SetOptions) -> Result<()> {
-        let pending = self.stage(key, value, options)?;
-        self.flush_if_full(pending).await
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                let pending = self.stage(key, value, options)?;
+                self.flush_if_full(pending).await
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// Flushes when a shard's buffer holds more than its share of
@@ -303,8 +327,13 @@ impl<'a> Cache<'a> {
     }
 
     /// Removes `key` from both levels; whether it was there.
+    #[tracing::instrument(name = "cache.delete", level = "debug", skip_all, fields(outcome = tracing::field::Empty, key = %key))]
     pub async fn delete(&self, key: &CacheKey) -> Result<bool> {
-        Ok(self.delete_many(std::slice::from_ref(key)).await? > 0)
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async { Ok(self.delete_many(std::slice::from_ref(key)).await? > 0) }.await,
+            |v| if *v { "deleted" } else { "absent" },
+        )
     }
 
     /// [`get`](Cache::get) for several keys, in order.
@@ -339,40 +368,64 @@ impl<'a> Cache<'a> {
 
     /// Removes these keys from both levels, in one transaction; how many of
     /// them were there.
+    #[tracing::instrument(name = "cache.delete_many", level = "debug", skip_all, fields(outcome = tracing::field::Empty, keys = keys.len()))]
     pub async fn delete_many(&self, keys: &[CacheKey]) -> Result<u64> {
-        let state = self.state();
-        let texts: Vec<&str> = keys.iter().map(CacheKey::as_str).collect();
-        let mut tx = self.l2().begin().await?;
-        let in_memory = state.l1.remove(keys.iter().map(CacheKey::hashed));
-        let in_file = tx.delete_keys(&texts).await?;
-        tx.commit().await?;
-        state.l1.remove(keys.iter().map(CacheKey::hashed));
-        let n = in_memory.max(in_file);
-        bump(&state.counters.invalidations, n);
-        Ok(n)
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                let state = self.state();
+                let texts: Vec<&str> = keys.iter().map(CacheKey::as_str).collect();
+                let mut tx = self.l2().begin().await?;
+                let in_memory = state.l1.remove(keys.iter().map(CacheKey::hashed));
+                let in_file = tx.delete_keys(&texts).await?;
+                tx.commit().await?;
+                state.l1.remove(keys.iter().map(CacheKey::hashed));
+                let n = in_memory.max(in_file);
+                bump(&state.counters.invalidations, n);
+                Ok(n)
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// Gives a live entry a new TTL from now (`None`: its namespace's
     /// default); whether there was one.
+    #[tracing::instrument(name = "cache.touch", level = "debug", skip_all, fields(outcome = tracing::field::Empty, key = %key))]
     pub async fn touch(&self, key: &CacheKey, ttl: Option<Duration>) -> Result<bool> {
-        let now = self.now();
-        let options = match ttl {
-            Some(ttl) => SetOptions::new().ttl(ttl),
-            None => SetOptions::new(),
-        };
-        let expires_at = self.expiry(key, &options, now)?;
-        self.set_expiry(key, expires_at, now).await
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                let now = self.now();
+                let options = match ttl {
+                    Some(ttl) => SetOptions::new().ttl(ttl),
+                    None => SetOptions::new(),
+                };
+                let expires_at = self.expiry(key, &options, now)?;
+                self.set_expiry(key, expires_at, now).await
+            }
+            .await,
+            |v| if *v { "hit" } else { "miss" },
+        )
     }
 
     /// Makes a live entry expire `after` from now (zero: at once); whether
     /// there was one.
+    #[tracing::instrument(name = "cache.expire", level = "debug", skip_all, fields(outcome = tracing::field::Empty, key = %key))]
     pub async fn expire(&self, key: &CacheKey, after: Duration) -> Result<bool> {
-        let now = self.now();
-        if !after.is_zero() {
-            check_ttl(after, self.state().config.max_ttl)?;
-        }
-        self.set_expiry(key, Some(now.saturating_add(after).as_millis()), now)
-            .await
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                let now = self.now();
+                if !after.is_zero() {
+                    check_ttl(after, self.state().config.max_ttl)?;
+                }
+                self.set_expiry(key, Some(now.saturating_add(after).as_millis()), now)
+                    .await
+            }
+            .await,
+            |v| if *v { "hit" } else { "miss" },
+        )
     }
 
     async fn set_expiry(
@@ -395,28 +448,57 @@ impl<'a> Cache<'a> {
     }
 
     /// Removes every entry tagged `tag` from both levels; how many.
+    #[tracing::instrument(name = "cache.invalidate_tag", level = "debug", skip_all, fields(outcome = tracing::field::Empty, tag = tag))]
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64> {
-        check_tag(tag)?;
-        self.invalidate(Filter::Tag(tag), |m| m.tags.iter().any(|t| &**t == tag))
-            .await
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                check_tag(tag)?;
+                self.invalidate(Filter::Tag(tag), |m| m.tags.iter().any(|t| &**t == tag))
+                    .await
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// Removes every entry of `user` from both levels; how many.
+    #[tracing::instrument(name = "cache.clear_user", level = "debug", skip_all, fields(outcome = tracing::field::Empty, user_id = user))]
     pub async fn clear_user(&self, user: &str) -> Result<u64> {
-        crate::ids::check_user(user)?;
-        self.invalidate(Filter::User(user), |m| m.user.as_deref() == Some(user))
-            .await
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                crate::ids::check_user(user)?;
+                self.invalidate(Filter::User(user), |m| m.user.as_deref() == Some(user))
+                    .await
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// Removes every entry of `namespace` from both levels; how many.
+    #[tracing::instrument(name = "cache.clear_namespace", level = "debug", skip_all, fields(outcome = tracing::field::Empty, namespace = namespace))]
     pub async fn clear_namespace(&self, namespace: &str) -> Result<u64> {
-        self.invalidate(Filter::Namespace(namespace), |m| &*m.namespace == namespace)
-            .await
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                self.invalidate(Filter::Namespace(namespace), |m| &*m.namespace == namespace)
+                    .await
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// Removes every entry from both levels; how many.
+    #[tracing::instrument(name = "cache.clear", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn clear(&self) -> Result<u64> {
-        self.invalidate(Filter::All, |_| true).await
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async { self.invalidate(Filter::All, |_| true).await }.await,
+            crate::trace::ok,
+        )
     }
 
     /// Memory first (under the writer, so no flush is half-way), then the

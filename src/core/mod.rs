@@ -102,6 +102,13 @@ impl Core {
         self.clock.as_ref()
     }
 
+    /// The clock itself, for what records time outside a facet call (the
+    /// `metrics` facade's recorder).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn shared_clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// The clock's current time.
     pub(crate) fn now(&self) -> Timestamp {
         self.clock.now()

@@ -122,6 +122,7 @@ impl Limits<'_> {
     /// window's capacity), [`Error::InvalidInput`] (`cost` 0, empty
     /// subject), and storage errors (a strict or shared limit writes before
     /// returning).
+    #[tracing::instrument(name = "limits.check", level = "trace", skip_all, fields(outcome = tracing::field::Empty, limit = limit, cost = cost))]
     pub async fn check(
         &self,
         subject: &str,
@@ -129,41 +130,53 @@ impl Limits<'_> {
         cost: u32,
         client: &ClientInfo<'_>,
     ) -> Result<Decision> {
-        let state = self.state;
-        let idx = state.config.find(limit)?;
-        let spec = &state.config.limits[idx];
-        if cost == 0 {
-            return Err(Error::invalid("cost", "must be at least 1"));
-        }
-        crate::ids::check_subject(subject)?;
-        let cost_f = f64::from(cost);
-        if cost_f > spec.capacity + EPSILON {
-            return Err(Error::NeverFits {
-                limit: spec.name.to_string(),
-                cost,
-                capacity: spec.capacity,
-            });
-        }
-        let now = self.core.now();
-        if spec.shared {
-            return self.check_shared(spec, subject, now, cost_f, client).await;
-        }
-        self.catch_up(now)?;
-        let verdict = state.decide(self.core, idx, subject, now, cost_f)?;
-        let violation = match &verdict {
-            Verdict::Violation { penalty, .. } => {
-                Some(self.violation_row(spec, subject, now, cost_f, penalty.until, client)?)
+        crate::trace::done(
+            tracing::Level::TRACE,
+            async {
+                let state = self.state;
+                let idx = state.config.find(limit)?;
+                let spec = &state.config.limits[idx];
+                if cost == 0 {
+                    return Err(Error::invalid("cost", "must be at least 1"));
+                }
+                crate::ids::check_subject(subject)?;
+                let cost_f = f64::from(cost);
+                if cost_f > spec.capacity + EPSILON {
+                    return Err(Error::NeverFits {
+                        limit: spec.name.to_string(),
+                        cost,
+                        capacity: spec.capacity,
+                    });
+                }
+                let now = self.core.now();
+                if spec.shared {
+                    return self.check_shared(spec, subject, now, cost_f, client).await;
+                }
+                self.catch_up(now)?;
+                let verdict = state.decide(self.core, idx, subject, now, cost_f)?;
+                let violation = match &verdict {
+                    Verdict::Violation { penalty, .. } => Some(self.violation_row(
+                        spec,
+                        subject,
+                        now,
+                        cost_f,
+                        penalty.until,
+                        client,
+                    )?),
+                    _ => None,
+                };
+                if spec.strict && !matches!(verdict, Verdict::Penalised { .. }) {
+                    state
+                        .write_strict(self.core, idx, subject, violation)
+                        .await?;
+                } else if let Some(v) = violation {
+                    state.push_pending(v);
+                }
+                Ok(verdict::decision(spec, verdict, now))
             }
-            _ => None,
-        };
-        if spec.strict && !matches!(verdict, Verdict::Penalised { .. }) {
-            state
-                .write_strict(self.core, idx, subject, violation)
-                .await?;
-        } else if let Some(v) = violation {
-            state.push_pending(v);
-        }
-        Ok(verdict::decision(spec, verdict, now))
+            .await,
+            |d| if d.allowed { "allowed" } else { "refused" },
+        )
     }
 
     fn violation_row(
@@ -307,50 +320,66 @@ impl Limits<'_> {
     /// The subject's state under every configured limit, at the vault
     /// clock's now: tokens per window, recent violations, running penalty.
     /// Reads this process's memory where it has the subject, else the file.
+    #[tracing::instrument(name = "limits.status", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn status(&self, subject: &str) -> Result<Vec<LimitStatus>> {
-        crate::ids::check_subject(subject)?;
-        let state = self.state;
-        let now = self.core.now();
-        self.catch_up(now)?;
-        let since = bucket::memory_start(now);
-        let mut out = Vec::with_capacity(state.config.limits.len());
-        for (idx, limit) in state.config.limits.iter().enumerate() {
-            let in_memory = if limit.shared {
-                None
-            } else {
-                state.in_memory(subject, idx)
-            };
-            let mut entry = match in_memory {
-                Some(entry) => entry,
-                None => {
-                    let stored = self.backend().load(subject, &limit.name, since)?;
-                    Entry::from_stored(limit, stored, now)
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                crate::ids::check_subject(subject)?;
+                let state = self.state;
+                let now = self.core.now();
+                self.catch_up(now)?;
+                let since = bucket::memory_start(now);
+                let mut out = Vec::with_capacity(state.config.limits.len());
+                for (idx, limit) in state.config.limits.iter().enumerate() {
+                    let in_memory = if limit.shared {
+                        None
+                    } else {
+                        state.in_memory(subject, idx)
+                    };
+                    let mut entry = match in_memory {
+                        Some(entry) => entry,
+                        None => {
+                            let stored = self.backend().load(subject, &limit.name, since)?;
+                            Entry::from_stored(limit, stored, now)
+                        }
+                    };
+                    entry.recent.retain(|t| *t > since);
+                    out.push(limit_status(limit, &entry, now));
                 }
-            };
-            entry.recent.retain(|t| *t > since);
-            out.push(limit_status(limit, &entry, now));
-        }
-        Ok(out)
+                Ok(out)
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// Deletes everything about `subject` (admin): its buckets under every
     /// limit, its violations and penalties, in the file and in this
     /// process's memory. Every other handle on the file forgets the subject
     /// on its next check (the change feed).
+    #[tracing::instrument(name = "limits.reset", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn reset(&self, subject: &str) -> Result<ResetCounts> {
-        crate::ids::check_subject(subject)?;
-        // No flush can run while the delete holds the writer, so nothing of
-        // the subject's can be written back between forgetting it and the
-        // commit.
-        let (buckets, violations) = self
-            .backend()
-            .delete_subject(subject, || self.state.forget(subject))
-            .await?;
-        self.state.forget(subject);
-        Ok(ResetCounts {
-            buckets,
-            violations,
-        })
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                crate::ids::check_subject(subject)?;
+                // No flush can run while the delete holds the writer, so nothing of
+                // the subject's can be written back between forgetting it and the
+                // commit.
+                let (buckets, violations) = self
+                    .backend()
+                    .delete_subject(subject, || self.state.forget(subject))
+                    .await?;
+                self.state.forget(subject);
+                Ok(ResetCounts {
+                    buckets,
+                    violations,
+                })
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// Every violation of `subject` in the file, oldest first (for export).
@@ -389,29 +418,39 @@ impl Limits<'_> {
     /// (7 days by default) and buckets unused for longer than theirs (30
     /// days), at most 500 rows per transaction; drops from memory the
     /// entries that are flushed, full and without recent violations.
+    #[tracing::instrument(name = "limits.sweep", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn sweep(&self) -> Result<SweepCounts> {
-        let config = &self.state.config;
-        let backend = self.backend();
-        let now = self.core.now();
-        let mut counts = SweepCounts::default();
-        let before = Timestamp::from_millis(now.as_millis() - config.violation_retention_ms);
-        loop {
-            let n = backend.sweep_violations(before, SWEEP_BATCH).await?;
-            counts.violations += n;
-            if n < SWEEP_BATCH as u64 {
-                break;
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                let config = &self.state.config;
+                let backend = self.backend();
+                let now = self.core.now();
+                let mut counts = SweepCounts::default();
+                let before =
+                    Timestamp::from_millis(now.as_millis() - config.violation_retention_ms);
+                loop {
+                    let n = backend.sweep_violations(before, SWEEP_BATCH).await?;
+                    counts.violations += n;
+                    if n < SWEEP_BATCH as u64 {
+                        break;
+                    }
+                }
+                let before =
+                    Timestamp::from_millis(now.as_millis() - config.idle_bucket_retention_ms);
+                loop {
+                    let n = backend.sweep_buckets(before, SWEEP_BATCH).await?;
+                    counts.buckets += n;
+                    if n < SWEEP_BATCH as u64 {
+                        break;
+                    }
+                }
+                counts.evicted = self.state.evict_idle(now);
+                Ok(counts)
             }
-        }
-        let before = Timestamp::from_millis(now.as_millis() - config.idle_bucket_retention_ms);
-        loop {
-            let n = backend.sweep_buckets(before, SWEEP_BATCH).await?;
-            counts.buckets += n;
-            if n < SWEEP_BATCH as u64 {
-                break;
-            }
-        }
-        counts.evicted = self.state.evict_idle(now);
-        Ok(counts)
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// The file's side of the facet.

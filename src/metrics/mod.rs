@@ -37,11 +37,15 @@
 //!   interval's aggregate, its sketch, and how points merge.
 //! - `config.rs`: [`MetricsConfig`]; `types.rs`: what it reports;
 //!   `prom.rs`: the Prometheus text format.
+//! - `facade.rs` (feature `metrics`): [`MetricsRecorder`], the `metrics`
+//!   crate's recorder, into the same series.
 //! - `backend.rs`: the storage contract; `sqlite.rs`: every statement of
 //!   the facet.
 
 mod backend;
 mod config;
+#[cfg(feature = "metrics")]
+mod facade;
 mod points;
 mod prom;
 mod sqlite;
@@ -55,6 +59,8 @@ use std::time::Duration;
 use backend::MetricsBackend;
 use config::HOUR_MS;
 pub use config::MetricsConfig;
+#[cfg(feature = "metrics")]
+pub use facade::MetricsRecorder;
 use points::Agg;
 pub use points::{MAX_BINS, RELATIVE_ERROR};
 pub use prom::sanitize_name;
@@ -237,6 +243,25 @@ impl<'a> Metrics<'a> {
     pub fn record_auth(&self, success: bool) {
         let outcome = if success { "success" } else { "failure" };
         self.increment(AUTH_ATTEMPTS, &[("outcome", outcome)], 1.0);
+    }
+
+    /// A recorder for the `metrics` crate's macros that records into this
+    /// facet (see [`MetricsRecorder`]), for `metrics::with_local_recorder`
+    /// or to install yourself. It holds the series in memory, not the vault.
+    #[cfg(feature = "metrics")]
+    pub fn recorder(&self) -> MetricsRecorder {
+        MetricsRecorder::new(self.state.table().clone(), self.core.shared_clock().clone())
+    }
+
+    /// Installs [`recorder`](Metrics::recorder) as the process's global
+    /// `metrics` recorder, so that every `counter!`, `gauge!` and
+    /// `histogram!` in the process records into this vault. The `metrics`
+    /// crate sets it once per process: a second call (for this vault or
+    /// another, or after another library's recorder) is
+    /// [`Error::RecorderAlreadyInstalled`].
+    #[cfg(feature = "metrics")]
+    pub fn install_recorder(&self) -> Result<()> {
+        ::metrics::set_global_recorder(self.recorder()).map_err(|_| Error::RecorderAlreadyInstalled)
     }
 
     /// Writes every series' open interval now, as
@@ -487,34 +512,42 @@ impl<'a> Metrics<'a> {
     /// Retention: merges points older than `downsample_after` into hourly
     /// points, then deletes points older than `retention`, at most 500 rows
     /// per transaction.
+    #[tracing::instrument(name = "metrics.sweep", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn sweep(&self) -> Result<MetricsSweep> {
-        let now = self.core.now();
-        let config = &self.state.config;
-        let mut counts = MetricsSweep::default();
-        let cutoff = now
-            .saturating_sub(config.downsample_after)
-            .as_millis()
-            .div_euclid(HOUR_MS)
-            * HOUR_MS;
-        loop {
-            let n = self
-                .storage()
-                .downsample(Timestamp::from_millis(cutoff), SWEEP_BATCH)
-                .await?;
-            counts.downsampled += n;
-            if n < SWEEP_BATCH as u64 {
-                break;
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                let now = self.core.now();
+                let config = &self.state.config;
+                let mut counts = MetricsSweep::default();
+                let cutoff = now
+                    .saturating_sub(config.downsample_after)
+                    .as_millis()
+                    .div_euclid(HOUR_MS)
+                    * HOUR_MS;
+                loop {
+                    let n = self
+                        .storage()
+                        .downsample(Timestamp::from_millis(cutoff), SWEEP_BATCH)
+                        .await?;
+                    counts.downsampled += n;
+                    if n < SWEEP_BATCH as u64 {
+                        break;
+                    }
+                }
+                let purge_before = now.saturating_sub(config.retention);
+                loop {
+                    let n = self.storage().purge(purge_before, SWEEP_BATCH).await?;
+                    counts.purged += n;
+                    if n < SWEEP_BATCH as u64 {
+                        break;
+                    }
+                }
+                Ok(counts)
             }
-        }
-        let purge_before = now.saturating_sub(config.retention);
-        loop {
-            let n = self.storage().purge(purge_before, SWEEP_BATCH).await?;
-            counts.purged += n;
-            if n < SWEEP_BATCH as u64 {
-                break;
-            }
-        }
-        Ok(counts)
+            .await,
+            crate::trace::ok,
+        )
     }
 }
 

@@ -1,9 +1,15 @@
 //! The metrics' state in memory: series sharded by a hash of (name, kind,
 //! labels), each holding its current interval's aggregate, and the ended
 //! intervals waiting for the next flush.
+//!
+//! The series live in a [`SeriesTable`] behind an `Arc`, so that the
+//! `metrics` facade's recorder can share them without holding the vault.
+//! Once the vault closes (or its last handle drops) the table is marked
+//! closed and drops what is recorded after: nothing would write it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::backend::MetricsBackend;
@@ -31,7 +37,7 @@ struct Series {
 }
 
 impl Series {
-    fn matches(&self, name: &str, kind: MetricKind, labels: &[(&str, &str)]) -> bool {
+    fn matches(&self, name: &str, kind: MetricKind, labels: &[impl LabelPair]) -> bool {
         if self.kind != kind || &*self.name != name || self.labels.len() != labels.len() {
             return false;
         }
@@ -40,13 +46,25 @@ impl Series {
             .labels
             .iter()
             .zip(labels)
-            .all(|((sk, sv), (k, v))| &**sk == *k && &**sv == *v);
+            .all(|((sk, sv), pair)| pair.pair() == (&**sk, &**sv));
         in_order
-            || labels.iter().all(|(k, v)| {
+            || labels.iter().all(|pair| {
                 self.labels
                     .iter()
-                    .any(|(sk, sv)| &**sk == *k && &**sv == *v)
+                    .any(|(sk, sv)| pair.pair() == (&**sk, &**sv))
             })
+    }
+}
+
+/// A label as callers give it: borrowed (`("queue", "a")`) or owned (what
+/// the facade's handles keep).
+pub(super) trait LabelPair {
+    fn pair(&self) -> (&str, &str);
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> LabelPair for (K, V) {
+    fn pair(&self) -> (&str, &str) {
+        (self.0.as_ref(), self.1.as_ref())
     }
 }
 
@@ -84,29 +102,106 @@ struct Shard {
 /// The facet's state, one per vault.
 pub(crate) struct MetricsState {
     pub(super) config: MetricsConfig,
-    /// Seeded per process: label values may come from requests.
-    hasher: foldhash::fast::RandomState,
-    shards: Box<[Mutex<Shard>]>,
+    series: Arc<SeriesTable>,
+}
+
+impl Drop for MetricsState {
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 impl MetricsState {
     pub(crate) fn new(config: MetricsConfig) -> Result<Self> {
         config.validate()?;
         Ok(MetricsState {
+            series: Arc::new(SeriesTable {
+                interval_ms: config.interval_ms(),
+                hasher: foldhash::fast::RandomState::default(),
+                shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+                stopped: AtomicBool::new(false),
+            }),
             config,
-            hasher: foldhash::fast::RandomState::default(),
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
         })
     }
 
-    /// Adds `value` to its series' current interval, closing the series'
-    /// previous interval if that has ended.
+    /// The series, shared with the facade's recorder.
+    #[cfg(feature = "metrics")]
+    pub(super) fn table(&self) -> &Arc<SeriesTable> {
+        &self.series
+    }
+
+    /// Adds `value` to its series' current interval.
     pub(super) fn record(
         &self,
         now: Timestamp,
         name: &str,
         kind: MetricKind,
         labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        let hash = self.series.hash(name, kind, labels);
+        self.series.record(now, hash, name, kind, labels, value);
+    }
+
+    /// Stops recording: the vault is closing, and what is recorded from now
+    /// on would never be written.
+    pub(crate) fn close(&self) {
+        self.series.stopped.store(true, Ordering::Relaxed);
+    }
+
+    /// Writes ended intervals (all intervals when `all`) in one transaction.
+    #[tracing::instrument(name = "metrics.flush", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
+    pub(crate) async fn flush(&self, core: &Core, all: bool) -> Result<()> {
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                let points = self.series.take(core.now_coarse(), all);
+                if points.is_empty() {
+                    return Ok(());
+                }
+                if let Err(e) = backend(core).write_points(&points).await {
+                    self.series.put_back(points);
+                    return Err(e);
+                }
+                Ok(())
+            }
+            .await,
+            crate::trace::ok,
+        )
+    }
+}
+
+/// Every series in memory, in shards.
+pub(super) struct SeriesTable {
+    interval_ms: i64,
+    /// Seeded per process: label values may come from requests.
+    hasher: foldhash::fast::RandomState,
+    shards: Box<[Mutex<Shard>]>,
+    /// Set when the vault closes or is dropped; records are dropped then.
+    stopped: AtomicBool,
+}
+
+impl SeriesTable {
+    /// The hash a series is found by: labels in any order give the same.
+    pub(super) fn hash(&self, name: &str, kind: MetricKind, labels: &[impl LabelPair]) -> u64 {
+        let mut hash = self.hasher.hash_one((name, kind as u8));
+        for pair in labels {
+            hash = hash.wrapping_add(self.hasher.hash_one(pair.pair()));
+        }
+        hash
+    }
+
+    /// Adds `value` to its series' current interval (`hash` is
+    /// [`hash`](Self::hash) of the rest), closing the series' previous
+    /// interval if that has ended.
+    pub(super) fn record(
+        &self,
+        now: Timestamp,
+        hash: u64,
+        name: &str,
+        kind: MetricKind,
+        labels: &[impl LabelPair],
         value: f64,
     ) {
         if !value.is_finite() || (kind == MetricKind::Counter && value < 0.0) {
@@ -117,11 +212,10 @@ impl MetricsState {
             );
             return;
         }
-        let mut hash = self.hasher.hash_one((name, kind as u8));
-        for pair in labels {
-            hash = hash.wrapping_add(self.hasher.hash_one(pair));
+        if self.stopped.load(Ordering::Relaxed) {
+            return;
         }
-        let interval = self.config.interval_ms();
+        let interval = self.interval_ms;
         let start_ms = now.as_millis().div_euclid(interval) * interval;
         let shard = &self.shards[(hash as usize) % SHARDS];
         let mut shard = lock(shard);
@@ -160,7 +254,7 @@ impl MetricsState {
     /// Takes the points of ended intervals (every point when `all`), and
     /// drops series that recorded nothing for a whole interval.
     fn take(&self, now: Timestamp, all: bool) -> Vec<Point> {
-        let interval = self.config.interval_ms();
+        let interval = self.interval_ms;
         let current = now.as_millis().div_euclid(interval) * interval;
         let mut taken = Vec::new();
         for shard in self.shards.iter() {
@@ -194,32 +288,20 @@ impl MetricsState {
     fn put_back(&self, points: Vec<Point>) {
         lock(&self.shards[0]).closed.extend(points);
     }
-
-    /// Writes ended intervals (all intervals when `all`) in one transaction.
-    pub(crate) async fn flush(&self, core: &Core, all: bool) -> Result<()> {
-        let points = self.take(core.now_coarse(), all);
-        if points.is_empty() {
-            return Ok(());
-        }
-        if let Err(e) = backend(core).write_points(&points).await {
-            self.put_back(points);
-            return Err(e);
-        }
-        Ok(())
-    }
 }
 
 /// Whether a label name is given twice.
-fn has_duplicate_keys(labels: &[(&str, &str)]) -> bool {
-    labels
-        .iter()
-        .enumerate()
-        .any(|(i, (k, _))| labels[..i].iter().any(|(other, _)| other == k))
+fn has_duplicate_keys(labels: &[impl LabelPair]) -> bool {
+    labels.iter().enumerate().any(|(i, pair)| {
+        labels[..i]
+            .iter()
+            .any(|other| other.pair().0 == pair.pair().0)
+    })
 }
 
 /// A new series, its labels sorted by name.
-fn new_series(name: &str, kind: MetricKind, labels: &[(&str, &str)]) -> Series {
-    let sorted: BTreeMap<&str, &str> = labels.iter().copied().collect();
+fn new_series(name: &str, kind: MetricKind, labels: &[impl LabelPair]) -> Series {
+    let sorted: BTreeMap<&str, &str> = labels.iter().map(LabelPair::pair).collect();
     let json = serde_json::to_string(&sorted).unwrap_or_else(|_| "{}".to_owned());
     Series {
         name: name.into(),

@@ -71,14 +71,21 @@ impl<'a> Preferences<'a> {
     }
 
     /// The user's preferences: the defaults with their overrides merged in.
+    #[tracing::instrument(name = "preferences.get", level = "debug", skip_all, fields(outcome = tracing::field::Empty, user_id = user_id))]
     pub fn get(&self, user_id: &str) -> Result<Value> {
-        check_user(user_id)?;
-        let overrides = self.stored(user_id)?.map(|s| s.document);
-        let mut merged = self.config.defaults.clone();
-        if let Some(overrides) = overrides {
-            merge_patch(&mut merged, &overrides);
-        }
-        Ok(merged)
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            (|| {
+                check_user(user_id)?;
+                let overrides = self.stored(user_id)?.map(|s| s.document);
+                let mut merged = self.config.defaults.clone();
+                if let Some(overrides) = overrides {
+                    merge_patch(&mut merged, &overrides);
+                }
+                Ok(merged)
+            })(),
+            crate::trace::ok,
+        )
     }
 
     /// The user's preferences as `T`.
@@ -143,16 +150,29 @@ impl<'a> Preferences<'a> {
     /// Applies a JSON merge patch (RFC 7386) to the user's overrides, checks
     /// the result against the defaults, stores it, and returns the merged
     /// preferences. Read, patch and write are one transaction.
+    #[tracing::instrument(name = "preferences.patch", level = "debug", skip_all, fields(outcome = tracing::field::Empty, user_id = user_id))]
     pub async fn patch(&self, user_id: &str, patch: &Value) -> Result<Value> {
-        self.write(user_id, patch, false).await
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async { self.write(user_id, patch, false).await }.await,
+            crate::trace::ok,
+        )
     }
 
     /// Replaces the user's overrides with `value` (checked like a patch), in
     /// one transaction: a value the defaults refuse leaves the stored
     /// preferences as they were.
+    #[tracing::instrument(name = "preferences.set", level = "debug", skip_all, fields(outcome = tracing::field::Empty, user_id = user_id))]
     pub async fn set_as<T: Serialize>(&self, user_id: &str, value: &T) -> Result<Value> {
-        self.write(user_id, &serde_json::to_value(value)?, true)
-            .await
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                self.write(user_id, &serde_json::to_value(value)?, true)
+                    .await
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// Merges `patch` into the stored overrides (or into none, if
@@ -213,9 +233,17 @@ impl<'a> Preferences<'a> {
     }
 
     /// Deletes the user's overrides: the defaults apply again.
+    #[tracing::instrument(name = "preferences.reset", level = "debug", skip_all, fields(outcome = tracing::field::Empty, user_id = user_id))]
     pub async fn reset(&self, user_id: &str) -> Result<bool> {
-        check_user(user_id)?;
-        self.backend().reset(user_id).await
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                check_user(user_id)?;
+                self.backend().reset(user_id).await
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// Within the whole-user erase transaction.

@@ -30,17 +30,17 @@
 //! # Layout
 //!
 //! This file holds the [`Sessions`] handle and its decisions (expiry, the
-//! cap, what memory may serve); `config.rs`, `types.rs` and `state.rs` its
+//! cap); `lookup.rs` how `validate` finds a token and what refuses it;
+//! `config.rs`, `types.rs` and `state.rs` its
 //! settings, values and memory; `backend.rs` the storage contract and
 //! `sqlite.rs` every statement.
 
 mod backend;
 mod config;
+mod lookup;
 mod sqlite;
 mod state;
 mod types;
-
-use std::sync::Arc;
 
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -56,8 +56,6 @@ use config::check_lifetime;
 pub use config::{MAX_SESSION_MEMORY_ENTRIES, SessionConfig, WhenFull};
 use sqlite::Sqlite;
 pub(crate) use state::State;
-use state::{Binding, Row};
-use types::constant_time_eq;
 pub use types::{
     ExpiryReason, ExportedSession, IssuedSession, NewSession, Secret, Session, Validation,
 };
@@ -112,50 +110,63 @@ impl<'a> Sessions<'a> {
     /// If the user already has `max_per_user` live sessions, the oldest are
     /// revoked ([`WhenFull::EvictOldest`]) or the call fails with
     /// [`Error::SessionLimit`] ([`WhenFull::Refuse`]).
+    #[tracing::instrument(name = "sessions.create", level = "debug", skip_all, fields(outcome = tracing::field::Empty, user_id = %new.user_id))]
     pub async fn create(&self, new: NewSession) -> Result<IssuedSession> {
-        let config = &self.state.config;
-        check_user(&new.user_id)?;
-        crate::json::check_text("data", &new.data, config.max_data_bytes, "max_data_bytes")?;
-        let idle = new.idle_timeout.unwrap_or(config.idle_timeout);
-        let lifetime = new.absolute_lifetime.unwrap_or(config.absolute_lifetime);
-        check_lifetime("idle_timeout", idle)?;
-        check_lifetime("absolute_lifetime", lifetime)?;
-        let client_meta = serde_json::Value::Object(new.client_meta).to_string();
-        let now = self.core.now();
-        let (token, csrf) = (Secret::generate()?, Secret::generate()?);
-        let id = uuid::Uuid::now_v7().to_string();
-        let row = NewRow {
-            id: &id,
-            token_hash: sha256(token.expose().as_bytes()),
-            csrf_hash: sha256(csrf.expose().as_bytes()),
-            user_id: &new.user_id,
-            org_id: new.org_id.as_deref(),
-            device_fingerprint: self.keyed("device_fingerprint", &new.fingerprint)?,
-            ip_hash: self.keyed("ip", &new.ip)?,
-            user_agent_hash: self.keyed("user_agent", &new.user_agent)?,
-            client_meta: &client_meta,
-            data: &new.data,
-            created_at: now,
-            idle_timeout: idle,
-            expires_at: now.saturating_add(lifetime),
-            rotation_due_at: now.saturating_add(config.rotation_interval),
-        };
-        let evicted = self
-            .backend()
-            .create(&row, |candidates| {
-                self.make_room(candidates, &new.user_id, now)
-            })
-            .await?;
-        let expires_at = row.expires_at;
-        self.state
-            .forget(&evicted.iter().map(|c| c.token_hash).collect::<Vec<_>>());
-        Ok(IssuedSession {
-            id,
-            token,
-            csrf_token: csrf,
-            expires_at,
-            evicted: evicted.into_iter().map(|c| c.id).collect(),
-        })
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                let config = &self.state.config;
+                check_user(&new.user_id)?;
+                crate::json::check_text(
+                    "data",
+                    &new.data,
+                    config.max_data_bytes,
+                    "max_data_bytes",
+                )?;
+                let idle = new.idle_timeout.unwrap_or(config.idle_timeout);
+                let lifetime = new.absolute_lifetime.unwrap_or(config.absolute_lifetime);
+                check_lifetime("idle_timeout", idle)?;
+                check_lifetime("absolute_lifetime", lifetime)?;
+                let client_meta = serde_json::Value::Object(new.client_meta).to_string();
+                let now = self.core.now();
+                let (token, csrf) = (Secret::generate()?, Secret::generate()?);
+                let id = uuid::Uuid::now_v7().to_string();
+                let row = NewRow {
+                    id: &id,
+                    token_hash: sha256(token.expose().as_bytes()),
+                    csrf_hash: sha256(csrf.expose().as_bytes()),
+                    user_id: &new.user_id,
+                    org_id: new.org_id.as_deref(),
+                    device_fingerprint: self.keyed("device_fingerprint", &new.fingerprint)?,
+                    ip_hash: self.keyed("ip", &new.ip)?,
+                    user_agent_hash: self.keyed("user_agent", &new.user_agent)?,
+                    client_meta: &client_meta,
+                    data: &new.data,
+                    created_at: now,
+                    idle_timeout: idle,
+                    expires_at: now.saturating_add(lifetime),
+                    rotation_due_at: now.saturating_add(config.rotation_interval),
+                };
+                let evicted = self
+                    .backend()
+                    .create(&row, |candidates| {
+                        self.make_room(candidates, &new.user_id, now)
+                    })
+                    .await?;
+                let expires_at = row.expires_at;
+                self.state
+                    .forget(&evicted.iter().map(|c| c.token_hash).collect::<Vec<_>>());
+                Ok(IssuedSession {
+                    id,
+                    token,
+                    csrf_token: csrf,
+                    expires_at,
+                    evicted: evicted.into_iter().map(|c| c.id).collect(),
+                })
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// The keyed hash of an identifying value, if there is one.
@@ -265,154 +276,116 @@ impl<'a> Sessions<'a> {
     /// Runs on the caller's thread and writes nothing; the last-seen time is
     /// buffered (see the module docs). `Err` means the vault could not
     /// answer (closed, I/O); every answer about the token is a [`Validation`].
+    #[tracing::instrument(name = "sessions.validate", level = "trace", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn validate(
         &self,
         token: &str,
         device_fingerprint: Option<&str>,
     ) -> Result<Validation> {
-        let hash = sha256(token.as_bytes());
-        let now = self.core.now();
-        let Some(row) = self.row(&hash, now)? else {
-            return Ok(Validation::Unknown);
-        };
-        if let Some(refusal) = self.refusal(&row, now, device_fingerprint)? {
-            return Ok(refusal);
-        }
-        row.seen_at(now);
-        lock(&self.state.touches).insert(row.id.clone(), now);
-        Ok(Validation::Valid(row.session(now)))
-    }
-
-    /// Why `row` is not a live session on this device at `now`, if it is not.
-    fn refusal(
-        &self,
-        row: &Row,
-        now: Timestamp,
-        device_fingerprint: Option<&str>,
-    ) -> Result<Option<Validation>> {
-        if let Some(reason) = &row.revoked {
-            return Ok(Some(Validation::Revoked {
-                session_id: row.id.clone(),
-                reason: reason.clone(),
-            }));
-        }
-        let expired = |reason| {
-            Some(Validation::Expired {
-                session_id: row.id.clone(),
-                reason,
-            })
-        };
-        if now >= row.expires_at {
-            return Ok(expired(ExpiryReason::Absolute));
-        }
-        if now >= row.idle_expires_at() {
-            return Ok(expired(ExpiryReason::Idle));
-        }
-        if matches!(row.binding, Binding::Unbound) {
-            return Ok(None);
-        }
-        let presented = device_fingerprint
-            .map(|fp| self.core.keyed_hash("device_fingerprint", fp.as_bytes()))
-            .transpose()?;
-        let matches = match (&row.binding, presented) {
-            (Binding::Device(bound), Some(p)) => constant_time_eq(&p, bound),
-            _ => false,
-        };
-        Ok((!matches).then(|| Validation::FingerprintMismatch {
-            session_id: row.id.clone(),
-            user_id: row.user_id.clone(),
-        }))
-    }
-
-    /// The row for a token hash: from memory if read recently enough, else
-    /// from the file (and then remembered, unless a change raced the read).
-    fn row(&self, hash: &[u8; 32], now: Timestamp) -> Result<Option<Arc<Row>>> {
-        let state = self.state;
-        self.core
-            .catch_up(&state.feed, now, |news| state.apply(news))?;
-        if let Some(row) = self.state.remembered(hash, now) {
-            return Ok(Some(row));
-        }
-        let epoch = self.state.epoch();
-        let Some(row) = self.backend().by_token(hash)? else {
-            return Ok(None);
-        };
-        if let Some(pending) = lock(&self.state.touches).get(&row.id) {
-            row.seen_at(*pending);
-        }
-        let row = Arc::new(row);
-        self.state.remember(hash, row.clone(), epoch, now);
-        Ok(Some(row))
+        crate::trace::done(
+            tracing::Level::TRACE,
+            async {
+                let hash = sha256(token.as_bytes());
+                let now = self.core.now();
+                let Some(row) = self.row(&hash, now)? else {
+                    return Ok(Validation::Unknown);
+                };
+                if let Some(refusal) = self.refusal(&row, now, device_fingerprint)? {
+                    return Ok(refusal);
+                }
+                row.seen_at(now);
+                lock(&self.state.touches).insert(row.id.clone(), now);
+                Ok(Validation::Valid(row.session(now)))
+            }
+            .await,
+            Validation::outcome,
+        )
     }
 
     /// Issues a new token (and CSRF token) for a live session: the old token
     /// is dead when this returns; id, data and lifetimes carry over, and the
     /// next rotation is due `rotation_interval` from now.
+    #[tracing::instrument(name = "sessions.rotate", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn rotate(
         &self,
         token: &str,
         device_fingerprint: Option<&str>,
     ) -> Result<IssuedSession> {
-        let session = self.require_valid(token, device_fingerprint).await?;
-        let now = self.core.now();
-        let (new_token, csrf) = (Secret::generate()?, Secret::generate()?);
-        let old_hash = sha256(token.as_bytes());
-        let rotation_due_at = now.saturating_add(self.state.config.rotation_interval);
-        let tokens = Tokens::of(&new_token, &csrf);
-        if !self
-            .backend()
-            .rotate(&old_hash, &tokens, rotation_due_at)
-            .await?
-        {
-            return Err(CONCURRENT);
-        }
-        self.state.forget(&[old_hash]);
-        Ok(IssuedSession {
-            id: session.id,
-            token: new_token,
-            csrf_token: csrf,
-            expires_at: session.expires_at,
-            evicted: Vec::new(),
-        })
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                let session = self.require_valid(token, device_fingerprint).await?;
+                let now = self.core.now();
+                let (new_token, csrf) = (Secret::generate()?, Secret::generate()?);
+                let old_hash = sha256(token.as_bytes());
+                let rotation_due_at = now.saturating_add(self.state.config.rotation_interval);
+                let tokens = Tokens::of(&new_token, &csrf);
+                if !self
+                    .backend()
+                    .rotate(&old_hash, &tokens, rotation_due_at)
+                    .await?
+                {
+                    return Err(CONCURRENT);
+                }
+                self.state.forget(&[old_hash]);
+                Ok(IssuedSession {
+                    id: session.id,
+                    token: new_token,
+                    csrf_token: csrf,
+                    expires_at: session.expires_at,
+                    evicted: Vec::new(),
+                })
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// After a login (or any change of privilege): a new session id and new
     /// tokens, with the same user and data and fresh lifetimes; the old
     /// session is revoked (`regenerated`). Defeats session fixation.
+    #[tracing::instrument(name = "sessions.regenerate", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn regenerate(
         &self,
         token: &str,
         device_fingerprint: Option<&str>,
     ) -> Result<IssuedSession> {
-        let session = self.require_valid(token, device_fingerprint).await?;
-        let now = self.core.now();
-        let (new_token, csrf) = (Secret::generate()?, Secret::generate()?);
-        let id = uuid::Uuid::now_v7().to_string();
-        let old_hash = sha256(token.as_bytes());
-        let lifetime = session.expires_at.duration_since(session.created_at);
-        let new = Regenerated {
-            id: &id,
-            tokens: Tokens::of(&new_token, &csrf),
-            created_at: now,
-            expires_at: now.saturating_add(lifetime),
-            rotation_due_at: now.saturating_add(self.state.config.rotation_interval),
-        };
-        if !self
-            .backend()
-            .regenerate(&old_hash, &session.id, &new)
-            .await?
-        {
-            return Err(CONCURRENT);
-        }
-        self.state.forget(&[old_hash]);
-        let expires_at = new.expires_at;
-        Ok(IssuedSession {
-            id,
-            token: new_token,
-            csrf_token: csrf,
-            expires_at,
-            evicted: Vec::new(),
-        })
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                let session = self.require_valid(token, device_fingerprint).await?;
+                let now = self.core.now();
+                let (new_token, csrf) = (Secret::generate()?, Secret::generate()?);
+                let id = uuid::Uuid::now_v7().to_string();
+                let old_hash = sha256(token.as_bytes());
+                let lifetime = session.expires_at.duration_since(session.created_at);
+                let new = Regenerated {
+                    id: &id,
+                    tokens: Tokens::of(&new_token, &csrf),
+                    created_at: now,
+                    expires_at: now.saturating_add(lifetime),
+                    rotation_due_at: now.saturating_add(self.state.config.rotation_interval),
+                };
+                if !self
+                    .backend()
+                    .regenerate(&old_hash, &session.id, &new)
+                    .await?
+                {
+                    return Err(CONCURRENT);
+                }
+                self.state.forget(&[old_hash]);
+                let expires_at = new.expires_at;
+                Ok(IssuedSession {
+                    id,
+                    token: new_token,
+                    csrf_token: csrf,
+                    expires_at,
+                    evicted: Vec::new(),
+                })
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     async fn require_valid(
@@ -429,34 +402,58 @@ impl<'a> Sessions<'a> {
     }
 
     /// Replaces a live session's data. Takes effect at once in this process.
+    #[tracing::instrument(name = "sessions.set_data", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn set_data<T: Serialize + ?Sized>(&self, token: &str, data: &T) -> Result<()> {
-        let json = serde_json::to_string(data)?;
-        let max = self.state.config.max_data_bytes;
-        crate::json::check_text("data", &json, max, "max_data_bytes")?;
-        let hash = sha256(token.as_bytes());
-        let found = self.backend().set_data(&hash, &json).await?;
-        self.state.forget(&[hash]);
-        if !found {
-            return Err(Error::SessionNotValid {
-                reason: "unknown token",
-            });
-        }
-        Ok(())
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                let json = serde_json::to_string(data)?;
+                let max = self.state.config.max_data_bytes;
+                crate::json::check_text("data", &json, max, "max_data_bytes")?;
+                let hash = sha256(token.as_bytes());
+                let found = self.backend().set_data(&hash, &json).await?;
+                self.state.forget(&[hash]);
+                if !found {
+                    return Err(Error::SessionNotValid {
+                        reason: "unknown token",
+                    });
+                }
+                Ok(())
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// Revokes one session by its public id. Returns whether it was live.
+    #[tracing::instrument(name = "sessions.revoke", level = "debug", skip_all, fields(outcome = tracing::field::Empty, session_id = session_id))]
     pub async fn revoke(&self, session_id: &str) -> Result<bool> {
-        let hashes = self.backend().revoke(session_id, self.core.now()).await?;
-        self.state.forget(&hashes);
-        Ok(!hashes.is_empty())
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                let hashes = self.backend().revoke(session_id, self.core.now()).await?;
+                self.state.forget(&hashes);
+                Ok(!hashes.is_empty())
+            }
+            .await,
+            |live| if *live { "revoked" } else { "not_live" },
+        )
     }
 
     /// Revokes every session of a user ("log out everywhere"). Returns how many.
+    #[tracing::instrument(name = "sessions.revoke_user", level = "debug", skip_all, fields(outcome = tracing::field::Empty, user_id = user_id))]
     pub async fn revoke_user(&self, user_id: &str) -> Result<u64> {
-        check_user(user_id)?;
-        let hashes = self.backend().revoke_user(user_id, self.core.now()).await?;
-        self.state.forget(&hashes);
-        Ok(hashes.len() as u64)
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                check_user(user_id)?;
+                let hashes = self.backend().revoke_user(user_id, self.core.now()).await?;
+                self.state.forget(&hashes);
+                Ok(hashes.len() as u64)
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// A user's live sessions (not revoked, not expired), oldest first.
@@ -535,21 +532,29 @@ impl<'a> Sessions<'a> {
     /// Deletes sessions unused for longer than `retention` (revoked or not),
     /// at most `batch` rows per transaction so that writers never wait long.
     /// Writes buffered last-seen times first. Returns how many went.
+    #[tracing::instrument(name = "sessions.sweep", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn sweep(&self, batch: usize) -> Result<u64> {
-        if batch == 0 {
-            return Err(Error::invalid("batch", "must be at least 1"));
-        }
-        self.flush().await?;
-        let cutoff = self.core.now().saturating_sub(self.state.config.retention);
-        let mut removed = 0;
-        loop {
-            let hashes = self.backend().delete_idle(cutoff, batch).await?;
-            self.state.forget(&hashes);
-            removed += hashes.len() as u64;
-            if hashes.len() < batch {
-                return Ok(removed);
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                if batch == 0 {
+                    return Err(Error::invalid("batch", "must be at least 1"));
+                }
+                self.flush().await?;
+                let cutoff = self.core.now().saturating_sub(self.state.config.retention);
+                let mut removed = 0;
+                loop {
+                    let hashes = self.backend().delete_idle(cutoff, batch).await?;
+                    self.state.forget(&hashes);
+                    removed += hashes.len() as u64;
+                    if hashes.len() < batch {
+                        return Ok(removed);
+                    }
+                }
             }
-        }
+            .await,
+            crate::trace::ok,
+        )
     }
 
     /// Inserts a tower-sessions record, or (`replace`) updates the one with

@@ -251,6 +251,17 @@ impl Validation {
         }
     }
 
+    /// The variant's name, as the `sessions.validate` span's outcome.
+    pub(super) fn outcome(&self) -> &'static str {
+        match self {
+            Validation::Valid(_) => "Valid",
+            Validation::Unknown => "Unknown",
+            Validation::Expired { .. } => "Expired",
+            Validation::Revoked { .. } => "Revoked",
+            Validation::FingerprintMismatch { .. } => "FingerprintMismatch",
+        }
+    }
+
     pub(super) fn refusal(&self) -> &'static str {
         match self {
             Validation::Valid(_) => "valid",

@@ -269,8 +269,13 @@ impl Vault {
     /// takes (one per facet). The background task does this every
     /// `flush_interval`; call it when you need the file to have everything,
     /// for instance before another process reads it.
+    #[tracing::instrument(name = "vault.flush", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn flush(&self) -> Result<()> {
-        self.flush_buffers(false).await
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async { self.flush_buffers(false).await }.await,
+            crate::trace::ok,
+        )
     }
 
     /// Flushes every facet; `last` also writes metric intervals still open.
@@ -399,20 +404,30 @@ impl Vault {
     /// connection. Later calls on this handle or its clones fail with
     /// [`Error::Closed`]. Idempotent. If the final write fails, the
     /// connections are closed all the same and the error is returned.
+    #[tracing::instrument(name = "vault.close", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn close(&self) -> Result<()> {
-        self.inner.shutdown.send_replace(true);
-        let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
-        for task in tasks {
-            // Each task ends at the signal; a panic in one is already logged.
-            let _ = task.await;
-        }
-        let flushed = if self.store().sqlx_reader().is_closed() {
-            Ok(())
-        } else {
-            self.flush_buffers(true).await
-        };
-        self.store().close().await;
-        flushed
+        crate::trace::done(
+            tracing::Level::DEBUG,
+            async {
+                self.inner.shutdown.send_replace(true);
+                // What the `metrics` facade records from now on would never be written.
+                self.inner.metrics.close();
+                let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
+                for task in tasks {
+                    // Each task ends at the signal; a panic in one is already logged.
+                    let _ = task.await;
+                }
+                let flushed = if self.store().sqlx_reader().is_closed() {
+                    Ok(())
+                } else {
+                    self.flush_buffers(true).await
+                };
+                self.store().close().await;
+                flushed
+            }
+            .await,
+            crate::trace::ok,
+        )
     }
 }
 

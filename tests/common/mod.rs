@@ -203,3 +203,102 @@ pub fn chmod_private(path: &Path) {
 pub fn nested(levels: usize) -> serde_json::Value {
     (0..levels).fold(serde_json::json!(1), |inner, _| serde_json::json!([inner]))
 }
+
+/// Opens a vault in `dir` (limit `api`: 1 per minute) and runs every
+/// operation that has a tracing span, each outcome at least once, then
+/// closes it. Returns the secrets it used (tokens, a cache value, session
+/// data, a preference), which no log may show.
+pub async fn every_operation(dir: &Path) -> Vec<String> {
+    use statevault::{
+        AuditEvent, CacheKey, ClientInfo, EventKind, Limit, LimitsConfig, NewSession, Window,
+    };
+    let (options, _clock) = options(dir, "every.db");
+    let limits = LimitsConfig::empty().limit(
+        "api",
+        Limit::new().window(Window::per(std::time::Duration::from_secs(60), 1.0)),
+    );
+    let vault = Vault::open(options.limits(limits))
+        .await
+        .expect("open vault");
+    let (value, data, preference) = (
+        "cache-value-that-must-not-leak",
+        "session-data-that-must-not-leak",
+        "preference-that-must-not-leak",
+    );
+    let mut secrets = vec![value.to_owned(), data.to_owned(), preference.to_owned()];
+
+    let sessions = vault.sessions();
+    let issued = sessions.create(NewSession::new("ann")).await.unwrap();
+    let token = issued.token.expose().to_owned();
+    let _ = sessions.validate(&token, None).await.unwrap();
+    sessions.set_data(&token, &data).await.unwrap();
+    let rotated = sessions.rotate(&token, None).await.unwrap();
+    let _ = sessions.validate(&token, None).await.unwrap(); // Unknown
+    let regenerated = sessions
+        .regenerate(rotated.token.expose(), None)
+        .await
+        .unwrap();
+    let _ = sessions
+        .validate(rotated.token.expose(), None)
+        .await
+        .unwrap(); // Revoked
+    sessions.revoke(&regenerated.id).await.unwrap();
+    sessions.revoke_user("ann").await.unwrap();
+    for secret in [&issued, &rotated, &regenerated] {
+        secrets.push(secret.token.expose().to_owned());
+        secrets.push(secret.csrf_token.expose().to_owned());
+    }
+
+    let cache = vault.cache();
+    let key = CacheKey::new("pages", "home").unwrap();
+    cache.get(&key).await.unwrap(); // miss
+    cache.set(&key, value.as_bytes()).await.unwrap();
+    cache.get(&key).await.unwrap(); // hit
+    cache.exists(&key).await.unwrap();
+    cache.touch(&key, None).await.unwrap();
+    cache
+        .expire(&key, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    cache.delete(&key).await.unwrap();
+    cache.delete_many(std::slice::from_ref(&key)).await.unwrap();
+    cache.invalidate_tag("t").await.unwrap();
+    cache.clear_user("ann").await.unwrap();
+    cache.clear_namespace("pages").await.unwrap();
+    cache.clear().await.unwrap();
+
+    let limits = vault.limits();
+    let client = ClientInfo::none().ip("203.0.113.7");
+    limits.check("ann", "api", 1, &client).await.unwrap(); // allowed
+    limits.check("ann", "api", 1, &client).await.unwrap(); // refused
+    limits.status("ann").await.unwrap();
+    limits.reset("ann").await.unwrap();
+
+    let audit = vault.audit();
+    audit
+        .append(AuditEvent::new(EventKind::Auth, "login").user("ann"))
+        .unwrap();
+    audit
+        .append_durable(AuditEvent::new(EventKind::Auth, "logout").user("ann"))
+        .await
+        .unwrap();
+    audit.verify().await.unwrap();
+
+    let prefs = vault.preferences();
+    prefs
+        .patch("ann", &serde_json::json!({ "note": preference }))
+        .await
+        .unwrap();
+    prefs.get("ann").unwrap();
+    prefs.reset("ann").await.unwrap();
+
+    vault.metrics().increment("jobs", &[], 1.0);
+    vault.flush().await.unwrap();
+    vault.metrics().sweep().await.unwrap();
+    vault.sweep().await.unwrap();
+    vault.backup(None).await.unwrap();
+    vault.export_user("ann").await.unwrap();
+    vault.erase_user("ann").await.unwrap();
+    vault.close().await.unwrap();
+    secrets
+}
