@@ -605,6 +605,7 @@ fn remove_one(shard: &mut Shard, key: &Hashed) -> bool {
     found
 }
 
+#[inline]
 fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -131,25 +131,41 @@ impl<'a> Cache<'a> {
     /// The value under `key`, if there is a live one: L1, then L2 (promoted
     /// to L1 on a hit). A corrupt row in L2 is dropped and reported as
     /// [`Error::CacheCorrupt`].
-    #[tracing::instrument(name = "cache.get", level = "trace", skip_all, fields(outcome = tracing::field::Empty, key = %key))]
     pub async fn get(&self, key: &CacheKey) -> Result<Option<Arc<[u8]>>> {
-        crate::trace::done(
-            tracing::Level::TRACE,
-            async {
-                // Memory is checked against the coarse clock (see guarantee 4); L2
-                // and every write read the full clock.
-                let now = self.core.clock().now_coarse();
-                self.catch_up(now)?;
-                match self.state().l1.lookup(key.hashed(), now.as_millis()) {
-                    Lookup::Hit(value) => Ok(Some(value)),
-                    Lookup::Expired => Ok(None),
-                    // boxed so that the L1 hit path stays a small future
-                    Lookup::Miss(version) => Box::pin(self.get_l2(key, self.now(), version)).await,
-                }
-            }
-            .await,
-            |v| if v.is_some() { "hit" } else { "miss" },
-        )
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let span =
+                tracing::trace_span!("cache.get", outcome = tracing::field::Empty, key = %key);
+            return Box::pin(crate::trace::traced(span, self.lookup(key), |v| {
+                hit_or_miss(v.is_some())
+            }))
+            .await;
+        }
+        match self.in_memory(key)? {
+            Lookup::Hit(value) => Ok(Some(value)),
+            Lookup::Expired => Ok(None),
+            // boxed so that the L1 hit path stays a small future
+            Lookup::Miss(version) => Box::pin(self.get_l2(key, self.now(), version)).await,
+        }
+    }
+
+    /// [`get`](Cache::get), without its span (the span's branch only: the
+    /// common one above skips a nested future).
+    async fn lookup(&self, key: &CacheKey) -> Result<Option<Arc<[u8]>>> {
+        match self.in_memory(key)? {
+            Lookup::Hit(value) => Ok(Some(value)),
+            Lookup::Expired => Ok(None),
+            Lookup::Miss(version) => self.get_l2(key, self.now(), version).await,
+        }
+    }
+
+    /// What memory knows of `key`, once other handles' changes are applied.
+    #[inline]
+    fn in_memory(&self, key: &CacheKey) -> Result<Lookup> {
+        // Memory is checked against the coarse clock (see guarantee 4); L2
+        // and every write read the full clock.
+        let now = self.core.clock().now_coarse();
+        self.catch_up(now)?;
+        Ok(self.state().l1.lookup(key.hashed(), now.as_millis()))
     }
 
     async fn get_l2(
@@ -232,21 +248,21 @@ impl<'a> Cache<'a> {
     }
 
     /// Whether a live value is under `key` (does not count as a get).
-    #[tracing::instrument(name = "cache.exists", level = "trace", skip_all, fields(outcome = tracing::field::Empty, key = %key))]
     pub async fn exists(&self, key: &CacheKey) -> Result<bool> {
-        crate::trace::done(
-            tracing::Level::TRACE,
-            async {
-                let now = self.now();
-                self.catch_up(now)?;
-                if let Some(live) = self.state().l1.peek(key.hashed(), now.as_millis()) {
-                    return Ok(live);
-                }
-                self.l2().exists(key.as_str(), now)
+        let exists = async {
+            let now = self.now();
+            self.catch_up(now)?;
+            if let Some(live) = self.state().l1.peek(key.hashed(), now.as_millis()) {
+                return Ok(live);
             }
-            .await,
-            |v| if *v { "hit" } else { "miss" },
-        )
+            self.l2().exists(key.as_str(), now)
+        };
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let span =
+                tracing::trace_span!("cache.exists", outcome = tracing::field::Empty, key = %key);
+            return Box::pin(crate::trace::traced(span, exists, |v| hit_or_miss(*v))).await;
+        }
+        exists.await
     }
 
     /// Stores `value` under `key` with the namespace's default TTL.
@@ -558,4 +574,9 @@ impl<'a> Cache<'a> {
         }
         result
     }
+}
+
+/// A read's outcome in its span.
+fn hit_or_miss(found: bool) -> &'static str {
+    if found { "hit" } else { "miss" }
 }

@@ -45,6 +45,7 @@ impl Core {
     }
 
     /// The change feed (see [`feed`]).
+    #[inline]
     pub(crate) fn feed(&self) -> &Feed {
         &self.feed
     }
@@ -93,11 +94,13 @@ impl Core {
     }
 
     /// The file's connections.
+    #[inline]
     pub(crate) fn store(&self) -> &Store {
         &self.store
     }
 
     /// The clock every facet reads.
+    #[inline]
     pub(crate) fn clock(&self) -> &dyn Clock {
         self.clock.as_ref()
     }
@@ -110,11 +113,13 @@ impl Core {
     }
 
     /// The clock's current time.
+    #[inline]
     pub(crate) fn now(&self) -> Timestamp {
         self.clock.now()
     }
 
     /// The clock's [`now_coarse`](Clock::now_coarse).
+    #[inline]
     pub(crate) fn now_coarse(&self) -> Timestamp {
         self.clock.now_coarse()
     }

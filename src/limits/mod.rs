@@ -122,7 +122,6 @@ impl Limits<'_> {
     /// window's capacity), [`Error::InvalidInput`] (`cost` 0, empty
     /// subject), and storage errors (a strict or shared limit writes before
     /// returning).
-    #[tracing::instrument(name = "limits.check", level = "trace", skip_all, fields(outcome = tracing::field::Empty, limit = limit, cost = cost))]
     pub async fn check(
         &self,
         subject: &str,
@@ -130,53 +129,65 @@ impl Limits<'_> {
         cost: u32,
         client: &ClientInfo<'_>,
     ) -> Result<Decision> {
-        crate::trace::done(
-            tracing::Level::TRACE,
-            async {
-                let state = self.state;
-                let idx = state.config.find(limit)?;
-                let spec = &state.config.limits[idx];
-                if cost == 0 {
-                    return Err(Error::invalid("cost", "must be at least 1"));
-                }
-                crate::ids::check_subject(subject)?;
-                let cost_f = f64::from(cost);
-                if cost_f > spec.capacity + EPSILON {
-                    return Err(Error::NeverFits {
-                        limit: spec.name.to_string(),
-                        cost,
-                        capacity: spec.capacity,
-                    });
-                }
-                let now = self.core.now();
-                if spec.shared {
-                    return self.check_shared(spec, subject, now, cost_f, client).await;
-                }
-                self.catch_up(now)?;
-                let verdict = state.decide(self.core, idx, subject, now, cost_f)?;
-                let violation = match &verdict {
-                    Verdict::Violation { penalty, .. } => Some(self.violation_row(
-                        spec,
-                        subject,
-                        now,
-                        cost_f,
-                        penalty.until,
-                        client,
-                    )?),
-                    _ => None,
-                };
-                if spec.strict && !matches!(verdict, Verdict::Penalised { .. }) {
-                    state
-                        .write_strict(self.core, idx, subject, violation)
-                        .await?;
-                } else if let Some(v) = violation {
-                    state.push_pending(v);
-                }
-                Ok(verdict::decision(spec, verdict, now))
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let span = tracing::trace_span!(
+                "limits.check",
+                outcome = tracing::field::Empty,
+                limit = limit,
+                cost = cost
+            );
+            let check = self.check_untraced(subject, limit, cost, client);
+            return Box::pin(crate::trace::traced(span, check, |d| {
+                if d.allowed { "allowed" } else { "refused" }
+            }))
+            .await;
+        }
+        self.check_untraced(subject, limit, cost, client).await
+    }
+
+    /// [`check`](Limits::check), without its span.
+    async fn check_untraced(
+        &self,
+        subject: &str,
+        limit: &str,
+        cost: u32,
+        client: &ClientInfo<'_>,
+    ) -> Result<Decision> {
+        let state = self.state;
+        let idx = state.config.find(limit)?;
+        let spec = &state.config.limits[idx];
+        if cost == 0 {
+            return Err(Error::invalid("cost", "must be at least 1"));
+        }
+        crate::ids::check_subject(subject)?;
+        let cost_f = f64::from(cost);
+        if cost_f > spec.capacity + EPSILON {
+            return Err(Error::NeverFits {
+                limit: spec.name.to_string(),
+                cost,
+                capacity: spec.capacity,
+            });
+        }
+        let now = self.core.now();
+        if spec.shared {
+            return self.check_shared(spec, subject, now, cost_f, client).await;
+        }
+        self.catch_up(now)?;
+        let verdict = state.decide(self.core, idx, subject, now, cost_f)?;
+        let violation = match &verdict {
+            Verdict::Violation { penalty, .. } => {
+                Some(self.violation_row(spec, subject, now, cost_f, penalty.until, client)?)
             }
-            .await,
-            |d| if d.allowed { "allowed" } else { "refused" },
-        )
+            _ => None,
+        };
+        if spec.strict && !matches!(verdict, Verdict::Penalised { .. }) {
+            state
+                .write_strict(self.core, idx, subject, violation)
+                .await?;
+        } else if let Some(v) = violation {
+            state.push_pending(v);
+        }
+        Ok(verdict::decision(spec, verdict, now))
     }
 
     fn violation_row(

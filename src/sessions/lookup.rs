@@ -14,6 +14,7 @@ use crate::core::lock;
 
 impl Sessions<'_> {
     /// Why `row` is not a live session on this device at `now`, if it is not.
+    #[inline]
     pub(super) fn refusal(
         &self,
         row: &Row,
@@ -56,6 +57,7 @@ impl Sessions<'_> {
 
     /// The row for a token hash: from memory if read recently enough, else
     /// from the file (and then remembered, unless a change raced the read).
+    #[inline]
     pub(super) fn row(&self, hash: &[u8; 32], now: Timestamp) -> Result<Option<Arc<Row>>> {
         let state = self.state;
         self.core

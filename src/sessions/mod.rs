@@ -276,30 +276,29 @@ impl<'a> Sessions<'a> {
     /// Runs on the caller's thread and writes nothing; the last-seen time is
     /// buffered (see the module docs). `Err` means the vault could not
     /// answer (closed, I/O); every answer about the token is a [`Validation`].
-    #[tracing::instrument(name = "sessions.validate", level = "trace", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn validate(
         &self,
         token: &str,
         device_fingerprint: Option<&str>,
     ) -> Result<Validation> {
-        crate::trace::done(
-            tracing::Level::TRACE,
-            async {
-                let hash = sha256(token.as_bytes());
-                let now = self.core.now();
-                let Some(row) = self.row(&hash, now)? else {
-                    return Ok(Validation::Unknown);
-                };
-                if let Some(refusal) = self.refusal(&row, now, device_fingerprint)? {
-                    return Ok(refusal);
-                }
-                row.seen_at(now);
-                lock(&self.state.touches).insert(row.id.clone(), now);
-                Ok(Validation::Valid(row.session(now)))
+        let validate = async {
+            let hash = sha256(token.as_bytes());
+            let now = self.core.now();
+            let Some(row) = self.row(&hash, now)? else {
+                return Ok(Validation::Unknown);
+            };
+            if let Some(refusal) = self.refusal(&row, now, device_fingerprint)? {
+                return Ok(refusal);
             }
-            .await,
-            Validation::outcome,
-        )
+            row.seen_at(now);
+            lock(&self.state.touches).insert(row.id.clone(), now);
+            Ok(Validation::Valid(row.session(now)))
+        };
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let span = tracing::trace_span!("sessions.validate", outcome = tracing::field::Empty);
+            return Box::pin(crate::trace::traced(span, validate, Validation::outcome)).await;
+        }
+        validate.await
     }
 
     /// Issues a new token (and CSRF token) for a live session: the old token
