@@ -140,32 +140,21 @@ impl<'a> Cache<'a> {
             }))
             .await;
         }
-        match self.in_memory(key)? {
+        self.lookup(key).await
+    }
+
+    /// [`get`](Cache::get), without its span.
+    async fn lookup(&self, key: &CacheKey) -> Result<Option<Arc<[u8]>>> {
+        // Memory is checked against the coarse clock (see guarantee 4); L2
+        // and every write read the full clock.
+        let now = self.core.clock().now_coarse();
+        self.catch_up(now)?;
+        match self.state().l1.lookup(key.hashed(), now.as_millis()) {
             Lookup::Hit(value) => Ok(Some(value)),
             Lookup::Expired => Ok(None),
             // boxed so that the L1 hit path stays a small future
             Lookup::Miss(version) => Box::pin(self.get_l2(key, self.now(), version)).await,
         }
-    }
-
-    /// [`get`](Cache::get), without its span (the span's branch only: the
-    /// common one above skips a nested future).
-    async fn lookup(&self, key: &CacheKey) -> Result<Option<Arc<[u8]>>> {
-        match self.in_memory(key)? {
-            Lookup::Hit(value) => Ok(Some(value)),
-            Lookup::Expired => Ok(None),
-            Lookup::Miss(version) => self.get_l2(key, self.now(), version).await,
-        }
-    }
-
-    /// What memory knows of `key`, once other handles' changes are applied.
-    #[inline]
-    fn in_memory(&self, key: &CacheKey) -> Result<Lookup> {
-        // Memory is checked against the coarse clock (see guarantee 4); L2
-        // and every write read the full clock.
-        let now = self.core.clock().now_coarse();
-        self.catch_up(now)?;
-        Ok(self.state().l1.lookup(key.hashed(), now.as_millis()))
     }
 
     async fn get_l2(

@@ -27,15 +27,16 @@ use crate::store::{Store, closed_or};
 /// The sessions table of a SQLite vault.
 pub(crate) struct Sqlite<'a> {
     core: &'a Core,
-    store: &'a Store,
 }
 
 impl<'a> Sqlite<'a> {
     pub(crate) fn new(core: &'a Core) -> Self {
-        Sqlite {
-            core,
-            store: core.store(),
-        }
+        Sqlite { core }
+    }
+
+    /// The vault file's connections.
+    fn store(&self) -> &'a Store {
+        self.core.store()
     }
 }
 
@@ -94,7 +95,7 @@ fn stored_secs(d: Duration) -> i64 {
 
 impl SessionsBackend for Sqlite<'_> {
     fn by_token(&self, token_hash: &[u8; 32]) -> Result<Option<Row>> {
-        self.store.read_here(|conn| {
+        self.store().read_here(|conn| {
             let mut stmt = conn.prepare_cached(concat!(
                 "SELECT ",
                 row_columns!(),
@@ -106,7 +107,7 @@ impl SessionsBackend for Sqlite<'_> {
     }
 
     fn unrevoked_of_user(&self, user_id: &str, now: Timestamp) -> Result<Vec<Row>> {
-        self.store.read_here(|conn| {
+        self.store().read_here(|conn| {
             let mut stmt = conn.prepare_cached(concat!(
                 "SELECT ",
                 row_columns!(),
@@ -118,7 +119,7 @@ impl SessionsBackend for Sqlite<'_> {
     }
 
     fn all_of_user(&self, user_id: &str) -> Result<Vec<Row>> {
-        self.store.read_here(|conn| {
+        self.store().read_here(|conn| {
             let mut stmt = conn.prepare_cached(concat!(
                 "SELECT ",
                 row_columns!(),
@@ -133,7 +134,7 @@ impl SessionsBackend for Sqlite<'_> {
         row: &NewRow<'_>,
         make_room: impl FnOnce(Vec<Candidate>) -> Result<Vec<Candidate>> + Send,
     ) -> Result<Vec<Candidate>> {
-        let mut tx = self.store.sqlx_transaction().await?;
+        let mut tx = self.store().sqlx_transaction().await?;
         let evicted = make_room_in(&mut tx, row.user_id, row.created_at, make_room).await?;
         insert(&mut tx, row).await?;
         let hashes: Vec<[u8; 32]> = evicted.iter().map(|c| c.token_hash).collect();
@@ -148,7 +149,7 @@ impl SessionsBackend for Sqlite<'_> {
         new: &Tokens,
         rotation_due_at: Timestamp,
     ) -> Result<bool> {
-        let mut tx = self.store.sqlx_transaction().await?;
+        let mut tx = self.store().sqlx_transaction().await?;
         let done = sqlx::query(
             "UPDATE sessions SET token_hash = ?1, csrf_hash = ?2, rotation_due_at = ?3
              WHERE token_hash = ?4 AND revoked_at IS NULL",
@@ -173,7 +174,7 @@ impl SessionsBackend for Sqlite<'_> {
         old_id: &str,
         new: &Regenerated<'_>,
     ) -> Result<bool> {
-        let mut tx = self.store.sqlx_transaction().await?;
+        let mut tx = self.store().sqlx_transaction().await?;
         let copied = sqlx::query(
             "INSERT INTO sessions (id, token_hash, csrf_hash, user_id, org_id, device_fingerprint, ip_hash,
                  user_agent_hash, client_meta, data, created_at, last_seen_at, idle_timeout_secs, expires_at,
@@ -201,7 +202,7 @@ impl SessionsBackend for Sqlite<'_> {
     }
 
     async fn set_data(&self, token_hash: &[u8; 32], data: &str) -> Result<bool> {
-        let mut tx = self.store.sqlx_transaction().await?;
+        let mut tx = self.store().sqlx_transaction().await?;
         let done = sqlx::query(
             "UPDATE sessions SET data = ?1 WHERE token_hash = ?2 AND revoked_at IS NULL",
         )
@@ -218,7 +219,7 @@ impl SessionsBackend for Sqlite<'_> {
     }
 
     async fn revoke(&self, id: &str, now: Timestamp) -> Result<Vec<[u8; 32]>> {
-        let mut tx = self.store.sqlx_transaction().await?;
+        let mut tx = self.store().sqlx_transaction().await?;
         let hashes = revoke_ids(&mut tx, [id], "revoked", now).await?;
         publish(self.core, &mut tx, &hashes).await?;
         tx.commit().await?;
@@ -226,7 +227,7 @@ impl SessionsBackend for Sqlite<'_> {
     }
 
     async fn revoke_user(&self, user_id: &str, now: Timestamp) -> Result<Vec<[u8; 32]>> {
-        let mut tx = self.store.sqlx_transaction().await?;
+        let mut tx = self.store().sqlx_transaction().await?;
         let rows = sqlx::query(
             "UPDATE sessions SET revoked_at = ?1, revoked_reason = 'logout_all'
              WHERE user_id = ?2 AND revoked_at IS NULL RETURNING token_hash",
@@ -252,7 +253,7 @@ impl SessionsBackend for Sqlite<'_> {
                AND unixepoch(last_seen_at, 'subsec') + idle_timeout_secs > unixepoch(?1, 'subsec')",
         )
         .bind(now)
-        .fetch_one(self.store.sqlx_reader())
+        .fetch_one(self.store().sqlx_reader())
         .await
         .map_err(closed_or)?;
         Ok(u64::try_from(n).unwrap_or(0))
@@ -261,7 +262,7 @@ impl SessionsBackend for Sqlite<'_> {
     /// Multi-row `UPDATE … FROM (VALUES …)`, 500 rows a statement.
     async fn write_last_seen(&self, touches: &HashMap<String, Timestamp>) -> Result<()> {
         let touches: Vec<_> = touches.iter().collect();
-        let mut tx = self.store.sqlx_transaction().await?;
+        let mut tx = self.store().sqlx_transaction().await?;
         for chunk in touches.chunks(500) {
             let mut query =
                 QueryBuilder::new("UPDATE sessions SET last_seen_at = v.column2 FROM (");
@@ -277,7 +278,7 @@ impl SessionsBackend for Sqlite<'_> {
     }
 
     async fn delete_idle(&self, cutoff: Timestamp, batch: usize) -> Result<Vec<[u8; 32]>> {
-        let mut tx = self.store.sqlx_transaction().await?;
+        let mut tx = self.store().sqlx_transaction().await?;
         let rows = sqlx::query(
             "DELETE FROM sessions WHERE id IN
                  (SELECT id FROM sessions WHERE last_seen_at < ?1 LIMIT ?2)
@@ -321,7 +322,7 @@ impl SessionsBackend for Sqlite<'_> {
             .bind(r.now)
             .bind(stored_secs(idle_timeout))
             .bind(r.expires_at)
-            .execute(self.store.sqlx_writer())
+            .execute(self.store().sqlx_writer())
             .await
             .map_err(closed_or)?;
         Ok(done.rows_affected() > 0)
@@ -333,7 +334,7 @@ impl SessionsBackend for Sqlite<'_> {
         token_hash: &[u8; 32],
         now: Timestamp,
     ) -> Result<Option<(String, Timestamp)>> {
-        self.store.read_here(|conn| {
+        self.store().read_here(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT data, expires_at FROM sessions WHERE token_hash = ?1 AND revoked_at IS NULL AND expires_at > ?2",
             )?;
@@ -346,7 +347,7 @@ impl SessionsBackend for Sqlite<'_> {
     async fn delete_by_token(&self, token_hash: &[u8; 32]) -> Result<()> {
         sqlx::query("DELETE FROM sessions WHERE token_hash = ?1")
             .bind(&token_hash[..])
-            .execute(self.store.sqlx_writer())
+            .execute(self.store().sqlx_writer())
             .await
             .map_err(closed_or)?;
         Ok(())
