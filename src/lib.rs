@@ -124,4 +124,4 @@ pub use store::{CIPHER_PASSES, Check, CheckReport, MigrationStatus, Synchronous}
 #[cfg(feature = "tower-sessions")]
 pub use tower_sessions::TowerSessionStore;
 pub use users::{ErasureReport, UserExport};
-pub use vault::{DB_ENV, DEFAULT_DB, Info, Rows, Vault, VaultOptions};
+pub use vault::{DB_ENV, DEFAULT_DB, Info, Rows, Vault, VaultOptions, WriteCounts};

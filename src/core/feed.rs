@@ -147,6 +147,27 @@ impl Feed {
         Ok(())
     }
 
+    /// [`Feed::publish`] on the hot writer's connection, inside the
+    /// caller's write there.
+    pub(crate) fn publish_here(
+        &self,
+        conn: &rusqlite::Connection,
+        at: Timestamp,
+        facet: Facet,
+        records: &[Record<'_>],
+    ) -> Result<()> {
+        if records.is_empty() || self.start.load(Ordering::Acquire) < 0 {
+            return Ok(());
+        }
+        store::feed::publish_here(conn, self.origin, at, facet, records)?;
+        let now = at.as_millis();
+        if now.saturating_sub(self.trimmed_at.load(Ordering::Relaxed)) >= TRIM_EVERY_MS {
+            store::feed::trim_here(conn, at.saturating_sub(self.retention))?;
+            self.trimmed_at.store(now, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// Deletes the records older than the retention at `now` (keeping the
     /// newest), inside the caller's transaction; how many went.
     pub(crate) async fn trim(&self, conn: &mut SqliteConnection, now: Timestamp) -> Result<u64> {

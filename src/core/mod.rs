@@ -93,6 +93,16 @@ impl Core {
         self.feed.publish(conn, self.now(), facet, records).await
     }
 
+    /// [`Core::publish`] inside a write on the hot writer's `conn`.
+    pub(crate) fn publish_here(
+        &self,
+        conn: &rusqlite::Connection,
+        facet: Facet,
+        records: &[Record<'_>],
+    ) -> Result<()> {
+        self.feed.publish_here(conn, self.now(), facet, records)
+    }
+
     /// The file's connections.
     #[inline]
     pub(crate) fn store(&self) -> &Store {

@@ -108,6 +108,14 @@ pub(crate) trait LimitsBackend {
     /// before. On an error `writes` holds what was not written.
     async fn write(&self, writes: &mut Writes, fill: impl FnOnce(&mut Writes)) -> Result<()>;
 
+    /// [`write`](LimitsBackend::write) for a strict check's few rows, on the
+    /// caller's thread, committed with the writes that arrive with it.
+    async fn write_now(
+        &self,
+        writes: &mut Writes,
+        fill: impl FnOnce(&mut Writes) + Send,
+    ) -> Result<()>;
+
     /// Shared mode, in one write transaction on the caller's thread: refills
     /// every window and takes the cost if it fits every window and no
     /// penalty runs. Otherwise it calls `refused` with the stored state (as

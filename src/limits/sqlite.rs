@@ -102,6 +102,32 @@ impl LimitsBackend for Sqlite<'_> {
         Ok(())
     }
 
+    async fn write_now(
+        &self,
+        writes: &mut Writes,
+        fill: impl FnOnce(&mut Writes) + Send,
+    ) -> Result<()> {
+        self.store()
+            .write_here(|conn| {
+                fill(writes);
+                let mut upsert = conn.prepare_cached(UPSERT_BUCKET)?;
+                for row in &writes.buckets {
+                    upsert.execute((
+                        row.subject.as_str(),
+                        &*row.limit,
+                        row.period_secs,
+                        row.bucket.tokens,
+                        row.bucket.last_refill,
+                    ))?;
+                }
+                for row in &writes.violations {
+                    insert_violation(conn, row)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
     async fn shared_check<T>(
         &self,
         check: &SharedCheck<'_>,
@@ -296,17 +322,27 @@ fn insert_violation(conn: &rusqlite::Connection, row: &ViolationRow) -> rusqlite
     Ok(())
 }
 
+/// What a bucket row written over a stored one changes.
+macro_rules! replace_state {
+    () => {
+        "DO UPDATE SET tokens = excluded.tokens, last_refill_at = excluded.last_refill_at,
+             updated_at = excluded.updated_at"
+    };
+}
+
+/// Writes one bucket row (?1 subject, ?2 limit, ?3 window, ?4 tokens, ?5
+/// refilled at), replacing the stored state if it exists.
+const UPSERT_BUCKET: &str = concat!(
+    "INSERT INTO token_buckets
+         (subject, limit_name, window_secs, tokens, last_refill_at, updated_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+     ON CONFLICT (subject, limit_name, window_secs) ",
+    replace_state!()
+);
+
 /// Writes bucket rows, replacing the stored state of those that exist.
 async fn upsert_buckets(conn: &mut SqliteConnection, rows: &[BucketRow]) -> Result<()> {
-    insert_buckets(
-        conn,
-        rows,
-        "DO UPDATE SET
-              tokens = excluded.tokens,
-              last_refill_at = excluded.last_refill_at,
-              updated_at = excluded.updated_at",
-    )
-    .await?;
+    insert_buckets(conn, rows, replace_state!()).await?;
     Ok(())
 }
 

@@ -151,7 +151,7 @@ impl LimitsState {
         };
         let result = self
             .backend(core)
-            .write(&mut writes, |writes| {
+            .write_now(&mut writes, |writes| {
                 writes.buckets = self.snapshot(subject, idx);
             })
             .await;

@@ -3,6 +3,7 @@
 //! [`PreferencesBackend`]; the functions taking a connection run inside a
 //! transaction the vault opens across facets (legacy import, user erasure).
 
+use rusqlite::OptionalExtension as _;
 use serde_json::Value;
 use sqlx::SqliteConnection;
 
@@ -56,38 +57,40 @@ impl PreferencesBackend for Sqlite<'_> {
         replace: bool,
         change: impl FnOnce(Option<Overrides>) -> Result<(StoredPreferences, T)> + Send,
     ) -> Result<T> {
-        let mut tx = self.store.sqlx_transaction().await?;
-        let row: Option<(String, i64)> = if replace {
-            None
-        } else {
-            sqlx::query_as("SELECT document, schema_version FROM preferences WHERE user_id = ?1")
-                .bind(user_id)
-                .fetch_optional(&mut *tx)
-                .await?
-        };
-        let stored = row
-            .map(|(document, schema_version)| {
-                Ok::<_, crate::Error>(Overrides {
-                    document: serde_json::from_str(&document)?,
-                    schema_version,
-                })
+        self.store
+            .write_here(|conn| {
+                let stored = if replace {
+                    None
+                } else {
+                    conn.prepare_cached(
+                        "SELECT document, schema_version FROM preferences WHERE user_id = ?1",
+                    )?
+                    .query_row([user_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                    .optional()?
+                    .map(|(document, schema_version)| {
+                        Ok::<_, crate::Error>(Overrides {
+                            document: serde_json::from_str(&document)?,
+                            schema_version,
+                        })
+                    })
+                    .transpose()?
+                };
+                let (new, out) = change(stored)?;
+                conn.prepare_cached(
+                    "INSERT INTO preferences (user_id, document, schema_version, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?4)
+                     ON CONFLICT (user_id) DO UPDATE SET document = excluded.document,
+                         schema_version = excluded.schema_version, updated_at = excluded.updated_at",
+                )?
+                .execute(rusqlite::params![
+                    user_id,
+                    new.document.to_string(),
+                    new.schema_version,
+                    new.updated_at
+                ])?;
+                Ok(out)
             })
-            .transpose()?;
-        let (new, out) = change(stored)?;
-        sqlx::query(
-            "INSERT INTO preferences (user_id, document, schema_version, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?4)
-             ON CONFLICT (user_id) DO UPDATE SET document = excluded.document,
-                 schema_version = excluded.schema_version, updated_at = excluded.updated_at",
-        )
-        .bind(user_id)
-        .bind(new.document.to_string())
-        .bind(new.schema_version)
-        .bind(new.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(out)
+            .await
     }
 
     async fn reset(&self, user_id: &str) -> Result<bool> {

@@ -40,6 +40,46 @@ impl<'a> Sqlite<'a> {
     }
 }
 
+/// Inserts a session: ?1 id … ?14 rotation_due_at, in [`NewRow`]'s order.
+const INSERT: &str =
+    "INSERT INTO sessions (id, token_hash, csrf_hash, user_id, org_id, device_fingerprint, ip_hash,
+     user_agent_hash, client_meta, data, created_at, last_seen_at, idle_timeout_secs, expires_at,
+     rotation_due_at)
+ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14)";
+
+/// A user's (?1) live sessions at ?2, oldest first: what the per-user cap
+/// may evict.
+const CANDIDATES: &str = "SELECT id, token_hash, last_seen_at, idle_timeout_secs FROM sessions
+ WHERE user_id = ?1 AND revoked_at IS NULL AND expires_at > ?2
+ ORDER BY created_at, id";
+
+/// New token (?1) and CSRF (?2) hashes and rotation time (?3) for the live
+/// session with token hash ?4.
+const ROTATE: &str = "UPDATE sessions SET token_hash = ?1, csrf_hash = ?2, rotation_due_at = ?3
+ WHERE token_hash = ?4 AND revoked_at IS NULL";
+
+/// Copies the live session with token hash ?7 to a new row (?1 id, ?2 token
+/// hash, ?3 CSRF hash, ?4 now, ?5 expiry, ?6 rotation time).
+const REGENERATE: &str = "INSERT INTO sessions (id, token_hash, csrf_hash, user_id, org_id, device_fingerprint,
+     ip_hash, user_agent_hash, client_meta, data, created_at, last_seen_at, idle_timeout_secs, expires_at,
+     rotation_due_at)
+ SELECT ?1, ?2, ?3, user_id, org_id, device_fingerprint, ip_hash, user_agent_hash, client_meta, data,
+     ?4, ?4, idle_timeout_secs, ?5, ?6
+ FROM sessions WHERE token_hash = ?7 AND revoked_at IS NULL";
+
+/// Publishes, inside the hot writer's write on `conn`, that these tokens'
+/// rows changed.
+fn publish_here(core: &Core, conn: &rusqlite::Connection, hashes: &[[u8; 32]]) -> Result<()> {
+    let records: Vec<Record<'_>> = hashes
+        .iter()
+        .map(|hash| Record {
+            kind: TOKEN,
+            target: hash,
+        })
+        .collect();
+    core.publish_here(conn, Facet::Sessions, &records)
+}
+
 /// Publishes, inside the transaction on `conn`, that these tokens' rows
 /// changed.
 async fn publish(core: &Core, conn: &mut SqliteConnection, hashes: &[[u8; 32]]) -> Result<()> {
@@ -134,13 +174,43 @@ impl SessionsBackend for Sqlite<'_> {
         row: &NewRow<'_>,
         make_room: impl FnOnce(Vec<Candidate>) -> Result<Vec<Candidate>> + Send,
     ) -> Result<Vec<Candidate>> {
-        let mut tx = self.store().sqlx_transaction().await?;
-        let evicted = make_room_in(&mut tx, row.user_id, row.created_at, make_room).await?;
-        insert(&mut tx, row).await?;
-        let hashes: Vec<[u8; 32]> = evicted.iter().map(|c| c.token_hash).collect();
-        publish(self.core, &mut tx, &hashes).await?;
-        tx.commit().await?;
-        Ok(evicted)
+        self.store()
+            .write_here(|conn| {
+                let candidates = conn
+                    .prepare_cached(CANDIDATES)?
+                    .query_map(rusqlite::params![row.user_id, row.created_at], |r| {
+                        Ok(Candidate {
+                            id: r.get(0)?,
+                            token_hash: hash32(r.get(1)?),
+                            last_seen: r.get(2)?,
+                            idle_timeout: secs(r.get(3)?),
+                        })
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                let evicted = make_room(candidates)?;
+                let ids: Vec<&str> = evicted.iter().map(|c| c.id.as_str()).collect();
+                revoke_ids_here(conn, &ids, "evicted", row.created_at)?;
+                conn.prepare_cached(INSERT)?.execute(rusqlite::params![
+                    row.id,
+                    &row.token_hash[..],
+                    &row.csrf_hash[..],
+                    row.user_id,
+                    row.org_id,
+                    row.device_fingerprint.as_ref().map(<[u8; 32]>::as_slice),
+                    row.ip_hash.as_ref().map(<[u8; 32]>::as_slice),
+                    row.user_agent_hash.as_ref().map(<[u8; 32]>::as_slice),
+                    row.client_meta,
+                    row.data,
+                    row.created_at,
+                    stored_secs(row.idle_timeout),
+                    row.expires_at,
+                    row.rotation_due_at,
+                ])?;
+                let hashes: Vec<[u8; 32]> = evicted.iter().map(|c| c.token_hash).collect();
+                publish_here(self.core, conn, &hashes)?;
+                Ok(evicted)
+            })
+            .await
     }
 
     async fn rotate(
@@ -149,23 +219,20 @@ impl SessionsBackend for Sqlite<'_> {
         new: &Tokens,
         rotation_due_at: Timestamp,
     ) -> Result<bool> {
-        let mut tx = self.store().sqlx_transaction().await?;
-        let done = sqlx::query(
-            "UPDATE sessions SET token_hash = ?1, csrf_hash = ?2, rotation_due_at = ?3
-             WHERE token_hash = ?4 AND revoked_at IS NULL",
-        )
-        .bind(&new.token_hash[..])
-        .bind(&new.csrf_hash[..])
-        .bind(rotation_due_at)
-        .bind(&old[..])
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        publish(self.core, &mut tx, &[*old]).await?;
-        tx.commit().await?;
-        Ok(true)
+        self.store()
+            .write_here(|conn| {
+                let done = conn.prepare_cached(ROTATE)?.execute(rusqlite::params![
+                    &new.token_hash[..],
+                    &new.csrf_hash[..],
+                    rotation_due_at,
+                    &old[..],
+                ])?;
+                if done > 0 {
+                    publish_here(self.core, conn, &[*old])?;
+                }
+                Ok(done > 0)
+            })
+            .await
     }
 
     async fn regenerate(
@@ -174,72 +241,67 @@ impl SessionsBackend for Sqlite<'_> {
         old_id: &str,
         new: &Regenerated<'_>,
     ) -> Result<bool> {
-        let mut tx = self.store().sqlx_transaction().await?;
-        let copied = sqlx::query(
-            "INSERT INTO sessions (id, token_hash, csrf_hash, user_id, org_id, device_fingerprint, ip_hash,
-                 user_agent_hash, client_meta, data, created_at, last_seen_at, idle_timeout_secs, expires_at,
-                 rotation_due_at)
-             SELECT ?1, ?2, ?3, user_id, org_id, device_fingerprint, ip_hash, user_agent_hash, client_meta, data,
-                 ?4, ?4, idle_timeout_secs, ?5, ?6
-             FROM sessions WHERE token_hash = ?7 AND revoked_at IS NULL",
-        )
-        .bind(new.id)
-        .bind(&new.tokens.token_hash[..])
-        .bind(&new.tokens.csrf_hash[..])
-        .bind(new.created_at)
-        .bind(new.expires_at)
-        .bind(new.rotation_due_at)
-        .bind(&old[..])
-        .execute(&mut *tx)
-        .await?;
-        if copied.rows_affected() == 0 {
-            return Ok(false);
-        }
-        revoke_ids(&mut tx, [old_id], "regenerated", new.created_at).await?;
-        publish(self.core, &mut tx, &[*old]).await?;
-        tx.commit().await?;
-        Ok(true)
+        self.store()
+            .write_here(|conn| {
+                let copied = conn.prepare_cached(REGENERATE)?.execute(rusqlite::params![
+                    new.id,
+                    &new.tokens.token_hash[..],
+                    &new.tokens.csrf_hash[..],
+                    new.created_at,
+                    new.expires_at,
+                    new.rotation_due_at,
+                    &old[..],
+                ])?;
+                if copied == 0 {
+                    return Ok(false);
+                }
+                revoke_ids_here(conn, &[old_id], "regenerated", new.created_at)?;
+                publish_here(self.core, conn, &[*old])?;
+                Ok(true)
+            })
+            .await
     }
 
     async fn set_data(&self, token_hash: &[u8; 32], data: &str) -> Result<bool> {
-        let mut tx = self.store().sqlx_transaction().await?;
-        let done = sqlx::query(
-            "UPDATE sessions SET data = ?1 WHERE token_hash = ?2 AND revoked_at IS NULL",
-        )
-        .bind(data)
-        .bind(&token_hash[..])
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        publish(self.core, &mut tx, &[*token_hash]).await?;
-        tx.commit().await?;
-        Ok(true)
+        self.store()
+            .write_here(|conn| {
+                let done = conn
+                    .prepare_cached(
+                        "UPDATE sessions SET data = ?1 WHERE token_hash = ?2 AND revoked_at IS NULL",
+                    )?
+                    .execute(rusqlite::params![data, &token_hash[..]])?;
+                if done > 0 {
+                    publish_here(self.core, conn, &[*token_hash])?;
+                }
+                Ok(done > 0)
+            })
+            .await
     }
 
     async fn revoke(&self, id: &str, now: Timestamp) -> Result<Vec<[u8; 32]>> {
-        let mut tx = self.store().sqlx_transaction().await?;
-        let hashes = revoke_ids(&mut tx, [id], "revoked", now).await?;
-        publish(self.core, &mut tx, &hashes).await?;
-        tx.commit().await?;
-        Ok(hashes)
+        self.store()
+            .write_here(|conn| {
+                let hashes = revoke_ids_here(conn, &[id], "revoked", now)?;
+                publish_here(self.core, conn, &hashes)?;
+                Ok(hashes)
+            })
+            .await
     }
 
     async fn revoke_user(&self, user_id: &str, now: Timestamp) -> Result<Vec<[u8; 32]>> {
-        let mut tx = self.store().sqlx_transaction().await?;
-        let rows = sqlx::query(
-            "UPDATE sessions SET revoked_at = ?1, revoked_reason = 'logout_all'
-             WHERE user_id = ?2 AND revoked_at IS NULL RETURNING token_hash",
-        )
-        .bind(now)
-        .bind(user_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let hashes = token_hashes(&rows)?;
-        publish(self.core, &mut tx, &hashes).await?;
-        tx.commit().await?;
-        Ok(hashes)
+        self.store()
+            .write_here(|conn| {
+                let hashes = conn
+                    .prepare_cached(
+                        "UPDATE sessions SET revoked_at = ?1, revoked_reason = 'logout_all'
+                         WHERE user_id = ?2 AND revoked_at IS NULL RETURNING token_hash",
+                    )?
+                    .query_map(rusqlite::params![now, user_id], |r| Ok(hash32(r.get(0)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                publish_here(self.core, conn, &hashes)?;
+                Ok(hashes)
+            })
+            .await
     }
 
     /// Reads the partial index `sessions_live` alone (`INDEXED BY`: SQLite
@@ -356,28 +418,23 @@ impl SessionsBackend for Sqlite<'_> {
 
 /// Inserts a session row on `conn`.
 pub(crate) async fn insert(conn: &mut SqliteConnection, row: &NewRow<'_>) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO sessions (id, token_hash, csrf_hash, user_id, org_id, device_fingerprint, ip_hash,
-             user_agent_hash, client_meta, data, created_at, last_seen_at, idle_timeout_secs, expires_at,
-             rotation_due_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14)",
-    )
-    .bind(row.id)
-    .bind(&row.token_hash[..])
-    .bind(&row.csrf_hash[..])
-    .bind(row.user_id)
-    .bind(row.org_id)
-    .bind(row.device_fingerprint.as_ref().map(<[u8; 32]>::as_slice))
-    .bind(row.ip_hash.as_ref().map(<[u8; 32]>::as_slice))
-    .bind(row.user_agent_hash.as_ref().map(<[u8; 32]>::as_slice))
-    .bind(row.client_meta)
-    .bind(row.data)
-    .bind(row.created_at)
-    .bind(stored_secs(row.idle_timeout))
-    .bind(row.expires_at)
-    .bind(row.rotation_due_at)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(INSERT)
+        .bind(row.id)
+        .bind(&row.token_hash[..])
+        .bind(&row.csrf_hash[..])
+        .bind(row.user_id)
+        .bind(row.org_id)
+        .bind(row.device_fingerprint.as_ref().map(<[u8; 32]>::as_slice))
+        .bind(row.ip_hash.as_ref().map(<[u8; 32]>::as_slice))
+        .bind(row.user_agent_hash.as_ref().map(<[u8; 32]>::as_slice))
+        .bind(row.client_meta)
+        .bind(row.data)
+        .bind(row.created_at)
+        .bind(stored_secs(row.idle_timeout))
+        .bind(row.expires_at)
+        .bind(row.rotation_due_at)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -401,15 +458,11 @@ pub(crate) async fn make_room_in(
     now: Timestamp,
     make_room: impl FnOnce(Vec<Candidate>) -> Result<Vec<Candidate>>,
 ) -> Result<Vec<Candidate>> {
-    let rows = sqlx::query(
-        "SELECT id, token_hash, last_seen_at, idle_timeout_secs FROM sessions
-         WHERE user_id = ?1 AND revoked_at IS NULL AND expires_at > ?2
-         ORDER BY created_at, id",
-    )
-    .bind(user_id)
-    .bind(now)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = sqlx::query(CANDIDATES)
+        .bind(user_id)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
     let candidates = rows
         .iter()
         .map(|row| {
@@ -467,6 +520,32 @@ async fn revoke_ids<'i>(
     query.push(") RETURNING token_hash");
     let rows = query.build().fetch_all(&mut *conn).await?;
     token_hashes(&rows)
+}
+
+/// [`revoke_ids`] on the hot writer's connection.
+fn revoke_ids_here(
+    conn: &rusqlite::Connection,
+    ids: &[&str],
+    reason: &str,
+    now: Timestamp,
+) -> Result<Vec<[u8; 32]>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = String::from(
+        "UPDATE sessions SET revoked_at = ?1, revoked_reason = ?2 WHERE revoked_at IS NULL AND id IN (",
+    );
+    for i in 0..ids.len() {
+        sql.push_str(if i == 0 { "?" } else { ", ?" });
+    }
+    sql.push_str(") RETURNING token_hash");
+    let mut params: Vec<&dyn rusqlite::ToSql> = vec![&now, &reason];
+    params.extend(ids.iter().map(|id| id as &dyn rusqlite::ToSql));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let hashes = stmt
+        .query_map(params.as_slice(), |r| Ok(hash32(r.get(0)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(hashes)
 }
 
 fn token_hashes(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<[u8; 32]>> {

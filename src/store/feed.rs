@@ -100,6 +100,16 @@ impl Store {
     }
 }
 
+/// The start of the statement that appends records (five columns).
+const INSERT: &str = "INSERT INTO changes (origin, at, facet, kind, target) ";
+
+/// Deletes the records older than ?1, keeping the newest (so that a reader
+/// can tell records were trimmed). The records are in `seq` order, roughly
+/// in time order too, so the scan stops at the first one young enough.
+const TRIM: &str = "DELETE FROM changes WHERE seq < coalesce(
+     (SELECT seq FROM changes WHERE at >= ?1 ORDER BY seq LIMIT 1),
+     (SELECT max(seq) FROM changes))";
+
 /// Appends `records` inside the caller's transaction on `conn`, as
 /// multi-row statements.
 pub(crate) async fn publish(
@@ -110,8 +120,7 @@ pub(crate) async fn publish(
     records: &[Record<'_>],
 ) -> Result<()> {
     for chunk in records.chunks(ROWS_PER_STATEMENT) {
-        let mut insert =
-            QueryBuilder::new("INSERT INTO changes (origin, at, facet, kind, target) ");
+        let mut insert = QueryBuilder::new(INSERT);
         insert.push_values(chunk, |mut row, record| {
             row.push_bind(origin)
                 .push_bind(at)
@@ -124,18 +133,50 @@ pub(crate) async fn publish(
     Ok(())
 }
 
-/// Deletes the records older than `cutoff`, keeping the newest (so that a
-/// reader can tell records were trimmed); how many went. The records are in
-/// `seq` order, roughly in time order too, so the scan stops at the first
-/// one young enough.
+/// [`publish`] on a rusqlite connection (the hot writer's).
+pub(crate) fn publish_here(
+    conn: &rusqlite::Connection,
+    origin: i64,
+    at: Timestamp,
+    facet: Facet,
+    records: &[Record<'_>],
+) -> Result<()> {
+    for chunk in records.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from(INSERT);
+        sql.push_str("VALUES ");
+        for i in 0..chunk.len() {
+            sql.push_str(if i == 0 {
+                "(?,?,?,?,?)"
+            } else {
+                ",(?,?,?,?,?)"
+            });
+        }
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 5);
+        let facet = facet.as_str();
+        for record in chunk {
+            params.extend([
+                &origin as &dyn rusqlite::ToSql,
+                &at,
+                &facet,
+                &record.kind,
+                &record.target,
+            ]);
+        }
+        stmt.execute(params.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Deletes the records older than `cutoff`, keeping the newest; how many
+/// went.
 pub(crate) async fn trim(conn: &mut SqliteConnection, cutoff: Timestamp) -> Result<u64> {
-    let done = sqlx::query(
-        "DELETE FROM changes WHERE seq < coalesce(
-             (SELECT seq FROM changes WHERE at >= ?1 ORDER BY seq LIMIT 1),
-             (SELECT max(seq) FROM changes))",
-    )
-    .bind(cutoff)
-    .execute(&mut *conn)
-    .await?;
+    let done = sqlx::query(TRIM).bind(cutoff).execute(&mut *conn).await?;
     Ok(done.rows_affected())
+}
+
+/// [`trim`] on a rusqlite connection.
+pub(crate) fn trim_here(conn: &rusqlite::Connection, cutoff: Timestamp) -> Result<u64> {
+    let n = conn.prepare_cached(TRIM)?.execute([cutoff])?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }

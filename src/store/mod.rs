@@ -10,7 +10,7 @@
 //! | --- | --- | --- |
 //! | writes | [`Store::sqlx_transaction`] (`BEGIN IMMEDIATE`), [`Store::sqlx_writer`] (one autocommit statement), [`Store::sqlx_writer_conn`] (pragmas around a transaction): the one sqlx writer connection | one writer per process; batches go as multi-row statements, one hop per batch |
 //! | hot point reads | [`Store::read_here`]: rusqlite [`Readers`](readers) | a sqlx round trip costs many times the indexed lookup it carries (two thread hops; see docs/performance.md) |
-//! | hot short writes (shared limits) | [`Store::write_here`]: the rusqlite [`HotWriter`], which never waits on this thread for the write lock | the same hops |
+//! | short writes a request waits on (session create, rotate, revoke; strict and shared limits; durable audit appends; preference patches) | [`Store::write_here`]: the rusqlite [`HotWriter`], with group commit, which never waits on this thread for the write lock | the same hops; one commit for the writes that arrive together |
 //! | anything that grows with the file (a large cache value, an integrity check) | the sqlx pools or tokio's blocking pool | the caller's thread may be the runtime's only one |
 //! | scans, admin queries | [`Store::sqlx_reader`], `query_only` | off the async threads, no hurry |
 //! | migrations | sqlx's migrator on the writer | shared bookkeeping with `sqlx-cli` |
@@ -36,6 +36,7 @@ mod migrate;
 mod read_only_sql;
 mod readers;
 mod watch;
+mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -50,7 +51,8 @@ pub(crate) use copy::{copy_into, proves_key, rekey, write_backup};
 pub(crate) use file::{FileKind, with_suffix};
 pub use migrate::MigrationStatus;
 pub(crate) use migrate::{Applied, latest_version};
-use readers::{HotWriter, Readers};
+use readers::Readers;
+use writer::HotWriter;
 
 use crate::key::KeySource;
 use crate::{Error, Result};
@@ -116,7 +118,7 @@ impl Store {
     /// must be the file's only connection.
     pub(crate) async fn close_readers(&self) {
         self.hot.close().await;
-        self.hot_writer.close();
+        self.hot_writer.close().await;
         self.reader.close().await;
     }
 
@@ -156,20 +158,28 @@ impl Store {
         self.reader.acquire().await.map_err(closed_or)
     }
 
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the hot rusqlite
-    /// writer, on this thread. For a short write a request waits on: it
-    /// saves sqlx's two thread hops (and a ping on the worker
-    /// each time a pooled connection is given back). The hot writer and the
-    /// sqlx writer take turns through SQLite's write lock, as two processes
-    /// would. While another connection holds it, this task yields to the
-    /// runtime and tries again (see [`HotWriter`]): the holder may be this
-    /// process's own flush, which needs this thread to commit. The commit
-    /// blocks the thread for an fsync under `synchronous=FULL`.
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the hot rusqlite
+    /// writer, on this thread, and returns once it has committed. For a
+    /// short write a request waits on: it saves sqlx's thread hops (and a
+    /// ping on the worker each time a pooled connection is given back), and
+    /// writes that arrive together share one commit (group commit, see
+    /// [`writer`]); `f` runs inside a savepoint then, so a failure undoes
+    /// its own writes only. The hot writer and the sqlx writer take turns
+    /// through SQLite's write lock, as two processes would; while another
+    /// connection holds it, this task yields to the runtime and tries again:
+    /// the holder may be this process's own flush, which needs this thread
+    /// to commit. The commit blocks the thread for an fsync under
+    /// `synchronous=FULL`.
     pub(crate) async fn write_here<T>(
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> Result<T>,
     ) -> Result<T> {
         self.hot_writer.with(f).await
+    }
+
+    /// How many writes [`Store::write_here`] made, and in how many commits.
+    pub(crate) fn hot_write_counts(&self) -> (u64, u64) {
+        self.hot_writer.counts()
     }
 
     /// Runs a point lookup on a rusqlite reader, on this thread. It never
@@ -300,7 +310,7 @@ impl Store {
     /// both files behind. The hot readers are read-write (`query_only`).
     pub(crate) async fn close(&self) {
         self.reader.close().await;
-        self.hot_writer.close();
+        self.hot_writer.close().await;
         self.hot.close().await;
         self.writer.close().await;
     }

@@ -6,8 +6,8 @@
 //! lookups that run on every request (session by token hash, cache entry by
 //! key, bucket by subject) therefore run synchronously, here, through a small
 //! pool of `query_only` connections with cached prepared statements; and the
-//! short writes a request waits on (a shared-mode rate-limit check) run on
-//! one [`HotWriter`].
+//! short writes a request waits on run on one
+//! [`HotWriter`](super::writer::HotWriter).
 //!
 //! # What may block the caller's thread, and for how long
 //!
@@ -23,7 +23,8 @@
 //! - **The write lock** is often held across an `.await` by this process's
 //!   own sqlx writer (a flush), whose task may need this very thread to
 //!   reach its commit. The hot writer never waits for it here (busy timeout
-//!   0); the task yields and tries again (see [`HotWriter`]).
+//!   0); the task yields and tries again (see
+//!   [`HotWriter`](super::writer::HotWriter)).
 //! - **Reads** never wait for the write lock (WAL). A reader's busy handler
 //!   only runs for the moments a checkpoint or WAL recovery on another
 //!   connection holds the WAL index, work that does not need this thread.
@@ -43,7 +44,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::conn::SharedSettings;
 use super::watch::Header;
@@ -233,126 +234,4 @@ impl Pool {
 
 fn lock(slot: &Slot) -> MutexGuard<'_, Option<rusqlite::Connection>> {
     slot.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The hot-path writer: one rusqlite connection for single-statement writes
-/// that a request waits on (a shared-mode rate-limit check), run on the
-/// caller's thread to save sqlx's thread hops. It takes turns with the sqlx
-/// writer through SQLite's write lock ([`super::Store::hot_write`]).
-///
-/// It never waits for that lock on the caller's thread. The lock is often
-/// held across an `.await` by this process's own sqlx writer (a flush), and
-/// on a `current_thread` runtime the task that would release it cannot run
-/// while this thread sits in SQLite's busy handler: that was a stall of the
-/// whole busy timeout, then SQLITE_BUSY. So its busy timeout is 0, and while
-/// the lock is taken it yields to the runtime and tries again after a short,
-/// growing pause, up to the busy timeout. In the common case (the lock is
-/// free) a check costs no more than before: no thread hop, no timer.
-pub(crate) struct HotWriter {
-    settings: SharedSettings,
-    conn: Slot,
-    closed: AtomicBool,
-}
-
-/// The longest pause between two tries for the write lock.
-const MAX_PAUSE: Duration = Duration::from_millis(5);
-
-impl HotWriter {
-    pub(crate) fn new(settings: SharedSettings) -> Self {
-        HotWriter {
-            settings,
-            conn: Mutex::new(None),
-            closed: AtomicBool::new(false),
-        }
-    }
-
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed when `f`
-    /// returns `Ok` and rolled back otherwise.
-    pub(crate) async fn with<T>(
-        &self,
-        f: impl FnOnce(&rusqlite::Connection) -> Result<T>,
-    ) -> Result<T> {
-        self.open().await?;
-        let started = Instant::now();
-        let mut pause = Duration::from_micros(50);
-        let guard = loop {
-            if let Some(guard) = self.begin()? {
-                break guard;
-            }
-            if started.elapsed() >= self.settings.busy_timeout {
-                return Err(Error::from(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
-                    Some(format!(
-                        "the write lock stayed taken for the whole busy timeout ({:?})",
-                        self.settings.busy_timeout
-                    )),
-                )));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MAX_PAUSE);
-        };
-        let conn = guard.as_ref().ok_or(Error::Closed)?;
-        match f(conn) {
-            Ok(out) => {
-                if let Err(e) = conn.execute_batch("COMMIT") {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    return Err(self.classify(e));
-                }
-                Ok(out)
-            }
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                Err(e)
-            }
-        }
-    }
-
-    /// Opens the connection on first use, on a blocking-pool thread (see
-    /// the module docs). Two first uses at once may both open one; the
-    /// second is dropped.
-    async fn open(&self) -> Result<()> {
-        if lock(&self.conn).is_some() || self.closed.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let settings = self.settings.clone();
-        let conn = super::conn::blocking("open the hot writer", move || {
-            let conn = settings.open_rusqlite(false)?;
-            conn.busy_timeout(Duration::ZERO)?;
-            Ok(conn)
-        })
-        .await?;
-        let mut guard = lock(&self.conn);
-        if guard.is_none() && !self.closed.load(Ordering::Acquire) {
-            *guard = Some(conn);
-        }
-        Ok(())
-    }
-
-    /// Takes the write lock without waiting: the connection inside `BEGIN
-    /// IMMEDIATE`, or `None` while another connection holds the lock.
-    fn begin(&self) -> Result<Option<MutexGuard<'_, Option<rusqlite::Connection>>>> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        let guard = lock(&self.conn);
-        let conn = guard.as_ref().ok_or(Error::Closed)?;
-        match conn.execute_batch("BEGIN IMMEDIATE") {
-            Ok(()) => Ok(Some(guard)),
-            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => Ok(None),
-            Err(e) => Err(self.classify(e)),
-        }
-    }
-
-    fn classify(&self, e: rusqlite::Error) -> Error {
-        super::conn::classify(&self.settings.path, self.settings.key.as_ref(), e)
-    }
-
-    /// Closes the connection; later calls get [`Error::Closed`].
-    pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        if let Some(conn) = lock(&self.conn).take() {
-            // Every transaction has ended by now; a failed close only leaks a handle.
-            let _ = conn.close();
-        }
-    }
 }

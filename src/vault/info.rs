@@ -40,3 +40,16 @@ pub struct Rows {
     /// One vector of values per row, in column order.
     pub rows: Vec<Vec<serde_json::Value>>,
 }
+
+/// What [`Vault::write_counts`](super::Vault::write_counts) reports: the
+/// writes a request waits on, and the commits that held them. Writes that
+/// arrive together share one commit (group commit), so under concurrency
+/// `commits` grows slower than `writes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WriteCounts {
+    /// Writes made (session create, rotate, revoke …; strict and shared
+    /// limit checks; preference changes), since the vault opened.
+    pub writes: u64,
+    /// Commits that held them.
+    pub commits: u64,
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use info::{Info, Rows};
+pub use info::{Info, Rows, WriteCounts};
 pub use options::{DB_ENV, DEFAULT_DB, VaultOptions};
 
 use crate::audit::{self, Audit, AuditEvent, EventKind};
@@ -321,6 +321,13 @@ impl Vault {
     /// Whether the file is encrypted (opened with a key).
     pub fn is_encrypted(&self) -> bool {
         self.store().encrypted()
+    }
+
+    /// How many of the writes a request waits on this handle made, and in
+    /// how many commits (see [`WriteCounts`]).
+    pub fn write_counts(&self) -> WriteCounts {
+        let (writes, commits) = self.store().hot_write_counts();
+        WriteCounts { writes, commits }
     }
 
     /// A keyed hash (HMAC-SHA256 under a secret random salt kept in the

@@ -1,0 +1,146 @@
+//! Group commit: writes a request waits on that arrive together share one
+//! commit, each caller is acknowledged only once its write is committed, a
+//! failing write fails only its own caller, and a cancelled caller never
+//! strands the others.
+
+mod common;
+
+use std::path::Path;
+
+use common::{raw_connection, tempdir};
+use statevault::{Error, NewSession, SessionConfig, Vault, WhenFull, WriteCounts};
+
+async fn open(dir: &Path) -> Vault {
+    let mut config = SessionConfig::default();
+    config.max_per_user = 1;
+    config.when_full = WhenFull::Refuse;
+    let (options, _clock) = common::options(dir, "vault.db");
+    Vault::open(options.sessions(config)).await.unwrap()
+}
+
+/// Spawns one session create per user, while another connection holds the
+/// write lock, so that every create is waiting when the lock comes free.
+async fn create_while_locked(
+    vault: &Vault,
+    users: &[String],
+) -> Vec<tokio::task::JoinHandle<statevault::Result<statevault::IssuedSession>>> {
+    let raw = raw_connection(vault.path());
+    raw.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let tasks: Vec<_> = users
+        .iter()
+        .map(|user| {
+            let (vault, user) = (vault.clone(), user.clone());
+            tokio::spawn(async move { vault.sessions().create(NewSession::new(user)).await })
+        })
+        .collect();
+    // Every task runs until it waits: for the lock, or for its turn.
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
+    raw.execute_batch("COMMIT").unwrap();
+    tasks
+}
+
+#[tokio::test]
+async fn writes_that_arrive_together_share_one_commit() {
+    let dir = tempdir();
+    let vault = open(dir.path()).await;
+    let mut users: Vec<String> = (0..32).map(|i| format!("user-{i}")).collect();
+    // The cap is one session: the second create for "twice" fails, alone.
+    users.extend(["twice".to_owned(), "twice".to_owned()]);
+    let tasks = create_while_locked(&vault, &users).await;
+    let (mut created, mut refused) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => created += 1,
+            Err(Error::SessionLimit { .. }) => refused += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!((created, refused), (33, 1));
+    let WriteCounts { writes, commits } = vault.write_counts();
+    assert_eq!(writes, 33, "a refused create writes nothing");
+    assert_eq!(commits, 1, "33 creates waiting together share one commit");
+
+    // Acknowledged means committed: all of them are in the file.
+    vault.close().await.unwrap();
+    let vault = open(dir.path()).await;
+    for user in &users[..33] {
+        assert_eq!(
+            vault.sessions().list(user).await.unwrap().len(),
+            1,
+            "{user}"
+        );
+    }
+    vault.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cancelled_caller_does_not_strand_the_others() {
+    let dir = tempdir();
+    let vault = open(dir.path()).await;
+    let users: Vec<String> = (0..6).map(|i| format!("user-{i}")).collect();
+    let mut tasks = create_while_locked(&vault, &users).await;
+    // The last callers give up while they wait for their turn: nobody else
+    // is coming, so the group they were expected to join still commits.
+    for task in tasks.drain(4..) {
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    for user in &users[..4] {
+        assert_eq!(
+            vault.sessions().list(user).await.unwrap().len(),
+            1,
+            "{user}"
+        );
+    }
+    // The writer is free for the next caller.
+    vault
+        .sessions()
+        .create(NewSession::new("later"))
+        .await
+        .unwrap();
+    vault.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_callers_at_once_lose_nothing() {
+    let dir = tempdir();
+    let vault = open(dir.path()).await;
+    let tasks: Vec<_> = (0..64)
+        .map(|t| {
+            let vault = vault.clone();
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    let user = format!("user-{t}-{i}");
+                    let issued = vault.sessions().create(NewSession::new(&user)).await?;
+                    vault.sessions().revoke(&issued.id).await?;
+                    vault.sessions().create(NewSession::new(&user)).await?;
+                }
+                Ok::<_, Error>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let WriteCounts { writes, commits } = vault.write_counts();
+    assert_eq!(writes, 64 * 10 * 3);
+    assert!(commits >= 1 && commits <= writes);
+    vault.close().await.unwrap();
+    let vault = open(dir.path()).await;
+    for t in 0..64 {
+        for i in 0..10 {
+            let sessions = vault
+                .sessions()
+                .list(&format!("user-{t}-{i}"))
+                .await
+                .unwrap();
+            assert_eq!(sessions.len(), 1);
+        }
+    }
+    vault.close().await.unwrap();
+}
