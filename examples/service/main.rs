@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --example service                      # 127.0.0.1:8080, ./service.db
 //! cargo run --example service -- --listen 127.0.0.1:9000 --db /var/lib/svc/state.db
+//! cargo run --example service -- --config service.toml   # statevault.toml keys: limits, cache …
 //! ```
 //!
 //! The routes and the request path are in `app.rs`. This file opens the
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use statevault::{Vault, VaultOptions};
+use statevault::{Config, Vault, VaultOptions};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -33,6 +34,10 @@ struct Args {
     /// Both are created if missing.
     #[arg(long, env = "SERVICE_DB", default_value = "service.db")]
     db: PathBuf,
+    /// A `statevault.toml` whose settings apply to the vault (its
+    /// `storage_paths.database` is ignored: `--db` names the file).
+    #[arg(long, env = "SERVICE_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -48,7 +53,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let vault = Vault::open(VaultOptions::new(&args.db)).await?;
+    let mut options = VaultOptions::new(&args.db);
+    if let Some(path) = &args.config {
+        options = Config::load(path)?.apply(options)?;
+    }
+    let vault = Vault::open(options).await?;
     let served = async {
         let listener = TcpListener::bind(args.listen).await?;
         tracing::info!(
