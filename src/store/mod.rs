@@ -431,6 +431,17 @@ pub(crate) async fn immediate<T>(
     result
 }
 
+/// A multi-row statement built for one call, run without sqlx keeping it
+/// prepared: its text changes with the number of rows, and every size kept
+/// in a connection's statement cache would hold its compiled program (tens
+/// of KiB for a few hundred rows, up to the cache's 128 entries) for as long
+/// as the connection lives.
+pub(crate) fn one_off(
+    q: &mut sqlx::QueryBuilder<Sqlite>,
+) -> sqlx::query::Query<'_, Sqlite, sqlx::sqlite::SqliteArguments> {
+    q.build().persistent(false)
+}
+
 /// A closed pool says `PoolClosed`; callers see [`Error::Closed`].
 pub(crate) fn closed_or(e: sqlx::Error) -> Error {
     match e {
