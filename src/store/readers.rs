@@ -46,6 +46,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::conn::SharedSettings;
+use super::page_cache::Role;
 use super::watch::Header;
 use crate::{Error, Result};
 
@@ -201,10 +202,13 @@ impl Pool {
         }
         let pool = Arc::clone(pool);
         let open = move || {
-            let conn = pool.settings.open_rusqlite(false).and_then(|conn| {
-                conn.execute_batch("PRAGMA query_only = ON;")?;
-                Ok(conn)
-            });
+            let conn = pool
+                .settings
+                .open_rusqlite(Role::HotReader, false)
+                .and_then(|conn| {
+                    conn.execute_batch("PRAGMA query_only = ON;")?;
+                    Ok(conn)
+                });
             match conn {
                 Ok(conn) => pool.add(conn),
                 Err(e) => tracing::warn!(error = %e, "could not open one more hot reader"),
@@ -316,7 +320,7 @@ impl HotWriter {
         }
         let settings = self.settings.clone();
         let conn = super::conn::blocking("open the hot writer", move || {
-            let conn = settings.open_rusqlite(false)?;
+            let conn = settings.open_rusqlite(Role::HotWriter, false)?;
             conn.busy_timeout(Duration::ZERO)?;
             Ok(conn)
         })
