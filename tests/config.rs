@@ -112,6 +112,7 @@ fn every_section_parses_and_defaults_fill_the_rest() {
         "state.db",
         "synchronous: Full",
         "readers: 2",
+        "page_cache_budget: 16777216",
         "idle_timeout: 1800s",
         "when_full: Refuse",
         "max_data_bytes: 8192",
@@ -125,6 +126,23 @@ fn every_section_parses_and_defaults_fill_the_rest() {
         assert!(debug.contains(shown), "{shown:?} missing from {debug}");
     }
     assert!(Config::parse("").is_ok(), "an empty file is all defaults");
+}
+
+/// `page_cache_budget_mb` is the whole vault's; `page_cache_mb`, its old
+/// name from when it sized each connection, still sets the same budget.
+#[test]
+fn the_page_cache_budget_has_one_value_under_either_name() {
+    for text in [
+        "[storage]\npage_cache_budget_mb = 8",
+        "[storage]\npage_cache_mb = 8",
+    ] {
+        let options = Config::parse(text).unwrap().options().unwrap();
+        let debug = format!("{options:?}");
+        assert!(
+            debug.contains("page_cache_budget: 8388608"),
+            "{text}: {debug}"
+        );
+    }
 }
 
 #[test]
@@ -143,6 +161,14 @@ fn unknown_keys_and_bad_values_name_the_key() {
             "session_management.idle_timeout_minutes",
         ),
         ("[storage]\nreaders = 0", "storage.readers"),
+        (
+            "[storage]\npage_cache_budget_mb = 0",
+            "storage.page_cache_budget_mb",
+        ),
+        (
+            "[storage]\npage_cache_mb = 8\npage_cache_budget_mb = 8",
+            "storage.page_cache_mb",
+        ),
         ("[storage]\nsynchronous = \"off\"", "storage.synchronous"),
         (
             "[rate_limiting.limits.api_calls]\nper_minute = nan",

@@ -54,7 +54,11 @@ async fn new_vault_is_encrypted_private_wal_and_migrated() {
     assert_eq!(scalar(&vault, "PRAGMA auto_vacuum").await, 2, "INCREMENTAL");
     assert_eq!(scalar(&vault, "PRAGMA synchronous").await, 1, "NORMAL");
     assert_eq!(scalar(&vault, "PRAGMA foreign_keys").await, 1);
-    assert_eq!(scalar(&vault, "PRAGMA cache_size").await, -65536, "64 MiB");
+    assert_eq!(
+        scalar(&vault, "PRAGMA cache_size").await,
+        -256,
+        "a sqlx reader's share of the 8 MiB budget: an eighth, between 4 readers"
+    );
     let version = scalar(&vault, "PRAGMA cipher_version").await;
     assert!(version.as_str().unwrap().starts_with("4."), "{version}");
 
@@ -375,6 +379,7 @@ async fn missing_file_is_not_created_when_told_not_to() {
 }
 
 #[tokio::test]
+#[allow(deprecated)] // page_cache_bytes: the old name is still checked
 async fn absurd_options_are_typed_errors() {
     let dir = tempdir();
     let path = dir.path().join("x.db");
@@ -382,6 +387,8 @@ async fn absurd_options_are_typed_errors() {
         VaultOptions::new(&path).readers(0),
         VaultOptions::new(&path).readers(1000),
         VaultOptions::new(&path).page_cache_bytes(10),
+        VaultOptions::new(&path).page_cache_budget(0),
+        VaultOptions::new(&path).page_cache_budget((1 << 20) - 1),
         VaultOptions::new(&path).busy_timeout(std::time::Duration::from_secs(86_400)),
         VaultOptions::new(""),
     ] {
@@ -389,6 +396,23 @@ async fn absurd_options_are_typed_errors() {
         assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
     }
     assert!(!path.exists());
+}
+
+/// The page cache budget is split across the connections: the sqlx
+/// readers' share is what `PRAGMA cache_size` shows to a read-only query
+/// (the split of every kind is tested in src/store/page_cache.rs).
+#[tokio::test]
+async fn the_page_cache_budget_reaches_the_connections() {
+    let dir = tempdir();
+    let path = dir.path().join("x.db");
+    let options = VaultOptions::new(&path)
+        .readers(2)
+        .page_cache_budget(64 << 20);
+    let vault = Vault::open(options).await.unwrap();
+    let rows = vault.query_read_only("PRAGMA cache_size").await.unwrap();
+    // An eighth of the budget between two readers: 4 MiB, in KiB.
+    assert_eq!(rows.rows[0][0].as_i64(), Some(-4096));
+    vault.close().await.unwrap();
 }
 
 #[tokio::test]

@@ -82,16 +82,17 @@ impl ChainRow {
     }
 }
 
-/// The whole log from one snapshot, as [`Audit::verify`](super::Audit::verify)
-/// walks it.
-pub(crate) struct ChainRead {
-    /// `vault_meta`'s `audit_anchor`, as stored.
-    pub(crate) anchor: Option<String>,
-    /// `vault_meta`'s `audit_head`, as stored.
-    pub(crate) head: Option<String>,
-    /// Every event in `seq` order, each decoded on its own: a row the walk
-    /// does not reach cannot fail it.
-    pub(crate) rows: Vec<Result<ChainRow>>,
+/// What receives the log as [`AuditBackend::read_chain`] reads it: the
+/// ends first, then every event in `seq` order. The log may be far larger
+/// than a verification should hold in memory, so rows are handed over as
+/// they are read, not collected.
+pub(crate) trait ChainVisitor: Send {
+    /// `vault_meta`'s `audit_anchor` and `audit_head`, as stored.
+    fn ends(&mut self, anchor: Option<String>, head: Option<String>) -> Result<()>;
+
+    /// The next event, decoded on its own (a row the walk does not reach
+    /// cannot fail it); `false` stops the read.
+    fn row(&mut self, row: Result<ChainRow>) -> Result<bool>;
 }
 
 /// What one retention step removed.
@@ -110,10 +111,10 @@ pub(crate) trait AuditBackend {
     /// the writer, committed with `synchronous = FULL` when `durable`.
     async fn append(&self, events: &[&Content], durable: bool) -> Result<()>;
 
-    /// The anchor, the recorded head and every event, from one snapshot:
-    /// read apart, an append committed in between would read as events cut
-    /// from the end.
-    async fn read_chain(&self) -> Result<ChainRead>;
+    /// The anchor, the recorded head and every event, from one snapshot
+    /// (read apart, an append committed in between would read as events cut
+    /// from the end), handed to `visitor` a bounded page at a time.
+    async fn read_chain(&self, visitor: &mut impl ChainVisitor) -> Result<()>;
 
     /// Events matching `filter`, newest first, at most `limit`.
     async fn query(&self, filter: &AuditQuery, limit: u32) -> Result<Vec<EventRow>>;

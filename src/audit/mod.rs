@@ -278,7 +278,9 @@ impl<'a> Audit<'a> {
             tracing::Level::DEBUG,
             async {
                 self.flush().await?;
-                verify::verify(self.backend().read_chain().await?)
+                let mut verifier = verify::Verifier::new();
+                self.backend().read_chain(&mut verifier).await?;
+                Ok(verifier.report())
             }
             .await,
             |r| if r.ok { "ok" } else { "broken" },

@@ -5,7 +5,7 @@
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row as _, SqliteConnection};
 
-use super::backend::{AuditBackend, ChainRead, ChainRow, EventRow, Removed};
+use super::backend::{AuditBackend, ChainRow, ChainVisitor, EventRow, Removed};
 use super::chain::{self, Content, GENESIS, Linked};
 use super::types::{AuditQuery, name};
 use crate::Result;
@@ -23,6 +23,9 @@ macro_rules! event_columns {
 
 /// Rows per multi-row insert (15 variables each, below SQLite's limit).
 const ROWS_PER_STATEMENT: usize = 2000;
+/// Events per page when the whole log is read for verification: memory
+/// for a page, whatever the log's length.
+const CHAIN_PAGE: usize = 1000;
 
 /// The audit log in a SQLite file.
 pub(crate) struct Sqlite<'a> {
@@ -44,23 +47,37 @@ impl AuditBackend for Sqlite<'_> {
         .await
     }
 
-    async fn read_chain(&self) -> Result<ChainRead> {
+    async fn read_chain(&self, visitor: &mut impl ChainVisitor) -> Result<()> {
+        // One read transaction: every page comes from the same snapshot.
         let mut tx = self.store.sqlx_reader().begin().await.map_err(closed_or)?;
         let anchor = meta::get_in(&mut tx, meta::AUDIT_ANCHOR).await?;
         let head = meta::get_in(&mut tx, meta::AUDIT_HEAD).await?;
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            event_columns!(),
-            ", ip_hash, user_agent_hash, content_digest, chain_digest FROM audit_events ORDER BY seq"
-        ))
-        .fetch_all(&mut *tx)
-        .await?;
+        visitor.ends(anchor, head)?;
+        let mut after = i64::MIN;
+        'pages: loop {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                event_columns!(),
+                ", ip_hash, user_agent_hash, content_digest, chain_digest FROM audit_events
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))
+            .bind(after)
+            .bind(CHAIN_PAGE as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.try_get("seq")?;
+            for row in &rows {
+                if !visitor.row(chain_row(row))? {
+                    break 'pages;
+                }
+            }
+            if rows.len() < CHAIN_PAGE {
+                break;
+            }
+        }
         tx.commit().await?;
-        Ok(ChainRead {
-            anchor,
-            head,
-            rows: rows.iter().map(chain_row).collect(),
-        })
+        Ok(())
     }
 
     async fn query(&self, filter: &AuditQuery, limit: u32) -> Result<Vec<EventRow>> {
@@ -210,7 +227,7 @@ async fn insert_linked(tx: &mut SqliteConnection, rows: &[Linked<'_>]) -> Result
             .push_bind(&row.content_digest[..])
             .push_bind(&row.chain_digest[..]);
     });
-    q.build().execute(&mut *tx).await?;
+    crate::store::one_off(&mut q).execute(&mut *tx).await?;
     Ok(())
 }
 

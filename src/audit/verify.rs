@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use super::backend::{ChainRead, ChainRow};
+use super::backend::{ChainRow, ChainVisitor};
 use super::chain::{self, GENESIS};
 use super::types::{BrokenLink, ChainReport, StoredEvent};
 use crate::Result;
@@ -22,41 +22,67 @@ struct Walk {
     last_retention_anchor: Option<String>,
 }
 
-/// Verifies the chain as `read` has it.
-pub(crate) fn verify(read: ChainRead) -> Result<ChainReport> {
-    let anchor = read
-        .anchor
-        .as_deref()
-        .map(chain::parse_anchor)
-        .transpose()?;
-    let mut walk = Walk {
-        report: ChainReport {
-            ok: true,
-            events: 0,
-            erased: 0,
-            first_seq: None,
-            last_seq: None,
-            head_digest: None,
-            broken: None,
-        },
-        prev: anchor.unwrap_or(GENESIS),
-        erased_rows: Vec::new(),
-        named_erased: BTreeSet::new(),
-        last_retention_anchor: None,
-    };
-    for row in read.rows {
+/// Verifies the chain as the backend reads it, one row at a time: only
+/// what the checks of the ends need is kept (the erased rows' `seq`s).
+pub(crate) struct Verifier {
+    /// The start of the chain as `vault_meta` records it, parsed.
+    anchor: Option<(i64, [u8; 32])>,
+    /// The end of the chain as the last write recorded it.
+    head: Option<String>,
+    walk: Walk,
+}
+
+impl Verifier {
+    pub(crate) fn new() -> Self {
+        Verifier {
+            anchor: None,
+            head: None,
+            walk: Walk {
+                report: ChainReport {
+                    ok: true,
+                    events: 0,
+                    erased: 0,
+                    first_seq: None,
+                    last_seq: None,
+                    head_digest: None,
+                    broken: None,
+                },
+                prev: GENESIS,
+                erased_rows: Vec::new(),
+                named_erased: BTreeSet::new(),
+                last_retention_anchor: None,
+            },
+        }
+    }
+
+    /// The report, once the backend has handed over every row (or the walk
+    /// stopped at a broken link).
+    pub(crate) fn report(self) -> ChainReport {
+        let mut report = self.walk.finish(self.anchor, self.head.as_deref());
+        report.ok = report.broken.is_none();
+        report
+    }
+}
+
+impl ChainVisitor for Verifier {
+    fn ends(&mut self, anchor: Option<String>, head: Option<String>) -> Result<()> {
+        self.anchor = anchor.as_deref().map(chain::parse_anchor).transpose()?;
+        self.walk.prev = self.anchor.unwrap_or(GENESIS);
+        self.head = head;
+        Ok(())
+    }
+
+    fn row(&mut self, row: Result<ChainRow>) -> Result<bool> {
         let row = row?;
         let event = row.event.to_event()?;
-        if let Some(link) = check_link(&row, &event, walk.prev) {
-            walk.report.ok = false;
-            walk.report.broken = Some(link);
-            break;
+        if let Some(link) = check_link(&row, &event, self.walk.prev) {
+            self.walk.report.ok = false;
+            self.walk.report.broken = Some(link);
+            return Ok(false);
         }
-        walk.record(&row, &event);
+        self.walk.record(&row, &event);
+        Ok(true)
     }
-    let mut report = walk.finish(anchor, read.head.as_deref());
-    report.ok = report.broken.is_none();
-    Ok(report)
 }
 
 /// Whether `row` follows the link `prev` (its `seq` and chain digest): the

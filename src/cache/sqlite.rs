@@ -171,7 +171,10 @@ impl CacheTx for SqliteTx<'_> {
                 s.push_bind(*k);
             }
             q.push(")");
-            n += q.build().execute(&mut *self.tx).await?.rows_affected();
+            n += crate::store::one_off(&mut q)
+                .execute(&mut *self.tx)
+                .await?
+                .rows_affected();
         }
         let digests = keys
             .iter()
@@ -359,7 +362,7 @@ async fn write_sets(conn: &mut SqliteConnection, rows: &[Row]) -> sqlx::Result<i
             keys.push_bind(&*r.key);
         }
         q.push(")");
-        q.build().execute(&mut *conn).await?;
+        crate::store::one_off(&mut q).execute(&mut *conn).await?;
         upsert(conn, chunk).await?;
         written += chunk.iter().map(|r| r.stored.len() as i64).sum::<i64>();
         insert_tags(conn, chunk).await?;
@@ -395,7 +398,7 @@ async fn upsert(conn: &mut SqliteConnection, chunk: &[Row]) -> sqlx::Result<()> 
          expires_at = excluded.expires_at, last_access_at = excluded.last_access_at, \
          tags = excluded.tags, value = excluded.value",
     );
-    q.build().execute(&mut *conn).await?;
+    crate::store::one_off(&mut q).execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -411,7 +414,7 @@ async fn insert_tags(conn: &mut SqliteConnection, chunk: &[Row]) -> sqlx::Result
             b.push_bind(*tag).push_bind(*key);
         });
         q.push(" ON CONFLICT DO NOTHING");
-        q.build().execute(&mut *conn).await?;
+        crate::store::one_off(&mut q).execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -429,7 +432,7 @@ async fn write_touches(
             b.push_bind(&**key).push_bind(Timestamp::from_millis(*at));
         });
         q.push(") AS v WHERE cache_entries.key = v.column1 AND cache_entries.last_access_at < v.column2");
-        q.build().execute(&mut *conn).await?;
+        crate::store::one_off(&mut q).execute(&mut *conn).await?;
     }
     Ok(())
 }

@@ -73,6 +73,20 @@ impl File {
         {
             return bad("storage.readers", "must be between 1 and 64");
         }
+        match (
+            self.storage.page_cache_budget_mb,
+            self.storage.page_cache_mb,
+        ) {
+            (Some(_), Some(_)) => {
+                return bad(
+                    "storage.page_cache_mb",
+                    "is the old name of storage.page_cache_budget_mb: give only one",
+                );
+            }
+            (Some(0), None) => return bad("storage.page_cache_budget_mb", "must be at least 1"),
+            (None, Some(0)) => return bad("storage.page_cache_mb", "must be at least 1"),
+            _ => {}
+        }
         if self.session_management.max_per_user == Some(0) {
             return bad("session_management.max_per_user", "must be at least 1");
         }
@@ -158,6 +172,9 @@ impl From<Sync> for Synchronous {
 pub(super) struct Storage {
     pub(super) synchronous: Option<Sync>,
     pub(super) readers: Option<usize>,
+    pub(super) page_cache_budget_mb: Option<u64>,
+    /// The old name of `page_cache_budget_mb`, from when it sized each
+    /// connection's cache; still read, as the whole vault's budget.
     pub(super) page_cache_mb: Option<u64>,
     pub(super) busy_timeout_ms: Option<u64>,
     pub(super) flush_interval_ms: Option<u64>,
@@ -184,6 +201,13 @@ pub(super) struct Sessions {
     pub(super) memory_ttl_ms: Option<u64>,
     pub(super) feed_check_interval_ms: Option<u64>,
     pub(super) max_data_kb: Option<usize>,
+}
+
+impl Storage {
+    /// The page cache budget for the whole vault, in MiB, under either name.
+    pub(super) fn page_cache_budget_mb(&self) -> Option<u64> {
+        self.page_cache_budget_mb.or(self.page_cache_mb)
+    }
 }
 
 impl Sessions {

@@ -133,8 +133,8 @@ impl Config {
         if let Some(n) = s.readers {
             options = options.readers(n);
         }
-        if let Some(mb) = s.page_cache_mb {
-            options = options.page_cache_bytes(mb.saturating_mul(1 << 20));
+        if let Some(mb) = s.page_cache_budget_mb() {
+            options = options.page_cache_budget(mb.saturating_mul(1 << 20));
         }
         if let Some(ms) = s.busy_timeout_ms {
             options = options.busy_timeout(Duration::from_millis(ms));

@@ -377,7 +377,10 @@ async fn insert_buckets(
         });
         qb.push(" ON CONFLICT (subject, limit_name, window_secs) ")
             .push(on_conflict);
-        written += qb.build().execute(&mut *conn).await?.rows_affected();
+        written += crate::store::one_off(&mut qb)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
     }
     Ok(written)
 }
@@ -400,7 +403,7 @@ pub(crate) async fn insert_violations(
                 .push_bind(row.penalty_until)
                 .push_bind(row.client_info.as_str());
         });
-        qb.build().execute(&mut *conn).await?;
+        crate::store::one_off(&mut qb).execute(&mut *conn).await?;
     }
     Ok(())
 }

@@ -230,7 +230,7 @@ async fn upsert(conn: &mut SqliteConnection, merged: Merged) -> Result<()> {
                  min = excluded.min, max = excluded.max, last = excluded.last,
                  sketch = excluded.sketch",
         );
-        qb.build().execute(&mut *conn).await?;
+        crate::store::one_off(&mut qb).execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -254,7 +254,7 @@ async fn delete_points(conn: &mut SqliteConnection, points: &[StoredPoint]) -> R
                 .push_unseparated(")");
         }
         qb.push(")");
-        qb.build().execute(&mut *conn).await?;
+        crate::store::one_off(&mut qb).execute(&mut *conn).await?;
     }
     Ok(())
 }

@@ -333,7 +333,7 @@ impl SessionsBackend for Sqlite<'_> {
             });
             query
                 .push(") AS v WHERE sessions.id = v.column1 AND sessions.last_seen_at < v.column2");
-            query.build().execute(&mut *tx).await?;
+            crate::store::one_off(&mut query).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

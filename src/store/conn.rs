@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use rusqlite::OpenFlags;
 
+use super::page_cache::{PageCache, Role};
 use crate::key::Key;
 use crate::{Error, Result};
 
@@ -48,7 +49,7 @@ pub(crate) struct ConnSettings {
     pub(crate) path: PathBuf,
     pub(crate) key: Option<Key>,
     pub(crate) synchronous: Synchronous,
-    pub(crate) cache_bytes: u64,
+    pub(crate) page_cache: PageCache,
     pub(crate) busy_timeout: Duration,
     /// Open the file read-only as it is (SQLite's `immutable`): its
     /// directory cannot be written, so SQLite could not make the -wal and
@@ -66,9 +67,10 @@ impl ConnSettings {
         }
     }
 
-    /// The pragmas that follow the key, as one batch. None of them writes to
-    /// a file that is already set up, so a refused open leaves it untouched.
-    pub(crate) fn setup_sql(&self) -> String {
+    /// The pragmas that follow the key for a connection of kind `role`, as
+    /// one batch. None of them writes to a file that is already set up, so
+    /// a refused open leaves it untouched.
+    pub(crate) fn setup_sql(&self, role: Role) -> String {
         format!(
             "PRAGMA busy_timeout = {}; {}PRAGMA synchronous = {}; \
              PRAGMA cache_size = -{}; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
@@ -79,7 +81,7 @@ impl ConnSettings {
                 "PRAGMA journal_mode = WAL; "
             },
             self.synchronous.pragma(),
-            (self.cache_bytes / 1024).max(64),
+            self.page_cache.kib(role),
         )
     }
 
@@ -108,14 +110,14 @@ impl ConnSettings {
         })
     }
 
-    /// Opens a rusqlite connection: keyed, set up, statement cache sized for
-    /// the hot lookups. A one-row read right after the key proves it before
+    /// Opens a rusqlite connection for `role`: keyed, set up, statement
+    /// cache sized for the hot lookups. A one-row read right after the key proves it before
     /// anything could write, so a wrong key is seen with the file untouched.
     ///
     /// `creating` sets `auto_vacuum = INCREMENTAL` before the switch to WAL
     /// writes the first page. Only then: the pragma rewrites the header
     /// even when the value does not change.
-    pub(crate) fn open_rusqlite(&self, creating: bool) -> Result<rusqlite::Connection> {
+    pub(crate) fn open_rusqlite(&self, role: Role, creating: bool) -> Result<rusqlite::Connection> {
         silence_sqlcipher_log();
         let classify = |e| classify(&self.path, self.key.as_ref(), e);
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -126,7 +128,7 @@ impl ConnSettings {
         unsafe { self.apply_key(conn.handle())? };
         conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
             .map_err(classify)?;
-        let mut setup = self.setup_sql();
+        let mut setup = self.setup_sql(role);
         if creating {
             setup.insert_str(0, "PRAGMA auto_vacuum = INCREMENTAL; ");
         }

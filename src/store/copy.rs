@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::ConnSettings;
+use super::page_cache::Role;
 use crate::key::Key;
 use crate::{Error, Result};
 
@@ -33,7 +34,7 @@ pub(crate) fn write_backup(settings: &ConnSettings, path: &Path) -> Result<u64> 
         drop(source);
         // Open it once as a vault connection would: WAL, so that verifying
         // or restoring it later changes nothing in it.
-        let copy = settings.for_path(&tmp).open_rusqlite(false)?;
+        let copy = settings.for_path(&tmp).open_rusqlite(Role::Other, false)?;
         copy.close().map_err(|(_, e)| Error::from(e))?;
         fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
@@ -57,7 +58,7 @@ pub(crate) fn copy_into(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<()> {
     let source = settings.for_path(backup).open_for_check()?;
-    let mut live = settings.open_rusqlite(false)?;
+    let mut live = settings.open_rusqlite(Role::Other, false)?;
     live.execute_batch("PRAGMA locking_mode = EXCLUSIVE;")?;
     live.busy_timeout(Duration::ZERO)?;
     if live.execute_batch("BEGIN EXCLUSIVE; COMMIT;").is_err() {

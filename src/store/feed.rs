@@ -128,7 +128,8 @@ pub(crate) async fn publish(
                 .push_bind(record.kind)
                 .push_bind(record.target);
         });
-        insert.build().execute(&mut *conn).await?;
+        // Not kept prepared: the text changes with the number of rows.
+        insert.build().persistent(false).execute(&mut *conn).await?;
     }
     Ok(())
 }

@@ -33,6 +33,7 @@ mod file;
 mod inspect;
 pub(crate) mod meta;
 mod migrate;
+mod page_cache;
 mod read_only_sql;
 mod readers;
 mod watch;
@@ -51,6 +52,7 @@ pub(crate) use copy::{copy_into, proves_key, rekey, write_backup};
 pub(crate) use file::{FileKind, with_suffix};
 pub use migrate::MigrationStatus;
 pub(crate) use migrate::{Applied, latest_version};
+pub(crate) use page_cache::{PageCache, Role};
 use readers::Readers;
 use writer::HotWriter;
 
@@ -63,7 +65,8 @@ pub(crate) struct OpenSpec<'a> {
     pub(crate) key: &'a KeySource,
     pub(crate) create_if_missing: bool,
     pub(crate) synchronous: Synchronous,
-    pub(crate) cache_bytes: u64,
+    /// The page caches' budget for the whole vault, in bytes.
+    pub(crate) page_cache_budget: u64,
     pub(crate) busy_timeout: std::time::Duration,
     pub(crate) readers: usize,
 }
@@ -83,7 +86,7 @@ impl Store {
         // for another process setting the file up (see `readers`).
         let opening = settings.clone();
         let first = blocking("open", move || {
-            let first = opening.open_rusqlite(created)?;
+            let first = opening.open_rusqlite(Role::HotReader, created)?;
             Applied::read(&first)?.validate()?;
             Ok(first)
         })
@@ -356,7 +359,10 @@ fn settings(spec: &OpenSpec<'_>, create: bool) -> Result<(SharedSettings, bool)>
         path: path.to_owned(),
         key,
         synchronous: spec.synchronous,
-        cache_bytes: spec.cache_bytes,
+        page_cache: PageCache {
+            budget: spec.page_cache_budget,
+            readers: spec.readers.max(1),
+        },
         busy_timeout: spec.busy_timeout,
         as_is: !created && conn::must_open_as_is(path),
     });
@@ -406,7 +412,12 @@ fn pool(settings: &SharedSettings, max: u32, query_only: bool) -> SqlitePool {
                     unsafe { settings.apply_key(handle.as_raw_handle().as_ptr()) }
                         .map_err(|e| sqlx::Error::Configuration(Box::new(e)))?;
                 }
-                let mut setup = settings.setup_sql();
+                let role = if query_only {
+                    Role::Reader
+                } else {
+                    Role::Writer
+                };
+                let mut setup = settings.setup_sql(role);
                 if query_only {
                     setup.push_str(" PRAGMA query_only = ON;");
                 }
@@ -439,6 +450,17 @@ pub(crate) async fn immediate<T>(
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
     }
     result
+}
+
+/// A multi-row statement built for one call, run without sqlx keeping it
+/// prepared: its text changes with the number of rows, and every size kept
+/// in a connection's statement cache would hold its compiled program (tens
+/// of KiB for a few hundred rows, up to the cache's 128 entries) for as long
+/// as the connection lives.
+pub(crate) fn one_off(
+    q: &mut sqlx::QueryBuilder<Sqlite>,
+) -> sqlx::query::Query<'_, Sqlite, sqlx::sqlite::SqliteArguments> {
+    q.build().persistent(false)
 }
 
 /// A closed pool says `PoolClosed`; callers see [`Error::Closed`].

@@ -47,6 +47,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
 use std::time::Duration;
 
 use super::conn::SharedSettings;
+use super::page_cache::Role;
 use super::watch::Header;
 use crate::{Error, Result};
 
@@ -202,10 +203,13 @@ impl Pool {
         }
         let pool = Arc::clone(pool);
         let open = move || {
-            let conn = pool.settings.open_rusqlite(false).and_then(|conn| {
-                conn.execute_batch("PRAGMA query_only = ON;")?;
-                Ok(conn)
-            });
+            let conn = pool
+                .settings
+                .open_rusqlite(Role::HotReader, false)
+                .and_then(|conn| {
+                    conn.execute_batch("PRAGMA query_only = ON;")?;
+                    Ok(conn)
+                });
             match conn {
                 Ok(conn) => pool.add(conn),
                 Err(e) => tracing::warn!(error = %e, "could not open one more hot reader"),

@@ -175,7 +175,7 @@ impl HotWriter {
             // perhaps a wait for another process setting the file up.
             let settings = self.settings.clone();
             let conn = super::conn::blocking("open the hot writer", move || {
-                let conn = settings.open_rusqlite(false)?;
+                let conn = settings.open_rusqlite(super::Role::HotWriter, false)?;
                 conn.busy_timeout(Duration::ZERO)?;
                 Ok(conn)
             })

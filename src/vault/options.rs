@@ -23,6 +23,14 @@ pub const DB_ENV: &str = "STATEVAULT_DB";
 /// The database path used when neither a path nor `STATEVAULT_DB` is given.
 pub const DEFAULT_DB: &str = "statevault.db";
 
+/// The page cache budget of a vault, unless set otherwise: enough to keep
+/// the upper levels of every index and the hot leaves of a small file
+/// decrypted; docs/operations.md says when to raise it.
+const DEFAULT_PAGE_CACHE_BUDGET: u64 = 8 << 20;
+/// The smallest page cache budget: below it each connection would fall back
+/// to the floor of a few pages, whatever the budget said.
+const MIN_PAGE_CACHE_BUDGET: u64 = 1 << 20;
+
 /// How to open a [`Vault`](crate::Vault). Every setting has a default; see each method.
 #[derive(Clone)]
 pub struct VaultOptions {
@@ -32,7 +40,7 @@ pub struct VaultOptions {
     pub(super) migrate: bool,
     pub(super) synchronous: Synchronous,
     pub(super) readers: usize,
-    pub(super) cache_bytes: u64,
+    pub(super) page_cache_budget: u64,
     pub(super) busy_timeout: Duration,
     pub(super) flush_interval: Duration,
     pub(super) sweep_interval: Option<Duration>,
@@ -51,8 +59,8 @@ pub struct VaultOptions {
 impl VaultOptions {
     /// Options for the database at `path`: key from [`KeySource::Auto`],
     /// created (with its key file) if missing, migrated on open,
-    /// `synchronous=NORMAL`, 4 readers, a 64 MiB page cache per connection, a
-    /// 5 s busy timeout, buffered writes flushed every second, the system
+    /// `synchronous=NORMAL`, 4 readers, an 8 MiB page cache budget for the
+    /// whole vault, a 5 s busy timeout, buffered writes flushed every second, the system
     /// clock, and each facet's default configuration.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         VaultOptions {
@@ -62,7 +70,7 @@ impl VaultOptions {
             migrate: true,
             synchronous: Synchronous::Normal,
             readers: 4,
-            cache_bytes: 64 << 20,
+            page_cache_budget: DEFAULT_PAGE_CACHE_BUDGET,
             busy_timeout: Duration::from_secs(5),
             flush_interval: Duration::from_secs(1),
             sweep_interval: Some(Duration::from_secs(3600)),
@@ -132,12 +140,34 @@ impl VaultOptions {
         self
     }
 
-    /// SQLite page cache per connection, in bytes (at least 64 KiB, default
-    /// 64 MiB). SQLCipher decrypts and checks every page it reads from the
-    /// OS, so a cache that holds the working set saves that work.
-    pub fn page_cache_bytes(mut self, bytes: u64) -> Self {
-        self.cache_bytes = bytes;
+    /// The page caches of all the vault's connections together, in bytes
+    /// (at least 1 MiB, default 8 MiB).
+    ///
+    /// SQLCipher decrypts and checks every page it reads from the OS, so a
+    /// cache that holds the working set saves that work; but SQLite gives
+    /// each connection a cache of its own, so the budget is split: a quarter
+    /// for the writer, half among the hot-path readers, the rest for the
+    /// other connections (docs/operations.md has the split and what a vault
+    /// costs in memory). A cache only grows as pages are read: a budget
+    /// above the file's size costs no more than the file. Raise it when
+    /// requests read a larger working set: each hot reader's share (an
+    /// eighth of the budget with 4 readers) should hold the pages that
+    /// requests touch again and again.
+    pub fn page_cache_budget(mut self, bytes: u64) -> Self {
+        self.page_cache_budget = bytes;
         self
+    }
+
+    /// The page cache budget of the whole vault, in bytes: the same as
+    /// [`VaultOptions::page_cache_budget`]. This option once sized each
+    /// connection's cache on its own, so that a vault used up to ten times
+    /// the figure; a value chosen for that now caps the whole vault.
+    #[deprecated(
+        since = "0.1.0",
+        note = "use `page_cache_budget`: the budget is for the whole vault, no longer per connection"
+    )]
+    pub fn page_cache_bytes(self, bytes: u64) -> Self {
+        self.page_cache_budget(bytes)
     }
 
     /// How long to wait for another process's write lock (at most 1 h,
@@ -281,7 +311,7 @@ impl VaultOptions {
             key: &self.key,
             create_if_missing: self.create_if_missing,
             synchronous: self.synchronous,
-            cache_bytes: self.cache_bytes,
+            page_cache_budget: self.page_cache_budget,
             busy_timeout: self.busy_timeout,
             readers: self.readers,
         }
@@ -294,10 +324,10 @@ impl VaultOptions {
                 format!("{} is not in 1..=64", self.readers),
             ));
         }
-        if self.cache_bytes < 64 << 10 {
+        if self.page_cache_budget < MIN_PAGE_CACHE_BUDGET {
             return Err(Error::invalid(
-                "page_cache_bytes",
-                format!("{} is less than 64 KiB", self.cache_bytes),
+                "page_cache_budget",
+                format!("{} is less than 1 MiB", self.page_cache_budget),
             ));
         }
         if self.busy_timeout > Duration::from_secs(3600) {
@@ -342,7 +372,7 @@ impl fmt::Debug for VaultOptions {
             .field("migrate", &self.migrate)
             .field("synchronous", &self.synchronous)
             .field("readers", &self.readers)
-            .field("cache_bytes", &self.cache_bytes)
+            .field("page_cache_budget", &self.page_cache_budget)
             .field("busy_timeout", &self.busy_timeout)
             .field("flush_interval", &self.flush_interval)
             .field("sweep_interval", &self.sweep_interval)
