@@ -171,26 +171,28 @@ impl Vault {
         let audit = self.audit();
         audit
             .durably(conn, batch.durable(), async |conn| {
-                crate::store::immediate(conn, async |tx| {
-                    let mut rows = BTreeMap::new();
-                    let hashes = self.sessions().erase_user(tx, user_id).await?;
-                    rows.insert("sessions".to_owned(), hashes.len() as u64);
-                    rows.insert(
-                        "preferences".to_owned(),
-                        Preferences::erase_user(tx, user_id).await?,
-                    );
-                    let (buckets, violations) = self.limits().erase_subject(tx, user_id).await?;
-                    rows.insert("token_buckets".to_owned(), buckets);
-                    rows.insert("violations".to_owned(), violations);
-                    rows.insert(
-                        "cache_entries".to_owned(),
-                        self.cache().erase_user(tx, user_id).await?,
-                    );
-                    let events = audit.erase_user(tx, batch, user_id, &rows).await?;
-                    rows.insert("audit_events".to_owned(), events);
-                    Ok((rows, hashes))
-                })
-                .await
+                self.store()
+                    .immediate(conn, None, async |tx| {
+                        let mut rows = BTreeMap::new();
+                        let hashes = self.sessions().erase_user(tx, user_id).await?;
+                        rows.insert("sessions".to_owned(), hashes.len() as u64);
+                        rows.insert(
+                            "preferences".to_owned(),
+                            Preferences::erase_user(tx, user_id).await?,
+                        );
+                        let (buckets, violations) =
+                            self.limits().erase_subject(tx, user_id).await?;
+                        rows.insert("token_buckets".to_owned(), buckets);
+                        rows.insert("violations".to_owned(), violations);
+                        rows.insert(
+                            "cache_entries".to_owned(),
+                            self.cache().erase_user(tx, user_id).await?,
+                        );
+                        let events = audit.erase_user(tx, batch, user_id, &rows).await?;
+                        rows.insert("audit_events".to_owned(), events);
+                        Ok((rows, hashes))
+                    })
+                    .await
             })
             .await
     }

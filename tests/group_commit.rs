@@ -8,7 +8,9 @@ mod common;
 use std::path::Path;
 
 use common::{raw_connection, tempdir};
-use statevault::{Error, NewSession, SessionConfig, Vault, WhenFull, WriteCounts};
+use statevault::{
+    AuditEvent, Error, EventKind, NewSession, SessionConfig, Vault, WhenFull, WriteCounts,
+};
 
 async fn open(dir: &Path) -> Vault {
     let mut config = SessionConfig::default();
@@ -106,10 +108,29 @@ async fn a_cancelled_caller_does_not_strand_the_others() {
     vault.close().await.unwrap();
 }
 
+/// 64 callers create and revoke sessions while flushes and durable audit
+/// appends take the write lock between their groups: everything completes,
+/// and everything acknowledged is in the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_callers_at_once_lose_nothing() {
     let dir = tempdir();
     let vault = open(dir.path()).await;
+    let auditor = {
+        let vault = vault.clone();
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                vault
+                    .audit()
+                    .append(AuditEvent::new(EventKind::Auth, "buffered"))?;
+                vault
+                    .audit()
+                    .append_durable(AuditEvent::new(EventKind::Auth, "durable"))
+                    .await?;
+                vault.flush().await?;
+            }
+            Ok::<_, Error>(())
+        })
+    };
     let tasks: Vec<_> = (0..64)
         .map(|t| {
             let vault = vault.clone();
@@ -127,6 +148,7 @@ async fn many_callers_at_once_lose_nothing() {
     for task in tasks {
         task.await.unwrap().unwrap();
     }
+    auditor.await.unwrap().unwrap();
     let WriteCounts { writes, commits } = vault.write_counts();
     assert_eq!(writes, 64 * 10 * 3);
     assert!(commits >= 1 && commits <= writes);

@@ -40,9 +40,12 @@ impl<'a> Sqlite<'a> {
 
 impl AuditBackend for Sqlite<'_> {
     async fn append(&self, events: &[&Content], durable: bool) -> Result<()> {
+        let idle = self.store.idle_hot_writer().await;
         let mut conn = self.store.sqlx_writer_conn().await?;
         durably(self.store, &mut conn, durable, async |conn| {
-            crate::store::immediate(conn, async |tx| append_in(tx, events).await).await
+            self.store
+                .immediate(conn, Some(idle), async |tx| append_in(tx, events).await)
+                .await
         })
         .await
     }

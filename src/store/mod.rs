@@ -54,7 +54,7 @@ pub use migrate::MigrationStatus;
 pub(crate) use migrate::{Applied, latest_version};
 pub(crate) use page_cache::{PageCache, Role};
 use readers::Readers;
-use writer::HotWriter;
+use writer::{Held, HotWriter};
 
 use crate::key::KeySource;
 use crate::{Error, Result};
@@ -199,11 +199,52 @@ impl Store {
     /// IMMEDIATE`): a deferred one that later turns into a write fails with
     /// SQLITE_BUSY at once, whatever the busy timeout, while another process
     /// holds the lock.
+    ///
+    /// The hot writer stays idle while the lock is taken (see
+    /// [`Store::idle_hot_writer`]), so that under a stream of request-path
+    /// writes a flush still gets the lock at once.
     pub(crate) async fn sqlx_transaction(&self) -> Result<Transaction<'static, Sqlite>> {
+        let _idle = self.hot_writer.hold().await;
         self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(closed_or)
+    }
+
+    /// Keeps the hot writer idle until the guard drops, having committed
+    /// what it holds (see [`HotWriter::hold`]): take it before the writer
+    /// connection, and give it to [`Store::immediate`]. Taken in that order
+    /// only (this, then the sqlx writer), so that no task waits for one
+    /// while holding the other the wrong way round.
+    pub(crate) async fn idle_hot_writer(&self) -> Held<'_> {
+        self.hot_writer.hold().await
+    }
+
+    /// Runs `work` in a `BEGIN IMMEDIATE` transaction on a writer
+    /// connection the caller holds (for work that sets a connection pragma
+    /// around its transaction): committed if it succeeds, rolled back if it
+    /// or the commit fails. `idle` (from [`Store::idle_hot_writer`], taken
+    /// before `conn`) is released once the lock is taken.
+    pub(crate) async fn immediate<T>(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        idle: Option<Held<'_>>,
+        work: impl AsyncFnOnce(&mut sqlx::SqliteConnection) -> Result<T>,
+    ) -> Result<T> {
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        drop(idle);
+        let result = match work(&mut *conn).await {
+            Ok(value) => sqlx::query("COMMIT")
+                .execute(&mut *conn)
+                .await
+                .map(|_| value)
+                .map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        }
+        result
     }
 
     /// The writer pool (one connection), for a single statement that runs
@@ -428,28 +469,6 @@ fn pool(settings: &SharedSettings, max: u32, query_only: bool) -> SqlitePool {
             })
         })
         .connect_lazy_with(options)
-}
-
-/// Runs `work` in a `BEGIN IMMEDIATE` transaction on a connection the caller
-/// holds (for work that sets a connection pragma around its transaction):
-/// committed if it succeeds, rolled back if it or the commit fails.
-pub(crate) async fn immediate<T>(
-    conn: &mut sqlx::SqliteConnection,
-    work: impl AsyncFnOnce(&mut sqlx::SqliteConnection) -> Result<T>,
-) -> Result<T> {
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    let result = match work(&mut *conn).await {
-        Ok(value) => sqlx::query("COMMIT")
-            .execute(&mut *conn)
-            .await
-            .map(|_| value)
-            .map_err(Error::from),
-        Err(e) => Err(e),
-    };
-    if result.is_err() {
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-    }
-    result
 }
 
 /// A multi-row statement built for one call, run without sqlx keeping it

@@ -162,6 +162,20 @@ impl HotWriter {
         member.committed().await.map(|()| value)
     }
 
+    /// Commits what is open and keeps the hot writer idle until the returned
+    /// guard drops: for the sqlx writer to take the write lock meanwhile.
+    /// Without it, under a steady stream of hot writes the sqlx writer would
+    /// wait in SQLite's busy handler, whose pauses grow to 100 ms, and
+    /// rarely find the lock free; with it, the hot writer is the one that
+    /// waits, in its short pauses (see the module docs).
+    pub(crate) async fn hold(&self) -> Held<'_> {
+        let arriving = Arriving::new(self);
+        let mut turn = self.turn.lock().await;
+        arriving.arrived();
+        self.commit(&mut turn);
+        Held { _turn: turn }
+    }
+
     /// Waits for the turn, opening the connection on first use.
     async fn take_turn(&self) -> Result<MutexGuard<'_, Turn>> {
         let arriving = Arriving::new(self);
@@ -328,6 +342,11 @@ impl HotWriter {
             let _ = conn.close();
         }
     }
+}
+
+/// The hot writer kept idle (see [`HotWriter::hold`]).
+pub(crate) struct Held<'w> {
+    _turn: MutexGuard<'w, Turn>,
 }
 
 /// A caller waiting for the turn; counted in `arriving` until it has it or
