@@ -14,6 +14,7 @@ mod limits;
 mod metrics;
 mod open;
 mod report;
+mod rss;
 mod sessions;
 mod sweep;
 
@@ -94,7 +95,11 @@ pub async fn measure(settings: &Settings) -> Result<Report> {
     let mut workloads = serde_json::Map::new();
     for name in WORKLOADS.into_iter().filter(|&n| n != "open") {
         if settings.selected(name) {
-            let figures = throughput(name, dir.path(), settings).await?;
+            rss::reset_peak(None);
+            let mut figures = throughput(name, dir.path(), settings).await?;
+            if let (Some(m), Some(mib)) = (figures.as_object_mut(), rss::peak_mib(None)) {
+                m.insert("peak_rss_mib".into(), mib.into());
+            }
             workloads.insert(name.into(), figures);
         }
     }
