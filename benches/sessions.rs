@@ -16,11 +16,14 @@ use statevault::{Clock, NewSession, SessionConfig, SystemClock, Timestamp, Vault
 mod common;
 use common::raw;
 
+/// Rows by token hash: (session id, expiry in ms).
+type Shard = lru::LruCache<[u8; 32], std::sync::Arc<(String, i64)>>;
+
 /// What the vault's memory does per validation, done directly: hash the
 /// token, look it up in one of 16 mutex-guarded `lru` shards, check the
 /// row's expiry against the clock, record the touch by session id.
 struct MemoryMap {
-    shards: Vec<Mutex<lru::LruCache<[u8; 32], std::sync::Arc<(String, i64)>>>>,
+    shards: Vec<Mutex<Shard>>,
     touches: Mutex<HashMap<String, i64>>,
 }
 

@@ -34,7 +34,7 @@ pub fn json_value(i: usize) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-fn keys(n: usize) -> Result<Vec<CacheKey>> {
+pub(crate) fn keys(n: usize) -> Result<Vec<CacheKey>> {
     (0..n)
         .map(|i| {
             CacheKey::derive(
@@ -260,14 +260,7 @@ pub async fn l2_get(dir: &Path, quick: bool) -> Result<Value> {
         })
         .await?;
         limit += rate(round, &walk, async |i| {
-            let mut stmt =
-                conn.prepare_cached("SELECT value, size FROM cache_entries WHERE key = ?1")?;
-            let value = stmt.query_row([keys[i].as_str()], |row| {
-                let size: i64 = row.get(1)?;
-                let blob = row.get_ref(0)?.as_blob()?;
-                Ok(zstd.decompress(blob, size as usize).ok())
-            })?;
-            black_box(value.ok_or(Error::Closed)?);
+            black_box(point_read(&conn, &mut zstd, &keys[i])?);
             Ok(())
         })
         .await?;
@@ -367,8 +360,23 @@ pub async fn set(dir: &Path, quick: bool) -> Result<Value> {
     Ok(Value::Object(m))
 }
 
+/// An L2 get done directly: the row's value by key, decompressed.
+pub(crate) fn point_read(
+    conn: &rusqlite::Connection,
+    zstd: &mut zstd::bulk::Decompressor<'_>,
+    key: &CacheKey,
+) -> Result<Vec<u8>> {
+    let mut stmt = conn.prepare_cached("SELECT value, size FROM cache_entries WHERE key = ?1")?;
+    let value = stmt.query_row([key.as_str()], |row| {
+        let size: i64 = row.get(1)?;
+        let blob = row.get_ref(0)?.as_blob()?;
+        Ok(zstd.decompress(blob, size as usize))
+    })?;
+    value.map_err(zstd_error)
+}
+
 /// zstd with the vault's own settings: level 3, literals without Huffman coding.
-fn compressor() -> Result<zstd::bulk::Compressor<'static>> {
+pub(crate) fn compressor() -> Result<zstd::bulk::Compressor<'static>> {
     let mut zstd = zstd::bulk::Compressor::new(3).map_err(zstd_error)?;
     zstd.set_parameter(zstd::zstd_safe::CParameter::LiteralCompressionMode(
         zstd::zstd_safe::ParamSwitch::Disable,

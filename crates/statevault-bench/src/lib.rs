@@ -9,6 +9,7 @@
 
 mod audit;
 mod cache;
+mod concurrency;
 mod harness;
 mod limits;
 mod metrics;
@@ -22,6 +23,7 @@ use std::path::Path;
 
 use statevault::{Error, Result, Vault};
 
+pub use concurrency::WORKLOADS as CONCURRENCY_WORKLOADS;
 use harness::Budget;
 pub use report::Report;
 
@@ -50,8 +52,12 @@ pub struct Settings {
     pub plain: bool,
     /// Expired sessions for `sweep_expired` (default 200 000; 20 000 when quick).
     pub sweep_rows: Option<u64>,
-    /// Only these workloads ([`WORKLOADS`] names); all when empty.
+    /// Only these workloads ([`WORKLOADS`] names, or with `concurrency`,
+    /// [`CONCURRENCY_WORKLOADS`] names); all when empty.
     pub only: Vec<String>,
+    /// Levels of concurrent callers: when not empty, the run measures the
+    /// concurrency report at each level instead of the standard workloads.
+    pub concurrency: Vec<usize>,
 }
 
 impl Settings {
@@ -63,17 +69,28 @@ impl Settings {
 /// Runs the selected workloads in a temporary directory and reports them.
 /// A name in `only` that is no workload is refused before anything runs.
 pub async fn measure(settings: &Settings) -> Result<Report> {
-    if let Some(name) = settings
-        .only
-        .iter()
-        .find(|n| !WORKLOADS.contains(&n.as_str()))
-    {
+    let known: &[&str] = if settings.concurrency.is_empty() {
+        &WORKLOADS
+    } else {
+        &CONCURRENCY_WORKLOADS
+    };
+    if let Some(name) = settings.only.iter().find(|n| !known.contains(&n.as_str())) {
         return Err(Error::InvalidInput {
             what: "bench --only",
             reason: format!(
                 "no workload {name:?}; the workloads are {}",
-                WORKLOADS.join(", ")
+                known.join(", ")
             ),
+        });
+    }
+    if let Some(&n) = settings
+        .concurrency
+        .iter()
+        .find(|&&n| !(1..=1024).contains(&n))
+    {
+        return Err(Error::InvalidInput {
+            what: "bench --concurrency",
+            reason: format!("{n} callers is not in 1..=1024"),
         });
     }
     let dir = tempfile::tempdir().map_err(|e| Error::Io {
@@ -85,6 +102,21 @@ pub async fn measure(settings: &Settings) -> Result<Report> {
     let vault = Vault::open(harness::options(&raw_path)).await?;
     let sqlcipher = vault.info().await?.cipher_version.unwrap_or_default();
     vault.close().await?;
+    let machine = report::Machine::this(sqlcipher);
+    if !settings.concurrency.is_empty() {
+        let plan = concurrency::Plan {
+            levels: &settings.concurrency,
+            quick: settings.quick,
+            only: &settings.only,
+        };
+        return Ok(Report {
+            open: None,
+            encrypted: !settings.plain,
+            workloads: serde_json::Map::new(),
+            concurrency: Some(concurrency::measure(dir.path(), &plan).await?),
+            machine,
+        });
+    }
     let open = if settings.selected("open") {
         let runs = if settings.quick { 5 } else { 25 };
         let pass_path = dir.path().join("passphrase.db");
@@ -107,7 +139,8 @@ pub async fn measure(settings: &Settings) -> Result<Report> {
         open,
         encrypted: !settings.plain,
         workloads,
-        machine: report::Machine::this(sqlcipher),
+        concurrency: None,
+        machine,
     })
 }
 

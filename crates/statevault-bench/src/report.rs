@@ -12,7 +12,11 @@ pub struct Report {
     /// Whether the files were encrypted (false under `--plain`).
     pub(crate) encrypted: bool,
     /// Throughput workloads, by name (SPEC §7), each as ops/s with its limit.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub(crate) workloads: serde_json::Map<String, Value>,
+    /// The concurrency report (`--concurrency`), instead of the workloads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) concurrency: Option<crate::concurrency::Concurrency>,
     pub(crate) machine: Machine,
 }
 
@@ -79,6 +83,10 @@ impl Report {
                 "open (passphrase)     {:>8.2} ms   (medians of {} opens)",
                 o.open_ms_passphrase, o.runs
             ));
+        }
+        if let Some(concurrency) = &self.concurrency {
+            lines.extend(concurrency.lines());
+            return lines;
         }
         lines.push(String::new());
         lines.push(format!(

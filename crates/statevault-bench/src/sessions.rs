@@ -117,7 +117,7 @@ const FILE_WORK: &str = "rusqlite: SHA-256 of the token, then SELECT of the same
                          by the token-hash index, one reader, 64 MiB page cache";
 
 /// The columns the vault reads to validate a session.
-const ROW_COLUMNS: &str = "id, user_id, org_id, device_fingerprint, csrf_hash, data, client_meta, \
+pub(crate) const ROW_COLUMNS: &str = "id, user_id, org_id, device_fingerprint, csrf_hash, data, client_meta, \
                            created_at, last_seen_at, idle_timeout_secs, expires_at, rotation_due_at, \
                            revoked_at, revoked_reason";
 
