@@ -108,6 +108,72 @@ fn owned(args: &[&str]) -> Vec<String> {
     args.iter().map(|&a| a.to_owned()).collect()
 }
 
+/// The 1 KiB JSON value the cache roles set.
+fn value() -> String {
+    String::from_utf8_lossy(&crate::cache::json_value(0)).into_owned()
+}
+
+/// The command each request of workload `name`'s role sends.
+fn command(name: &str, script: &str) -> Vec<String> {
+    let hex = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+    let at = "2026-11-29T08:00:00.000Z";
+    match name {
+        "session_create" => session_hash(),
+        "session_rotate" => owned(&[
+            "HSET",
+            "session:__rand_int__",
+            "token_hash",
+            hex,
+            "csrf_hash",
+            hex,
+            "rotation_due_at",
+            at,
+        ]),
+        "session_revoke" => owned(&[
+            "HSET",
+            "session:__rand_int__",
+            "revoked_at",
+            at,
+            "revoked_reason",
+            "revoked",
+        ]),
+        "session_validate" => owned(&["HGETALL", "session:__rand_int__"]),
+        "ratelimit_check_strict" | "ratelimit_check_shared" => {
+            let rate = (crate::limits::PLENTY / 3_600_000.0).to_string();
+            let cap = crate::limits::PLENTY.to_string();
+            owned(&[
+                "EVALSHA",
+                script,
+                "1",
+                "bucket:user-__rand_int__",
+                &rate,
+                &cap,
+                "1",
+            ])
+        }
+        "audit_append_durable" => owned(&[
+            "XADD",
+            "audit",
+            "*",
+            "kind",
+            "api_call",
+            "action",
+            "search",
+            "user_id",
+            "user-__rand_int__",
+            "resource_type",
+            "query",
+            "resource_id",
+            "__rand_int__",
+            "details",
+            "{\"status\":200,\"ms\":12}",
+        ]),
+        "prefs_patch" => owned(&["HSET", "prefs:user-__rand_int__", "audio_quality", "LOW"]),
+        "cache_l2_get" => owned(&["GET", "cache:__rand_int__"]),
+        _ => owned(&["SET", "cache:__rand_int__", &value()]),
+    }
+}
+
 /// A workload's Redis role.
 pub struct Role {
     /// The command each request sends (`__rand_int__` is redis-benchmark's
@@ -124,105 +190,23 @@ pub struct Role {
 impl Role {
     /// Workload `name`'s role; `script` is the token bucket's SHA-1.
     pub fn of(name: &str, script: &str) -> Role {
-        let value = String::from_utf8_lossy(&crate::cache::json_value(0)).into_owned();
-        let hex = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
-        let at = "2026-11-29T08:00:00.000Z";
-        let (command, keyspace, populate, durable) = match name {
-            "session_create" => (session_hash(), 100_000_000, None, true),
-            "session_rotate" => (
-                owned(&[
-                    "HSET",
-                    "session:__rand_int__",
-                    "token_hash",
-                    hex,
-                    "csrf_hash",
-                    hex,
-                    "rotation_due_at",
-                    at,
-                ]),
-                10_000,
-                Some(session_hash()),
-                true,
-            ),
-            "session_revoke" => (
-                owned(&[
-                    "HSET",
-                    "session:__rand_int__",
-                    "revoked_at",
-                    at,
-                    "revoked_reason",
-                    "revoked",
-                ]),
-                10_000,
-                Some(session_hash()),
-                true,
-            ),
-            "session_validate" => (
-                owned(&["HGETALL", "session:__rand_int__"]),
-                1_000,
-                Some(session_hash()),
-                false,
-            ),
-            "ratelimit_check_strict" | "ratelimit_check_shared" => {
-                let rate = (crate::limits::PLENTY / 3_600_000.0).to_string();
-                let cap = crate::limits::PLENTY.to_string();
-                let args = [
-                    "EVALSHA",
-                    script,
-                    "1",
-                    "bucket:user-__rand_int__",
-                    &rate,
-                    &cap,
-                    "1",
-                ];
-                (owned(&args), 1_000, None, true)
-            }
-            "audit_append_durable" => (
-                owned(&[
-                    "XADD",
-                    "audit",
-                    "*",
-                    "kind",
-                    "api_call",
-                    "action",
-                    "search",
-                    "user_id",
-                    "user-__rand_int__",
-                    "resource_type",
-                    "query",
-                    "resource_id",
-                    "__rand_int__",
-                    "details",
-                    "{\"status\":200,\"ms\":12}",
-                ]),
-                100,
-                None,
-                true,
-            ),
-            "prefs_patch" => (
-                owned(&["HSET", "prefs:user-__rand_int__", "audio_quality", "LOW"]),
-                1_000,
-                None,
-                true,
-            ),
+        let (keyspace, populate) = match name {
+            "session_create" => (100_000_000, None),
+            "session_rotate" | "session_revoke" => (10_000, Some(session_hash())),
+            "session_validate" => (1_000, Some(session_hash())),
+            "audit_append_durable" => (100, None),
             "cache_l2_get" => (
-                owned(&["GET", "cache:__rand_int__"]),
                 10_000,
-                Some(owned(&["SET", "cache:__rand_int__", &value])),
-                false,
+                Some(owned(&["SET", "cache:__rand_int__", &value()])),
             ),
-            _ => (
-                owned(&["SET", "cache:__rand_int__", &value]),
-                10_000,
-                None,
-                false,
-            ),
+            "cache_set" => (10_000, None),
+            _ => (1_000, None),
         };
         Role {
-            command,
+            command: command(name, script),
             keyspace,
             populate,
-            durable,
+            durable: !matches!(name, "session_validate" | "cache_l2_get" | "cache_set"),
         }
     }
 
