@@ -5,7 +5,7 @@ the same suite over plain files (SQLCipher's cost), and the peers users
 would otherwise run (benches/peers.py: diskcache, Redis). Prints a Markdown
 table for the README and writes the raw JSON beside it.
 
-    cargo build --release && python3 benches/compare.py [--quick] [--out DIR]
+    cargo build --release -p statevault-bench && python3 benches/compare.py [--quick] [--out DIR]
 """
 
 import argparse
@@ -17,7 +17,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BIN = os.path.join(HERE, "..", "target", "release", "statevault")
+BIN = os.path.join(HERE, "..", "target", "release", "statevault-bench")
 
 # Which peer figures each workload (or variant) is compared with
 # (microseconds per op): a peer sits beside the statevault figure that has
@@ -55,8 +55,8 @@ def main():
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     quick = ["--quick"] if args.quick else []
-    encrypted = run_json([BIN, "bench", "--json", *quick])
-    plain = run_json([BIN, "bench", "--json", "--plain", *quick])
+    encrypted = run_json([BIN, "--json", *quick])
+    plain = run_json([BIN, "--json", "--plain", *quick])
     peers = run_json([sys.executable, os.path.join(HERE, "peers.py"), "--seconds", "1" if args.quick else "3"])
     for name, data in (("encrypted", encrypted), ("plain", plain), ("peers", peers)):
         with open(os.path.join(args.out, f"{name}.json"), "w") as f:
