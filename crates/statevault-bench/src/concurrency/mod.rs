@@ -117,39 +117,37 @@ impl Plan<'_> {
     }
 }
 
+/// The flags of the two Redis servers: memory only, and durable.
+const MEMORY: &str = "--appendonly no";
+const DURABLE: &str = "--appendonly yes --appendfsync always";
+
 /// Runs the plan's workloads at each level, in `dir`.
 pub async fn measure(dir: &Path, plan: &Plan<'_>) -> Result<Concurrency> {
-    let memory = Server::start("--appendonly no");
-    let durable = Server::start("--appendonly yes --appendfsync always");
-    for server in [&memory, &durable] {
-        if let Err(why) = server {
-            eprintln!("*** SKIPPED: the Redis columns: {why} ***");
-        }
-    }
-    let script = match &memory {
-        Ok(server) => server.call(&["SCRIPT", "LOAD", redis::TOKEN_BUCKET]).ok(),
-        Err(_) => None,
-    };
-    if let Ok(server) = &durable {
-        server
-            .call(&["SCRIPT", "LOAD", redis::TOKEN_BUCKET])
-            .map_err(|source| statevault::Error::Io {
-                path: "redis-server".into(),
-                source,
-            })?;
-    }
+    let mut version = None;
+    let mut skipped = [None, None];
     let mut workloads = serde_json::Map::new();
     for name in WORKLOADS {
         if !plan.only.is_empty() && !plan.only.iter().any(|n| n == name) {
             continue;
         }
-        let role = Role::of(name, script.as_deref().unwrap_or(""));
-        let workload = workload(name, dir, plan, &role, (&memory, &durable)).await?;
+        // Fresh servers for each workload, so that each peak RSS is its own.
+        let servers = [Server::start(MEMORY), Server::start(DURABLE)];
+        for (server, skip) in servers.iter().zip(&mut skipped) {
+            if let (Err(why), None) = (server, &skip) {
+                eprintln!("*** SKIPPED: the Redis columns: {why} ***");
+                *skip = Some(why.clone());
+            }
+        }
+        let [memory, durable] = &servers;
+        version = version.or_else(|| memory.as_ref().ok().map(Server::version));
+        let script = servers.iter().flatten().next().map(|s| s.script.as_str());
+        let role = Role::of(name, script.unwrap_or(""));
+        let workload = workload(name, dir, plan, &role, (memory, durable)).await?;
         workloads.insert(name.into(), serde_json::to_value(workload)?);
     }
-    let setup = |server: &std::result::Result<Server, String>| match server {
-        Ok(s) => format!("redis-server --save '' {}, loopback", s.persistence),
-        Err(why) => format!("skipped: {why}"),
+    let setup = |flags: &str, skipped: &Option<String>| match skipped {
+        None => format!("redis-server --save '' {flags}, loopback, one per workload"),
+        Some(why) => format!("skipped: {why}"),
     };
     Ok(Concurrency {
         levels: plan.levels.to_vec(),
@@ -160,9 +158,9 @@ pub async fn measure(dir: &Path, plan: &Plan<'_>) -> Result<Concurrency> {
         ),
         rusqlite: "N OS threads, a connection each, one transaction per call (BEGIN IMMEDIATE for writes)",
         redis: RedisSetup {
-            version: memory.as_ref().ok().map(Server::version),
-            server: setup(&memory),
-            durable_server: setup(&durable),
+            version,
+            server: setup(MEMORY, &skipped[0]),
+            durable_server: setup(DURABLE, &skipped[1]),
             client: "redis-benchmark -c N (one process, N connections), the command line per workload",
         },
         workloads,

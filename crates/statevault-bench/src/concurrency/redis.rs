@@ -56,13 +56,14 @@ pub struct Server {
     port: u16,
     /// Where an append-only file goes; removed with the server.
     _dir: tempfile::TempDir,
-    /// The persistence flags it runs with, for the report.
-    pub persistence: &'static str,
+    /// The SHA-1 of [`TOKEN_BUCKET`], loaded when the server started.
+    pub script: String,
 }
 
 impl Server {
-    /// Starts a server with `persistence` flags, or says why it cannot.
-    pub fn start(persistence: &'static str) -> std::result::Result<Server, String> {
+    /// Starts a server with `persistence` flags and loads the token
+    /// bucket, or says why it cannot.
+    pub fn start(persistence: &str) -> std::result::Result<Server, String> {
         for tool in ["redis-server", "redis-benchmark"] {
             if !on_path(tool) {
                 return Err(format!(
@@ -91,13 +92,16 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start redis-server: {e}"))?;
-        let server = Server {
+        let mut server = Server {
             child,
             port,
             _dir: dir,
-            persistence,
+            script: String::new(),
         };
         server.wait_ready()?;
+        server.script = server
+            .call(&["SCRIPT", "LOAD", TOKEN_BUCKET])
+            .map_err(|e| format!("cannot load the token bucket: {e}"))?;
         Ok(server)
     }
 
