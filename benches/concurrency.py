@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""The concurrency tables of docs/performance.md, run by hand (not in CI):
+"""The concurrency table of docs/performance.md, run by hand (not in CI):
 `statevault-bench --concurrency LEVELS --json`, printed as one Markdown table
-per workload (statevault, rusqlite and Redis side by side at each level),
-with the raw JSON written beside it.
+(a row per workload and level; statevault, rusqlite and Redis side by side),
+then what each side's call does, with the raw JSON written beside it.
 
     cargo build --release -p statevault-bench && python3 benches/concurrency.py [--levels 1,8,64] [--only NAMES] [--out DIR]
 """
@@ -27,8 +27,24 @@ def cell(figures):
     if "skipped" in figures:
         return f"skipped: {figures['skipped']}"
     rss = figures.get("peak_rss_mib")
-    return (f"{figures['ops_per_sec']:,.0f}/s; {figures['p50_us']:,.0f} / {figures['p99_us']:,.0f} µs; "
+    p50 = figures["p50_us"]
+    return (f"{figures['ops_per_sec']:,.0f}/s · {p50:,.{1 if p50 < 10 else 0}f} / {figures['p99_us']:,.0f} µs · "
             f"{'—' if rss is None else f'{rss:.0f}'} MiB")
+
+
+def run(args):
+    """Runs the bench and writes its JSON to args.out."""
+    cmd = [BIN, "--json", "--concurrency", args.levels]
+    if args.only:
+        cmd += ["--only", args.only]
+    if args.quick:
+        cmd.append("--quick")
+    print("$", " ".join(cmd), file=sys.stderr, flush=True)
+    report = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "concurrency.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    return report
 
 
 def main():
@@ -37,38 +53,37 @@ def main():
     parser.add_argument("--only", help="comma-separated workloads (all when absent)")
     parser.add_argument("--quick", action="store_true", help="short runs, noisier figures")
     parser.add_argument("--out", default="target/compare", help="where the raw JSON goes")
+    parser.add_argument("--from", dest="source", help="print the tables of this JSON instead of running")
     args = parser.parse_args()
-    cmd = [BIN, "--json", "--concurrency", args.levels]
-    if args.only:
-        cmd += ["--only", args.only]
-    if args.quick:
-        cmd.append("--quick")
-    print("$", " ".join(cmd), file=sys.stderr, flush=True)
     load_before = os.getloadavg()[0]
-    report = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "concurrency.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    if args.source:
+        with open(args.source) as f:
+            report = json.load(f)
+    else:
+        report = run(args)
+
 
     m, c = report["machine"], report["concurrency"]
-    print(f"Machine: {m['cpu']} ({m['cores']} cores), {m['os']}, SQLCipher {m['sqlcipher']}; "
-          f"{time.strftime('%Y-%m-%d %H:%M')}; load average {load_before:.1f} before, "
-          f"{os.getloadavg()[0]:.1f} after; `python3 benches/concurrency.py --levels {args.levels}`; "
-          f"{c['seconds_per_figure']} s per figure.\n")
+    when = (f"tables of {args.source}" if args.source else
+            f"{time.strftime('%Y-%m-%d %H:%M')}; load average {load_before:.1f} before, "
+            f"{os.getloadavg()[0]:.1f} after")
+    print(f"Machine: {m['cpu']} ({m['cores']} cores), {m['os']}, SQLCipher {m['sqlcipher']}; {when}; "
+          f"`python3 benches/concurrency.py --levels {args.levels}`; {c['seconds_per_figure']} s per figure.\n")
     print(f"- statevault: {c['statevault']}")
     print(f"- rusqlite: {c['rusqlite']}")
     r = c["redis"]
     print(f"- Redis {r.get('version') or ''}: {r['server']}; durable: {r['durable_server']}; {r['client']}\n")
-    print("Each cell: ops/s; p50 / p99 latency of one call; peak RSS of the process doing the work.\n")
+    print("Each cell: ops/s; p50 / p99 latency of one call; peak RSS of the process doing the work "
+          "(the bench's for statevault and rusqlite, the server's for Redis).\n")
+    print("| workload | callers | " + " | ".join(title for _, title in SIDES) + " |")
+    print("| --- | --- |" + " --- |" * len(SIDES))
     for name, w in c["workloads"].items():
-        sides = [(key, title) for key, title in SIDES if key != "redis_durable" or w["redis_durable"]]
-        print(f"#### `{name}`\n")
-        print("| callers | " + " | ".join(title for _, title in sides) + " |")
-        print("| --- |" + " --- |" * len(sides))
         for level in w["levels"]:
-            print(f"| {level['callers']} | " + " | ".join(cell(level.get(key)) for key, _ in sides) + " |")
-        print(f"\n- statevault: {w['statevault']}\n- rusqlite: {w['rusqlite']}\n- Redis: `{w['redis']}`\n")
-
+            print(f"| `{name}` | {level['callers']} | " + " | ".join(cell(level.get(key)) for key, _ in SIDES) + " |")
+    print("\nWhat one call does on each side:\n")
+    for name, w in c["workloads"].items():
+        print(f"- `{name}`: statevault: {w['statevault']}; rusqlite: {w['rusqlite']}; Redis: `{w['redis']}`"
+              + (" (also against the fsync-always server)" if w["redis_durable"] else ""))
 
 if __name__ == "__main__":
     main()
