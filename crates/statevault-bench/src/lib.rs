@@ -64,35 +64,38 @@ impl Settings {
     fn selected(&self, name: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|n| n == name)
     }
+
+    /// Refuses a name in `only` that is no workload of this run, and a
+    /// level of concurrency out of 1..=1024.
+    fn check(&self) -> Result<()> {
+        let known: &[&str] = if self.concurrency.is_empty() {
+            &WORKLOADS
+        } else {
+            &CONCURRENCY_WORKLOADS
+        };
+        if let Some(name) = self.only.iter().find(|n| !known.contains(&n.as_str())) {
+            return Err(Error::InvalidInput {
+                what: "bench --only",
+                reason: format!(
+                    "no workload {name:?}; the workloads are {}",
+                    known.join(", ")
+                ),
+            });
+        }
+        if let Some(&n) = self.concurrency.iter().find(|&&n| !(1..=1024).contains(&n)) {
+            return Err(Error::InvalidInput {
+                what: "bench --concurrency",
+                reason: format!("{n} callers is not in 1..=1024"),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Runs the selected workloads in a temporary directory and reports them.
 /// A name in `only` that is no workload is refused before anything runs.
 pub async fn measure(settings: &Settings) -> Result<Report> {
-    let known: &[&str] = if settings.concurrency.is_empty() {
-        &WORKLOADS
-    } else {
-        &CONCURRENCY_WORKLOADS
-    };
-    if let Some(name) = settings.only.iter().find(|n| !known.contains(&n.as_str())) {
-        return Err(Error::InvalidInput {
-            what: "bench --only",
-            reason: format!(
-                "no workload {name:?}; the workloads are {}",
-                known.join(", ")
-            ),
-        });
-    }
-    if let Some(&n) = settings
-        .concurrency
-        .iter()
-        .find(|&&n| !(1..=1024).contains(&n))
-    {
-        return Err(Error::InvalidInput {
-            what: "bench --concurrency",
-            reason: format!("{n} callers is not in 1..=1024"),
-        });
-    }
+    settings.check()?;
     let dir = tempfile::tempdir().map_err(|e| Error::Io {
         path: std::env::temp_dir(),
         source: e,
