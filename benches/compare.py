@@ -5,7 +5,7 @@ the same suite over plain files (SQLCipher's cost), and the peers users
 would otherwise run (benches/peers.py: diskcache, Redis). Prints a Markdown
 table for the README and writes the raw JSON beside it.
 
-    cargo build --release && python3 benches/compare.py [--quick] [--out DIR]
+    cargo build --release -p statevault-bench && python3 benches/compare.py [--quick] [--out DIR]
 """
 
 import argparse
@@ -17,16 +17,30 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BIN = os.path.join(HERE, "..", "target", "release", "statevault")
+BIN = os.path.join(HERE, "..", "target", "release", "statevault-bench")
 
-# Which peer figure each workload is compared with (microseconds per op).
+# Which peer figures each workload (or variant) is compared with
+# (microseconds per op): a peer sits beside the statevault figure that has
+# done the same when the call returns. A write-behind set (buffered, written
+# by a later flush) beside Redis keeping it in memory; a set committed before
+# it returns beside diskcache (which commits every set) and Redis writing its
+# append-only file before replying.
 PEERS = {
     "cache_l2_get": ["diskcache_get", "redis_get"],
     "cache_l1_get": ["diskcache_get", "redis_get"],
-    "cache_set": ["diskcache_set", "redis_set"],
+    "cache_set": ["redis_set"],
+    "cache_set (each committed)": ["diskcache_set", "redis_set_aof"],
     "ratelimit_check": ["redis_token_bucket"],
     "ratelimit_check_shared": ["redis_token_bucket"],
 }
+
+
+def rows(workloads):
+    """(name, figures) of every workload, then of each of its variants."""
+    for name, w in workloads.items():
+        yield name, w
+        for how, v in w.get("variants", {}).items():
+            yield f"{name} ({how})", v
 
 
 def run_json(cmd):
@@ -41,8 +55,8 @@ def main():
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     quick = ["--quick"] if args.quick else []
-    encrypted = run_json([BIN, "bench", "--json", *quick])
-    plain = run_json([BIN, "bench", "--json", "--plain", *quick])
+    encrypted = run_json([BIN, "--json", *quick])
+    plain = run_json([BIN, "--json", "--plain", *quick])
     peers = run_json([sys.executable, os.path.join(HERE, "peers.py"), "--seconds", "1" if args.quick else "3"])
     for name, data in (("encrypted", encrypted), ("plain", plain), ("peers", peers)):
         with open(os.path.join(args.out, f"{name}.json"), "w") as f:
@@ -54,11 +68,13 @@ def main():
           f"`python3 benches/compare.py{' --quick' if args.quick else ''}`.\n")
     print(f"open: {encrypted['open_ms']:.2f} ms (rusqlite {encrypted['open_ms_rusqlite']:.2f} ms, "
           f"ratio {encrypted['open_ratio']:.2f}); plain file {plain['open_ms']:.2f} ms\n")
-    print("| workload | statevault ops/s | limit ops/s (same run) | ratio | plain-file ops/s | encrypted / plain | peers (µs per op) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| workload | statevault ops/s | limit ops/s (same run) | ratio | peak RSS MiB | plain-file ops/s "
+          "| encrypted / plain | peers (µs per op) | the limit's work |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     slowdowns = []
-    for name, w in encrypted["workloads"].items():
-        p = plain["workloads"].get(name, {})
+    plain_rows = dict(rows(plain["workloads"]))
+    for name, w in rows(encrypted["workloads"]):
+        p = plain_rows.get(name, {})
         ours, limit = w["ops_per_sec"], w["baseline_ops_per_sec"]
         relative = ours / p["ops_per_sec"] if p.get("ops_per_sec") else None
         if relative:
@@ -68,8 +84,10 @@ def main():
             fig = peers.get(peer, {})
             if "us_per_op" in fig:
                 peer_text.append(f"{peer} {fig['us_per_op']:.1f} (ours {1e6 / ours:.2f})")
-        print(f"| `{name}` | {ours:,.0f} | {limit:,.0f} | {w['ratio']:.2f} | "
-              f"{p.get('ops_per_sec', 0):,.0f} | {relative:.2f} | {'; '.join(peer_text) or '—'} |")
+        rss = w.get("peak_rss_mib", encrypted["workloads"].get(name.split(" ")[0], {}).get("peak_rss_mib"))
+        print(f"| `{name}` | {ours:,.0f} | {limit:,.0f} | {w['ratio']:.2f} | {rss or '—'} | "
+              f"{p.get('ops_per_sec', 0):,.0f} | {relative or 0:.2f} | {'; '.join(peer_text) or '—'} "
+              f"| {w.get('baseline', '')} |")
     if slowdowns:
         geo = 1.0
         for s in slowdowns:

@@ -3,6 +3,16 @@
 (get/set) and Redis on loopback (GET/SET and a token-bucket Lua script), one
 client, values of about 1 KiB like `statevault bench`'s cache values.
 
+Sets are measured by what a set has done when it returns, to sit beside the
+statevault set that does the same:
+- `diskcache_set`: committed to its SQLite file (WAL, synchronous=NORMAL,
+  diskcache's defaults), like a statevault set followed by a flush;
+- `redis_set`: in the server's memory only (`--save '' --appendonly no`),
+  like statevault's write-behind set;
+- `redis_set_aof`: also written to the append-only file before the reply
+  (`--appendonly yes --appendfsync everysec`: written, fsynced each second),
+  the committed-per-call peer.
+
 Run by hand (not in CI): `python3 benches/peers.py [--seconds S]`, with
 `pip install diskcache redis` and Debian's `redis-server` installed. Prints
 JSON: {"diskcache_get": {"us_per_op": X, "ops_per_sec": Y}, ...}. A peer that
@@ -71,6 +81,30 @@ def free_port():
         return s.getsockname()[1]
 
 
+def start_redis(redis, server, workdir, *persistence):
+    """A redis-server on a free loopback port, and a client once it answers."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir, "--save", "", *persistence],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    return proc, client
+
+
+def stop_redis(proc, client):
+    client.close()
+    proc.terminate()
+    proc.wait()
+
+
 def redis_figures(seconds, out):
     server = shutil.which("redis-server")
     try:
@@ -79,38 +113,35 @@ def redis_figures(seconds, out):
         redis = None
     if server is None or redis is None:
         why = "apt-get install redis-server" if server is None else "pip install redis"
-        for name in ("redis_get", "redis_set", "redis_token_bucket"):
+        for name in ("redis_get", "redis_set", "redis_set_aof", "redis_token_bucket"):
             out[name] = {"skipped": why}
         return
-    port = free_port()
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        client = redis.Redis(host="127.0.0.1", port=port)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        out["redis_version"] = client.info()["redis_version"]
-        out["redis_set"] = rate(seconds, lambda i: client.set(KEYS[i], VALUE))
-        out["redis_get"] = rate(seconds, lambda i: client.get(KEYS[i]))
-        bucket = client.register_script(BUCKET)
-        rate_per_ms = 1e9 / 3_600_000
+    with tempfile.TemporaryDirectory() as workdir:
+        proc, client = start_redis(redis, server, workdir, "--appendonly", "yes", "--appendfsync", "everysec")
+        try:
+            out["redis_set_aof"] = rate(seconds, lambda i: client.set(KEYS[i], VALUE))
+        finally:
+            stop_redis(proc, client)
+        proc, client = start_redis(redis, server, workdir, "--appendonly", "no")
+        try:
+            memory_only(client, seconds, out)
+        finally:
+            stop_redis(proc, client)
 
-        def check(i):
-            now = int(time.time() * 1000)
-            bucket(keys=[f"tb:{i}", f"ts:{i}"], args=[rate_per_ms, 1e9, now, 1])
 
-        out["redis_token_bucket"] = rate(seconds, check)
-        client.close()
-    finally:
-        proc.terminate()
-        proc.wait()
+def memory_only(client, seconds, out):
+    """The figures of the server that keeps everything in memory."""
+    out["redis_version"] = client.info()["redis_version"]
+    out["redis_set"] = rate(seconds, lambda i: client.set(KEYS[i], VALUE))
+    out["redis_get"] = rate(seconds, lambda i: client.get(KEYS[i]))
+    bucket = client.register_script(BUCKET)
+    rate_per_ms = 1e9 / 3_600_000
+
+    def check(i):
+        now = int(time.time() * 1000)
+        bucket(keys=[f"tb:{i}", f"ts:{i}"], args=[rate_per_ms, 1e9, now, 1])
+
+    out["redis_token_bucket"] = rate(seconds, check)
 
 
 def main():

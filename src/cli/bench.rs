@@ -19,7 +19,8 @@ const HARNESS: &str = "statevault-bench";
 #[command(disable_help_flag = true, disable_version_flag = true)]
 pub struct Args {
     /// Passed to `statevault-bench` as they are: --json, --quick, --plain,
-    /// --sweep-rows N, --only NAMES (`statevault bench --help` lists them).
+    /// --sweep-rows N, --only NAMES, --concurrency LEVELS (`statevault bench
+    /// --help` lists them).
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,

@@ -100,6 +100,28 @@ pub fn workload(
     m
 }
 
+/// Adds to a [`workload`]'s figures a second measurement of the same
+/// workload done another way (from the file instead of memory, committed
+/// per call instead of written behind), with its own baseline, under
+/// `"variants": {name: {...}}`.
+pub fn variant(
+    figures: &mut serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    ours: f64,
+    baseline: &str,
+    limit: f64,
+) {
+    let variants = figures
+        .entry("variants")
+        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    if let Some(variants) = variants.as_object_mut() {
+        variants.insert(
+            name.into(),
+            serde_json::Value::Object(workload(ours, baseline, limit)),
+        );
+    }
+}
+
 /// Operations per second.
 pub fn per_sec(ops: u64, took: Duration) -> f64 {
     ops as f64 / took.as_secs_f64().max(1e-9)

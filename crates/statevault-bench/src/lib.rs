@@ -9,11 +9,13 @@
 
 mod audit;
 mod cache;
+mod concurrency;
 mod harness;
 mod limits;
 mod metrics;
 mod open;
 mod report;
+mod rss;
 mod sessions;
 mod sweep;
 
@@ -21,6 +23,7 @@ use std::path::Path;
 
 use statevault::{Error, Result, Vault};
 
+pub use concurrency::WORKLOADS as CONCURRENCY_WORKLOADS;
 use harness::Budget;
 pub use report::Report;
 
@@ -49,32 +52,50 @@ pub struct Settings {
     pub plain: bool,
     /// Expired sessions for `sweep_expired` (default 200 000; 20 000 when quick).
     pub sweep_rows: Option<u64>,
-    /// Only these workloads ([`WORKLOADS`] names); all when empty.
+    /// Only these workloads ([`WORKLOADS`] names, or with `concurrency`,
+    /// [`CONCURRENCY_WORKLOADS`] names); all when empty.
     pub only: Vec<String>,
+    /// Levels of concurrent callers: when not empty, the run measures the
+    /// concurrency report at each level instead of the standard workloads.
+    pub concurrency: Vec<usize>,
 }
 
 impl Settings {
     fn selected(&self, name: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|n| n == name)
     }
+
+    /// Refuses a name in `only` that is no workload of this run, and a
+    /// level of concurrency out of 1..=1024.
+    fn check(&self) -> Result<()> {
+        let known: &[&str] = if self.concurrency.is_empty() {
+            &WORKLOADS
+        } else {
+            &CONCURRENCY_WORKLOADS
+        };
+        if let Some(name) = self.only.iter().find(|n| !known.contains(&n.as_str())) {
+            return Err(Error::InvalidInput {
+                what: "bench --only",
+                reason: format!(
+                    "no workload {name:?}; the workloads are {}",
+                    known.join(", ")
+                ),
+            });
+        }
+        if let Some(&n) = self.concurrency.iter().find(|&&n| !(1..=1024).contains(&n)) {
+            return Err(Error::InvalidInput {
+                what: "bench --concurrency",
+                reason: format!("{n} callers is not in 1..=1024"),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Runs the selected workloads in a temporary directory and reports them.
 /// A name in `only` that is no workload is refused before anything runs.
 pub async fn measure(settings: &Settings) -> Result<Report> {
-    if let Some(name) = settings
-        .only
-        .iter()
-        .find(|n| !WORKLOADS.contains(&n.as_str()))
-    {
-        return Err(Error::InvalidInput {
-            what: "bench --only",
-            reason: format!(
-                "no workload {name:?}; the workloads are {}",
-                WORKLOADS.join(", ")
-            ),
-        });
-    }
+    settings.check()?;
     let dir = tempfile::tempdir().map_err(|e| Error::Io {
         path: std::env::temp_dir(),
         source: e,
@@ -84,6 +105,21 @@ pub async fn measure(settings: &Settings) -> Result<Report> {
     let vault = Vault::open(harness::options(&raw_path)).await?;
     let sqlcipher = vault.info().await?.cipher_version.unwrap_or_default();
     vault.close().await?;
+    let machine = report::Machine::this(sqlcipher);
+    if !settings.concurrency.is_empty() {
+        let plan = concurrency::Plan {
+            levels: &settings.concurrency,
+            quick: settings.quick,
+            only: &settings.only,
+        };
+        return Ok(Report {
+            open: None,
+            encrypted: !settings.plain,
+            workloads: serde_json::Map::new(),
+            concurrency: Some(concurrency::measure(dir.path(), &plan).await?),
+            machine,
+        });
+    }
     let open = if settings.selected("open") {
         let runs = if settings.quick { 5 } else { 25 };
         let pass_path = dir.path().join("passphrase.db");
@@ -94,7 +130,11 @@ pub async fn measure(settings: &Settings) -> Result<Report> {
     let mut workloads = serde_json::Map::new();
     for name in WORKLOADS.into_iter().filter(|&n| n != "open") {
         if settings.selected(name) {
-            let figures = throughput(name, dir.path(), settings).await?;
+            rss::reset_peak(None);
+            let mut figures = throughput(name, dir.path(), settings).await?;
+            if let (Some(m), Some(mib)) = (figures.as_object_mut(), rss::peak_mib(None)) {
+                m.insert("peak_rss_mib".into(), mib.into());
+            }
             workloads.insert(name.into(), figures);
         }
     }
@@ -102,7 +142,8 @@ pub async fn measure(settings: &Settings) -> Result<Report> {
         open,
         encrypted: !settings.plain,
         workloads,
-        machine: report::Machine::this(sqlcipher),
+        concurrency: None,
+        machine,
     })
 }
 

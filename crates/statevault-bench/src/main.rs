@@ -32,6 +32,11 @@ struct Args {
     /// Run only these workloads (comma-separated names).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     only: Vec<String>,
+    /// Instead of the standard workloads, the durable writes and the hot
+    /// reads at each level of concurrent callers (e.g. 1,8,64), beside
+    /// rusqlite and Redis at the same concurrency.
+    #[arg(long, value_delimiter = ',', value_name = "LEVELS")]
+    concurrency: Vec<usize>,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
         plain: args.plain,
         sweep_rows: args.sweep_rows,
         only: args.only,
+        concurrency: args.concurrency,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -12,7 +12,11 @@ pub struct Report {
     /// Whether the files were encrypted (false under `--plain`).
     pub(crate) encrypted: bool,
     /// Throughput workloads, by name (SPEC §7), each as ops/s with its limit.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub(crate) workloads: serde_json::Map<String, Value>,
+    /// The concurrency report (`--concurrency`), instead of the workloads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) concurrency: Option<crate::concurrency::Concurrency>,
     pub(crate) machine: Machine,
 }
 
@@ -80,26 +84,40 @@ impl Report {
                 o.open_ms_passphrase, o.runs
             ));
         }
+        if let Some(concurrency) = &self.concurrency {
+            lines.extend(concurrency.lines());
+            return lines;
+        }
         lines.push(String::new());
         lines.push(format!(
             "{:<20} {:>12} {:>14} {:>6}  baseline (same run)",
             "workload", "ops/s", "baseline ops/s", "ratio"
         ));
-        lines.extend(
-            self.workloads
-                .iter()
-                .map(|(name, w)| workload_line(name, w)),
-        );
+        for (name, w) in &self.workloads {
+            lines.push(workload_line(name, w));
+            if let Some(variants) = w.get("variants").and_then(Value::as_object) {
+                lines.extend(
+                    variants
+                        .iter()
+                        .map(|(how, v)| workload_line(&format!("  {how}"), v)),
+                );
+            }
+        }
         lines
     }
 }
 
-/// One workload's row: its ops/s, its baseline's, their ratio, the baseline.
+/// One workload's row: its ops/s, its baseline's, their ratio, the
+/// process's peak RSS during it when known, the baseline.
 fn workload_line(name: &str, w: &Value) -> String {
     let number = |key: &str| w.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN);
     let baseline = w.get("baseline").and_then(Value::as_str).unwrap_or("");
+    let rss = w
+        .get("peak_rss_mib")
+        .and_then(Value::as_f64)
+        .map_or_else(String::new, |mib| format!("[peak RSS {mib:.0} MiB] "));
     format!(
-        "{name:<20} {:>12.0} {:>14.0} {:>6.2}  {baseline}",
+        "{name:<20} {:>12.0} {:>14.0} {:>6.2}  {rss}{baseline}",
         number("ops_per_sec"),
         number("baseline_ops_per_sec"),
         number("ratio"),

@@ -77,3 +77,83 @@ fn an_unknown_workload_is_refused_with_the_known_ones() {
     );
     assert!(out.stdout.is_empty());
 }
+
+/// `--concurrency`: every selected workload at every level, each side with
+/// its figures, and Redis either measured or skipped out loud (a failure
+/// under `STATEVAULT_REQUIRE_TOOLS=1`). Nothing about speed is asserted.
+#[test]
+fn concurrency_reports_each_side_at_each_level() {
+    let dir = tempdir();
+    let out = run(
+        dir.path(),
+        &[
+            "--quick",
+            "--json",
+            "--concurrency",
+            "1,2",
+            "--only",
+            "session_create,session_validate,cache_set",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &report["concurrency"];
+    assert_eq!(c["levels"], serde_json::json!([1, 2]), "{report}");
+    let workloads = c["workloads"].as_object().unwrap();
+    let names: Vec<&str> = workloads.keys().map(String::as_str).collect();
+    assert_eq!(names, ["session_create", "session_validate", "cache_set"]);
+    let redis_missing = c["redis"]["server"]
+        .as_str()
+        .unwrap()
+        .starts_with("skipped");
+    if redis_missing {
+        eprintln!(
+            "*** SKIPPED: the Redis columns ({}) ***",
+            c["redis"]["server"]
+        );
+        assert!(
+            !std::env::var("STATEVAULT_REQUIRE_TOOLS").is_ok_and(|v| v == "1"),
+            "STATEVAULT_REQUIRE_TOOLS=1 and Redis is missing"
+        );
+    }
+    for (name, w) in workloads {
+        for side in ["statevault", "rusqlite", "redis"] {
+            assert!(w[side].as_str().is_some_and(|s| !s.is_empty()), "{name}");
+        }
+        let levels = w["levels"].as_array().unwrap();
+        assert_eq!(levels.len(), 2, "{name}");
+        for level in levels {
+            for side in ["statevault", "rusqlite"] {
+                let f = &level[side];
+                assert!(f["ops_per_sec"].as_f64().unwrap() > 0.0, "{name}: {f}");
+                assert!(f["p99_us"].as_f64().unwrap() >= f["p50_us"].as_f64().unwrap());
+            }
+            let redis = &level["redis"];
+            if redis_missing {
+                assert!(redis["skipped"].is_string(), "{name}: {redis}");
+            } else {
+                assert!(
+                    redis["ops_per_sec"].as_f64().unwrap() > 0.0,
+                    "{name}: {redis}"
+                );
+            }
+        }
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// `--concurrency` knows its own workloads, and refuses the others.
+#[test]
+fn concurrency_refuses_a_workload_it_does_not_run() {
+    let dir = tempdir();
+    let out = run(
+        dir.path(),
+        &["--concurrency", "1", "--only", "cache_l1_get"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error: ") && err.contains("session_rotate"),
+        "{err}"
+    );
+}
