@@ -9,7 +9,10 @@
 //! each kind of connection gains from a warm cache. SQLCipher decrypts and
 //! checks every page it reads from the OS, so a page found in the cache
 //! saves that work:
-//! - the hot readers, half between them: every request's point lookups;
+//! - the hot readers, half between those open: every request's point
+//!   lookups. Readers open only under contention, so one caller's lookups
+//!   get the whole half; as more open, each one's cache shrinks to its
+//!   share ([`PageCache::hot_reader_kib`]);
 //! - the hot writer, a quarter: the writes a request waits on (session
 //!   creates, revokes, limit checks) walk the b-trees they change, at
 //!   random places in the token and user indexes;
@@ -53,16 +56,24 @@ pub(crate) struct PageCache {
 const MIN_CACHE_KIB: u64 = 64;
 
 impl PageCache {
-    /// The page cache of one connection of kind `role`, in KiB.
+    /// The page cache of one connection of kind `role`, in KiB (for a hot
+    /// reader: the first one's).
     pub(crate) fn kib(self, role: Role) -> u64 {
         let readers = u64::try_from(self.readers.max(1)).unwrap_or(u64::MAX);
         let share = match role {
             Role::HotWriter => self.budget / 4,
-            Role::HotReader => self.budget / 2 / readers,
+            Role::HotReader => return self.hot_reader_kib(1),
             Role::Writer | Role::Other => self.budget / 8,
             Role::Reader => self.budget / 8 / readers,
         };
         (share / 1024).max(MIN_CACHE_KIB)
+    }
+
+    /// The page cache of each hot reader while `open` of them are open, in
+    /// KiB.
+    pub(crate) fn hot_reader_kib(self, open: usize) -> u64 {
+        let open = u64::try_from(open.max(1)).unwrap_or(u64::MAX);
+        (self.budget / 2 / open / 1024).max(MIN_CACHE_KIB)
     }
 }
 
@@ -77,13 +88,18 @@ mod tests {
             readers: 4,
         };
         assert_eq!(cache.kib(Role::Writer), 4 << 10);
-        assert_eq!(cache.kib(Role::HotReader), 4 << 10);
+        assert_eq!(cache.kib(Role::HotReader), 16 << 10);
+        assert_eq!(cache.hot_reader_kib(4), 4 << 10);
         assert_eq!(cache.kib(Role::HotWriter), 8 << 10);
         assert_eq!(cache.kib(Role::Reader), 1 << 10);
-        let all = cache.kib(Role::Writer)
-            + cache.kib(Role::HotWriter)
-            + 4 * (cache.kib(Role::HotReader) + cache.kib(Role::Reader));
-        assert_eq!(all, 32 << 10);
+        for open in 1..=4 {
+            let all = cache.kib(Role::Writer)
+                + cache.kib(Role::HotWriter)
+                + open as u64 * cache.hot_reader_kib(open)
+                + 4 * cache.kib(Role::Reader);
+            // within the budget, give or take the rounding of each share
+            assert!(all <= 32 << 10 && all + 4 > 32 << 10, "{open}: {all}");
+        }
     }
 
     #[test]

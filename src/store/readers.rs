@@ -228,10 +228,26 @@ impl Pool {
         let Some(slot) = self.slots.get(n) else {
             return;
         };
-        let mut guard = lock(slot);
-        if !self.closed.load(Ordering::SeqCst) {
+        {
+            let mut guard = lock(slot);
+            if self.closed.load(Ordering::SeqCst) {
+                return;
+            }
             *guard = Some(conn);
             self.opened.store(n + 1, Ordering::Release);
+        }
+        // The readers share one part of the budget: each one open shrinks
+        // to its share (SQLite lets the pages beyond it go).
+        let sql = format!(
+            "PRAGMA cache_size = -{}",
+            self.settings.page_cache.hot_reader_kib(n + 1)
+        );
+        for slot in &self.slots[..=n] {
+            if let Some(conn) = lock(slot).as_ref()
+                && let Err(e) = conn.execute_batch(&sql)
+            {
+                tracing::warn!(error = %e, "could not shrink a hot reader's page cache");
+            }
         }
     }
 }
