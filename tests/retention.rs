@@ -87,8 +87,14 @@ async fn a_sweep_interval_under_a_second_is_refused() {
 async fn a_file_with_the_expiry_index_migrates_and_keeps_its_sessions() {
     let dir = common::tempdir();
     let (options, _clock) = common::options(dir.path(), "old.db");
-    let vault = Vault::open(options.clone().sweep_interval(None)).await.unwrap();
-    let issued = vault.sessions().create(NewSession::new("alice")).await.unwrap();
+    let vault = Vault::open(options.clone().sweep_interval(None))
+        .await
+        .unwrap();
+    let issued = vault
+        .sessions()
+        .create(NewSession::new("alice"))
+        .await
+        .unwrap();
     vault.close().await.unwrap();
     let path = dir.path().join("old.db");
     common::raw_connection(&path)
@@ -106,7 +112,11 @@ async fn a_file_with_the_expiry_index_migrates_and_keeps_its_sessions() {
         .unwrap();
     assert_eq!(index.rows[0][0], serde_json::json!(0));
     assert!(matches!(
-        vault.sessions().validate(issued.token.expose(), None).await.unwrap(),
+        vault
+            .sessions()
+            .validate(issued.token.expose(), None)
+            .await
+            .unwrap(),
         statevault::Validation::Valid(_)
     ));
     vault.close().await.unwrap();

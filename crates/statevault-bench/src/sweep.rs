@@ -87,7 +87,10 @@ pub async fn sweep_expired(dir: &Path, quick: bool, rows: Option<u64>) -> Result
     for (name, q) in [("validate_p50_ms", 0.5), ("validate_p99_ms", 0.99)] {
         m.insert(name.into(), quantile_ms(&latencies, q).into());
     }
-    m.insert("validate_max_ms".into(), quantile_ms(&latencies, 1.0).into());
+    m.insert(
+        "validate_max_ms".into(),
+        quantile_ms(&latencies, 1.0).into(),
+    );
     Ok(Value::Object(m))
 }
 
@@ -102,7 +105,10 @@ impl Validating {
     async fn start(vault: &Vault) -> Result<Validating> {
         let mut tokens = Vec::with_capacity(LIVE);
         for i in 0..LIVE {
-            let issued = vault.sessions().create(NewSession::new(format!("live-{i}"))).await?;
+            let issued = vault
+                .sessions()
+                .create(NewSession::new(format!("live-{i}")))
+                .await?;
             tokens.push(issued.token);
         }
         let stop = Arc::new(AtomicBool::new(false));
