@@ -80,3 +80,44 @@ async fn a_sweep_interval_under_a_second_is_refused() {
         Err(statevault::Error::InvalidInput { .. })
     ));
 }
+
+/// A file from before `sessions_expires` was dropped (its index back, its
+/// migration unrecorded) migrates, and its sessions still validate.
+#[tokio::test]
+async fn a_file_with_the_expiry_index_migrates_and_keeps_its_sessions() {
+    let dir = common::tempdir();
+    let (options, _clock) = common::options(dir.path(), "old.db");
+    let vault = Vault::open(options.clone().sweep_interval(None))
+        .await
+        .unwrap();
+    let issued = vault
+        .sessions()
+        .create(NewSession::new("alice"))
+        .await
+        .unwrap();
+    vault.close().await.unwrap();
+    let path = dir.path().join("old.db");
+    common::raw_connection(&path)
+        .execute_batch(
+            "CREATE INDEX sessions_expires ON sessions (expires_at);
+             DELETE FROM _sqlx_migrations WHERE version = 20261201000001;",
+        )
+        .unwrap();
+
+    let vault = Vault::open(options.sweep_interval(None)).await.unwrap();
+    assert!(vault.migration_status().unwrap().iter().all(|m| m.applied));
+    let index = vault
+        .query_read_only("SELECT count(*) FROM sqlite_schema WHERE name = 'sessions_expires'")
+        .await
+        .unwrap();
+    assert_eq!(index.rows[0][0], serde_json::json!(0));
+    assert!(matches!(
+        vault
+            .sessions()
+            .validate(issued.token.expose(), None)
+            .await
+            .unwrap(),
+        statevault::Validation::Valid(_)
+    ));
+    vault.close().await.unwrap();
+}

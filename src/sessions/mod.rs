@@ -529,8 +529,10 @@ impl<'a> Sessions<'a> {
     }
 
     /// Deletes sessions unused for longer than `retention` (revoked or not),
-    /// at most `batch` rows per transaction so that writers never wait long.
-    /// Writes buffered last-seen times first. Returns how many went.
+    /// at most `batch` rows per transaction so that writers never wait long,
+    /// with the writer's page cache and checkpoints set up for a sweep
+    /// meanwhile (see `store/bulk.rs`). Writes buffered last-seen times
+    /// first. Returns how many went.
     #[tracing::instrument(name = "sessions.sweep", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn sweep(&self, batch: usize) -> Result<u64> {
         crate::trace::done(
@@ -541,15 +543,18 @@ impl<'a> Sessions<'a> {
                 }
                 self.flush().await?;
                 let cutoff = self.core.now().saturating_sub(self.state.config.retention);
-                let mut removed = 0;
-                loop {
-                    let hashes = self.backend().delete_idle(cutoff, batch).await?;
-                    self.state.forget(&hashes);
-                    removed += hashes.len() as u64;
-                    if hashes.len() < batch {
-                        return Ok(removed);
+                let delete = async {
+                    let mut removed = 0;
+                    loop {
+                        let hashes = self.backend().delete_idle(cutoff, batch).await?;
+                        self.state.forget(&hashes);
+                        removed += hashes.len() as u64;
+                        if hashes.len() < batch {
+                            return Ok(removed);
+                        }
                     }
-                }
+                };
+                self.core.store().sweeping(delete).await
             }
             .await,
             crate::trace::ok,

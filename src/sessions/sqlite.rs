@@ -339,11 +339,13 @@ impl SessionsBackend for Sqlite<'_> {
         Ok(())
     }
 
+    /// By rowid, as `sessions_last_seen` holds it: no lookup in the `id`
+    /// index per row.
     async fn delete_idle(&self, cutoff: Timestamp, batch: usize) -> Result<Vec<[u8; 32]>> {
         let mut tx = self.store().sqlx_transaction().await?;
         let rows = sqlx::query(
-            "DELETE FROM sessions WHERE id IN
-                 (SELECT id FROM sessions WHERE last_seen_at < ?1 LIMIT ?2)
+            "DELETE FROM sessions WHERE rowid IN
+                 (SELECT rowid FROM sessions WHERE last_seen_at < ?1 LIMIT ?2)
              RETURNING token_hash",
         )
         .bind(cutoff)

@@ -25,6 +25,7 @@
 //! startup; otherwise the sqlx pools connect on first use. A refused file
 //! (wrong key, future schema, truncated …) is left byte-for-byte as it was.
 
+mod bulk;
 mod check;
 mod conn;
 mod copy;

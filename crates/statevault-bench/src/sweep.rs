@@ -1,17 +1,25 @@
 //! `sweep_expired`: deleting expired sessions in batches of 500 rows per
 //! transaction, beside rusqlite deleting the same rows with the same batch
-//! size, on a copy of the same file, in the same run.
+//! size, on a copy of the same file, in the same run. Meanwhile a task
+//! validates live sessions from the file (no memory), and the workload
+//! reports that validation's p50, p99 and worst latency during the sweep.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use statevault::{FakeClock, Result, SessionConfig, Timestamp, Vault, default_key_file};
+use statevault::{
+    FakeClock, NewSession, Result, SessionConfig, Timestamp, Validation, Vault, default_key_file,
+};
 
 use crate::harness::{per_sec, raw_connection, workload};
 
 const BATCH: i64 = 500;
+
+/// Live sessions the concurrent validation cycles through.
+const LIVE: usize = 1_000;
 
 /// `rows` expired sessions (default 200 000, 20 000 with `quick`).
 pub async fn sweep_expired(dir: &Path, quick: bool, rows: Option<u64>) -> Result<Value> {
@@ -33,16 +41,21 @@ pub async fn sweep_expired(dir: &Path, quick: bool, rows: Option<u64>) -> Result
 
     // 31 days later every row is past the 30-day retention.
     clock.advance(Duration::from_secs(31 * 24 * 3600));
+    let mut sessions = SessionConfig::default();
+    // Every validation reads the file, as a cold or another process's would.
+    sessions.memory_ttl = Duration::ZERO;
     let vault = Vault::open(
         crate::harness::options(&ours_path)
             .clock(clock.clone())
-            .sessions(SessionConfig::default())
+            .sessions(sessions)
             .sweep_interval(None),
     )
     .await?;
+    let validating = Validating::start(&vault).await?;
     let started = Instant::now();
     let removed = vault.sessions().sweep(BATCH as usize).await?;
-    let ours = per_sec(removed, started.elapsed());
+    let took = started.elapsed();
+    let latencies = validating.stop().await?;
     vault.close().await?;
 
     let conn = raw_connection(&theirs_path)?;
@@ -63,35 +76,95 @@ pub async fn sweep_expired(dir: &Path, quick: bool, rows: Option<u64>) -> Result
     }
     let limit = per_sec(deleted, started.elapsed());
     let mut m = workload(
-        ours,
+        per_sec(removed, took),
         "rusqlite DELETE … LIMIT 500 per transaction, same rows",
         limit,
     );
     m.insert("rows".into(), removed.into());
-    m.insert("seconds".into(), (removed as f64 / ours).into());
+    m.insert("seconds".into(), took.as_secs_f64().into());
     m.insert("batch".into(), BATCH.into());
+    m.insert("validations".into(), latencies.len().into());
+    for (name, q) in [("validate_p50_ms", 0.5), ("validate_p99_ms", 0.99)] {
+        m.insert(name.into(), quantile_ms(&latencies, q).into());
+    }
+    m.insert(
+        "validate_max_ms".into(),
+        quantile_ms(&latencies, 1.0).into(),
+    );
     Ok(Value::Object(m))
 }
 
-/// `rows` sessions last seen at the fake clock's start, inserted directly.
-fn fill(path: &Path, rows: i64) -> Result<()> {
-    let mut conn = raw_connection(path)?;
-    let tx = conn.transaction()?;
-    {
-        let mut stmt = tx.prepare(
-            "INSERT INTO sessions (id, token_hash, csrf_hash, user_id, created_at, last_seen_at, idle_timeout_secs,
-                 expires_at, rotation_due_at)
-             VALUES (?1, ?2, ?2, ?1, '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', 43200,
-                 '2026-01-08T00:00:00.000Z', '2026-01-02T00:00:00.000Z')",
-        )?;
-        for i in 0..rows {
-            // Token hashes are uniformly random, as real ones are: their
-            // unique index is the costly one to delete from.
-            let hash = Sha256::digest(i.to_be_bytes());
-            stmt.execute(rusqlite::params![format!("s-{i:09}"), &hash[..]])?;
+/// A task validating live sessions, one after another, until stopped.
+struct Validating {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Result<Vec<Duration>>>,
+}
+
+impl Validating {
+    /// Creates [`LIVE`] sessions and starts validating them in turn.
+    async fn start(vault: &Vault) -> Result<Validating> {
+        let mut tokens = Vec::with_capacity(LIVE);
+        for i in 0..LIVE {
+            let issued = vault
+                .sessions()
+                .create(NewSession::new(format!("live-{i}")))
+                .await?;
+            tokens.push(issued.token);
         }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (vault, stopped) = (vault.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            for token in tokens.iter().cycle() {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                let started = Instant::now();
+                let validation = vault.sessions().validate(token.expose(), None).await?;
+                latencies.push(started.elapsed());
+                assert!(matches!(validation, Validation::Valid(_)));
+                // About a request every 200 µs: a busy service, not a spin.
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            Ok(latencies)
+        });
+        Ok(Validating { stop, task })
     }
-    tx.commit()?;
+
+    /// Stops the task; returns its latencies, sorted.
+    async fn stop(self) -> Result<Vec<Duration>> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut latencies = self.task.await.expect("the validating task panicked")?;
+        latencies.sort_unstable();
+        Ok(latencies)
+    }
+}
+
+/// The `q` quantile of sorted `latencies`, in milliseconds.
+fn quantile_ms(latencies: &[Duration], q: f64) -> f64 {
+    let Some(last) = latencies.len().checked_sub(1) else {
+        return 0.0;
+    };
+    let at = (last as f64 * q).round() as usize;
+    latencies[at.min(last)].as_secs_f64() * 1e3
+}
+
+/// `rows` sessions last seen at the fake clock's start, inserted directly
+/// in one multi-row `INSERT`. Token hashes are uniformly random, as real
+/// ones are: their unique index is the costly one to delete from.
+fn fill(path: &Path, rows: i64) -> Result<()> {
+    let conn = raw_connection(path)?;
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?1)
+         INSERT INTO sessions (id, token_hash, csrf_hash, user_id, created_at, last_seen_at,
+             idle_timeout_secs, expires_at, rotation_due_at)
+         SELECT printf('s-%09d', i), randomblob(32), randomblob(32), printf('s-%09d', i),
+             '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', 43200,
+             '2026-01-08T00:00:00.000Z', '2026-01-02T00:00:00.000Z'
+         FROM n",
+        [rows],
+    )?;
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
     conn.close().map_err(|(_, e)| statevault::Error::from(e))
 }
 
