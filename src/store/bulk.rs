@@ -15,9 +15,10 @@
 use super::{Role, Store};
 use crate::Result;
 
-/// The writer's page cache during a sweep, in KiB: the token-hash index of
-/// a million sessions, with room for the other pages a batch touches.
-const SWEEP_CACHE_KIB: u64 = 256 << 10;
+/// The writer's page cache during a sweep, in KiB: most of the token-hash
+/// index of a million sessions. Four times that measured 15% faster on a
+/// million rows, at four times the memory a sweep may take from a service.
+const SWEEP_CACHE_KIB: u64 = 64 << 10;
 
 /// WAL pages between automatic checkpoints during a sweep (64 MiB of 4 KiB
 /// pages): the WAL stays bounded, and readers still find each page in it by
