@@ -185,14 +185,25 @@ impl<'a> Audit<'a> {
                 let content = self.content(event)?;
                 let id = Uuid::parse_str(&content.id)
                     .map_err(|e| Error::invalid("id", e.to_string()))?;
-                let (tx, rx) = oneshot::channel();
+                let (tx, mut rx) = oneshot::channel();
                 self.state.push(content, Some(tx));
-                // Another flush may take the event first; the answer comes through
-                // the waiter either way, and this flush's own error says why it failed.
-                let flushed = self.flush().await;
-                match rx.await {
+                // Group commit: callers that arrive while a flush writes wait
+                // for the next one, and whoever gets it writes every event
+                // pending. A caller whose event a flush took meanwhile has its
+                // answer and writes nothing (queued for the writer instead, it
+                // would commit one event per caller). Its own flush's error,
+                // if it wrote, says why it failed.
+                let (answer, flushed) = tokio::select! {
+                    biased;
+                    answer = &mut rx => (answer, None),
+                    writing = self.state.writing.lock() => {
+                        let flushed = self.write_pending(writing).await.err();
+                        (rx.await, flushed)
+                    }
+                };
+                match answer {
                     Ok(Ok(())) => Ok(id),
-                    Ok(Err(reason)) => Err(flushed.err().unwrap_or(Error::StorageIo {
+                    Ok(Err(reason)) => Err(flushed.unwrap_or(Error::StorageIo {
                         detail: format!(
                             "the audit batch holding the event was not written: {reason}"
                         ),
@@ -209,7 +220,11 @@ impl<'a> Audit<'a> {
     /// written: plain events stay buffered for the next flush, and durable
     /// ones are given back to their callers as errors.
     pub(crate) async fn flush(&self) -> Result<()> {
-        let _writing = self.state.writing.lock().await;
+        self.write_pending(self.state.writing.lock().await).await
+    }
+
+    /// [`Audit::flush`] with the writer taken (`_writing`).
+    async fn write_pending(&self, _writing: tokio::sync::MutexGuard<'_, ()>) -> Result<()> {
         let batch = self.take_batch();
         if batch.is_empty() {
             return Ok(());
