@@ -44,7 +44,7 @@ impl AuditBackend for Sqlite<'_> {
         let mut conn = self.store.sqlx_writer_conn().await?;
         durably(self.store, &mut conn, durable, async |conn| {
             self.store
-                .immediate(conn, Some(idle), async |tx| append_in(tx, events).await)
+                .immediate(conn, idle, async |tx| append_in(tx, events).await)
                 .await
         })
         .await

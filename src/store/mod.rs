@@ -10,7 +10,7 @@
 //! | --- | --- | --- |
 //! | writes | [`Store::sqlx_transaction`] (`BEGIN IMMEDIATE`), [`Store::sqlx_writer`] (one autocommit statement), [`Store::sqlx_writer_conn`] (pragmas around a transaction): the one sqlx writer connection | one writer per process; batches go as multi-row statements, one hop per batch |
 //! | hot point reads | [`Store::read_here`]: rusqlite [`Readers`](readers) | a sqlx round trip costs many times the indexed lookup it carries (two thread hops; see docs/performance.md) |
-//! | short writes a request waits on (session create, rotate, revoke; strict and shared limits; durable audit appends; preference patches) | [`Store::write_here`]: the rusqlite [`HotWriter`], with group commit, which never waits on this thread for the write lock | the same hops; one commit for the writes that arrive together |
+//! | short writes a request waits on (session create, rotate, revoke; strict and shared limits; preference patches) | [`Store::write_here`]: the rusqlite [`HotWriter`], with group commit, which never waits on this thread for the write lock | the same hops; one commit for the writes that arrive together |
 //! | anything that grows with the file (a large cache value, an integrity check) | the sqlx pools or tokio's blocking pool | the caller's thread may be the runtime's only one |
 //! | scans, admin queries | [`Store::sqlx_reader`], `query_only` | off the async threads, no hurry |
 //! | migrations | sqlx's migrator on the writer | shared bookkeeping with `sqlx-cli` |
@@ -205,7 +205,7 @@ impl Store {
     /// [`Store::idle_hot_writer`]), so that under a stream of request-path
     /// writes a flush still gets the lock at once.
     pub(crate) async fn sqlx_transaction(&self) -> Result<Transaction<'static, Sqlite>> {
-        let _idle = self.hot_writer.hold().await;
+        let _idle = self.idle_hot_writer().await;
         self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
@@ -217,8 +217,18 @@ impl Store {
     /// connection, and give it to [`Store::immediate`]. Taken in that order
     /// only (this, then the sqlx writer), so that no task waits for one
     /// while holding the other the wrong way round.
-    pub(crate) async fn idle_hot_writer(&self) -> Held<'_> {
-        self.hot_writer.hold().await
+    ///
+    /// `None` while the sqlx writer connection is in use (a backup, an
+    /// erasure, another transaction): the caller will wait for it, and
+    /// holding the hot writer meanwhile would stall every request's writes
+    /// for as long as that work takes.
+    pub(crate) async fn idle_hot_writer(&self) -> Option<Held<'_>> {
+        let free = self.writer.num_idle() > 0 || self.writer.size() == 0;
+        if free {
+            Some(self.hot_writer.hold().await)
+        } else {
+            None
+        }
     }
 
     /// Runs `work` in a `BEGIN IMMEDIATE` transaction on a writer
