@@ -134,15 +134,12 @@ impl Feed {
         facet: Facet,
         records: &[Record<'_>],
     ) -> Result<()> {
-        if records.is_empty() || self.start.load(Ordering::Acquire) < 0 {
+        if !self.publishing(records) {
             return Ok(());
         }
         store::feed::publish(conn, self.origin, at, facet, records).await?;
-        let now = at.as_millis();
-        let last = self.trimmed_at.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= TRIM_EVERY_MS {
+        if self.trim_due(at) {
             self.trim(conn, at).await?;
-            self.trimmed_at.store(now, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -156,16 +153,30 @@ impl Feed {
         facet: Facet,
         records: &[Record<'_>],
     ) -> Result<()> {
-        if records.is_empty() || self.start.load(Ordering::Acquire) < 0 {
+        if !self.publishing(records) {
             return Ok(());
         }
         store::feed::publish_here(conn, self.origin, at, facet, records)?;
-        let now = at.as_millis();
-        if now.saturating_sub(self.trimmed_at.load(Ordering::Relaxed)) >= TRIM_EVERY_MS {
+        if self.trim_due(at) {
             store::feed::trim_here(conn, at.saturating_sub(self.retention))?;
-            self.trimmed_at.store(now, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Whether there is something to publish, and a table to publish it to.
+    fn publishing(&self, records: &[Record<'_>]) -> bool {
+        !records.is_empty() && self.start.load(Ordering::Acquire) >= 0
+    }
+
+    /// Whether the publisher trims at `at` (at most once a second), taking
+    /// the turn if so: a failed trim is tried again after the next second.
+    fn trim_due(&self, at: Timestamp) -> bool {
+        let now = at.as_millis();
+        let due = now.saturating_sub(self.trimmed_at.load(Ordering::Relaxed)) >= TRIM_EVERY_MS;
+        if due {
+            self.trimmed_at.store(now, Ordering::Relaxed);
+        }
+        due
     }
 
     /// Deletes the records older than the retention at `now` (keeping the

@@ -70,27 +70,25 @@ const REGENERATE: &str = "INSERT INTO sessions (id, token_hash, csrf_hash, user_
 /// Publishes, inside the hot writer's write on `conn`, that these tokens'
 /// rows changed.
 fn publish_here(core: &Core, conn: &rusqlite::Connection, hashes: &[[u8; 32]]) -> Result<()> {
-    let records: Vec<Record<'_>> = hashes
+    core.publish_here(conn, Facet::Sessions, &token_records(hashes))
+}
+
+/// A change-feed record per token hash.
+fn token_records(hashes: &[[u8; 32]]) -> Vec<Record<'_>> {
+    hashes
         .iter()
         .map(|hash| Record {
             kind: TOKEN,
             target: hash,
         })
-        .collect();
-    core.publish_here(conn, Facet::Sessions, &records)
+        .collect()
 }
 
 /// Publishes, inside the transaction on `conn`, that these tokens' rows
 /// changed.
 async fn publish(core: &Core, conn: &mut SqliteConnection, hashes: &[[u8; 32]]) -> Result<()> {
-    let records: Vec<Record<'_>> = hashes
-        .iter()
-        .map(|hash| Record {
-            kind: TOKEN,
-            target: hash,
-        })
-        .collect();
-    core.publish(conn, Facet::Sessions, &records).await
+    core.publish(conn, Facet::Sessions, &token_records(hashes))
+        .await
 }
 
 /// The columns [`row`] reads, in its order.
