@@ -1,7 +1,7 @@
 //! The hot writer: one rusqlite connection for the short writes a request
 //! waits on (session create, rotate and revoke, strict and shared-mode limit
-//! checks, durable audit appends, preference patches), run on the caller's
-//! thread to save sqlx's thread hops, with group commit.
+//! checks, preference patches), run on the caller's thread to save sqlx's
+//! thread hops, with group commit.
 //!
 //! # Group commit
 //!
@@ -47,7 +47,7 @@ use super::conn::SharedSettings;
 use crate::{Error, Result};
 
 /// The most writes one commit holds.
-pub(crate) const MAX_GROUP: usize = 128;
+const MAX_GROUP: usize = 128;
 
 /// The longest pause between two tries for the write lock.
 const MAX_PAUSE: Duration = Duration::from_millis(5);
