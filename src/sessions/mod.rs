@@ -116,13 +116,7 @@ impl<'a> Sessions<'a> {
             tracing::Level::DEBUG,
             async {
                 let config = &self.state.config;
-                check_user(&new.user_id)?;
-                crate::json::check_text(
-                    "data",
-                    &new.data,
-                    config.max_data_bytes,
-                    "max_data_bytes",
-                )?;
+                self.check_new(&new.user_id, &new.data)?;
                 let idle = new.idle_timeout.unwrap_or(config.idle_timeout);
                 let lifetime = new.absolute_lifetime.unwrap_or(config.absolute_lifetime);
                 check_lifetime("idle_timeout", idle)?;
@@ -169,6 +163,18 @@ impl<'a> Sessions<'a> {
         )
     }
 
+    /// Checks a new session's user id and data (its size against
+    /// `max_data_bytes`).
+    fn check_new(&self, user_id: &str, data: &str) -> Result<()> {
+        check_user(user_id)?;
+        crate::json::check_text(
+            "data",
+            data,
+            self.state.config.max_data_bytes,
+            "max_data_bytes",
+        )
+    }
+
     /// The keyed hash of an identifying value, if there is one.
     fn keyed(&self, domain: &str, value: &Option<Zeroizing<String>>) -> Result<Option<[u8; 32]>> {
         value
@@ -188,13 +194,7 @@ impl<'a> Sessions<'a> {
         session: ImportedSession,
     ) -> Result<SessionImport> {
         let config = &self.state.config;
-        check_user(&session.user_id)?;
-        crate::json::check_text(
-            "data",
-            &session.data,
-            config.max_data_bytes,
-            "max_data_bytes",
-        )?;
+        self.check_new(&session.user_id, &session.data)?;
         let now = self.core.now();
         let expires_at = session
             .expires_at

@@ -169,18 +169,22 @@ impl HotWriter {
     /// rarely find the lock free; with it, the hot writer is the one that
     /// waits, in its short pauses (see the module docs).
     pub(crate) async fn hold(&self) -> Held<'_> {
-        let arriving = Arriving::new(self);
-        let mut turn = self.turn.lock().await;
-        arriving.arrived();
+        let mut turn = self.wait_turn().await;
         self.commit(&mut turn);
         Held { _turn: turn }
     }
 
+    /// Waits for the turn, counted in `arriving` meanwhile.
+    async fn wait_turn(&self) -> MutexGuard<'_, Turn> {
+        let arriving = Arriving::new(self);
+        let turn = self.turn.lock().await;
+        arriving.arrived();
+        turn
+    }
+
     /// Waits for the turn, opening the connection on first use.
     async fn take_turn(&self) -> Result<MutexGuard<'_, Turn>> {
-        let arriving = Arriving::new(self);
-        let mut turn = self.turn.lock().await;
-        arriving.arrived();
+        let mut turn = self.wait_turn().await;
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
@@ -242,10 +246,10 @@ impl HotWriter {
         };
         if conn.is_autocommit() {
             if let Some(group) = turn.open.take() {
-                let failure = Failure::of(&rusqlite::Error::SqliteFailure(
-                    ffi::Error::new(ffi::SQLITE_ABORT),
-                    Some("another write of the same commit failed and SQLite rolled the transaction back".into()),
-                ));
+                let failure = Failure {
+                    code: ffi::Error::new(ffi::SQLITE_ABORT),
+                    message: "another write of the same commit failed and SQLite rolled the transaction back".into(),
+                };
                 self.settle(&group, Err(failure));
             }
         } else if shared {
