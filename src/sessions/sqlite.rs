@@ -532,13 +532,11 @@ fn revoke_ids_here(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut sql = String::from(
-        "UPDATE sessions SET revoked_at = ?1, revoked_reason = ?2 WHERE revoked_at IS NULL AND id IN (",
+    let sql = format!(
+        "UPDATE sessions SET revoked_at = ?1, revoked_reason = ?2 WHERE revoked_at IS NULL AND id IN ({})
+         RETURNING token_hash",
+        vec!["?"; ids.len()].join(", ")
     );
-    for i in 0..ids.len() {
-        sql.push_str(if i == 0 { "?" } else { ", ?" });
-    }
-    sql.push_str(") RETURNING token_hash");
     let mut params: Vec<&dyn rusqlite::ToSql> = vec![&now, &reason];
     params.extend(ids.iter().map(|id| id as &dyn rusqlite::ToSql));
     let mut stmt = conn.prepare_cached(&sql)?;

@@ -143,15 +143,10 @@ pub(crate) fn publish_here(
     records: &[Record<'_>],
 ) -> Result<()> {
     for chunk in records.chunks(ROWS_PER_STATEMENT) {
-        let mut sql = String::from(INSERT);
-        sql.push_str("VALUES ");
-        for i in 0..chunk.len() {
-            sql.push_str(if i == 0 {
-                "(?,?,?,?,?)"
-            } else {
-                ",(?,?,?,?,?)"
-            });
-        }
+        let sql = format!(
+            "{INSERT}VALUES {}",
+            vec!["(?,?,?,?,?)"; chunk.len()].join(",")
+        );
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 5);
         let facet = facet.as_str();
