@@ -27,6 +27,7 @@
 
 mod bulk;
 mod check;
+mod checkpoint;
 mod conn;
 mod copy;
 pub(crate) mod feed;

@@ -32,6 +32,10 @@ const REGION_BYTES: i32 = 32 * 1024;
 /// `iChange` and `mxFrame`, as 32-bit word offsets into the header.
 const ICHANGE: usize = 2;
 const MX_FRAME: usize = 4;
+/// `nBackfill`, the WAL frames a checkpoint has copied into the database
+/// file: the first word of the checkpoint information that follows the
+/// header's two 48-byte copies.
+const N_BACKFILL: usize = 24;
 
 /// The first copy of the wal-index header of one connection's file.
 pub(crate) struct Header(NonNull<u32>);
@@ -96,13 +100,23 @@ impl Header {
     /// connection of any process.
     #[inline]
     pub(crate) fn version(&self) -> u64 {
-        let word = |i: usize| {
-            // SAFETY: the header is 48 bytes of 4-byte-aligned words inside
-            // the mapped region (see `of`); other processes write it, so it
-            // is read atomically.
-            unsafe { AtomicU32::from_ptr(self.0.as_ptr().add(i)) }.load(Ordering::Acquire)
-        };
-        u64::from(word(ICHANGE)) << 32 | u64::from(word(MX_FRAME))
+        u64::from(self.word(ICHANGE)) << 32 | u64::from(self.word(MX_FRAME))
+    }
+
+    /// The frames in the WAL since it last restarted, and how many of them
+    /// no checkpoint has copied into the database file yet.
+    pub(crate) fn frames(&self) -> (u32, u32) {
+        let frames = self.word(MX_FRAME);
+        (frames, frames.saturating_sub(self.word(N_BACKFILL)))
+    }
+
+    #[inline]
+    fn word(&self, i: usize) -> u32 {
+        // SAFETY: the header and the checkpoint information after it are
+        // 4-byte-aligned words at the start of the mapped 32 KiB region
+        // (see `of`); other processes write them, so they are read
+        // atomically.
+        unsafe { AtomicU32::from_ptr(self.0.as_ptr().add(i)) }.load(Ordering::Acquire)
     }
 }
 
@@ -142,6 +156,33 @@ mod tests {
             seen,
             "the first commit after a WAL restart not seen"
         );
+    }
+
+    #[test]
+    fn the_frames_count_commits_and_the_backlog_empties_with_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let writer = open(&path);
+        writer
+            .execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .unwrap();
+        // SAFETY: `writer` has read the file and outlives `header`.
+        let header = unsafe { Header::of(&writer) }.unwrap();
+        let (start, _) = header.frames();
+        for i in 0..3 {
+            writer.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+        }
+        let (frames, backlog) = header.frames();
+        assert!(frames >= start + 3, "{start} then {frames}");
+        assert!(backlog >= 3, "{backlog} of {frames}");
+        writer
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .unwrap();
+        assert_eq!(header.frames(), (frames, 0), "the checkpoint copied all");
+        writer.execute("INSERT INTO t VALUES (9)", []).unwrap();
+        let (restarted, backlog) = header.frames();
+        assert!(restarted < frames, "the WAL restarted: {restarted}");
+        assert_eq!(backlog, restarted);
     }
 
     #[test]

@@ -35,6 +35,13 @@
 //! So the connection's busy timeout is 0, and while the lock is taken the
 //! caller holding the turn yields to the runtime and tries again after a
 //! short, growing pause, up to the busy timeout.
+//!
+//! # Checkpoints
+//!
+//! SQLite's automatic checkpoint is off on this connection: a commit that
+//! leaves enough of the WAL to copy starts one in the background instead,
+//! and the turn's holder checkpoints only when the WAL has grown long (see
+//! [`checkpoint`](super::checkpoint)).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -43,7 +50,9 @@ use std::time::{Duration, Instant};
 use rusqlite::ffi;
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
+use super::checkpoint::{self, Checkpointer};
 use super::conn::SharedSettings;
+use super::watch::Header;
 use crate::{Error, Result};
 
 /// The most writes one commit holds.
@@ -63,11 +72,15 @@ pub(crate) struct HotWriter {
     closed: AtomicBool,
     writes: AtomicU64,
     commits: AtomicU64,
+    checkpointer: Checkpointer,
 }
 
 /// What the caller holding the turn may use.
 struct Turn {
     conn: Option<rusqlite::Connection>,
+    /// `conn`'s wal-index header, cleared before `conn` closes; `None`
+    /// outside WAL mode, where SQLite checkpoints as it commits.
+    wal: Option<Header>,
     /// The transaction open on `conn`, if any.
     open: Option<Group>,
 }
@@ -109,9 +122,9 @@ impl Failure {
 impl HotWriter {
     pub(crate) fn new(settings: SharedSettings) -> Self {
         HotWriter {
-            settings,
             turn: Mutex::new(Turn {
                 conn: None,
+                wal: None,
                 open: None,
             }),
             arriving: AtomicUsize::new(0),
@@ -119,6 +132,8 @@ impl HotWriter {
             closed: AtomicBool::new(false),
             writes: AtomicU64::new(0),
             commits: AtomicU64::new(0),
+            checkpointer: Checkpointer::new(settings.clone()),
+            settings,
         }
     }
 
@@ -138,8 +153,7 @@ impl HotWriter {
         let written = self.savepoint(conn, shared).and_then(|()| {
             let value = f(conn)?;
             if shared {
-                conn.execute_batch("RELEASE member")
-                    .map_err(|e| self.classify(e))?;
+                Self::run_cached(conn, "RELEASE member").map_err(|e| self.classify(e))?;
             }
             Ok(value)
         });
@@ -198,6 +212,14 @@ impl HotWriter {
                 Ok(conn)
             })
             .await?;
+            // SAFETY: `conn` has read the file, and `close` clears `wal`
+            // before it closes `conn`; only the turn's holder uses either.
+            turn.wal = unsafe { Header::of(&conn) };
+            if turn.wal.is_some() {
+                // Checkpoints run in the background instead (see `checkpoint`).
+                conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+                    .map_err(|e| self.classify(e))?;
+            }
             turn.conn = Some(conn);
         }
         Ok(turn)
@@ -233,7 +255,7 @@ impl HotWriter {
 
     fn execute(&self, turn: &Turn, sql: &str) -> Result<()> {
         let conn = turn.conn.as_ref().ok_or(Error::Closed)?;
-        conn.execute_batch(sql).map_err(|e| self.classify(e))
+        Self::run_cached(conn, sql).map_err(|e| self.classify(e))
     }
 
     /// Undoes the failed write of the caller holding the turn: its
@@ -264,12 +286,34 @@ impl HotWriter {
         let (Some(conn), Some(group)) = (turn.conn.as_ref(), turn.open.take()) else {
             return;
         };
-        let committed = conn.execute_batch("COMMIT").map_err(|e| {
+        let committed = Self::run_cached(conn, "COMMIT").map_err(|e| {
             let _ = conn.execute_batch("ROLLBACK");
             Failure::of(&e)
         });
         self.commits.fetch_add(1, Ordering::Relaxed);
+        let ok = committed.is_ok();
         self.settle(&group, committed);
+        if ok {
+            self.checkpoint(turn);
+        }
+    }
+
+    /// After a commit, once its callers are told: starts a checkpoint in
+    /// the background when enough frames wait to be copied, or, when the
+    /// WAL has grown long, copies what is left here so that it can start
+    /// again from its beginning (see [`checkpoint`]).
+    fn checkpoint(&self, turn: &Turn) {
+        let (Some(conn), Some(wal)) = (turn.conn.as_ref(), turn.wal.as_ref()) else {
+            return;
+        };
+        let (frames, backlog) = wal.frames();
+        if frames >= checkpoint::RESTART_FRAMES && backlog > 0 {
+            if let Err(e) = conn.query_row(checkpoint::PASSIVE, [], |_| Ok(())) {
+                tracing::debug!(error = %e, "a checkpoint failed; the next commit tries again");
+            }
+        } else if backlog >= checkpoint::CHECKPOINT_FRAMES {
+            self.checkpointer.start();
+        }
     }
 
     fn settle(&self, group: &Group, outcome: std::result::Result<(), Failure>) {
@@ -298,10 +342,14 @@ impl HotWriter {
     /// Opens the savepoint of a write that joins a group holding others.
     fn savepoint(&self, conn: &rusqlite::Connection, shared: bool) -> Result<()> {
         if shared {
-            conn.execute_batch("SAVEPOINT member")
-                .map_err(|e| self.classify(e))?;
+            Self::run_cached(conn, "SAVEPOINT member").map_err(|e| self.classify(e))?;
         }
         Ok(())
+    }
+
+    /// Runs a statement that every group or write runs, prepared once.
+    fn run_cached(conn: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
+        conn.prepare_cached(sql)?.execute([]).map(drop)
     }
 
     /// Commits a group left open with nobody coming to commit it, if the
@@ -341,6 +389,8 @@ impl HotWriter {
         self.closed.store(true, Ordering::Release);
         let mut turn = self.turn.lock().await;
         self.commit(&mut turn);
+        self.checkpointer.close();
+        turn.wal = None;
         if let Some(conn) = turn.conn.take() {
             // No transaction is open; a failed close only leaks a handle.
             let _ = conn.close();

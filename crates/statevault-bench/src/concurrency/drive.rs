@@ -30,6 +30,10 @@ pub struct Figures {
     pub peak_rss_mib: Option<f64>,
     /// Calls completed.
     pub ops: u64,
+    /// statevault only: the hot writer's writes per commit during the run
+    /// ([`statevault::Vault::write_counts`]), where it wrote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writes_per_commit: Option<f64>,
 }
 
 impl Figures {
@@ -41,6 +45,7 @@ impl Figures {
             p99_us: round2(p99_us),
             peak_rss_mib: None,
             ops,
+            writes_per_commit: None,
         }
     }
 

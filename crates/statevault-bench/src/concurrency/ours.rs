@@ -154,8 +154,15 @@ pub async fn run(
             work,
         })
         .collect();
+    let before = vault.write_counts();
     let (callers, mut figures) = drive::tasks(callers, run, limit).await?;
     drop(callers);
+    let after = vault.write_counts();
+    let commits = after.commits - before.commits;
+    if commits > 0 {
+        let writes = (after.writes - before.writes) as f64;
+        figures.writes_per_commit = Some((writes / commits as f64 * 100.0).round() / 100.0);
+    }
     if writes_behind {
         let started = Instant::now();
         vault.flush().await?;
