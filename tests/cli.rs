@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
 
 use common::{assert_one_error_line, cli, init, run, stderr, stdout, tempdir};
 
@@ -429,4 +430,115 @@ fn audit_prefs_and_user_commands() {
         "{}",
         stdout(&out)
     );
+}
+
+/// Every directory entry under `dir`, as paths relative to it.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            found.push(path.strip_prefix(dir).unwrap().display().to_string());
+            if path.is_dir() {
+                todo.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// A database URL, from `--db`, `STATEVAULT_DB` or the config file, is
+/// never taken for a path: every command refuses it in one line that names
+/// the scheme but not the password, and creates nothing (it used to make a
+/// directory named `postgres:`).
+#[test]
+fn a_database_url_is_never_taken_for_a_path() {
+    let url = "postgres://app:hunter2@db.internal:5432/state";
+    let commands: &[&[&str]] = &[
+        &["init"],
+        &["migrate"],
+        &["info"],
+        &["sql", "SELECT 1"],
+        &["check"],
+        &["health"],
+        &["session", "list", "alice"],
+        &["session", "revoke", "--user", "alice"],
+        &["audit", "verify"],
+        &["prefs", "get", "alice"],
+        &["prefs", "set", "alice", "{}"],
+        &["user", "export", "alice"],
+        &["user", "erase", "alice"],
+        &["sweep"],
+        &["backup"],
+        &["rekey", "--new-key-file", "new.key"],
+        &["demo", "--requests", "10"],
+        &["limits", "status", "alice"],
+        &["limits", "reset", "alice"],
+        &["cache", "stats"],
+        &["cache", "clear"],
+        &["metrics"],
+        &["import-legacy", "legacy"],
+    ];
+    for args in commands {
+        for how in ["flag", "env", "config"] {
+            let dir = tempdir();
+            let mut cmd = cli(dir.path());
+            match how {
+                "flag" => {
+                    cmd.args(["--db", url]);
+                }
+                "env" => {
+                    cmd.env("STATEVAULT_DB", url);
+                }
+                _ => {
+                    let config = dir.path().join("settings.toml");
+                    std::fs::write(&config, format!("[storage_paths]\ndatabase = \"{url}\"\n"))
+                        .unwrap();
+                    cmd.arg("--config").arg(&config);
+                }
+            }
+            let key = dir.path().join("new.key");
+            std::fs::write(&key, format!("{:064x}", 7)).unwrap();
+            common::chmod_private(&key);
+            let out = cmd.args(*args).output().unwrap();
+            let err = if args[0] == "health" {
+                // The health report names the failing component, on stdout.
+                assert_eq!(out.status.code(), Some(2), "{args:?} ({how})");
+                stdout(&out)
+            } else {
+                assert_one_error_line(&out)
+            };
+            assert!(
+                err.contains("postgres://") && err.contains("PostgreSQL"),
+                "{args:?} ({how}): {err}"
+            );
+            assert!(
+                !err.contains("hunter2"),
+                "{args:?} ({how}) leaked the password: {err}"
+            );
+            let mut left = entries(dir.path());
+            left.retain(|e| e != "settings.toml" && e != "new.key");
+            assert!(left.is_empty(), "{args:?} ({how}) created {left:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_library_refuses_a_url_as_well() {
+    for (url, says) in [
+        ("postgresql://localhost/state", "PostgreSQL"),
+        ("sqlite://state.db", "not a file path"),
+    ] {
+        let e = statevault::Vault::open(statevault::VaultOptions::new(url))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, statevault::Error::InvalidInput { what: "path", .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains(says), "{e}");
+        let scheme = url.split_once("//").unwrap().0;
+        assert!(!Path::new(scheme).exists(), "{scheme} was created");
+    }
 }

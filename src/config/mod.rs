@@ -99,7 +99,11 @@ impl Config {
             .storage_paths
             .database
             .as_ref()
-            .map(|p| self.base.join(p))
+            .map(|p| match crate::vault::url_scheme(p) {
+                // Kept whole, so that opening refuses it as a URL.
+                Some(_) => p.clone(),
+                None => self.base.join(p),
+            })
     }
 
     /// Options for the vault the file describes: the database from

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use info::{Info, Rows, WriteCounts};
+pub(crate) use options::url_scheme;
 pub use options::{DB_ENV, DEFAULT_DB, VaultOptions};
 
 use crate::audit::{self, Audit, AuditEvent, EventKind};

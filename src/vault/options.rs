@@ -62,6 +62,9 @@ impl VaultOptions {
     /// `synchronous=NORMAL`, 4 readers, an 8 MiB page cache budget for the
     /// whole vault, a 5 s busy timeout, buffered writes flushed every second, the system
     /// clock, and each facet's default configuration.
+    ///
+    /// `path` is a file path: opening refuses a URL such as `postgres://…`
+    /// with [`Error::InvalidInput`] instead of taking it for a path.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         VaultOptions {
             path: path.into(),
@@ -336,6 +339,9 @@ impl VaultOptions {
         if self.path.as_os_str().is_empty() {
             return Err(Error::invalid("path", "empty"));
         }
+        if let Some(scheme) = url_scheme(&self.path) {
+            return Err(Error::invalid("path", not_a_path(scheme)));
+        }
         if self
             .sweep_interval
             .is_some_and(|every| every < Duration::from_secs(1))
@@ -386,5 +392,29 @@ impl fmt::Debug for VaultOptions {
             .field("health", &self.health)
             .field("backups", &self.backups)
             .finish_non_exhaustive()
+    }
+}
+
+/// The scheme of a path written as a URL (`postgres://…`, `sqlite://…`),
+/// which must never be taken for a file path: `postgres://host/db` would
+/// otherwise become a directory named `postgres:` in the current directory.
+pub(crate) fn url_scheme(path: &Path) -> Option<&str> {
+    let (scheme, _) = path.to_str()?.split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then_some(scheme)
+}
+
+/// Why a URL is refused, naming its scheme only: the rest may hold a
+/// password.
+fn not_a_path(scheme: &str) -> String {
+    if scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql") {
+        format!(
+            "{scheme}:// names a PostgreSQL server, and this version keeps its state in a \
+             SQLite file only; give the file's path"
+        )
+    } else {
+        format!("{scheme}:// is a URL, not a file path; give the file's path without it")
     }
 }
