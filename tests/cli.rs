@@ -161,7 +161,7 @@ fn migrate_status_lists_every_migration() {
     let out = run(dir.path(), &["migrate", "--status"]);
     assert!(out.status.success());
     let text = stdout(&out);
-    let count = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+    let count = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
         .unwrap()
         .count();
     assert_eq!(text.lines().count(), count, "{text}");

@@ -123,7 +123,7 @@ fn sqlx_cli(dir: &Path, db: &str, args: &[&str]) -> Option<std::process::Output>
             .args(if args[0] == "migrate" {
                 &[
                     "--source",
-                    concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"),
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"),
                 ][..]
             } else {
                 &[]
@@ -143,7 +143,7 @@ fn sqlx_cli_sees_nothing_pending_on_a_statevault_plain_file() {
     };
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    let count = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+    let count = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
         .unwrap()
         .count();
     assert_eq!(text.matches("installed").count(), count, "{text}");

@@ -10,8 +10,8 @@ use sqlx::migrate::Migrator;
 
 use crate::{Error, Result};
 
-/// The migrations in `migrations/`, embedded at build time.
-pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+/// The migrations in `migrations/sqlite/`, embedded at build time.
+pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// One migration, as this build knows it and as the file has it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

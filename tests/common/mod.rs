@@ -302,3 +302,106 @@ pub async fn every_operation(dir: &Path) -> Vec<String> {
     vault.close().await.unwrap();
     secrets
 }
+
+/// A database of its own on the PostgreSQL server that
+/// `STATEVAULT_TEST_POSTGRES` names (read at run time; `.ci/run` starts a
+/// throwaway server), dropped when this value is. Made and dropped with the
+/// server's own client, `psql`.
+pub struct PgDatabase {
+    admin: String,
+    name: String,
+    /// The URL of this database.
+    pub url: String,
+}
+
+/// A fresh database on the test server, or `None` after saying loudly that
+/// the test is skipped (no server named, or no `psql`); under
+/// STATEVAULT_REQUIRE_TOOLS=1 either fails the test instead.
+pub fn postgres_database() -> Option<PgDatabase> {
+    let Ok(admin) = std::env::var("STATEVAULT_TEST_POSTGRES") else {
+        missing(
+            "PostgreSQL server",
+            "set STATEVAULT_TEST_POSTGRES to a server's URL; .ci/run starts one",
+        );
+        return None;
+    };
+    tool("psql")?;
+    let name = format!(
+        "statevault_test_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let (base, query) = admin.split_once('?').unwrap_or((&admin, ""));
+    let (server, _) = base
+        .rsplit_once('/')
+        .expect("a database URL: postgres://…/DB");
+    let url = if query.is_empty() {
+        format!("{server}/{name}")
+    } else {
+        format!("{server}/{name}?{query}")
+    };
+    let db = PgDatabase { admin, name, url };
+    psql_ok(&db.admin, &format!("CREATE DATABASE {}", db.name));
+    Some(db)
+}
+
+impl PgDatabase {
+    /// Runs SQL with `psql` on this database; its output, unaligned, tuples
+    /// only, fields split by `|`. Panics if psql fails.
+    pub fn psql(&self, sql: &str) -> String {
+        psql_ok(&self.url, sql)
+    }
+
+    /// Runs SQL with `psql` on this database, which must fail; its stderr.
+    pub fn psql_fails(&self, sql: &str) -> String {
+        let out = psql(&self.url, sql);
+        assert!(!out.status.success(), "{sql} succeeded");
+        stderr(&out)
+    }
+
+    /// This database's URL with `schema` first in the search path (as
+    /// sqlx and libpq read the `options` parameter).
+    pub fn url_in_schema(&self, schema: &str) -> String {
+        let options = format!("options=-c%20search_path%3D{schema}");
+        match self.url.contains('?') {
+            true => format!("{}&{options}", self.url),
+            false => format!("{}?{options}", self.url),
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = psql(
+            &self.admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+fn psql(url: &str, sql: &str) -> Output {
+    Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("run psql")
+}
+
+fn psql_ok(url: &str, sql: &str) -> String {
+    let out = psql(url, sql);
+    assert!(out.status.success(), "psql {sql}: {}", stderr(&out));
+    stdout(&out)
+}
