@@ -326,14 +326,9 @@ pub fn postgres_database() -> Option<PgDatabase> {
         return None;
     };
     tool("psql")?;
-    let name = format!(
-        "statevault_test_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let made = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("statevault_test_{}_{made}", std::process::id());
     let (base, query) = admin.split_once('?').unwrap_or((&admin, ""));
     let (server, _) = base
         .rsplit_once('/')
@@ -344,6 +339,8 @@ pub fn postgres_database() -> Option<PgDatabase> {
         format!("{server}/{name}?{query}")
     };
     let db = PgDatabase { admin, name, url };
+    // One left by a killed run with the same process id goes first.
+    psql_ok(&db.admin, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name));
     psql_ok(&db.admin, &format!("CREATE DATABASE {}", db.name));
     Some(db)
 }
