@@ -85,8 +85,11 @@ async fn a_cancelled_caller_does_not_strand_the_others() {
     let mut tasks = create_while_locked(&vault, &users).await;
     // The last callers give up while they wait for their turn: nobody else
     // is coming, so the group they were expected to join still commits.
-    for task in tasks.drain(4..) {
+    // All of them before any is awaited: awaiting one lets the others run.
+    for task in &tasks[4..] {
         task.abort();
+    }
+    for task in tasks.drain(4..) {
         assert!(task.await.unwrap_err().is_cancelled());
     }
     for task in tasks {
@@ -198,5 +201,63 @@ async fn request_writes_alone_keep_the_wal_short() {
     assert!(!wal.exists(), "closing checkpoints the WAL and removes it");
     let vault = open(dir.path()).await;
     assert_eq!(vault.info().await.unwrap().tables["sessions"], 3_000);
+    vault.close().await.unwrap();
+}
+
+/// A caller's code that panics inside a request write (here a preferences
+/// upgrade, the caller's own function) undoes that write and gives the
+/// write lock back: before, the transaction stayed open, holding the lock
+/// against every other connection until the next request write came.
+#[tokio::test]
+async fn a_panic_inside_a_request_write_leaves_no_transaction_open() {
+    use statevault::PreferencesConfig;
+    let dir = tempdir();
+    let defaults = serde_json::json!({"theme": "light", "size": 1});
+    let (options, _clock) = common::options(dir.path(), "vault.db");
+    let vault = Vault::open(options.preferences(PreferencesConfig::new(defaults.clone())))
+        .await
+        .unwrap();
+    vault
+        .preferences()
+        .patch("alice", &serde_json::json!({"theme": "dark"}))
+        .await
+        .unwrap();
+    vault.close().await.unwrap();
+
+    let upgrade =
+        |_: &mut serde_json::Value| -> Result<(), String> { panic!("a bug in an upgrade") };
+    let (options, _clock) = common::options(dir.path(), "vault.db");
+    let vault = Vault::open(options.preferences(PreferencesConfig::new(defaults).upgrade(upgrade)))
+        .await
+        .unwrap();
+    let panicking = vault.clone();
+    let patch = tokio::spawn(async move {
+        panicking
+            .preferences()
+            .patch("alice", &serde_json::json!({"size": 2}))
+            .await
+    });
+    assert!(patch.await.unwrap_err().is_panic());
+
+    // Another connection takes the write lock at once.
+    let raw = raw_connection(vault.path());
+    raw.busy_timeout(std::time::Duration::from_millis(500))
+        .unwrap();
+    raw.execute_batch("BEGIN IMMEDIATE; COMMIT;")
+        .expect("the write lock was left taken");
+    // The vault writes on, and the panicking patch wrote nothing.
+    vault
+        .preferences()
+        .patch("bob", &serde_json::json!({"size": 3}))
+        .await
+        .unwrap();
+    let (version, document): (i64, String) = raw
+        .query_row(
+            "SELECT schema_version, document FROM preferences WHERE user_id = 'alice'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((version, document.as_str()), (1, r#"{"theme":"dark"}"#));
     vault.close().await.unwrap();
 }

@@ -43,6 +43,7 @@
 //! and the turn's holder checkpoints only when the WAL has grown long (see
 //! [`checkpoint`](super::checkpoint)).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -150,19 +151,30 @@ impl HotWriter {
         }
         let shared = turn.open.as_ref().is_some_and(|g| g.members > 0);
         let conn = turn.conn.as_ref().ok_or(Error::Closed)?;
-        let written = self.savepoint(conn, shared).and_then(|()| {
-            let value = f(conn)?;
-            if shared {
-                Self::run_cached(conn, "RELEASE member").map_err(|e| self.classify(e))?;
-            }
-            Ok(value)
-        });
+        // A panic in `f` (a caller's own code may run there: a preferences
+        // upgrade) undoes its write and gives the turn back before it goes
+        // on unwinding; left open, the transaction would hold the write lock
+        // against every other connection until the next caller came.
+        let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.savepoint(conn, shared).and_then(|()| {
+                let value = f(conn)?;
+                if shared {
+                    Self::run_cached(conn, "RELEASE member").map_err(|e| self.classify(e))?;
+                }
+                Ok(value)
+            })
+        }));
         let value = match written {
-            Ok(value) => value,
-            Err(e) => {
+            Ok(Ok(value)) => value,
+            Ok(Err(e)) => {
                 self.undo(&mut turn, shared);
                 self.release(turn);
                 return Err(e);
+            }
+            Err(panic) => {
+                self.undo(&mut turn, shared);
+                self.release(turn);
+                std::panic::resume_unwind(panic);
             }
         };
         let group = turn.open.as_mut().ok_or(Error::Closed)?;

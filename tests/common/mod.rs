@@ -340,7 +340,10 @@ pub fn postgres_database() -> Option<PgDatabase> {
     };
     let db = PgDatabase { admin, name, url };
     // One left by a killed run with the same process id goes first.
-    psql_ok(&db.admin, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name));
+    psql_ok(
+        &db.admin,
+        &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name),
+    );
     psql_ok(&db.admin, &format!("CREATE DATABASE {}", db.name));
     Some(db)
 }
