@@ -438,6 +438,8 @@ fn storage_failure(code: i32, detail: impl FnOnce() -> String) -> Option<Error> 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         let typed = e.as_database_error().and_then(|db| {
+            // SQLite's numeric codes only: PostgreSQL's SQLSTATEs are digits too.
+            db.try_downcast_ref::<sqlx::sqlite::SqliteError>()?;
             let code = db.code()?.parse::<i32>().ok()?;
             storage_failure(code, || db.message().to_owned())
         });

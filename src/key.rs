@@ -395,7 +395,7 @@ impl KeySource {
 
 /// A new random raw key, written to `path` (mode 0600) for a vault being
 /// created. If another process is creating the same vault, its key.
-fn create_key_file(path: &Path) -> Result<Option<Key>> {
+pub(crate) fn create_key_file(path: &Path) -> Result<Option<Key>> {
     let key = Key::generate()?;
     match key.write_new_file(path) {
         Ok(()) => Ok(Some(key)),

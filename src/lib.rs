@@ -69,8 +69,12 @@ mod layers;
 mod legacy;
 mod limits;
 mod metrics;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod prefs;
 mod retention;
+#[cfg(feature = "postgres")]
+mod seal;
 mod sessions;
 mod store;
 #[cfg(feature = "tower-sessions")]

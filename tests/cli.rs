@@ -502,7 +502,10 @@ fn a_database_url_is_never_taken_for_a_path() {
             std::fs::write(&key, format!("{:064x}", 7)).unwrap();
             common::chmod_private(&key);
             let out = cmd.args(*args).output().unwrap();
-            let err = if args[0] == "health" {
+            // With feature `postgres`, a postgres:// URL reaches the commands
+            // that work there (init, migrate, info: here they stop at the
+            // missing key) or is told they do not; without it, it is refused.
+            let err = if args[0] == "health" && !cfg!(feature = "postgres") {
                 // The health report names the failing component, on stdout.
                 assert_eq!(out.status.code(), Some(2), "{args:?} ({how})");
                 stdout(&out)

@@ -26,6 +26,8 @@ mod demo;
 mod legacy;
 mod limits;
 mod metrics;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod prefs;
 mod session;
 mod user;
@@ -282,6 +284,10 @@ fn options(cli: &Cli) -> Result<VaultOptions> {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let options = options(&cli)?;
+    #[cfg(feature = "postgres")]
+    if let Some(url) = postgres::url(&options) {
+        return postgres::run(url, &options, cli.command).await;
+    }
     match cli.command {
         Command::Bench(args) => bench::launch(args),
         Command::Init => admin::init(options).await,

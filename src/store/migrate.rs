@@ -24,9 +24,11 @@ pub struct MigrationStatus {
     pub applied: bool,
 }
 
-/// What the file has applied, read through a hot reader (a tiny table).
+/// What a database has applied (a file's, read through a hot reader: a
+/// tiny table), against the migrations of this build for it.
 pub(crate) struct Applied {
     rows: Vec<(i64, Vec<u8>, bool)>,
+    migrator: &'static Migrator,
 }
 
 impl Applied {
@@ -37,21 +39,27 @@ impl Applied {
             |r| r.get(0),
         )?;
         if !exists {
-            return Ok(Applied { rows: Vec::new() });
+            return Ok(Applied::of(Vec::new(), &MIGRATOR));
         }
         let mut stmt = conn
             .prepare("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        Ok(Applied { rows })
+        Ok(Applied::of(rows, &MIGRATOR))
+    }
+
+    /// `_sqlx_migrations`' rows (version, checksum, success), against
+    /// `migrator`.
+    pub(crate) fn of(rows: Vec<(i64, Vec<u8>, bool)>, migrator: &'static Migrator) -> Applied {
+        Applied { rows, migrator }
     }
 
     /// Refuses files this build must not migrate or use.
     pub(crate) fn validate(&self) -> Result<()> {
-        let supported = latest_version();
+        let supported = self.latest();
         for (version, checksum, success) in &self.rows {
-            let Some(ours) = MIGRATOR.iter().find(|m| m.version == *version) else {
+            let Some(ours) = self.migrator.iter().find(|m| m.version == *version) else {
                 let found = self.rows.iter().map(|r| r.0).max().unwrap_or(*version);
                 return Err(Error::SchemaTooNew { found, supported });
             };
@@ -73,7 +81,7 @@ impl Applied {
 
     /// Whether any embedded migration is not applied yet.
     pub(crate) fn pending(&self) -> bool {
-        MIGRATOR
+        self.migrator
             .iter()
             .any(|m| !self.rows.iter().any(|r| r.0 == m.version))
     }
@@ -83,9 +91,14 @@ impl Applied {
         self.rows.iter().map(|r| r.0).max().unwrap_or(0)
     }
 
+    /// The newest version this build has for the database.
+    pub(crate) fn latest(&self) -> i64 {
+        newest(self.migrator)
+    }
+
     /// Every embedded migration with its state in the file.
     pub(crate) fn status(&self) -> Vec<MigrationStatus> {
-        MIGRATOR
+        self.migrator
             .iter()
             .map(|m| MigrationStatus {
                 version: m.version,
@@ -96,7 +109,11 @@ impl Applied {
     }
 }
 
-/// The newest migration this build embeds.
+/// The newest migration this build embeds for files.
 pub(crate) fn latest_version() -> i64 {
-    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+    newest(&MIGRATOR)
+}
+
+fn newest(migrator: &Migrator) -> i64 {
+    migrator.iter().map(|m| m.version).max().unwrap_or(0)
 }

@@ -1,0 +1,104 @@
+//! The commands that work on a `postgres://` URL so far (feature
+//! `postgres`): `init`, `migrate` and `info`, through
+//! [`statevault::postgres::Database`]. The facets are not on PostgreSQL
+//! yet, so every other command says so.
+
+use std::process::ExitCode;
+
+use statevault::postgres::Database;
+use statevault::{Error, Result, VaultOptions};
+
+use super::{Command, bench, print_json};
+
+/// The database URL, if `--db` (or the environment, or the config) names a
+/// PostgreSQL server.
+pub fn url(options: &VaultOptions) -> Option<&str> {
+    let db = options.path().to_str()?;
+    ["postgres://", "postgresql://"]
+        .iter()
+        .any(|scheme| {
+            db.get(..scheme.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+        })
+        .then_some(db)
+}
+
+pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<ExitCode> {
+    let key = options.key_origin();
+    match command {
+        Command::Bench(args) => bench::launch(args),
+        Command::Init => {
+            let (db, created) = Database::init(url, key).await?;
+            let info = db.info().await;
+            db.close().await;
+            let info = info?;
+            let state = if created {
+                "created"
+            } else {
+                "exists, schema up to date"
+            };
+            say!("{} (schema {}): {state}", info.url, info.schema);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { status } => {
+            let db = Database::open(url, key).await?;
+            let listed = if status {
+                Some(db.migration_status().await)
+            } else {
+                None
+            };
+            let applied = if status {
+                None
+            } else {
+                Some(db.migrate().await)
+            };
+            db.close().await;
+            for m in listed.transpose()?.unwrap_or_default() {
+                let state = if m.applied { "applied" } else { "pending" };
+                say!("{} {:<8} {}", m.version, state, m.description);
+            }
+            if let Some(applied) = applied.transpose()? {
+                say!("applied {applied} migration(s); schema up to date");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Info { json } => {
+            let db = Database::open(url, key).await?;
+            let info = db.info().await;
+            db.close().await;
+            let info = info?;
+            if json {
+                print_json(&info)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let schema = if info.schema_version == info.latest_schema_version {
+                format!("{} (latest)", info.schema_version)
+            } else {
+                format!(
+                    "{} (this build has {})",
+                    info.schema_version, info.latest_schema_version
+                )
+            };
+            say!("url             {}", info.url);
+            say!("server_version  {}", info.server_version);
+            say!("schema          {}", info.schema);
+            say!("schema_version  {schema}");
+            say!(
+                "created_at      {}",
+                info.created_at.as_deref().unwrap_or("-")
+            );
+            say!("tables");
+            for (name, rows) in &info.tables {
+                say!("  {name:<20} {rows:>10}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => Err(Error::InvalidInput {
+            what: "command",
+            reason:
+                "on a PostgreSQL database (postgres://) only init, migrate and info work so far; \
+                     the facets still keep their state in a SQLite file"
+                    .into(),
+        }),
+    }
+}

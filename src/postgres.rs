@@ -1,0 +1,471 @@
+//! A PostgreSQL database made ready for statevault (feature `postgres`).
+//!
+//! This is the first part of running the facets on PostgreSQL for services
+//! with many instances (issue 19): the schema (`migrations/postgres`,
+//! created in the schema `statevault`), its migrations, and the key check
+//! that every sealed value will rely on. No facet runs on it yet: a
+//! [`Vault`](crate::Vault) still keeps its state in a SQLite file, and
+//! refuses a `postgres://` URL. `statevault init`, `migrate` and `info`
+//! take one.
+//!
+//! # The key
+//!
+//! What must not be read by whoever reads the database will be sealed with
+//! keys derived from the vault key (see `seal.rs`). [`Database::init`]
+//! stores a sealed check value in `vault_meta`; opening the database with
+//! another key fails with [`Error::WrongKey`] before anything is written. A
+//! passphrase is stretched with PBKDF2-HMAC-SHA512 (256 000 iterations) and a
+//! random salt kept beside the check. The key comes from `STATEVAULT_KEY` or
+//! a key file ([`KeySource::File`]); there is no `<db>.key` beside a URL.
+//!
+//! No advisory lock is taken (CockroachDB and YugabyteDB speak the same
+//! protocol without them): two instances initialising at once may both
+//! start the same migration, and the one that loses finds it applied.
+//!
+//! ```no_run
+//! # async fn run() -> statevault::Result<()> {
+//! use statevault::KeySource;
+//! use statevault::postgres::Database;
+//!
+//! let (db, _created) =
+//!     Database::init("postgres://app@db.internal/state", &KeySource::File("vault.key".into()))
+//!         .await?;
+//! println!("{:?}", db.info().await?.tables);
+//! db.close().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use zeroize::Zeroizing;
+
+use crate::seal::Sealer;
+use crate::store::{Applied, MigrationStatus};
+use crate::{Error, KEY_ENV, Key, KeySource, Result};
+
+/// The schema statevault's tables go into.
+pub const SCHEMA: &str = "statevault";
+
+/// `migrations/postgres`, run without sqlx's advisory lock (see the module
+/// docs).
+static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
+    let mut migrator = sqlx::migrate!("./migrations/postgres");
+    migrator.set_locking(false);
+    migrator
+});
+
+/// What the key check seals: its plaintext, and the row it is sealed for.
+const CHECK_PLAINTEXT: &[u8] = b"statevault seal check";
+const CHECK_ROW: &str = "seal_check";
+const SALT_ROW: &str = "seal_salt";
+
+/// A PostgreSQL database prepared for statevault, with its key proven.
+pub struct Database {
+    pool: PgPool,
+    /// The URL without its password, for messages.
+    url: String,
+    /// The key's sealer; its first user is the key check.
+    sealer: Sealer,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Database::info`] reports.
+#[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
+pub struct DatabaseInfo {
+    /// The database's URL, without its password.
+    pub url: String,
+    /// The server's version (`SHOW server_version`).
+    pub server_version: String,
+    /// The schema holding statevault's tables.
+    pub schema: String,
+    /// The newest migration applied.
+    pub schema_version: i64,
+    /// The newest migration this build has.
+    pub latest_schema_version: i64,
+    /// When `init` first prepared the database.
+    pub created_at: Option<String>,
+    /// Rows per table of the schema.
+    pub tables: BTreeMap<String, i64>,
+}
+
+impl Database {
+    /// Creates the schema if missing, applies pending migrations and stores
+    /// the key check, or proves the key against the one stored. A key file
+    /// named by `key` that does not exist is created with a new random raw
+    /// key (mode 0600). Returns whether this call created the key check
+    /// (a database new to statevault). Idempotent.
+    pub async fn init(url: &str, key: &KeySource) -> Result<(Database, bool)> {
+        let key = resolve_key(key, true)?;
+        let pool = connect(url).await?;
+        let url = redact(url);
+        create_schema(&pool).await?;
+        migrate(&pool).await?;
+        // The server's clock: the one every instance shares.
+        let created = sqlx::query(
+            "INSERT INTO vault_meta (key, value, updated_at) \
+             VALUES ('created_at', to_char(now() AT TIME ZONE 'UTC', \
+             'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), now()) \
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .execute(&pool)
+        .await?
+        .rows_affected()
+            == 1;
+        let mut salt = [0u8; 16];
+        getrandom::fill(&mut salt).map_err(|e| Error::Internal {
+            detail: format!("no randomness for a salt: {e}"),
+        })?;
+        insert_meta(&pool, SALT_ROW, crate::key::hex(&salt).as_str()).await?;
+        let sealer = sealer(&pool, &url, &key).await?;
+        let check = sealer
+            .table("vault_meta")
+            .seal(CHECK_ROW.as_bytes(), CHECK_PLAINTEXT)?;
+        insert_meta(&pool, CHECK_ROW, crate::key::hex(&check).as_str()).await?;
+        let db = Database { pool, url, sealer };
+        db.prove_key(&key).await?;
+        Ok((db, created))
+    }
+
+    /// Opens a database `init` prepared, proving the key; applies no
+    /// migration. A database with no statevault schema is
+    /// [`Error::Missing`].
+    pub async fn open(url: &str, key: &KeySource) -> Result<Database> {
+        let key = resolve_key(key, false)?;
+        let pool = connect(url).await?;
+        let url = redact(url);
+        let prepared: bool = sqlx::query_scalar("SELECT to_regclass('vault_meta') IS NOT NULL")
+            .fetch_one(&pool)
+            .await?;
+        if !prepared {
+            pool.close().await;
+            return Err(Error::Missing {
+                path: PathBuf::from(format!("{url} (schema {SCHEMA})")),
+            });
+        }
+        let sealer = sealer(&pool, &url, &key).await?;
+        let db = Database { pool, url, sealer };
+        db.prove_key(&key).await?;
+        Ok(db)
+    }
+
+    /// Every migration this build has, and whether the database has it.
+    pub async fn migration_status(&self) -> Result<Vec<MigrationStatus>> {
+        Ok(applied(&self.pool).await?.status())
+    }
+
+    /// Applies pending migrations; how many were pending.
+    pub async fn migrate(&self) -> Result<usize> {
+        let pending = self
+            .migration_status()
+            .await?
+            .iter()
+            .filter(|m| !m.applied)
+            .count();
+        migrate(&self.pool).await?;
+        Ok(pending)
+    }
+
+    /// The server, the schema's version and rows per table.
+    pub async fn info(&self) -> Result<DatabaseInfo> {
+        let applied = applied(&self.pool).await?;
+        let server_version: String = sqlx::query_scalar("SHOW server_version")
+            .fetch_one(&self.pool)
+            .await?;
+        let created_at: Option<String> =
+            sqlx::query_scalar("SELECT value FROM vault_meta WHERE key = 'created_at'")
+                .fetch_optional(&self.pool)
+                .await?;
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY 1",
+        )
+        .bind(SCHEMA)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut tables = BTreeMap::new();
+        for name in names {
+            // The names come from the catalog; quoted, they are identifiers.
+            let sql = format!(
+                "SELECT count(*) FROM {SCHEMA}.\"{}\"",
+                name.replace('"', "\"\"")
+            );
+            let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&self.pool)
+                .await?;
+            tables.insert(name, rows);
+        }
+        Ok(DatabaseInfo {
+            url: self.url.clone(),
+            server_version,
+            schema: SCHEMA.to_owned(),
+            schema_version: applied.version(),
+            latest_schema_version: applied.latest(),
+            created_at,
+            tables,
+        })
+    }
+
+    /// Closes every connection.
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+
+    /// Opens the stored key check with this database's sealer.
+    async fn prove_key(&self, key: &Key) -> Result<()> {
+        let wrong = || Error::WrongKey {
+            path: PathBuf::from(&self.url),
+            key: key.describe(),
+        };
+        let check = meta(&self.pool, CHECK_ROW).await?.ok_or_else(wrong)?;
+        let check = unhex(&check).ok_or_else(|| Error::BadData {
+            what: "vault_meta".into(),
+            detail: "the key check is not hex".into(),
+        })?;
+        match self
+            .sealer
+            .table("vault_meta")
+            .open(CHECK_ROW.as_bytes(), &check)
+        {
+            Ok(plain) if plain.as_slice() == CHECK_PLAINTEXT => Ok(()),
+            _ => Err(wrong()),
+        }
+    }
+}
+
+/// The key named by `source`; `creating` lets a missing key file be made.
+fn resolve_key(source: &KeySource, creating: bool) -> Result<Key> {
+    let needed = || Error::InvalidKey {
+        reason: format!(
+            "a PostgreSQL database (postgres://) needs its key from --key-file or {KEY_ENV}: its values are always sealed"
+        ),
+    };
+    match source {
+        KeySource::Key(key) => Ok(key.clone()),
+        KeySource::File(path) if creating && !path.exists() => {
+            crate::key::create_key_file(path)?.ok_or_else(needed)
+        }
+        KeySource::File(path) => Key::read_file(path),
+        KeySource::Auto => match std::env::var_os(KEY_ENV) {
+            Some(_) => KeySource::Auto
+                .resolve(std::path::Path::new(""), false)?
+                .ok_or_else(needed),
+            None => Err(needed()),
+        },
+        KeySource::None => Err(needed()),
+    }
+}
+
+/// A small pool on `url`, with statevault's schema first in the search path.
+async fn connect(url: &str) -> Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| Error::invalid("database URL", e.to_string()))?
+        .options([("search_path", SCHEMA)]);
+    PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(Error::from)
+}
+
+/// What the schema has applied, against `migrations/postgres`.
+async fn applied(pool: &PgPool) -> Result<Applied> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    let rows = if exists {
+        sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(pool)
+            .await?
+    } else {
+        Vec::new()
+    };
+    Ok(Applied::of(rows, &MIGRATOR))
+}
+
+/// Applies what is pending, after refusing a schema from a newer build or
+/// with a migration that differs. With no advisory lock, an instance that
+/// migrates at the same time as another clashes with what the other is
+/// creating; it waits a moment and tries again, skipping what the other
+/// finished, for up to [`CLASH_TIMEOUT`].
+async fn migrate(pool: &PgPool) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        applied(pool).await?.validate()?;
+        match MIGRATOR.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if clash(&e) && started.elapsed() < CLASH_TIMEOUT => {}
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// Creates statevault's schema if missing. Two instances creating it at
+/// once may both find it missing; the one that loses finds it made.
+async fn create_schema(pool: &PgPool) -> Result<()> {
+    let sql = format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}");
+    match sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+        .execute(pool)
+        .await
+    {
+        Err(e) if e.as_database_error().and_then(|db| db.code()).as_deref() == Some("23505") => {
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await?;
+        }
+        done => {
+            done?;
+        }
+    }
+    Ok(())
+}
+
+/// How long [`migrate`] keeps trying while another instance migrates.
+const CLASH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether a migration failed on something another instance created at the
+/// same time: a unique violation (sqlx's bookkeeping, the catalog), a
+/// duplicate table or object, a serialization failure or a deadlock.
+fn clash(e: &sqlx::migrate::MigrateError) -> bool {
+    use sqlx::migrate::MigrateError;
+    let (MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _)) = e else {
+        return false;
+    };
+    e.as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| {
+            matches!(
+                &*code,
+                "23505" | "42P06" | "42P07" | "42710" | "40001" | "40P01"
+            )
+        })
+}
+
+async fn meta(pool: &PgPool, key: &str) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT value FROM vault_meta WHERE key = $1")
+            .bind(key)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+/// Stores a `vault_meta` value unless one is there (the first `init` wins).
+async fn insert_meta(pool: &PgPool, key: &str, value: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO vault_meta (key, value, updated_at) VALUES ($1, $2, now()) \
+         ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(key)
+    .bind(value)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The sealer for `key`: a raw key as it is, a passphrase stretched with the
+/// database's salt.
+async fn sealer(pool: &PgPool, url: &str, key: &Key) -> Result<Sealer> {
+    let salt = meta(pool, SALT_ROW).await?.and_then(|hex| unhex(&hex));
+    let salt: [u8; 16] = salt
+        .and_then(|s| s.as_slice().try_into().ok())
+        .ok_or_else(|| Error::BadData {
+            what: "vault_meta".into(),
+            detail: format!("{url} has no valid seal_salt: run `statevault init`"),
+        })?;
+    let root = match key.raw_bytes() {
+        Some(raw) => raw,
+        None => {
+            let key = key.clone();
+            crate::store::blocking("stretch the passphrase", move || Ok(key.page_key(&salt)))
+                .await?
+        }
+    };
+    Ok(Sealer::new(root))
+}
+
+/// Lowercase or uppercase hex to bytes; `None` if it is not hex.
+fn unhex(text: &str) -> Option<Zeroizing<Vec<u8>>> {
+    let text = text.trim();
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()
+        .map(Zeroizing::new)
+}
+
+/// `url` without a password, in its user part or as a `password=`
+/// parameter, for messages and [`DatabaseInfo`].
+pub(crate) fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split(':').next().unwrap_or_default();
+            format!("{user}@{host}")
+        }
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|p| !p.to_ascii_lowercase().starts_with("password="))
+                .collect();
+            if kept.is_empty() {
+                path.to_owned()
+            } else {
+                format!("{path}?{}", kept.join("&"))
+            }
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{redact, unhex};
+
+    #[test]
+    fn a_redacted_url_keeps_everything_but_the_password() {
+        assert_eq!(
+            redact("postgres://app:hunter2@db.internal:5432/state?sslmode=require"),
+            "postgres://app@db.internal:5432/state?sslmode=require"
+        );
+        assert_eq!(
+            redact("postgresql://db/state?user=app&password=hunter2&host=/run/pg"),
+            "postgresql://db/state?user=app&host=/run/pg"
+        );
+        assert_eq!(redact("postgres://localhost"), "postgres://localhost");
+        assert_eq!(redact("postgres://a:b@h/d?password=c"), "postgres://a@h/d");
+    }
+
+    #[test]
+    fn unhex_reads_hex_and_only_hex() {
+        assert_eq!(unhex("00ff10").unwrap().as_slice(), &[0, 255, 16]);
+        assert!(unhex("0").is_none());
+        assert!(unhex("zz").is_none());
+        assert!(unhex("é1").is_none());
+    }
+}

@@ -1,0 +1,237 @@
+//! PostgreSQL so far (feature `postgres`): `statevault init`, `migrate` and
+//! `info` on a real server, the key check, and the commands that are not
+//! on PostgreSQL yet. Needs `STATEVAULT_TEST_POSTGRES` (`.ci/run` starts a
+//! throwaway server); each test makes a database of its own.
+
+#![cfg(feature = "postgres")]
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{PgDatabase, assert_one_error_line, cli, file_mode, stderr, stdout, tempdir};
+use statevault::postgres::Database;
+use statevault::{Error, Key, KeySource};
+
+/// `statevault --db URL --key-file KEY args…` in `dir`.
+fn run(dir: &Path, db: &PgDatabase, key: &str, args: &[&str]) -> Output {
+    cli(dir)
+        .args(["--db", &db.url, "--key-file", key])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "{}", stderr(out));
+    stdout(out)
+}
+
+fn migrations() -> usize {
+    std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn init_makes_the_schema_and_a_private_key_file_once_and_info_and_migrate_read_it() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    let first = ok(&run(dir.path(), &db, "vault.key", &["init"]));
+    assert!(first.contains("(schema statevault): created"), "{first}");
+    assert_eq!(file_mode(&dir.path().join("vault.key")), 0o600);
+    let again = ok(&run(dir.path(), &db, "vault.key", &["init"]));
+    assert!(again.contains("exists, schema up to date"), "{again}");
+
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&run(dir.path(), &db, "vault.key", &["info", "--json"]))).unwrap();
+    assert_eq!(info["schema"], "statevault");
+    assert_eq!(info["schema_version"], info["latest_schema_version"]);
+    assert_eq!(info["tables"]["_sqlx_migrations"], migrations());
+    assert_eq!(info["tables"]["sessions"], 0);
+    assert_eq!(info["tables"]["audit_head"], 1);
+    assert!(!info["url"].as_str().unwrap().contains("password"));
+
+    let status = ok(&run(dir.path(), &db, "vault.key", &["migrate", "--status"]));
+    assert_eq!(
+        status.matches(" applied ").count(),
+        migrations(),
+        "{status}"
+    );
+    let migrate = ok(&run(dir.path(), &db, "vault.key", &["migrate"]));
+    assert!(migrate.contains("applied 0 migration(s)"), "{migrate}");
+
+    // Stock sqlx-cli agrees: nothing pending.
+    if let Some(sqlx) = common::tool("sqlx") {
+        let out = std::process::Command::new(sqlx)
+            .args(["migrate", "info", "--source"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
+            .args(["--database-url", &db.url_in_schema("statevault")])
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        let text = ok(&out);
+        assert_eq!(text.matches("installed").count(), migrations(), "{text}");
+        assert!(!text.contains("pending"), "{text}");
+    }
+}
+
+#[test]
+fn another_key_is_refused_and_writes_nothing() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    ok(&run(dir.path(), &db, "a.key", &["init"]));
+    let before = db.psql("SELECT key, value FROM statevault.vault_meta ORDER BY key");
+    Key::generate()
+        .unwrap()
+        .write_new_file(&dir.path().join("b.key"))
+        .unwrap();
+    for args in [&["info"][..], &["migrate"], &["init"]] {
+        let out = run(dir.path(), &db, "b.key", args);
+        let err = assert_one_error_line(&out);
+        assert!(err.contains("wrong key"), "{args:?}: {err}");
+    }
+    let after = db.psql("SELECT key, value FROM statevault.vault_meta ORDER BY key");
+    assert_eq!(before, after);
+}
+
+#[test]
+fn a_passphrase_from_the_environment_opens_what_it_sealed_and_no_other_does() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    let with = |passphrase: &str, args: &[&str]| {
+        cli(dir.path())
+            .args(["--db", &db.url])
+            .args(args)
+            .env("STATEVAULT_KEY", passphrase)
+            .output()
+            .unwrap()
+    };
+    ok(&with("correct horse battery staple", &["init"]));
+    ok(&with("correct horse battery staple", &["info"]));
+    let err = assert_one_error_line(&with("correct horse battery stapler", &["info"]));
+    assert!(
+        err.contains("wrong key") && err.contains("passphrase"),
+        "{err}"
+    );
+    // No key at all: there is no key file beside a URL.
+    let out = cli(dir.path())
+        .args(["--db", &db.url, "info"])
+        .output()
+        .unwrap();
+    let err = assert_one_error_line(&out);
+    assert!(err.contains("--key-file or STATEVAULT_KEY"), "{err}");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing written here"
+    );
+}
+
+#[test]
+fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    Key::generate()
+        .unwrap()
+        .write_new_file(&dir.path().join("vault.key"))
+        .unwrap();
+    let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", &["info"]));
+    assert!(
+        err.contains("does not exist (run `statevault init`"),
+        "{err}"
+    );
+    ok(&run(dir.path(), &db, "vault.key", &["init"]));
+    for args in [
+        &["session", "list", "alice"][..],
+        &["prefs", "get", "alice"],
+        &["sweep"],
+        &["check"],
+        &["backup"],
+        &["demo"],
+        &["health"],
+    ] {
+        let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", args));
+        assert!(
+            err.contains("only init, migrate and info work so far"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(
+        db.psql("SELECT count(*) FROM statevault.sessions").trim(),
+        "0"
+    );
+}
+
+#[test]
+fn three_inits_at_once_all_succeed_and_migrate_once() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    Key::generate()
+        .unwrap()
+        .write_new_file(&dir.path().join("vault.key"))
+        .unwrap();
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            cli(dir.path())
+                .args(["--db", &db.url, "--key-file", "vault.key", "init"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut created = 0;
+    for child in children {
+        let text = ok(&child.wait_with_output().unwrap());
+        created += usize::from(text.contains(": created"));
+    }
+    assert_eq!(created, 1, "exactly one of them made the database");
+    let applied = db.psql("SELECT count(*) FROM statevault._sqlx_migrations WHERE success");
+    assert_eq!(applied.trim(), migrations().to_string());
+    assert_eq!(
+        db.psql("SELECT count(*) FROM statevault.vault_meta WHERE key LIKE 'seal_%'")
+            .trim(),
+        "2",
+        "one salt and one key check"
+    );
+}
+
+#[tokio::test]
+async fn the_library_prepares_and_opens_a_database() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let key = KeySource::Key(Key::generate().unwrap());
+    let missing = Database::open(&db.url, &key).await.unwrap_err();
+    assert!(matches!(missing, Error::Missing { .. }), "{missing:?}");
+    let (made, created) = Database::init(&db.url, &key).await.unwrap();
+    assert!(created);
+    assert!(!format!("{made:?}").contains("Key"));
+    made.close().await;
+    let opened = Database::open(&db.url, &key).await.unwrap();
+    let info = opened.info().await.unwrap();
+    assert_eq!(info.schema_version, info.latest_schema_version);
+    assert!(
+        opened
+            .migration_status()
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| m.applied)
+    );
+    opened.close().await;
+    let other = KeySource::Key(Key::generate().unwrap());
+    let wrong = Database::open(&db.url, &other).await.unwrap_err();
+    assert!(matches!(wrong, Error::WrongKey { .. }), "{wrong:?}");
+}
