@@ -321,6 +321,16 @@ pub enum Error {
         operation: &'static str,
     },
 
+    /// A database server could not be reached, or refused the connection
+    /// (feature `postgres`). Nothing was written.
+    #[error("cannot connect to {url}: {detail}")]
+    Unreachable {
+        /// The server's URL, without its password.
+        url: String,
+        /// What the driver said.
+        detail: String,
+    },
+
     /// A value stored in the file cannot be used (a `vault_meta` row, a
     /// metric's sketch): the file is readable, but that value was written by
     /// something other than statevault, or damaged.

@@ -42,6 +42,7 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use sqlx::ConnectOptions;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use zeroize::Zeroizing;
@@ -271,17 +272,33 @@ fn resolve_key(source: &KeySource, creating: bool) -> Result<Key> {
 }
 
 /// A small pool on `url`, with statevault's schema first in the search path.
+/// One connection is made first, alone, so that a server that is down or
+/// refuses the login fails at once with what it said (a pool would retry
+/// until its acquire timeout, then say only that it timed out).
 async fn connect(url: &str) -> Result<PgPool> {
     let options = PgConnectOptions::from_str(url)
         .map_err(|e| Error::invalid("database URL", e.to_string()))?
         .options([("search_path", SCHEMA)]);
-    PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
+    let unreachable = |e: sqlx::Error| Error::Unreachable {
+        url: redact(url),
+        detail: e.to_string(),
+    };
+    let first = tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
         .await
-        .map_err(Error::from)
+        .map_err(|_| Error::Unreachable {
+            url: redact(url),
+            detail: format!("no answer within {CONNECT_TIMEOUT:?}"),
+        })?
+        .map_err(unreachable)?;
+    sqlx::Connection::close(first).await.map_err(Error::from)?;
+    Ok(PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_lazy_with(options))
 }
+
+/// How long a connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the schema has applied, against `migrations/postgres`.
 async fn applied(pool: &PgPool) -> Result<Applied> {

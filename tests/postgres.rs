@@ -235,3 +235,33 @@ async fn the_library_prepares_and_opens_a_database() {
     let wrong = Database::open(&db.url, &other).await.unwrap_err();
     assert!(matches!(wrong, Error::WrongKey { .. }), "{wrong:?}");
 }
+
+/// A server that is down fails at once with what the driver said and the
+/// URL without its password (a pool would have retried for its whole
+/// acquire timeout, then said only that it timed out).
+#[test]
+fn an_unreachable_server_fails_at_once_naming_it_without_the_password() {
+    let dir = tempdir();
+    Key::generate()
+        .unwrap()
+        .write_new_file(&dir.path().join("vault.key"))
+        .unwrap();
+    let out = cli(dir.path())
+        .args([
+            "--db",
+            "postgres://app:hunter2@127.0.0.1:1/state",
+            "--key-file",
+            "vault.key",
+            "init",
+        ])
+        .output()
+        .unwrap();
+    let err = assert_one_error_line(&out);
+    assert!(
+        err.contains("cannot connect to postgres://app@127.0.0.1:1/state"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    // The driver's own answer, not a pool's timeout after retrying.
+    assert!(err.contains("Connection refused"), "{err}");
+}
