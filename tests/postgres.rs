@@ -23,6 +23,14 @@ fn run(dir: &Path, db: &PgDatabase, key: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// A key file with a new random raw key, `dir/name`.
+fn new_key_file(dir: &Path, name: &str) {
+    Key::generate()
+        .unwrap()
+        .write_new_file(&dir.join(name))
+        .unwrap();
+}
+
 fn ok(out: &Output) -> String {
     assert!(out.status.success(), "{}", stderr(out));
     stdout(out)
@@ -87,10 +95,7 @@ fn another_key_is_refused_and_writes_nothing() {
     let dir = tempdir();
     ok(&run(dir.path(), &db, "a.key", &["init"]));
     let before = db.psql("SELECT key, value FROM statevault.vault_meta ORDER BY key");
-    Key::generate()
-        .unwrap()
-        .write_new_file(&dir.path().join("b.key"))
-        .unwrap();
+    new_key_file(dir.path(), "b.key");
     for args in [&["info"][..], &["migrate"], &["init"]] {
         let out = run(dir.path(), &db, "b.key", args);
         let err = assert_one_error_line(&out);
@@ -140,10 +145,7 @@ fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
         return;
     };
     let dir = tempdir();
-    Key::generate()
-        .unwrap()
-        .write_new_file(&dir.path().join("vault.key"))
-        .unwrap();
+    new_key_file(dir.path(), "vault.key");
     let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", &["info"]));
     assert!(
         err.contains("does not exist (run `statevault init`"),
@@ -177,10 +179,7 @@ fn three_inits_at_once_all_succeed_and_migrate_once() {
         return;
     };
     let dir = tempdir();
-    Key::generate()
-        .unwrap()
-        .write_new_file(&dir.path().join("vault.key"))
-        .unwrap();
+    new_key_file(dir.path(), "vault.key");
     let children: Vec<_> = (0..3)
         .map(|_| {
             cli(dir.path())
@@ -242,10 +241,7 @@ async fn the_library_prepares_and_opens_a_database() {
 #[test]
 fn an_unreachable_server_fails_at_once_naming_it_without_the_password() {
     let dir = tempdir();
-    Key::generate()
-        .unwrap()
-        .write_new_file(&dir.path().join("vault.key"))
-        .unwrap();
+    new_key_file(dir.path(), "vault.key");
     let out = cli(dir.path())
         .args([
             "--db",

@@ -1,8 +1,11 @@
 //! `init`, `migrate`, `info`, `sql`, `check`: the file itself.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use statevault::{Check, KeySource, Result, Vault, VaultOptions, default_key_file};
+use statevault::{
+    Check, KeySource, MigrationStatus, Result, Vault, VaultOptions, default_key_file,
+};
 
 use super::print_json;
 
@@ -33,10 +36,7 @@ pub async fn init(options: VaultOptions) -> Result<ExitCode> {
 pub async fn migrate(vault: &Vault, status: bool) -> Result<ExitCode> {
     let before = vault.migration_status()?;
     if status {
-        for m in &before {
-            let state = if m.applied { "applied" } else { "pending" };
-            say!("{} {:<8} {}", m.version, state, m.description);
-        }
+        say_status(&before)?;
         return Ok(ExitCode::SUCCESS);
     }
     vault.migrate().await?;
@@ -56,14 +56,7 @@ pub async fn info(vault: &Vault, json: bool) -> Result<ExitCode> {
         (true, None) => "yes".into(),
         (false, _) => "no".into(),
     };
-    let schema = if info.schema_version == info.latest_schema_version {
-        format!("{} (latest)", info.schema_version)
-    } else {
-        format!(
-            "{} (this build has {})",
-            info.schema_version, info.latest_schema_version
-        )
-    };
+    let schema = schema_version(info.schema_version, info.latest_schema_version);
     say!("path            {}", info.path.display());
     say!("file_bytes      {}", info.file_bytes);
     say!("wal_bytes       {}", info.wal_bytes);
@@ -78,11 +71,35 @@ pub async fn info(vault: &Vault, json: bool) -> Result<ExitCode> {
         "key_created_at  {}",
         info.key_created_at.as_deref().unwrap_or("-")
     );
+    say_tables(&info.tables)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `info`'s schema version: the applied one, and this build's if newer.
+pub(super) fn schema_version(applied: i64, latest: i64) -> String {
+    if applied == latest {
+        format!("{applied} (latest)")
+    } else {
+        format!("{applied} (this build has {latest})")
+    }
+}
+
+/// `info`'s rows per table.
+pub(super) fn say_tables(tables: &BTreeMap<String, i64>) -> Result<()> {
     say!("tables");
-    for (name, rows) in &info.tables {
+    for (name, rows) in tables {
         say!("  {name:<20} {rows:>10}");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// `migrate --status`: each migration, applied or pending.
+pub(super) fn say_status(all: &[MigrationStatus]) -> Result<()> {
+    for m in all {
+        let state = if m.applied { "applied" } else { "pending" };
+        say!("{} {:<8} {}", m.version, state, m.description);
+    }
+    Ok(())
 }
 
 pub async fn sql(vault: &Vault, query: &str, json: bool) -> Result<ExitCode> {

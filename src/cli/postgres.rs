@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use statevault::postgres::Database;
 use statevault::{Error, Result, VaultOptions};
 
-use super::{Command, bench, print_json};
+use super::{Command, admin, bench, print_json};
 
 /// The database URL, if `--db` (or the environment, or the config) names a
 /// PostgreSQL server.
@@ -53,10 +53,7 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
                 Some(db.migrate().await)
             };
             db.close().await;
-            for m in listed.transpose()?.unwrap_or_default() {
-                let state = if m.applied { "applied" } else { "pending" };
-                say!("{} {:<8} {}", m.version, state, m.description);
-            }
+            admin::say_status(&listed.transpose()?.unwrap_or_default())?;
             if let Some(applied) = applied.transpose()? {
                 say!("applied {applied} migration(s); schema up to date");
             }
@@ -71,14 +68,7 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
                 print_json(&info)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let schema = if info.schema_version == info.latest_schema_version {
-                format!("{} (latest)", info.schema_version)
-            } else {
-                format!(
-                    "{} (this build has {})",
-                    info.schema_version, info.latest_schema_version
-                )
-            };
+            let schema = admin::schema_version(info.schema_version, info.latest_schema_version);
             say!("url             {}", info.url);
             say!("server_version  {}", info.server_version);
             say!("schema          {}", info.schema);
@@ -87,10 +77,7 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
                 "created_at      {}",
                 info.created_at.as_deref().unwrap_or("-")
             );
-            say!("tables");
-            for (name, rows) in &info.tables {
-                say!("  {name:<20} {rows:>10}");
-            }
+            admin::say_tables(&info.tables)?;
             Ok(ExitCode::SUCCESS)
         }
         _ => Err(Error::InvalidInput {
