@@ -157,7 +157,6 @@ fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
         &["prefs", "get", "alice"],
         &["sweep"],
         &["check"],
-        &["backup"],
         &["demo"],
         &["health"],
     ] {
@@ -166,6 +165,10 @@ fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
             err.contains("only init, migrate and info work so far"),
             "{args:?}: {err}"
         );
+    }
+    for args in [&["backup"][..], &["restore", "x.db"]] {
+        let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", args));
+        assert!(err.contains("pg_dump"), "{args:?}: {err}");
     }
     assert_eq!(
         db.psql("SELECT count(*) FROM statevault.sessions").trim(),

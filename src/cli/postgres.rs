@@ -80,6 +80,13 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
             admin::say_tables(&info.tables)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Backup(_) | Command::Restore { .. } => Err(Error::InvalidInput {
+            what: "command",
+            reason: "a PostgreSQL database (postgres://) is backed up and restored with its own \
+                     tools (pg_dump, pg_restore, or the server's base backups): its sealed \
+                     values stay sealed in them"
+                .into(),
+        }),
         _ => Err(Error::InvalidInput {
             what: "command",
             reason:
