@@ -411,8 +411,9 @@ pub(crate) fn url_scheme(path: &Path) -> Option<&str> {
 fn not_a_path(scheme: &str) -> String {
     if scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql") {
         format!(
-            "{scheme}:// names a PostgreSQL server, and this version keeps its state in a \
-             SQLite file only; give the file's path"
+            "{scheme}:// names a PostgreSQL server, and a vault keeps its state in a SQLite \
+             file only so far; give the file's path (built with feature `postgres`, \
+             `statevault init`, `migrate` and `info` take a {scheme}:// URL)"
         )
     } else {
         format!("{scheme}:// is a URL, not a file path; give the file's path without it")
