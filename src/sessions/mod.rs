@@ -33,13 +33,16 @@
 //! cap); `lookup.rs` how `validate` finds a token and what refuses it;
 //! `config.rs`, `types.rs` and `state.rs` its
 //! settings, values and memory; `backend.rs` the storage contract and
-//! `sqlite.rs` every statement.
+//! `sqlite.rs` every statement; `tower.rs` the rows of the tower-sessions
+//! store.
 
 mod backend;
 mod config;
 mod lookup;
 mod sqlite;
 mod state;
+#[cfg(feature = "tower-sessions")]
+mod tower;
 mod types;
 
 use serde::Serialize;
@@ -559,42 +562,6 @@ impl<'a> Sessions<'a> {
             .await,
             crate::trace::ok,
         )
-    }
-
-    /// Inserts a tower-sessions record, or (`replace`) updates the one with
-    /// the same token hash. Without `replace`, returns false if the hash is
-    /// taken. The row's idle timeout and rotation are pushed out of the way:
-    /// tower-sessions moves `expires_at` itself.
-    #[cfg(feature = "tower-sessions")]
-    pub(crate) async fn put_tower_record(
-        &self,
-        record: TowerRecord,
-        replace: bool,
-    ) -> Result<bool> {
-        let written = self
-            .backend()
-            .put_tower_record(&record, config::TEN_YEARS, replace)
-            .await?;
-        self.state.forget(&[record.token_hash]);
-        Ok(written)
-    }
-
-    /// A live tower-sessions record's data and expiry, on the caller's thread.
-    #[cfg(feature = "tower-sessions")]
-    pub(crate) fn tower_record(
-        &self,
-        token_hash: &[u8; 32],
-        now: Timestamp,
-    ) -> Result<Option<(String, Timestamp)>> {
-        self.backend().tower_record(token_hash, now)
-    }
-
-    /// Deletes a tower-sessions record.
-    #[cfg(feature = "tower-sessions")]
-    pub(crate) async fn delete_tower_record(&self, token_hash: &[u8; 32]) -> Result<()> {
-        self.backend().delete_by_token(token_hash).await?;
-        self.state.forget(&[*token_hash]);
-        Ok(())
     }
 }
 
