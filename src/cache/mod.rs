@@ -37,7 +37,8 @@
 //! - `state.rs`: the state the vault holds, and the flush; `l1.rs`: memory
 //!   (L1 and the write buffer); `key.rs`: [`CacheKey`].
 //! - `backend.rs`: the storage contract; `sqlite.rs`: L2 in the vault file,
-//!   every statement of the cache; `codec.rs`: how values are stored.
+//!   every statement of the cache but a flush's multi-row writes, which are
+//!   in `sqlite_batch.rs`; `codec.rs`: how values are stored.
 
 mod backend;
 mod codec;
@@ -46,6 +47,7 @@ mod counter;
 mod key;
 mod l1;
 mod sqlite;
+mod sqlite_batch;
 mod state;
 mod types;
 mod upkeep;
