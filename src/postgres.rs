@@ -115,6 +115,16 @@ impl Database {
         let pool = connect(url).await?;
         let url = redact(url);
         create_schema(&pool).await?;
+        if prepared(&pool).await? && meta(&pool, CHECK_ROW).await?.is_some() {
+            // Prepared before: another key must not migrate or write here.
+            let sealer = sealer(&pool, &url, &key).await?;
+            let db = Database {
+                pool: pool.clone(),
+                url: url.clone(),
+                sealer,
+            };
+            db.prove_key(&key).await?;
+        }
         migrate(&pool).await?;
         // The server's clock: the one every instance shares.
         let created = sqlx::query(
@@ -149,10 +159,7 @@ impl Database {
         let key = resolve_key(key, false)?;
         let pool = connect(url).await?;
         let url = redact(url);
-        let prepared: bool = sqlx::query_scalar("SELECT to_regclass('vault_meta') IS NOT NULL")
-            .fetch_one(&pool)
-            .await?;
-        if !prepared {
+        if !prepared(&pool).await? {
             pool.close().await;
             return Err(Error::Missing {
                 path: PathBuf::from(format!("{url} (schema {SCHEMA})")),
@@ -246,6 +253,15 @@ impl Database {
             _ => Err(wrong()),
         }
     }
+}
+
+/// Whether the schema has statevault's tables (an `init` got that far).
+async fn prepared(pool: &PgPool) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT to_regclass('vault_meta') IS NOT NULL")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// The key named by `source`; `creating` lets a missing key file be made.

@@ -94,6 +94,12 @@ fn another_key_is_refused_and_writes_nothing() {
     };
     let dir = tempdir();
     ok(&run(dir.path(), &db, "a.key", &["init"]));
+    // The newest migration undone, as if this build were newer than the
+    // database: init with another key must not apply it.
+    db.psql(
+        "DROP TABLE statevault.changes; DELETE FROM statevault._sqlx_migrations \
+         WHERE version = (SELECT max(version) FROM statevault._sqlx_migrations)",
+    );
     let before = db.psql("SELECT key, value FROM statevault.vault_meta ORDER BY key");
     new_key_file(dir.path(), "b.key");
     for args in [&["info"][..], &["migrate"], &["init"]] {
@@ -103,6 +109,11 @@ fn another_key_is_refused_and_writes_nothing() {
     }
     let after = db.psql("SELECT key, value FROM statevault.vault_meta ORDER BY key");
     assert_eq!(before, after);
+    let changes = db.psql("SELECT to_regclass('statevault.changes') IS NULL");
+    assert_eq!(changes.trim(), "t", "a migration ran under another key");
+    // The right key applies it.
+    let migrated = ok(&run(dir.path(), &db, "a.key", &["migrate"]));
+    assert!(migrated.contains("applied 1 migration(s)"), "{migrated}");
 }
 
 #[test]
