@@ -37,8 +37,8 @@
 //! - `state.rs`: the state the vault holds, and the flush; `l1.rs`: memory
 //!   (L1 and the write buffer); `key.rs`: [`CacheKey`].
 //! - `backend.rs`: the storage contract; `sqlite.rs`: L2 in the vault file,
-//!   every statement of the cache but a flush's multi-row writes, which are
-//!   in `sqlite_batch.rs`; `codec.rs`: how values are stored.
+//!   every statement of the cache but the inserts and a flush's multi-row
+//!   writes, which are in `sqlite_batch.rs`; `codec.rs`: how values are stored.
 
 mod backend;
 mod codec;

@@ -21,7 +21,7 @@ use super::backend::{
 };
 use super::codec::decode;
 use super::l1::Meta;
-use super::sqlite_batch::{ROWS_PER_STATEMENT, joined_tags, write_sets, write_touches};
+use super::sqlite_batch::{ROWS_PER_STATEMENT, insert_if_absent, write_sets, write_touches};
 use super::types::NamespaceStats;
 use crate::core::Core;
 use crate::core::feed::{Facet, Record};
@@ -315,38 +315,7 @@ pub(crate) async fn insert_new(
         .bind(now)
         .execute(&mut *conn)
         .await?;
-    let item = &row.pending.item;
-    let created = Timestamp::from_millis(row.pending.created_at);
-    let inserted = sqlx::query(
-        "INSERT INTO cache_entries (key, namespace, user_id, codec, size, stored_size,
-             created_at, expires_at, last_access_at, tags, value)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7, ?9, ?10)
-         ON CONFLICT (key) DO NOTHING",
-    )
-    .bind(&*row.key)
-    .bind(&*item.meta.namespace)
-    .bind(item.meta.user.as_deref())
-    .bind(row.codec.as_str())
-    .bind(item.value.len() as i64)
-    .bind(row.stored.len() as i64)
-    .bind(created)
-    .bind(item.expires_at.map(Timestamp::from_millis))
-    .bind(joined_tags(&item.meta))
-    .bind(row.stored.as_slice())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        > 0;
-    if inserted {
-        for tag in &item.meta.tags {
-            sqlx::query("INSERT INTO cache_tags (tag, key) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
-                .bind(&**tag)
-                .bind(&*row.key)
-                .execute(&mut *conn)
-                .await?;
-        }
-    }
-    Ok(inserted)
+    Ok(insert_if_absent(conn, row).await?)
 }
 
 /// The point read on a rusqlite connection: one indexed lookup, decoded on

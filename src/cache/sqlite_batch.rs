@@ -1,6 +1,7 @@
 //! A cache flush's writes to the file, as multi-row statements: the sets
 //! (rows, then their tags) and the last-access touches, in statements of at
-//! most [`ROWS_PER_STATEMENT`] rows and about 16 MiB.
+//! most [`ROWS_PER_STATEMENT`] rows and about 16 MiB. A legacy import's
+//! single rows go through the same `INSERT` ([`insert_if_absent`]).
 
 use std::sync::Arc;
 
@@ -37,6 +38,38 @@ pub(super) async fn write_sets(conn: &mut SqliteConnection, rows: &[Row]) -> sql
 
 /// Inserts or replaces one statement's worth of rows.
 async fn upsert(conn: &mut SqliteConnection, chunk: &[Row]) -> sqlx::Result<()> {
+    let mut q = insert_rows(chunk);
+    q.push(
+        " ON CONFLICT (key) DO UPDATE SET namespace = excluded.namespace, \
+         user_id = excluded.user_id, codec = excluded.codec, size = excluded.size, \
+         stored_size = excluded.stored_size, created_at = excluded.created_at, \
+         expires_at = excluded.expires_at, last_access_at = excluded.last_access_at, \
+         tags = excluded.tags, value = excluded.value",
+    );
+    crate::store::one_off(&mut q).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Inserts `row` and its tags unless a row has its key (inside the caller's
+/// transaction, a legacy import's). Returns whether it was inserted.
+pub(super) async fn insert_if_absent(conn: &mut SqliteConnection, row: &Row) -> sqlx::Result<bool> {
+    let rows = std::slice::from_ref(row);
+    let mut q = insert_rows(rows);
+    q.push(" ON CONFLICT (key) DO NOTHING");
+    let inserted = crate::store::one_off(&mut q)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+        > 0;
+    if inserted {
+        insert_tags(conn, rows).await?;
+    }
+    Ok(inserted)
+}
+
+/// The `INSERT` of `chunk`'s rows into `cache_entries`, last accessed when
+/// they were made, before its `ON CONFLICT` clause.
+fn insert_rows(chunk: &[Row]) -> QueryBuilder<sqlx::Sqlite> {
     let mut q = QueryBuilder::<sqlx::Sqlite>::new(
         "INSERT INTO cache_entries (key, namespace, user_id, codec, size, stored_size, \
          created_at, expires_at, last_access_at, tags, value) ",
@@ -56,15 +89,7 @@ async fn upsert(conn: &mut SqliteConnection, chunk: &[Row]) -> sqlx::Result<()> 
             .push_bind(joined_tags(&item.meta))
             .push_bind(r.stored.as_slice());
     });
-    q.push(
-        " ON CONFLICT (key) DO UPDATE SET namespace = excluded.namespace, \
-         user_id = excluded.user_id, codec = excluded.codec, size = excluded.size, \
-         stored_size = excluded.stored_size, created_at = excluded.created_at, \
-         expires_at = excluded.expires_at, last_access_at = excluded.last_access_at, \
-         tags = excluded.tags, value = excluded.value",
-    );
-    crate::store::one_off(&mut q).execute(&mut *conn).await?;
-    Ok(())
+    q
 }
 
 /// Inserts the tags of these rows into `cache_tags`.
@@ -124,6 +149,6 @@ fn chunks(rows: &[Row]) -> Vec<&[Row]> {
 
 /// The tags column: tags joined by U+001F (tags never contain control
 /// characters), `None` when there are none.
-pub(super) fn joined_tags(meta: &Meta) -> Option<String> {
+fn joined_tags(meta: &Meta) -> Option<String> {
     (!meta.tags.is_empty()).then(|| meta.tags.join("\u{1f}"))
 }
