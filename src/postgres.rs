@@ -115,16 +115,12 @@ impl Database {
         let pool = connect(url).await?;
         let url = redact(url);
         create_schema(&pool).await?;
-        if prepared(&pool).await? && meta(&pool, CHECK_ROW).await?.is_some() {
-            // Prepared before: another key must not migrate or write here.
-            let sealer = sealer(&pool, &url, &key).await?;
-            let db = Database {
-                pool: pool.clone(),
-                url: url.clone(),
-                sealer,
-            };
-            db.prove_key(&key).await?;
-        }
+        // Prepared before: another key must not migrate or write here.
+        let earlier = if prepared(&pool).await? && meta(&pool, CHECK_ROW).await?.is_some() {
+            Some(Database::proven(pool.clone(), url.clone(), &key).await?)
+        } else {
+            None
+        };
         migrate(&pool).await?;
         // The server's clock: the one every instance shares.
         let created = sqlx::query(
@@ -137,11 +133,16 @@ impl Database {
         .await?
         .rows_affected()
             == 1;
+        if let Some(db) = earlier {
+            return Ok((db, created));
+        }
         let mut salt = [0u8; 16];
         getrandom::fill(&mut salt).map_err(|e| Error::Internal {
             detail: format!("no randomness for a salt: {e}"),
         })?;
         insert_meta(&pool, SALT_ROW, crate::key::hex(&salt).as_str()).await?;
+        // Another init may have stored its salt and check first: the sealer
+        // uses the stored salt, and the key must open the stored check.
         let sealer = sealer(&pool, &url, &key).await?;
         let check = sealer
             .table("vault_meta")
@@ -165,9 +166,15 @@ impl Database {
                 path: PathBuf::from(format!("{url} (schema {SCHEMA})")),
             });
         }
-        let sealer = sealer(&pool, &url, &key).await?;
+        Database::proven(pool, url, &key).await
+    }
+
+    /// The database on `pool`, once `key` has opened its stored check (a
+    /// passphrase is stretched once, here).
+    async fn proven(pool: PgPool, url: String, key: &Key) -> Result<Database> {
+        let sealer = sealer(&pool, &url, key).await?;
         let db = Database { pool, url, sealer };
-        db.prove_key(&key).await?;
+        db.prove_key(key).await?;
         Ok(db)
     }
 
