@@ -285,7 +285,7 @@ fn options(cli: &Cli) -> Result<VaultOptions> {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let options = options(&cli)?;
     #[cfg(feature = "postgres")]
-    if let Some(url) = postgres::url(&options) {
+    if let Some(url) = options.postgres_url() {
         return postgres::run(url, &options, cli.command).await;
     }
     match cli.command {

@@ -10,19 +10,6 @@ use statevault::{Error, Result, VaultOptions};
 
 use super::{Command, admin, bench, print_json};
 
-/// The database URL, if `--db` (or the environment, or the config) names a
-/// PostgreSQL server.
-pub fn url(options: &VaultOptions) -> Option<&str> {
-    let db = options.path().to_str()?;
-    ["postgres://", "postgresql://"]
-        .iter()
-        .any(|scheme| {
-            db.get(..scheme.len())
-                .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
-        })
-        .then_some(db)
-}
-
 pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<ExitCode> {
     let key = options.key_origin();
     match command {

@@ -272,6 +272,15 @@ impl VaultOptions {
         &self.path
     }
 
+    /// The database as a PostgreSQL URL (`postgres://…`, `postgresql://…`),
+    /// if it names a server rather than a file. A vault refuses it when it
+    /// opens; `statevault::postgres::Database` takes it (feature
+    /// `postgres`).
+    pub fn postgres_url(&self) -> Option<&str> {
+        url_scheme(&self.path).filter(|scheme| is_postgres(scheme))?;
+        self.path.to_str()
+    }
+
     /// Where the key comes from, as set by [`VaultOptions::key_source`](crate::VaultOptions::key_source) (or
     /// a [`crate::Config`]).
     pub fn key_origin(&self) -> &KeySource {
@@ -409,7 +418,7 @@ pub(crate) fn url_scheme(path: &Path) -> Option<&str> {
 /// Why a URL is refused, naming its scheme only: the rest may hold a
 /// password.
 fn not_a_path(scheme: &str) -> String {
-    if scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql") {
+    if is_postgres(scheme) {
         format!(
             "{scheme}:// names a PostgreSQL server, and a vault keeps its state in a SQLite \
              file only so far; give the file's path (built with feature `postgres`, \
@@ -418,4 +427,9 @@ fn not_a_path(scheme: &str) -> String {
     } else {
         format!("{scheme}:// is a URL, not a file path; give the file's path without it")
     }
+}
+
+/// Whether a URL's scheme names PostgreSQL.
+fn is_postgres(scheme: &str) -> bool {
+    scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql")
 }
