@@ -150,6 +150,39 @@ impl sqlx::Decode<'_, sqlx::Sqlite> for Timestamp {
     }
 }
 
+/// `timestamptz`, through chrono (PostgreSQL keeps microseconds; a
+/// timestamp has milliseconds).
+#[cfg(feature = "postgres")]
+impl sqlx::Type<sqlx::Postgres> for Timestamp {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <DateTime<Utc> as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl sqlx::postgres::PgHasArrayType for Timestamp {
+    fn array_type_info() -> sqlx::postgres::PgTypeInfo {
+        <DateTime<Utc> as sqlx::postgres::PgHasArrayType>::array_type_info()
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl sqlx::Encode<'_, sqlx::Postgres> for Timestamp {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <DateTime<Utc> as sqlx::Encode<sqlx::Postgres>>::encode(self.to_datetime(), buf)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl sqlx::Decode<'_, sqlx::Postgres> for Timestamp {
+    fn decode(value: sqlx::postgres::PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(<DateTime<Utc> as sqlx::Decode<sqlx::Postgres>>::decode(value)?.into())
+    }
+}
+
 impl rusqlite::ToSql for Timestamp {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
         Ok(self.to_rfc3339().into())

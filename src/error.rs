@@ -331,6 +331,16 @@ pub enum Error {
         detail: String,
     },
 
+    /// What was asked works on the vault file but not (or not yet) on a
+    /// PostgreSQL database (feature `postgres`). Nothing was written.
+    #[error("{what} does not work on a PostgreSQL database: {reason}")]
+    Unsupported {
+        /// What was asked.
+        what: &'static str,
+        /// Why, or what to use instead.
+        reason: &'static str,
+    },
+
     /// A value stored in the file cannot be used (a `vault_meta` row, a
     /// metric's sketch): the file is readable, but that value was written by
     /// something other than statevault, or damaged.

@@ -142,11 +142,11 @@ impl Vault {
             .map(|p| read_bounded(p))
             .collect::<Result<Vec<_>, _>>()?;
         let ledger = ledger_key(c.kind, &c.rel, &contents);
-        if self.meta(&ledger)?.is_some() {
+        if self.meta(&ledger).await?.is_some() {
             return Ok(already_imported());
         }
         let plan = self.plan(c.kind, stem, &contents)?;
-        let mut tx = self.store().sqlx_transaction().await?;
+        let mut tx = self.store()?.sqlx_transaction().await?;
         if !meta::set_once(&mut tx, &ledger, c.kind.name(), self.now()).await? {
             return Ok(already_imported());
         }

@@ -66,6 +66,8 @@ static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
 const CHECK_PLAINTEXT: &[u8] = b"statevault seal check";
 const CHECK_ROW: &str = "seal_check";
 const SALT_ROW: &str = "seal_salt";
+/// The sealed keyed-hash secret's row.
+const HASH_SALT_ROW: &str = "hash_salt";
 
 /// A PostgreSQL database prepared for statevault, with its key proven.
 pub struct Database {
@@ -238,6 +240,74 @@ impl Database {
     /// Closes every connection.
     pub async fn close(self) {
         self.pool.close().await;
+    }
+
+    /// Whether migrations are pending.
+    pub(crate) async fn pending(&self) -> Result<bool> {
+        Ok(applied(&self.pool).await?.pending())
+    }
+
+    /// The URL without its password.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The connection pool, its search path on [`SCHEMA`].
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The key's sealer.
+    pub(crate) fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    /// A fact from `vault_meta`.
+    pub(crate) async fn meta(&self, key: &str) -> Result<Option<String>> {
+        meta(&self.pool, key).await
+    }
+
+    /// Stores a `vault_meta` fact, replacing what was there.
+    pub(crate) async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO vault_meta (key, value, updated_at) VALUES ($1, $2, now()) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The keyed-hash secret ([`crate::Vault::keyed_hash`]): 32 random
+    /// bytes, sealed in `vault_meta`, made by the first instance that asks.
+    pub(crate) async fn hash_salt(&self) -> Result<Zeroizing<[u8; 32]>> {
+        let seal = self.sealer.table("vault_meta");
+        if meta(&self.pool, HASH_SALT_ROW).await?.is_none() {
+            let mut salt = Zeroizing::new([0u8; 32]);
+            getrandom::fill(salt.as_mut_slice()).map_err(|e| Error::Internal {
+                detail: format!("no randomness for a salt: {e}"),
+            })?;
+            let sealed = seal.seal(HASH_SALT_ROW.as_bytes(), salt.as_slice())?;
+            insert_meta(&self.pool, HASH_SALT_ROW, crate::key::hex(&sealed).as_str()).await?;
+        }
+        let bad = |detail: &str| Error::BadData {
+            what: "vault_meta".into(),
+            detail: format!("{HASH_SALT_ROW} {detail}"),
+        };
+        let sealed = meta(&self.pool, HASH_SALT_ROW)
+            .await?
+            .and_then(|hex| unhex(&hex))
+            .ok_or_else(|| bad("is missing or not hex"))?;
+        let plain = seal
+            .open(HASH_SALT_ROW.as_bytes(), &sealed)
+            .map_err(|_| bad("does not open with this key"))?;
+        let salt: [u8; 32] = plain
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad("is not 32 bytes"))?;
+        Ok(Zeroizing::new(salt))
     }
 
     /// Opens the stored key check with this database's sealer.

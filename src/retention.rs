@@ -44,7 +44,7 @@ impl Vault {
                 let metrics = self.metrics().sweep().await?;
                 removed.insert("metrics".to_owned(), metrics.purged + metrics.downsampled);
                 removed.insert("changes".to_owned(), self.core().trim_feed().await?);
-                let pages_freed = self.store().give_back_space().await?;
+                let pages_freed = self.store()?.give_back_space().await?;
                 Ok(SweepReport {
                     removed,
                     pages_freed,

@@ -116,6 +116,7 @@ impl SessionStore for TowerSessionStore {
             .vault
             .sessions()
             .tower_record(&hash, now)
+            .await
             .map_err(backend)?
         else {
             return Ok(None);

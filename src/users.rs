@@ -134,7 +134,7 @@ impl Vault {
                 // What is buffered is written in the same transaction; durable
                 // appends among it are answered only once that has committed.
                 let batch = audit.take_batch();
-                let mut conn = match self.store().sqlx_writer_conn().await {
+                let mut conn = match self.store()?.sqlx_writer_conn().await {
                     Ok(conn) => conn,
                     Err(e) => {
                         audit.settle(batch, Some(&e));
@@ -147,7 +147,7 @@ impl Vault {
                 self.sessions().forget(&hashes);
                 self.limits().forget(user_id);
                 self.cache().forget_user(user_id);
-                self.store().purge(&mut conn).await?;
+                self.store()?.purge(&mut conn).await?;
                 Ok(ErasureReport {
                     user_id: user_id.to_owned(),
                     rows,
@@ -171,7 +171,7 @@ impl Vault {
         let audit = self.audit();
         audit
             .durably(conn, batch.durable(), async |conn| {
-                self.store()
+                self.store()?
                     .immediate(conn, None, async |tx| {
                         let mut rows = BTreeMap::new();
                         let hashes = self.sessions().erase_user(tx, user_id).await?;

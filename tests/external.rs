@@ -169,7 +169,14 @@ async fn a_file_migrated_by_sqlx_cli_opens_with_nothing_rerun() {
         .await
         .unwrap()
         .rows;
-    assert!(vault.migration_status().unwrap().iter().all(|m| m.applied));
+    assert!(
+        vault
+            .migration_status()
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| m.applied)
+    );
     assert_eq!(vault.info().await.unwrap().journal_mode, "wal");
     vault.close().await.unwrap();
 

@@ -119,7 +119,14 @@ async fn reopening_runs_nothing_again() {
         .rows;
     assert_eq!(first, again);
     assert_eq!(vault.info().await.unwrap().created_at, created);
-    assert!(vault.migration_status().unwrap().iter().all(|m| m.applied));
+    assert!(
+        vault
+            .migration_status()
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| m.applied)
+    );
     vault.close().await.unwrap();
 }
 
@@ -423,7 +430,7 @@ async fn closed_vault_says_so() {
     vault.close().await.unwrap();
     vault.close().await.unwrap();
     assert!(matches!(clone.info().await, Err(Error::Closed)));
-    assert!(matches!(clone.migration_status(), Err(Error::Closed)));
+    assert!(matches!(clone.migration_status().await, Err(Error::Closed)));
     assert!(matches!(
         clone.query_read_only("SELECT 1").await,
         Err(Error::Closed)
@@ -461,13 +468,19 @@ async fn two_handles_can_create_the_same_vault_at_once() {
             Vault::open(VaultOptions::new(&path))
         );
         let (a, b) = (a.unwrap(), b.unwrap());
-        assert!(a.migration_status().unwrap().iter().all(|m| m.applied));
+        assert!(
+            a.migration_status()
+                .await
+                .unwrap()
+                .iter()
+                .all(|m| m.applied)
+        );
         assert_eq!(
             b.query_read_only("SELECT count(*) FROM _sqlx_migrations")
                 .await
                 .unwrap()
                 .rows[0][0],
-            a.migration_status().unwrap().len()
+            a.migration_status().await.unwrap().len()
         );
         a.close().await.unwrap();
         b.close().await.unwrap();

@@ -105,7 +105,14 @@ async fn a_file_with_the_expiry_index_migrates_and_keeps_its_sessions() {
         .unwrap();
 
     let vault = Vault::open(options.sweep_interval(None)).await.unwrap();
-    assert!(vault.migration_status().unwrap().iter().all(|m| m.applied));
+    assert!(
+        vault
+            .migration_status()
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| m.applied)
+    );
     let index = vault
         .query_read_only("SELECT count(*) FROM sqlite_schema WHERE name = 'sessions_expires'")
         .await

@@ -230,7 +230,7 @@ impl<'a> Audit<'a> {
             return Ok(());
         }
         let result = self
-            .backend()
+            .backend()?
             .append(&batch.contents(), batch.durable())
             .await;
         self.settle(batch, result.as_ref().err());
@@ -260,7 +260,7 @@ impl<'a> Audit<'a> {
         durable: bool,
         work: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T>,
     ) -> Result<T> {
-        sqlite::durably(self.core.store(), conn, durable, work).await
+        sqlite::durably(self.core.store()?, conn, durable, work).await
     }
 
     /// Events matching `filter`, newest first. Writes buffered events first.
@@ -270,7 +270,7 @@ impl<'a> Audit<'a> {
         if limit == 0 || limit > 100_000 {
             return Err(Error::invalid("limit", "must be 1 to 100000"));
         }
-        events(self.backend().query(filter, limit).await?)
+        events(self.backend()?.query(filter, limit).await?)
     }
 
     /// The last `n` events, oldest first.
@@ -294,7 +294,7 @@ impl<'a> Audit<'a> {
             async {
                 self.flush().await?;
                 let mut verifier = verify::Verifier::new();
-                self.backend().read_chain(&mut verifier).await?;
+                self.backend()?.read_chain(&mut verifier).await?;
                 Ok(verifier.report())
             }
             .await,
@@ -305,7 +305,7 @@ impl<'a> Audit<'a> {
     /// A user's events (for export), oldest first.
     pub async fn export_user(&self, user_id: &str) -> Result<Vec<StoredEvent>> {
         self.flush().await?;
-        events(self.backend().user_events(user_id).await?)
+        events(self.backend()?.user_events(user_id).await?)
     }
 
     /// Deletes events older than `retention` from the start of the log, at
@@ -322,7 +322,7 @@ impl<'a> Audit<'a> {
                 self.flush().await?;
                 let _writing = self.state.writing.lock().await;
                 let cutoff = self.core.now().saturating_sub(self.state.config.retention);
-                let backend = self.backend();
+                let backend = self.backend()?;
                 let mut removed = 0;
                 loop {
                     let gone = backend
@@ -378,8 +378,8 @@ impl<'a> Audit<'a> {
     }
 
     /// The file's side of the facet.
-    fn backend(&self) -> Sqlite<'_> {
-        Sqlite::new(self.core.store())
+    fn backend(&self) -> Result<Sqlite<'_>> {
+        Ok(Sqlite::new(self.core.store()?))
     }
 }
 

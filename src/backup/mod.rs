@@ -64,7 +64,7 @@ impl Vault {
                         format!("{} exists already", path.display()),
                     ));
                 }
-                let settings = self.store().settings().clone();
+                let settings = self.store()?.settings().clone();
                 let target = path.clone();
                 let bytes = tokio::task::spawn_blocking(move || {
                     crate::store::write_backup(&settings, &target)
@@ -91,7 +91,7 @@ impl Vault {
     /// Opens `path` with this vault's key and checks it: every page, the
     /// integrity of the file, the audit chain; counts rows per table.
     pub async fn verify_backup(&self, path: &Path) -> Result<BackupVerification> {
-        let key = self.store().settings().key.clone();
+        let key = self.store()?.settings().key.clone();
         Vault::verify_file(path, key).await
     }
 
@@ -145,7 +145,7 @@ impl Vault {
                     });
                 }
                 let result = self.rekey_inner(new_key).await;
-                let settings = ConnSettings::clone(self.store().settings());
+                let settings = ConnSettings::clone(self.store()?.settings());
                 let closed = self.close().await;
                 result.and(closed)?;
                 crate::store::proves_key(settings, new_key)
@@ -159,8 +159,8 @@ impl Vault {
         self.audit()
             .append(AuditEvent::new(EventKind::Admin, "key.rotate"))?;
         self.flush().await?;
-        self.store().close_readers().await;
-        let mut conn = self.store().sqlx_writer_conn().await?;
+        self.store()?.close_readers().await;
+        let mut conn = self.store()?.sqlx_writer_conn().await?;
         crate::store::rekey(&mut conn, new_key, self.path()).await?;
         let now = self.now();
         meta::set(&mut conn, meta::KEY_CREATED_AT, &now.to_rfc3339(), now).await

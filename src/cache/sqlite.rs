@@ -50,8 +50,8 @@ impl<'a> Sqlite<'a> {
         Sqlite { core }
     }
 
-    /// The vault file's connections.
-    fn store(&self) -> &'a Store {
+    /// The vault file's connections (this facet is not on PostgreSQL yet).
+    fn store(&self) -> Result<&'a Store> {
         self.core.store()
     }
 }
@@ -83,19 +83,19 @@ impl<'a> CacheBackend for Sqlite<'a> {
 
     async fn begin(&self) -> Result<SqliteTx<'a>> {
         Ok(SqliteTx {
-            tx: self.store().sqlx_transaction().await?,
+            tx: self.store()?.sqlx_transaction().await?,
             core: self.core,
         })
     }
 
     fn read(&self, key: &str, now: Timestamp, max: usize) -> Result<Option<Found>> {
-        self.store().read_here(|conn| read(conn, key, now, max))
+        self.store()?.read_here(|conn| read(conn, key, now, max))
     }
 
     async fn read_large(&self, key: &str, now: Timestamp, max: usize) -> Result<Option<Found>> {
         let row = sqlx::query(POINT_READ)
             .bind(key)
-            .fetch_optional(self.store().sqlx_reader())
+            .fetch_optional(self.store()?.sqlx_reader())
             .await
             .map_err(closed_or)?;
         let Some(row) = row else {
@@ -105,7 +105,7 @@ impl<'a> CacheBackend for Sqlite<'a> {
     }
 
     fn exists(&self, key: &str, now: Timestamp) -> Result<bool> {
-        self.store().read_here(|conn| {
+        self.store()?.read_here(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT 1 FROM cache_entries WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
             )?;
@@ -114,7 +114,7 @@ impl<'a> CacheBackend for Sqlite<'a> {
     }
 
     async fn keys_of_user(&self, user: &str) -> Result<Vec<String>> {
-        let mut conn = self.store().sqlx_reader_conn().await?;
+        let mut conn = self.store()?.sqlx_reader_conn().await?;
         Ok(
             sqlx::query_scalar("SELECT key FROM cache_entries WHERE user_id = ?1 ORDER BY key")
                 .bind(user)
@@ -131,7 +131,7 @@ impl<'a> CacheBackend for Sqlite<'a> {
              FROM cache_entries GROUP BY namespace ORDER BY namespace",
         )
         .bind(now)
-        .fetch_all(self.store().sqlx_reader())
+        .fetch_all(self.store()?.sqlx_reader())
         .await
         .map_err(closed_or)?;
         let n = |v: i64| u64::try_from(v).unwrap_or(0);

@@ -34,7 +34,7 @@ pub async fn init(options: VaultOptions) -> Result<ExitCode> {
 }
 
 pub async fn migrate(vault: &Vault, status: bool) -> Result<ExitCode> {
-    let before = vault.migration_status()?;
+    let before = vault.migration_status().await?;
     if status {
         say_status(&before)?;
         return Ok(ExitCode::SUCCESS);

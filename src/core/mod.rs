@@ -1,6 +1,10 @@
-//! The core below the facets: the store, the clock, the keyed-hash secret and
-//! `vault_meta`. Every facet holds a `&Core` and its own state; none of them
-//! knows [`Vault`](crate::Vault) or another facet.
+//! The core below the facets: the storage, the clock, the keyed-hash secret
+//! and `vault_meta`. Every facet holds a `&Core` and its own state; none of
+//! them knows [`Vault`](crate::Vault) or another facet.
+//!
+//! The storage is the vault file ([`Store`]) or, with the `postgres`
+//! feature, a PostgreSQL database; a facet picks its backend by matching
+//! [`Core::storage`].
 
 pub(crate) mod feed;
 pub(crate) mod meta;
@@ -15,9 +19,18 @@ use crate::clock::{Clock, Timestamp};
 use crate::store::Store;
 use crate::{Error, Result};
 
+/// Where a vault keeps its state.
+pub(crate) enum Storage {
+    /// The SQLite file.
+    File(Box<Store>),
+    /// A PostgreSQL database, its values sealed.
+    #[cfg(feature = "postgres")]
+    Postgres(crate::postgres::Database),
+}
+
 /// What every facet shares: one per vault.
 pub(crate) struct Core {
-    store: Store,
+    storage: Storage,
     clock: Arc<dyn Clock>,
     /// What other handles on the file changed, and what this one publishes.
     feed: Feed,
@@ -29,15 +42,15 @@ pub(crate) struct Core {
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Core")
-            .field("path", &self.store.path())
+            .field("path", &self.path())
             .finish_non_exhaustive()
     }
 }
 
 impl Core {
-    pub(crate) fn new(store: Store, clock: Arc<dyn Clock>, feed: Feed) -> Core {
+    pub(crate) fn new(storage: Storage, clock: Arc<dyn Clock>, feed: Feed) -> Core {
         Core {
-            store,
+            storage,
             clock,
             feed,
             hash_salt: OnceLock::new(),
@@ -59,13 +72,22 @@ impl Core {
         now: Timestamp,
         apply: impl FnMut(News<'_>),
     ) -> Result<()> {
-        self.feed.catch_up(&self.store, cursor, now, apply)
+        match &self.storage {
+            Storage::File(store) => self.feed.catch_up(&**store, cursor, now, apply),
+            // No feed yet: memory is trusted for `memory_ttl` at most.
+            #[cfg(feature = "postgres")]
+            Storage::Postgres(_) => Ok(()),
+        }
     }
 
     /// Deletes the change feed's records older than its retention, in one
     /// transaction; how many went.
     pub(crate) async fn trim_feed(&self) -> Result<u64> {
-        let mut tx = self.store.sqlx_transaction().await?;
+        // PostgreSQL has no feed table to trim yet.
+        let Ok(store) = self.store() else {
+            return Ok(0);
+        };
+        let mut tx = store.sqlx_transaction().await?;
         let trimmed = self.feed.trim(&mut tx, self.now()).await?;
         tx.commit().await?;
         Ok(trimmed)
@@ -103,10 +125,51 @@ impl Core {
         self.feed.publish_here(conn, self.now(), facet, records)
     }
 
-    /// The file's connections.
+    /// Where the state is kept.
     #[inline]
-    pub(crate) fn store(&self) -> &Store {
-        &self.store
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The file's connections, for what works only on the file so far.
+    #[inline]
+    pub(crate) fn store(&self) -> Result<&Store> {
+        match &self.storage {
+            Storage::File(store) => Ok(store),
+            #[cfg(feature = "postgres")]
+            Storage::Postgres(_) => Err(Error::Unsupported {
+                what: "this part of statevault",
+                reason: "it still keeps its state in a SQLite file",
+            }),
+        }
+    }
+
+    /// Whether [`Core::close`] has run.
+    pub(crate) fn is_closed(&self) -> bool {
+        match &self.storage {
+            Storage::File(store) => store.sqlx_reader().is_closed(),
+            #[cfg(feature = "postgres")]
+            Storage::Postgres(db) => db.pool().is_closed(),
+        }
+    }
+
+    /// Closes every connection.
+    pub(crate) async fn close(&self) {
+        match &self.storage {
+            Storage::File(store) => store.close().await,
+            #[cfg(feature = "postgres")]
+            Storage::Postgres(db) => db.pool().close().await,
+        }
+    }
+
+    /// The database file, or a PostgreSQL database's URL without its
+    /// password.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        match &self.storage {
+            Storage::File(store) => store.path(),
+            #[cfg(feature = "postgres")]
+            Storage::Postgres(db) => std::path::Path::new(db.url()),
+        }
     }
 
     /// The clock every facet reads.
@@ -134,15 +197,24 @@ impl Core {
         self.clock.now_coarse()
     }
 
-    /// A fact from `vault_meta`, read on this thread.
-    pub(crate) fn meta(&self, key: &str) -> Result<Option<String>> {
-        meta::get(&self.store, key)
+    /// A fact from `vault_meta`.
+    pub(crate) async fn meta(&self, key: &str) -> Result<Option<String>> {
+        match &self.storage {
+            Storage::File(store) => meta::get(store, key),
+            #[cfg(feature = "postgres")]
+            Storage::Postgres(db) => db.meta(key).await,
+        }
     }
 
     /// Loads the keyed-hash secret, once the file has one (written by
-    /// [`meta::record_creation`]).
-    pub(crate) fn load_hash_salt(&self) -> Result<()> {
-        if let Some(hex) = self.meta(meta::HASH_SALT)? {
+    /// [`meta::record_creation`]); a PostgreSQL database keeps it sealed.
+    pub(crate) async fn load_hash_salt(&self) -> Result<()> {
+        #[cfg(feature = "postgres")]
+        if let Storage::Postgres(db) = &self.storage {
+            let _ = self.hash_salt.set(db.hash_salt().await?);
+            return Ok(());
+        }
+        if let Some(hex) = self.meta(meta::HASH_SALT).await? {
             let salt = crate::key::parse_hex32(&hex)
                 .ok_or_else(|| meta::bad(meta::HASH_SALT, "is not 64 hex digits"))?;
             let _ = self.hash_salt.set(salt);
@@ -166,6 +238,20 @@ impl Core {
         Ok(mac.finalize().into_bytes().into())
     }
 }
+
+/// Runs `$call` on whichever backend a facet's `Backend` enum holds (its
+/// variants `Sqlite` and, with feature `postgres`, `Postgres`), inside
+/// that enum's `impl`: dispatch by enum, with no boxed futures.
+macro_rules! on_backend {
+    ($backend:expr, $b:ident => $call:expr) => {
+        match $backend {
+            Self::Sqlite($b) => $call,
+            #[cfg(feature = "postgres")]
+            Self::Postgres($b) => $call,
+        }
+    };
+}
+pub(crate) use on_backend;
 
 /// Locks `mutex`, recovering from poisoning: the data behind every lock here
 /// stays consistent at each step, so a panic elsewhere does not spoil it.

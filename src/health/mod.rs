@@ -21,6 +21,30 @@ pub(crate) use types::HealthState;
 pub use types::{Component, HealthConfig, HealthReport, HealthStatus};
 use types::{Integrity, worse_than};
 
+/// A PostgreSQL database's one component so far: it answers and takes a
+/// transaction.
+#[cfg(feature = "postgres")]
+async fn check_database(db: &crate::postgres::Database) -> Component {
+    let name = "database";
+    let answered = async {
+        let mut tx = db.pool().begin().await?;
+        sqlx::query("SELECT 1").execute(&mut *tx).await?;
+        tx.rollback().await
+    };
+    match answered.await {
+        Ok(()) => Component::new(
+            name,
+            HealthStatus::Healthy,
+            "answers and takes a transaction",
+        ),
+        Err(e) => Component::new(
+            name,
+            HealthStatus::Critical,
+            format!("{} does not answer: {e}", db.url()),
+        ),
+    }
+}
+
 impl Vault {
     /// Checks every component: the file opens and takes a write, `PRAGMA
     /// quick_check`, the key file's mode, the key's age, free disk, WAL
@@ -41,11 +65,15 @@ impl Vault {
     /// ```
     pub async fn health(&self) -> HealthReport {
         let config = &self.health_state().config;
+        #[cfg(feature = "postgres")]
+        if let crate::core::Storage::Postgres(db) = self.core().storage() {
+            return HealthReport::of(Some(self.now()), vec![check_database(db).await]);
+        }
         let components = vec![
             self.check_writable().await,
             self.check_integrity(config).await,
             self.check_key_file(),
-            self.check_key_age(config),
+            self.check_key_age(config).await,
             self.check_disk(config),
             self.check_wal(config),
             self.check_violations(config),
@@ -59,7 +87,11 @@ impl Vault {
         if let Err(e) = std::fs::OpenOptions::new().append(true).open(self.path()) {
             return Component::new(name, HealthStatus::Critical, format!("not writable: {e}"));
         }
-        match self.store().sqlx_transaction().await {
+        let began = match self.store() {
+            Ok(store) => store.sqlx_transaction().await,
+            Err(e) => Err(e),
+        };
+        match began {
             // Dropping the transaction rolls it back: nothing is written.
             Ok(tx) => {
                 drop(tx);
@@ -83,7 +115,7 @@ impl Vault {
             .filter(|c| c.at <= now && now.duration_since(c.at) < config.integrity_interval);
         let checked = match fresh {
             Some(checked) => checked.clone(),
-            None => match self.store().quick_check().await {
+            None => match self.quick_check().await {
                 Ok(lines) => last.insert(Integrity { at: now, lines }).clone(),
                 Err(e) => {
                     return Component::new(
@@ -143,12 +175,16 @@ impl Vault {
         }
     }
 
-    fn check_key_age(&self, config: &HealthConfig) -> Component {
+    async fn quick_check(&self) -> crate::Result<Vec<String>> {
+        self.store()?.quick_check().await
+    }
+
+    async fn check_key_age(&self, config: &HealthConfig) -> Component {
         let name = "key_age";
         if !self.is_encrypted() {
             return Component::new(name, HealthStatus::Healthy, "no key");
         }
-        let created = match self.meta("key_created_at") {
+        let created = match self.meta("key_created_at").await {
             Ok(Some(text)) => Timestamp::parse(&text),
             Ok(None) => {
                 return Component::new(name, HealthStatus::Warning, "key creation time unknown");

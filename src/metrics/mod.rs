@@ -157,7 +157,7 @@ impl<'a> Metrics<'a> {
     }
 
     /// The stored points, through their backend.
-    fn storage(&self) -> sqlite::Sqlite<'a> {
+    fn storage(&self) -> Result<sqlite::Sqlite<'a>> {
         state::backend(self.core)
     }
 
@@ -286,7 +286,7 @@ impl<'a> Metrics<'a> {
         if res < 1000 {
             return Err(Error::invalid("resolution", "shorter than a second"));
         }
-        let rows = self.storage().points(Some(name), from, to).await?;
+        let rows = self.storage()?.points(Some(name), from, to).await?;
         let mut buckets: BTreeMap<i64, Agg> = BTreeMap::new();
         for row in rows.iter().filter(|r| r.has_labels(labels)) {
             let offset = (row.agg.start_ms - from.as_millis()).div_euclid(res) * res;
@@ -313,7 +313,7 @@ impl<'a> Metrics<'a> {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Summary> {
-        let rows = self.storage().points(Some(name), from, to).await?;
+        let rows = self.storage()?.points(Some(name), from, to).await?;
         let mut total: Option<Agg> = None;
         for row in rows.iter().filter(|r| r.has_labels(labels)) {
             match &mut total {
@@ -339,7 +339,7 @@ impl<'a> Metrics<'a> {
     /// [`record_api_call`](Metrics::record_api_call)'s counter.
     pub async fn error_rates(&self, from: Timestamp, to: Timestamp) -> Result<Vec<EndpointErrors>> {
         let rows = self
-            .storage()
+            .storage()?
             .counter_totals(API_REQUESTS, from, to)
             .await?;
         let mut by: BTreeMap<String, EndpointErrors> = BTreeMap::new();
@@ -378,7 +378,7 @@ impl<'a> Metrics<'a> {
     pub async fn auth(&self, from: Timestamp, to: Timestamp) -> Result<AuthCounts> {
         let mut counts = AuthCounts::default();
         for (labels, total) in self
-            .storage()
+            .storage()?
             .counter_totals(AUTH_ATTEMPTS, from, to)
             .await?
         {
@@ -401,13 +401,13 @@ impl<'a> Metrics<'a> {
 
     /// The sizes of the database file and its WAL now.
     pub fn file_sizes(&self) -> FileSizes {
-        file_sizes(self.core.store().path())
+        file_sizes(self.core.path())
     }
 
     /// Every series, error rates, auth counts, live sessions and file sizes
     /// over `[from, to)`.
     pub async fn report(&self, from: Timestamp, to: Timestamp) -> Result<MetricsReport> {
-        let rows = self.storage().points(None, from, to).await?;
+        let rows = self.storage()?.points(None, from, to).await?;
         let mut merged: BTreeMap<(String, String, &'static str), (MetricKind, Agg)> =
             BTreeMap::new();
         for row in rows {
@@ -451,9 +451,9 @@ impl<'a> Metrics<'a> {
     /// [`flush_all`](Metrics::flush_all) first to include it.
     pub async fn prometheus(&self, window: Duration) -> Result<String> {
         let now = self.core.now();
-        let totals = self.storage().totals().await?;
+        let totals = self.storage()?.totals().await?;
         let recent = self
-            .storage()
+            .storage()?
             .points(None, now.saturating_sub(window), Timestamp::MAX)
             .await?;
         let mut quantiles: HashMap<(String, String), Agg> = HashMap::new();
@@ -527,7 +527,7 @@ impl<'a> Metrics<'a> {
                     * HOUR_MS;
                 loop {
                     let n = self
-                        .storage()
+                        .storage()?
                         .downsample(Timestamp::from_millis(cutoff), SWEEP_BATCH)
                         .await?;
                     counts.downsampled += n;
@@ -537,7 +537,7 @@ impl<'a> Metrics<'a> {
                 }
                 let purge_before = now.saturating_sub(config.retention);
                 loop {
-                    let n = self.storage().purge(purge_before, SWEEP_BATCH).await?;
+                    let n = self.storage()?.purge(purge_before, SWEEP_BATCH).await?;
                     counts.purged += n;
                     if n < SWEEP_BATCH as u64 {
                         break;

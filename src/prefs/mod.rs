@@ -66,8 +66,8 @@ impl<'a> Preferences<'a> {
         Preferences { core, config }
     }
 
-    fn backend(&self) -> Sqlite<'a> {
-        Sqlite::new(self.core.store())
+    fn backend(&self) -> Result<Sqlite<'a>> {
+        Ok(Sqlite::new(self.core.store()?))
     }
 
     /// The user's preferences: the defaults with their overrides merged in.
@@ -100,7 +100,7 @@ impl<'a> Preferences<'a> {
     /// if the user has none. Read on the caller's thread.
     pub fn stored(&self, user_id: &str) -> Result<Option<StoredPreferences>> {
         check_user(user_id)?;
-        self.backend()
+        self.backend()?
             .stored(user_id)?
             .map(|stored| {
                 Ok(StoredPreferences {
@@ -180,7 +180,7 @@ impl<'a> Preferences<'a> {
     async fn write(&self, user_id: &str, patch: &Value, replace: bool) -> Result<Value> {
         check_user(user_id)?;
         check_patch(patch, "a preferences patch must be a JSON object")?;
-        self.backend()
+        self.backend()?
             .update(user_id, replace, |stored| {
                 let mut overrides = match stored {
                     Some(Overrides {
@@ -239,7 +239,7 @@ impl<'a> Preferences<'a> {
             tracing::Level::DEBUG,
             async {
                 check_user(user_id)?;
-                self.backend().reset(user_id).await
+                self.backend()?.reset(user_id).await
             }
             .await,
             crate::trace::ok,

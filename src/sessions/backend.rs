@@ -2,9 +2,8 @@
 //! its own terms. `sqlite.rs` implements it; another database implements
 //! the same operations with the same atomicity.
 //!
-//! Reads that validation and listing make on the caller's thread are
-//! synchronous, so that a backend can answer them without a thread hop;
-//! every write is `async`.
+//! Every method is `async`; the file answers the reads validation and
+//! listing make on the caller's thread, without awaiting anything.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,6 +11,7 @@ use std::time::Duration;
 use super::state::Row;
 use crate::Result;
 use crate::clock::Timestamp;
+use crate::core::{Core, Storage, on_backend};
 
 /// A session row to insert.
 pub(crate) struct NewRow<'a> {
@@ -76,15 +76,15 @@ pub(crate) struct TowerRecord {
 /// changes rows returns the token hashes it changed, for the facet to
 /// forget from memory once it has committed.
 pub(crate) trait SessionsBackend {
-    /// The session with this token hash, on the caller's thread.
-    fn by_token(&self, token_hash: &[u8; 32]) -> Result<Option<Row>>;
+    /// The session with this token hash (the file answers on the caller's thread).
+    async fn by_token(&self, token_hash: &[u8; 32]) -> Result<Option<Row>>;
 
     /// A user's sessions that are not revoked and not past their absolute
-    /// expiry at `now`, oldest first, on the caller's thread.
-    fn unrevoked_of_user(&self, user_id: &str, now: Timestamp) -> Result<Vec<Row>>;
+    /// expiry at `now`, oldest first (the file answers on the caller's thread).
+    async fn unrevoked_of_user(&self, user_id: &str, now: Timestamp) -> Result<Vec<Row>>;
 
-    /// Every session of a user, oldest first, on the caller's thread.
-    fn all_of_user(&self, user_id: &str) -> Result<Vec<Row>>;
+    /// Every session of a user, oldest first (the file answers on the caller's thread).
+    async fn all_of_user(&self, user_id: &str) -> Result<Vec<Row>>;
 
     /// In one transaction that serialises every creator: hands the user's
     /// [`Candidate`]s (oldest first) to `make_room`, revokes the ones it
@@ -142,9 +142,9 @@ pub(crate) trait SessionsBackend {
     ) -> Result<bool>;
 
     /// An unrevoked record's data and expiry, if it has not expired at
-    /// `now`, on the caller's thread.
+    /// `now` (the file answers on the caller's thread).
     #[cfg(feature = "tower-sessions")]
-    fn tower_record(
+    async fn tower_record(
         &self,
         token_hash: &[u8; 32],
         now: Timestamp,
@@ -153,4 +153,110 @@ pub(crate) trait SessionsBackend {
     /// Deletes the session with this token hash, if any.
     #[cfg(feature = "tower-sessions")]
     async fn delete_by_token(&self, token_hash: &[u8; 32]) -> Result<()>;
+}
+
+/// The sessions table of the vault's storage, picked once per call by
+/// [`Backend::of`].
+pub(crate) enum Backend<'a> {
+    Sqlite(super::sqlite::Sqlite<'a>),
+    #[cfg(feature = "postgres")]
+    Postgres(super::postgres::Postgres<'a>),
+}
+
+impl<'a> Backend<'a> {
+    pub(crate) fn of(core: &'a Core) -> Self {
+        match core.storage() {
+            Storage::File(store) => Backend::Sqlite(super::sqlite::Sqlite::new(core, store)),
+            #[cfg(feature = "postgres")]
+            Storage::Postgres(db) => Backend::Postgres(super::postgres::Postgres::new(db)),
+        }
+    }
+}
+
+impl SessionsBackend for Backend<'_> {
+    async fn by_token(&self, token_hash: &[u8; 32]) -> Result<Option<Row>> {
+        on_backend!(self, b => b.by_token(token_hash).await)
+    }
+
+    async fn unrevoked_of_user(&self, user_id: &str, now: Timestamp) -> Result<Vec<Row>> {
+        on_backend!(self, b => b.unrevoked_of_user(user_id, now).await)
+    }
+
+    async fn all_of_user(&self, user_id: &str) -> Result<Vec<Row>> {
+        on_backend!(self, b => b.all_of_user(user_id).await)
+    }
+
+    async fn create(
+        &self,
+        row: &NewRow<'_>,
+        make_room: impl FnOnce(Vec<Candidate>) -> Result<Vec<Candidate>> + Send,
+    ) -> Result<Vec<Candidate>> {
+        on_backend!(self, b => b.create(row, make_room).await)
+    }
+
+    async fn rotate(
+        &self,
+        old: &[u8; 32],
+        new: &Tokens,
+        rotation_due_at: Timestamp,
+    ) -> Result<bool> {
+        on_backend!(self, b => b.rotate(old, new, rotation_due_at).await)
+    }
+
+    async fn regenerate(
+        &self,
+        old: &[u8; 32],
+        old_id: &str,
+        new: &Regenerated<'_>,
+    ) -> Result<bool> {
+        on_backend!(self, b => b.regenerate(old, old_id, new).await)
+    }
+
+    async fn set_data(&self, token_hash: &[u8; 32], data: &str) -> Result<bool> {
+        on_backend!(self, b => b.set_data(token_hash, data).await)
+    }
+
+    async fn revoke(&self, id: &str, now: Timestamp) -> Result<Vec<[u8; 32]>> {
+        on_backend!(self, b => b.revoke(id, now).await)
+    }
+
+    async fn revoke_user(&self, user_id: &str, now: Timestamp) -> Result<Vec<[u8; 32]>> {
+        on_backend!(self, b => b.revoke_user(user_id, now).await)
+    }
+
+    async fn count_live(&self, now: Timestamp) -> Result<u64> {
+        on_backend!(self, b => b.count_live(now).await)
+    }
+
+    async fn write_last_seen(&self, touches: &HashMap<String, Timestamp>) -> Result<()> {
+        on_backend!(self, b => b.write_last_seen(touches).await)
+    }
+
+    async fn delete_idle(&self, cutoff: Timestamp, batch: usize) -> Result<Vec<[u8; 32]>> {
+        on_backend!(self, b => b.delete_idle(cutoff, batch).await)
+    }
+
+    #[cfg(feature = "tower-sessions")]
+    async fn put_tower_record(
+        &self,
+        record: &TowerRecord,
+        idle_timeout: Duration,
+        replace: bool,
+    ) -> Result<bool> {
+        on_backend!(self, b => b.put_tower_record(record, idle_timeout, replace).await)
+    }
+
+    #[cfg(feature = "tower-sessions")]
+    async fn tower_record(
+        &self,
+        token_hash: &[u8; 32],
+        now: Timestamp,
+    ) -> Result<Option<(String, Timestamp)>> {
+        on_backend!(self, b => b.tower_record(token_hash, now).await)
+    }
+
+    #[cfg(feature = "tower-sessions")]
+    async fn delete_by_token(&self, token_hash: &[u8; 32]) -> Result<()> {
+        on_backend!(self, b => b.delete_by_token(token_hash).await)
+    }
 }

@@ -58,7 +58,7 @@ impl Sessions<'_> {
     /// The row for a token hash: from memory if read recently enough, else
     /// from the file (and then remembered, unless a change raced the read).
     #[inline]
-    pub(super) fn row(&self, hash: &[u8; 32], now: Timestamp) -> Result<Option<Arc<Row>>> {
+    pub(super) async fn row(&self, hash: &[u8; 32], now: Timestamp) -> Result<Option<Arc<Row>>> {
         let state = self.state;
         self.core
             .catch_up(&state.feed, now, |news| state.apply(news))?;
@@ -66,7 +66,7 @@ impl Sessions<'_> {
             return Ok(Some(row));
         }
         let epoch = self.state.epoch();
-        let Some(row) = self.backend().by_token(hash)? else {
+        let Some(row) = self.backend().by_token(hash).await? else {
             return Ok(None);
         };
         if let Some(pending) = lock(&self.state.touches).get(&row.id) {

@@ -39,6 +39,8 @@
 mod backend;
 mod config;
 mod lookup;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 mod state;
 #[cfg(feature = "tower-sessions")]
@@ -49,15 +51,14 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::clock::Timestamp;
-use crate::core::{Core, lock};
+use crate::core::{Core, Storage, lock};
 use crate::ids::check_user;
 use crate::{Error, Result};
 #[cfg(feature = "tower-sessions")]
 pub(crate) use backend::TowerRecord;
-use backend::{Candidate, NewRow, Regenerated, SessionsBackend as _, Tokens};
+use backend::{Backend, Candidate, NewRow, Regenerated, SessionsBackend as _, Tokens};
 use config::check_lifetime;
 pub use config::{MAX_SESSION_MEMORY_ENTRIES, SessionConfig, WhenFull};
-use sqlite::Sqlite;
 pub(crate) use state::State;
 pub use types::{
     ExpiryReason, ExportedSession, IssuedSession, NewSession, Secret, Session, Validation,
@@ -104,8 +105,8 @@ impl<'a> Sessions<'a> {
         Sessions { core, state }
     }
 
-    fn backend(&self) -> Sqlite<'a> {
-        Sqlite::new(self.core)
+    fn backend(&self) -> Backend<'a> {
+        Backend::of(self.core)
     }
 
     /// Creates a session and returns its token and CSRF token, once.
@@ -287,7 +288,7 @@ impl<'a> Sessions<'a> {
         let validate = async {
             let hash = sha256(token.as_bytes());
             let now = self.core.now();
-            let Some(row) = self.row(&hash, now)? else {
+            let Some(row) = self.row(&hash, now).await? else {
                 return Ok(Validation::Unknown);
             };
             if let Some(refusal) = self.refusal(&row, now, device_fingerprint)? {
@@ -462,7 +463,7 @@ impl<'a> Sessions<'a> {
     pub async fn list(&self, user_id: &str) -> Result<Vec<Session>> {
         check_user(user_id)?;
         let now = self.core.now();
-        let rows = self.backend().unrevoked_of_user(user_id, now)?;
+        let rows = self.backend().unrevoked_of_user(user_id, now).await?;
         let touches = lock(&self.state.touches).clone();
         Ok(rows
             .into_iter()
@@ -478,7 +479,7 @@ impl<'a> Sessions<'a> {
     /// Every session of a user, live or not, with its data (for export).
     pub(crate) async fn export_user(&self, user_id: &str) -> Result<Vec<ExportedSession>> {
         let now = self.core.now();
-        let rows = self.backend().all_of_user(user_id)?;
+        let rows = self.backend().all_of_user(user_id).await?;
         rows.into_iter()
             .map(|row| {
                 Ok(ExportedSession {
@@ -557,7 +558,11 @@ impl<'a> Sessions<'a> {
                         }
                     }
                 };
-                self.core.store().sweeping(delete).await
+                match self.core.storage() {
+                    Storage::File(store) => store.sweeping(delete).await,
+                    #[cfg(feature = "postgres")]
+                    Storage::Postgres(_) => delete.await,
+                }
             }
             .await,
             crate::trace::ok,

@@ -27,16 +27,17 @@ use crate::store::{Store, closed_or};
 /// The sessions table of a SQLite vault.
 pub(crate) struct Sqlite<'a> {
     core: &'a Core,
+    store: &'a Store,
 }
 
 impl<'a> Sqlite<'a> {
-    pub(crate) fn new(core: &'a Core) -> Self {
-        Sqlite { core }
+    pub(crate) fn new(core: &'a Core, store: &'a Store) -> Self {
+        Sqlite { core, store }
     }
 
     /// The vault file's connections.
     fn store(&self) -> &'a Store {
-        self.core.store()
+        self.store
     }
 }
 
@@ -132,7 +133,7 @@ fn stored_secs(d: Duration) -> i64 {
 }
 
 impl SessionsBackend for Sqlite<'_> {
-    fn by_token(&self, token_hash: &[u8; 32]) -> Result<Option<Row>> {
+    async fn by_token(&self, token_hash: &[u8; 32]) -> Result<Option<Row>> {
         self.store().read_here(|conn| {
             let mut stmt = conn.prepare_cached(concat!(
                 "SELECT ",
@@ -144,7 +145,7 @@ impl SessionsBackend for Sqlite<'_> {
         })
     }
 
-    fn unrevoked_of_user(&self, user_id: &str, now: Timestamp) -> Result<Vec<Row>> {
+    async fn unrevoked_of_user(&self, user_id: &str, now: Timestamp) -> Result<Vec<Row>> {
         self.store().read_here(|conn| {
             let mut stmt = conn.prepare_cached(concat!(
                 "SELECT ",
@@ -156,7 +157,7 @@ impl SessionsBackend for Sqlite<'_> {
         })
     }
 
-    fn all_of_user(&self, user_id: &str) -> Result<Vec<Row>> {
+    async fn all_of_user(&self, user_id: &str) -> Result<Vec<Row>> {
         self.store().read_here(|conn| {
             let mut stmt = conn.prepare_cached(concat!(
                 "SELECT ",
@@ -391,7 +392,7 @@ impl SessionsBackend for Sqlite<'_> {
     }
 
     #[cfg(feature = "tower-sessions")]
-    fn tower_record(
+    async fn tower_record(
         &self,
         token_hash: &[u8; 32],
         now: Timestamp,

@@ -25,13 +25,13 @@ impl Sessions<'_> {
         Ok(written)
     }
 
-    /// A live tower-sessions record's data and expiry, on the caller's thread.
-    pub(crate) fn tower_record(
+    /// A live tower-sessions record's data and expiry, (the file answers on the caller's thread).
+    pub(crate) async fn tower_record(
         &self,
         token_hash: &[u8; 32],
         now: Timestamp,
     ) -> Result<Option<(String, Timestamp)>> {
-        self.backend().tower_record(token_hash, now)
+        self.backend().tower_record(token_hash, now).await
     }
 
     /// Deletes a tower-sessions record.

@@ -9,8 +9,8 @@ use crate::{Error, Result};
 impl Vault {
     /// What the file is: size, encryption, journal mode, schema, rows per table.
     pub async fn info(&self) -> Result<Info> {
-        let description = self.store().describe().await?;
-        let applied = self.store().applied()?;
+        let description = self.store()?.describe().await?;
+        let applied = self.store()?.applied()?;
         let files = crate::metrics::file_sizes(self.path());
         Ok(Info {
             path: self.path().to_owned(),
@@ -21,8 +21,8 @@ impl Vault {
             journal_mode: description.journal_mode,
             schema_version: applied.version(),
             latest_schema_version: crate::store::latest_version(),
-            created_at: self.meta(meta::CREATED_AT)?,
-            key_created_at: self.meta(meta::KEY_CREATED_AT)?,
+            created_at: self.meta(meta::CREATED_AT).await?,
+            key_created_at: self.meta(meta::KEY_CREATED_AT).await?,
             tables: description.tables,
         })
     }
@@ -31,10 +31,10 @@ impl Vault {
     /// (every page's HMAC) when encrypted, then SQLite's `integrity_check` and
     /// `foreign_key_check`. A check that cannot even run counts as failed.
     pub async fn check(&self) -> Result<CheckReport> {
-        if self.store().sqlx_reader().is_closed() {
+        if self.store()?.sqlx_reader().is_closed() {
             return Err(Error::Closed);
         }
-        self.store().check().await
+        self.store()?.check().await
     }
 
     /// Checks the file at `options`' path without opening it as a vault, so
@@ -53,7 +53,7 @@ impl Vault {
     /// SQLite sees it, and a `WITH` that writes is refused by SQLite, with
     /// the same error.
     pub async fn query_read_only(&self, sql: &str) -> Result<Rows> {
-        let (columns, rows) = self.store().query_read_only(sql).await?;
+        let (columns, rows) = self.store()?.query_read_only(sql).await?;
         Ok(Rows { columns, rows })
     }
 }

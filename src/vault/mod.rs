@@ -21,7 +21,7 @@ use crate::backup::{BackupConfig, Recovery};
 use crate::cache::{Cache, CacheState};
 use crate::clock::{Clock, Timestamp};
 use crate::core::feed::Feed;
-use crate::core::{Core, lock, meta};
+use crate::core::{Core, Storage, lock, meta};
 use crate::health::HealthState;
 use crate::limits::{Limits, LimitsState};
 use crate::metrics::{BoxFuture, CacheCounts, Metrics, MetricsState};
@@ -123,10 +123,10 @@ impl Vault {
         let key_file = options.key_file_path();
         tracing::debug!(?options, "opening vault");
         let feed = Feed::new(options.feed_retention)?;
-        let store = Store::open(options.spec()).await?;
+        let storage = open_storage(&options).await?;
         let vault = Vault {
             inner: Arc::new(Inner {
-                core: Core::new(store, options.clock, feed),
+                core: Core::new(storage, options.clock, feed),
                 sessions: sessions::State::new(options.sessions),
                 audit: audit::State::new(options.audit),
                 preferences: options.preferences,
@@ -185,29 +185,49 @@ impl Vault {
 
     async fn finish_open(&self, migrate: bool) -> Result<()> {
         if migrate {
-            self.store().migrate().await?;
+            self.migrate_storage().await?;
         }
         self.settle_meta().await
+    }
+
+    /// Applies the storage's pending migrations.
+    async fn migrate_storage(&self) -> Result<()> {
+        match self.core().storage() {
+            Storage::File(store) => store.migrate().await,
+            #[cfg(feature = "postgres")]
+            Storage::Postgres(db) => db.migrate().await.map(drop),
+        }
     }
 
     /// Once the schema is current: records the file's origin if it has none
     /// yet, loads the keyed-hash secret and settles the preferences schema.
     async fn settle_meta(&self) -> Result<()> {
-        if self.store().applied()?.pending() {
-            return Ok(());
+        match self.core().storage() {
+            Storage::File(store) => {
+                if store.applied()?.pending() {
+                    return Ok(());
+                }
+                if self.meta(meta::CREATED_AT).await?.is_none() {
+                    meta::record_creation(store, self.now(), self.is_encrypted()).await?;
+                }
+                self.core().load_hash_salt().await?;
+                self.core().feed().start(&**store)?;
+            }
+            #[cfg(feature = "postgres")]
+            Storage::Postgres(db) => {
+                if db.pending().await? {
+                    return Ok(());
+                }
+                self.core().load_hash_salt().await?;
+            }
         }
-        if self.meta(meta::CREATED_AT)?.is_none() {
-            meta::record_creation(self.store(), self.now(), self.is_encrypted()).await?;
-        }
-        self.core().load_hash_salt()?;
-        self.core().feed().start(self.store())?;
         self.settle_preferences().await
     }
 
     /// Records the application's preferences schema in the file, or, for a
     /// process that knows none, adopts the one recorded there.
     async fn settle_preferences(&self) -> Result<()> {
-        let recorded = self.meta(meta::PREFERENCES_SCHEMA)?;
+        let recorded = self.meta(meta::PREFERENCES_SCHEMA).await?;
         let config = &self.inner.preferences;
         if config.knows_nothing() {
             if let Some(text) = recorded {
@@ -228,13 +248,19 @@ impl Vault {
         if recorded.as_deref() == Some(mine.as_str()) || newer_recorded {
             return Ok(());
         }
-        let mut conn = self.store().sqlx_writer_conn().await?;
-        meta::set(&mut conn, meta::PREFERENCES_SCHEMA, &mine, self.now()).await
+        match self.core().storage() {
+            Storage::File(store) => {
+                let mut conn = store.sqlx_writer_conn().await?;
+                meta::set(&mut conn, meta::PREFERENCES_SCHEMA, &mine, self.now()).await
+            }
+            #[cfg(feature = "postgres")]
+            Storage::Postgres(db) => db.set_meta(meta::PREFERENCES_SCHEMA, &mine).await,
+        }
     }
 
-    /// A fact from `vault_meta`, read on this thread.
-    pub(crate) fn meta(&self, key: &str) -> Result<Option<String>> {
-        self.core().meta(key)
+    /// A fact from `vault_meta`.
+    pub(crate) async fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.core().meta(key).await
     }
 
     /// The store, clock and keyed-hash secret the facets share.
@@ -242,7 +268,8 @@ impl Vault {
         &self.inner.core
     }
 
-    pub(crate) fn store(&self) -> &Store {
+    /// The file's connections, for what works only on the file so far.
+    pub(crate) fn store(&self) -> Result<&Store> {
         self.core().store()
     }
 
@@ -314,20 +341,31 @@ impl Vault {
         self.inner.key_file.as_ref()
     }
 
-    /// The database file.
+    /// The database file, or a PostgreSQL database's URL without its
+    /// password.
     pub fn path(&self) -> &Path {
-        self.store().path()
+        self.core().path()
     }
 
-    /// Whether the file is encrypted (opened with a key).
+    /// Whether the file is encrypted (opened with a key). A PostgreSQL
+    /// database's values are always sealed.
     pub fn is_encrypted(&self) -> bool {
-        self.store().encrypted()
+        match self.core().storage() {
+            Storage::File(store) => store.encrypted(),
+            #[cfg(feature = "postgres")]
+            Storage::Postgres(_) => true,
+        }
     }
 
     /// How many of the writes a request waits on this handle made, and in
-    /// how many commits (see [`WriteCounts`]).
+    /// how many commits (see [`WriteCounts`]). Zero on PostgreSQL, where
+    /// each write is its own statement or transaction.
     pub fn write_counts(&self) -> WriteCounts {
-        let (writes, commits) = self.store().hot_write_counts();
+        let (writes, commits) = match self.core().storage() {
+            Storage::File(store) => store.hot_write_counts(),
+            #[cfg(feature = "postgres")]
+            Storage::Postgres(_) => (0, 0),
+        };
         WriteCounts { writes, commits }
     }
 
@@ -364,14 +402,19 @@ impl Vault {
         self.core().now()
     }
 
-    /// Every migration this build has, and whether the file has it applied.
-    pub fn migration_status(&self) -> Result<Vec<MigrationStatus>> {
-        Ok(self.store().applied()?.status())
+    /// Every migration this build has, and whether the storage has it
+    /// applied.
+    pub async fn migration_status(&self) -> Result<Vec<MigrationStatus>> {
+        match self.core().storage() {
+            Storage::File(store) => Ok(store.applied()?.status()),
+            #[cfg(feature = "postgres")]
+            Storage::Postgres(db) => db.migration_status().await,
+        }
     }
 
     /// Applies pending migrations (for vaults opened with `migrate(false)`).
     pub async fn migrate(&self) -> Result<()> {
-        self.store().migrate().await?;
+        self.migrate_storage().await?;
         self.settle_meta().await
     }
 
@@ -425,18 +468,37 @@ impl Vault {
                     // Each task ends at the signal; a panic in one is already logged.
                     let _ = task.await;
                 }
-                let flushed = if self.store().sqlx_reader().is_closed() {
+                let flushed = if self.core().is_closed() {
                     Ok(())
                 } else {
                     self.flush_buffers(true).await
                 };
-                self.store().close().await;
+                self.core().close().await;
                 flushed
             }
             .await,
             crate::trace::ok,
         )
     }
+}
+
+/// The file, or with feature `postgres` the database a `postgres://` URL
+/// names: [`Database::init`](crate::postgres::Database::init) when the
+/// vault may create and migrate, [`Database::open`](crate::postgres::Database::open)
+/// otherwise.
+async fn open_storage(options: &VaultOptions) -> Result<Storage> {
+    #[cfg(feature = "postgres")]
+    if let Some(url) = options.postgres_url() {
+        use crate::postgres::Database;
+        let key = options.key_origin();
+        let db = if options.migrate && options.create_if_missing {
+            Database::init(url, key).await?.0
+        } else {
+            Database::open(url, key).await?
+        };
+        return Ok(Storage::Postgres(db));
+    }
+    Ok(Storage::File(Box::new(Store::open(options.spec()).await?)))
 }
 
 impl fmt::Debug for Vault {

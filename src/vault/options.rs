@@ -348,7 +348,9 @@ impl VaultOptions {
         if self.path.as_os_str().is_empty() {
             return Err(Error::invalid("path", "empty"));
         }
-        if let Some(scheme) = url_scheme(&self.path) {
+        if let Some(scheme) = url_scheme(&self.path)
+            && !(cfg!(feature = "postgres") && is_postgres(scheme))
+        {
             return Err(Error::invalid("path", not_a_path(scheme)));
         }
         if self
@@ -420,9 +422,8 @@ pub(crate) fn url_scheme(path: &Path) -> Option<&str> {
 fn not_a_path(scheme: &str) -> String {
     if is_postgres(scheme) {
         format!(
-            "{scheme}:// names a PostgreSQL server, and a vault keeps its state in a SQLite \
-             file only so far; give the file's path (built with feature `postgres`, \
-             `statevault init`, `migrate` and `info` take a {scheme}:// URL)"
+            "{scheme}:// names a PostgreSQL server, which this build cannot use: build \
+             statevault with feature `postgres`, or give a file's path"
         )
     } else {
         format!("{scheme}:// is a URL, not a file path; give the file's path without it")
