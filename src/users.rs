@@ -78,7 +78,8 @@ impl Vault {
                     sessions: self.sessions().export_user(user_id).await?,
                     preferences: self
                         .preferences()
-                        .stored(user_id)?
+                        .stored(user_id)
+                        .await?
                         .map(|StoredPreferences { document, .. }| document),
                     audit_events: self.audit().export_user(user_id).await?,
                     rate_limits: self.limits().status(user_id).await?,

@@ -309,14 +309,23 @@ async fn a_preference_patch_is_read_by_the_other_handle_at_once() {
     let dir = common::tempdir();
     let (v, _clock) = handles(dir.path(), 2).await;
     let (a, b) = (&v[0], &v[1]);
-    assert_eq!(b.preferences().get("hana").unwrap()["theme"], json!(null));
+    assert_eq!(
+        b.preferences().get("hana").await.unwrap()["theme"],
+        json!(null)
+    );
     a.preferences()
         .patch("hana", &json!({"theme": "dark"}))
         .await
         .unwrap();
-    assert_eq!(b.preferences().get("hana").unwrap()["theme"], json!("dark"));
+    assert_eq!(
+        b.preferences().get("hana").await.unwrap()["theme"],
+        json!("dark")
+    );
     a.preferences().reset("hana").await.unwrap();
-    assert_eq!(b.preferences().get("hana").unwrap()["theme"], json!(null));
+    assert_eq!(
+        b.preferences().get("hana").await.unwrap()["theme"],
+        json!(null)
+    );
     close(&v).await;
 }
 
@@ -469,7 +478,10 @@ async fn cli_commands_reach_a_running_handle() {
     );
 
     cli(&["prefs", "set", "mo", r#"{"theme": "dark"}"#]);
-    assert_eq!(b.preferences().get("mo").unwrap()["theme"], json!("dark"));
+    assert_eq!(
+        b.preferences().get("mo").await.unwrap()["theme"],
+        json!("dark")
+    );
     close(&v).await;
 }
 

@@ -246,7 +246,7 @@ fn check_pref_case(
     case: &PrefCase,
 ) -> Result<(), TestCaseError> {
     let prefs = vault.preferences();
-    let defaults = prefs.get("nobody").unwrap();
+    let defaults = rt.block_on(prefs.get("nobody")).unwrap();
     let user = case.user.as_str();
     if !user_id_ok(user) {
         let refused = |r: Result<(), Error>| {
@@ -258,8 +258,8 @@ fn check_pref_case(
                 })
             )
         };
-        prop_assert!(refused(prefs.stored(user).map(drop)));
-        prop_assert!(refused(prefs.get(user).map(drop)));
+        prop_assert!(refused(rt.block_on(prefs.stored(user)).map(drop)));
+        prop_assert!(refused(rt.block_on(prefs.get(user)).map(drop)));
         prop_assert!(refused(rt.block_on(prefs.reset(user)).map(drop)));
         for patch in &case.patches {
             prop_assert!(refused(rt.block_on(prefs.patch(user, patch)).map(drop)));
@@ -268,7 +268,7 @@ fn check_pref_case(
     }
     rt.block_on(prefs.reset(user)).unwrap();
     for patch in &case.patches {
-        let before = prefs.stored(user).unwrap();
+        let before = rt.block_on(prefs.stored(user)).unwrap();
         let before_doc = before
             .as_ref()
             .map_or_else(|| json!({}), |s| s.document.clone());
@@ -277,11 +277,14 @@ fn check_pref_case(
             (Ok(merged), Some((overrides, expected_merged))) => {
                 prop_assert_eq!(&merged, &expected_merged);
                 prop_assert!(fits(&defaults, &merged, allow_unknown));
-                prop_assert_eq!(prefs.get(user).unwrap(), merged);
-                prop_assert_eq!(prefs.stored(user).unwrap().unwrap().document, overrides);
+                prop_assert_eq!(rt.block_on(prefs.get(user)).unwrap(), merged);
+                prop_assert_eq!(
+                    rt.block_on(prefs.stored(user)).unwrap().unwrap().document,
+                    overrides
+                );
             }
             (Err(Error::InvalidPreference { .. }), None) => {
-                prop_assert_eq!(prefs.stored(user).unwrap(), before);
+                prop_assert_eq!(rt.block_on(prefs.stored(user)).unwrap(), before);
             }
             (result, expected) => {
                 return Err(TestCaseError::fail(format!(
@@ -1715,7 +1718,7 @@ async fn a_patch_nested_too_deep_is_refused_instead_of_stored_unreadable() {
     let prefs = vault.preferences();
     let nested = |levels: usize| (0..levels).fold(json!(1), |v, _| json!({ "deeper": v }));
     prefs.patch("alice", &json!({"a": 1})).await.unwrap();
-    let before = prefs.stored("alice").unwrap();
+    let before = prefs.stored("alice").await.unwrap();
     for levels in [MAX_PREFERENCE_DEPTH, 129, 1000] {
         match prefs.patch("alice", &json!({ "x": nested(levels) })).await {
             Err(Error::InvalidPreference { field, reason }) => {
@@ -1724,11 +1727,11 @@ async fn a_patch_nested_too_deep_is_refused_instead_of_stored_unreadable() {
             }
             other => panic!("{levels} levels: {other:?}"),
         }
-        assert_eq!(prefs.stored("alice").unwrap(), before);
+        assert_eq!(prefs.stored("alice").await.unwrap(), before);
     }
     let deepest = json!({ "x": nested(MAX_PREFERENCE_DEPTH - 1) });
     prefs.patch("alice", &deepest).await.unwrap();
-    assert_eq!(prefs.get("alice").unwrap()["x"], deepest["x"]);
+    assert_eq!(prefs.get("alice").await.unwrap()["x"], deepest["x"]);
     vault.close().await.unwrap();
 }
 
@@ -1751,7 +1754,7 @@ async fn floats_in_preferences_read_back_bit_for_bit() {
         2.2250738585072014e-308
     ]);
     prefs.patch("alice", &json!({ "f": floats })).await.unwrap();
-    let back = prefs.get("alice").unwrap();
+    let back = prefs.get("alice").await.unwrap();
     for (a, b) in back["f"]
         .as_array()
         .unwrap()
@@ -1770,7 +1773,7 @@ async fn stored_preferences_refuse_an_invalid_user_id_like_the_rest() {
     let dir = common::tempdir();
     let (vault, _clock) = common::vault(dir.path()).await;
     for user in [String::new(), "u".repeat(257)] {
-        let err = vault.preferences().stored(&user).unwrap_err();
+        let err = vault.preferences().stored(&user).await.unwrap_err();
         assert!(
             matches!(
                 err,
@@ -1906,7 +1909,10 @@ async fn query_read_only_cannot_rekey_the_vault() {
     assert!(vault.check().await.unwrap().ok());
     vault.close().await.unwrap();
     let (vault, _clock) = common::vault(dir.path()).await;
-    assert_eq!(vault.preferences().get("alice").unwrap(), json!({"a": 1}));
+    assert_eq!(
+        vault.preferences().get("alice").await.unwrap(),
+        json!({"a": 1})
+    );
     vault.close().await.unwrap();
 }
 

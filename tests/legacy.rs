@@ -320,7 +320,7 @@ async fn each_kind_is_imported_and_visible_through_the_facets() {
     assert_eq!(cache.invalidate_tag("search").await.unwrap(), 1);
 
     // Preferences: checked against the defaults, merged over them.
-    let prefs = vault.preferences().get("alice").unwrap();
+    let prefs = vault.preferences().get("alice").await.unwrap();
     assert_eq!(prefs["audio_quality"], "LOSSLESS");
     assert_eq!(
         prefs["search_defaults"],
@@ -367,7 +367,7 @@ async fn a_second_run_imports_nothing_and_brings_nothing_back() {
             .unwrap(),
         Validation::Unknown
     ));
-    assert!(vault.preferences().stored("alice").unwrap().is_none());
+    assert!(vault.preferences().stored("alice").await.unwrap().is_none());
 
     // A changed file is a new file, but what the vault has is kept.
     put(
@@ -385,7 +385,7 @@ async fn a_second_run_imports_nothing_and_brings_nothing_back() {
     assert_eq!(outcome, ImportOutcome::Skipped);
     assert!(detail.contains("already has preferences"), "{detail}");
     assert_eq!(
-        vault.preferences().get("alice").unwrap()["audio_quality"],
+        vault.preferences().get("alice").await.unwrap()["audio_quality"],
         "HIGH"
     );
     vault.close().await.unwrap();

@@ -157,23 +157,22 @@ fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
     };
     let dir = tempdir();
     new_key_file(dir.path(), "vault.key");
-    let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", &["info"]));
-    assert!(
-        err.contains("does not exist (run `statevault init`"),
-        "{err}"
-    );
-    ok(&run(dir.path(), &db, "vault.key", &["init"]));
     for args in [
-        &["session", "list", "alice"][..],
+        &["info"][..],
+        &["session", "list", "alice"],
         &["prefs", "get", "alice"],
-        &["sweep"],
-        &["check"],
-        &["demo"],
-        &["health"],
     ] {
         let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", args));
         assert!(
-            err.contains("only init, migrate and info work so far"),
+            err.contains("does not exist (run `statevault init`"),
+            "{args:?}: {err}"
+        );
+    }
+    ok(&run(dir.path(), &db, "vault.key", &["init"]));
+    for args in [&["sweep"][..], &["check"], &["demo"], &["cache", "stats"]] {
+        let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", args));
+        assert!(
+            err.contains("only init, migrate, info, health, session and prefs work so far"),
             "{args:?}: {err}"
         );
     }
@@ -185,6 +184,48 @@ fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
         db.psql("SELECT count(*) FROM statevault.sessions").trim(),
         "0"
     );
+}
+
+/// `session`, `prefs` and `health` take a URL: what one command writes the
+/// next reads, through the database.
+#[test]
+fn session_prefs_and_health_work_on_a_url() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    ok(&run(dir.path(), &db, "vault.key", &["init"]));
+    let health = ok(&run(dir.path(), &db, "vault.key", &["health"]));
+    assert!(health.starts_with("healthy"), "{health}");
+    assert!(health.contains("database"), "{health}");
+    let set = ok(&run(
+        dir.path(),
+        &db,
+        "vault.key",
+        &["prefs", "set", "alice", r#"{"theme": "dark"}"#],
+    ));
+    assert!(set.contains("dark"), "{set}");
+    let get = ok(&run(
+        dir.path(),
+        &db,
+        "vault.key",
+        &["prefs", "get", "alice"],
+    ));
+    assert!(get.contains("dark"), "{get}");
+    let list = ok(&run(
+        dir.path(),
+        &db,
+        "vault.key",
+        &["session", "list", "alice"],
+    ));
+    assert!(list.contains("alice has no live sessions"), "{list}");
+    let err = assert_one_error_line(&run(
+        dir.path(),
+        &db,
+        "other.key",
+        &["prefs", "get", "alice"],
+    ));
+    assert!(err.contains("key"), "another key is refused: {err}");
 }
 
 #[test]
@@ -274,4 +315,68 @@ fn an_unreachable_server_fails_at_once_naming_it_without_the_password() {
     assert!(!err.contains("hunter2"), "{err}");
     // The driver's own answer, not a pool's timeout after retrying.
     assert!(err.contains("Connection refused"), "{err}");
+}
+
+/// What a database administrator or a `pg_dump` sees: the rows (user ids
+/// are not secret), and none of the session data, client metadata,
+/// preference documents, tokens, IPs, user agents or device fingerprints.
+#[tokio::test]
+async fn a_pg_dump_shows_no_plaintext() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let Some(pg_dump) = common::tool("pg_dump") else {
+        return;
+    };
+    let dir = tempdir();
+    let vault = statevault::Vault::open(
+        statevault::VaultOptions::new(&db.url)
+            .key_source(KeySource::File(dir.path().join("vault.key")))
+            .preferences(
+                statevault::PreferencesConfig::new(serde_json::json!({})).allow_unknown_keys(true),
+            ),
+    )
+    .await
+    .unwrap();
+    let issued = vault
+        .sessions()
+        .create(
+            statevault::NewSession::new("alice")
+                .client_meta("route", "PLAINTEXT-META")
+                .client_ip("203.0.113.77")
+                .user_agent("PLAINTEXT-AGENT")
+                .device_fingerprint("PLAINTEXT-DEVICE")
+                .data(&serde_json::json!({"note": "PLAINTEXT-DATA"}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    vault
+        .preferences()
+        .patch(
+            "alice",
+            &serde_json::json!({"secret": "PLAINTEXT-PREFERENCE"}),
+        )
+        .await
+        .unwrap();
+    vault.close().await.unwrap();
+
+    let out = std::process::Command::new(pg_dump)
+        .args(["--data-only", "-d", &db.url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(dump.contains("alice"), "the dump holds the rows");
+    for secret in [
+        "PLAINTEXT",
+        "203.0.113.77",
+        issued.token.expose(),
+        issued.csrf_token.expose(),
+    ] {
+        assert!(!dump.contains(secret), "{secret} is in the dump");
+    }
+    // Nor in its hex (bytea is dumped as hex).
+    let hex: String = b"PLAINTEXT".iter().map(|b| format!("{b:02x}")).collect();
+    assert!(!dump.contains(&hex), "hex plaintext in the dump");
 }

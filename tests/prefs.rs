@@ -30,7 +30,7 @@ async fn defaults_patches_and_deletes() {
     let vault = open(dir.path(), PreferencesConfig::seeds()).await;
     let prefs = vault.preferences();
     assert_eq!(
-        prefs.get("alice").unwrap(),
+        prefs.get("alice").await.unwrap(),
         json!({
             "audio_quality": "HIGH",
             "search_defaults": {"limit": 20, "include_explicit": true},
@@ -38,7 +38,7 @@ async fn defaults_patches_and_deletes() {
             "privacy": {"enable_analytics": true, "share_usage_data": false},
         })
     );
-    assert!(prefs.stored("alice").unwrap().is_none());
+    assert!(prefs.stored("alice").await.unwrap().is_none());
 
     let merged = prefs
         .patch(
@@ -51,7 +51,7 @@ async fn defaults_patches_and_deletes() {
         merged["search_defaults"],
         json!({"limit": 50, "include_explicit": true})
     );
-    let typed: Prefs = prefs.get_as("alice").unwrap();
+    let typed: Prefs = prefs.get_as("alice").await.unwrap();
     assert_eq!(typed.audio_quality, "LOSSLESS");
     assert_eq!(
         typed.search_defaults,
@@ -61,7 +61,7 @@ async fn defaults_patches_and_deletes() {
         }
     );
     assert_eq!(
-        prefs.stored("alice").unwrap().unwrap().document,
+        prefs.stored("alice").await.unwrap().unwrap().document,
         json!({"audio_quality": "LOSSLESS", "search_defaults": {"limit": 50}}),
         "only overrides are stored"
     );
@@ -73,12 +73,15 @@ async fn defaults_patches_and_deletes() {
         .unwrap();
     assert_eq!(merged["audio_quality"], "HIGH");
     assert_eq!(
-        prefs.get("bob").unwrap()["audio_quality"],
+        prefs.get("bob").await.unwrap()["audio_quality"],
         "HIGH",
         "other users untouched"
     );
     assert!(prefs.reset("alice").await.unwrap());
-    assert_eq!(prefs.get("alice").unwrap()["search_defaults"]["limit"], 20);
+    assert_eq!(
+        prefs.get("alice").await.unwrap()["search_defaults"]["limit"],
+        20
+    );
     vault.close().await.unwrap();
 }
 
@@ -91,7 +94,7 @@ async fn wrong_types_and_unknown_keys_name_the_field_and_change_nothing() {
         .patch("alice", &json!({"privacy": {"enable_analytics": false}}))
         .await
         .unwrap();
-    let before = prefs.stored("alice").unwrap();
+    let before = prefs.stored("alice").await.unwrap();
     for (patch, field, words) in [
         (
             json!({"search_defaults": {"limit": "fifty"}}),
@@ -124,7 +127,7 @@ async fn wrong_types_and_unknown_keys_name_the_field_and_change_nothing() {
         prefs.patch("alice", &json!([1])).await,
         Err(Error::InvalidPreference { .. })
     ));
-    assert_eq!(prefs.stored("alice").unwrap(), before);
+    assert_eq!(prefs.stored("alice").await.unwrap(), before);
     vault.close().await.unwrap();
 }
 
@@ -151,10 +154,10 @@ async fn old_documents_are_upgraded_on_read() {
         .await
         .unwrap();
     assert_eq!(
-        vault.preferences().get("alice").unwrap(),
+        vault.preferences().get("alice").await.unwrap(),
         json!({"limit": 50, "theme": "dark"})
     );
-    let stored = vault.preferences().stored("alice").unwrap().unwrap();
+    let stored = vault.preferences().stored("alice").await.unwrap().unwrap();
     assert_eq!(stored.schema_version, 2);
     vault
         .preferences()
@@ -179,7 +182,7 @@ async fn old_documents_are_upgraded_on_read() {
             .await
             .unwrap();
     assert!(matches!(
-        vault.preferences().get("alice"),
+        vault.preferences().get("alice").await,
         Err(Error::InvalidPreference { ref field, .. }) if field == "schema_version"
     ));
     vault.close().await.unwrap();
@@ -203,7 +206,7 @@ async fn concurrent_patches_lose_nothing() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    let doc = vault.preferences().get("alice").unwrap();
+    let doc = vault.preferences().get("alice").await.unwrap();
     assert_eq!(doc.as_object().unwrap().len(), 20, "{doc}");
     vault.close().await.unwrap();
 }
@@ -220,7 +223,7 @@ async fn a_refused_set_as_keeps_what_was_stored() {
         .patch("alice", &json!({"audio_quality": "LOSSLESS"}))
         .await
         .unwrap();
-    let before = prefs.stored("alice").unwrap().unwrap();
+    let before = prefs.stored("alice").await.unwrap().unwrap();
     let err = prefs
         .set_as("alice", &json!({"privacy": 3}))
         .await
@@ -229,7 +232,7 @@ async fn a_refused_set_as_keeps_what_was_stored() {
         matches!(&err, Error::InvalidPreference { field, .. } if field == "privacy"),
         "{err:?}"
     );
-    assert_eq!(prefs.stored("alice").unwrap().unwrap(), before);
+    assert_eq!(prefs.stored("alice").await.unwrap().unwrap(), before);
 
     let replaced = prefs
         .set_as("alice", &json!({"search_defaults": {"limit": 5}}))
@@ -240,7 +243,7 @@ async fn a_refused_set_as_keeps_what_was_stored() {
         "set_as replaces, not merges"
     );
     assert_eq!(
-        prefs.stored("alice").unwrap().unwrap().document,
+        prefs.stored("alice").await.unwrap().unwrap().document,
         json!({"search_defaults": {"limit": 5}})
     );
     vault.close().await.unwrap();
@@ -281,7 +284,7 @@ async fn a_process_without_defaults_checks_writes_against_the_recorded_ones() {
 
     // The service reads what the CLI wrote.
     let vault = open(dir.path(), PreferencesConfig::seeds()).await;
-    let merged = vault.preferences().get("u").unwrap();
+    let merged = vault.preferences().get("u").await.unwrap();
     assert_eq!(merged["privacy"]["enable_analytics"], false);
     vault.close().await.unwrap();
 }
@@ -310,7 +313,7 @@ async fn only_the_application_records_its_schema_and_never_an_older_one() {
         .unwrap();
     let adopted = open(dir.path(), PreferencesConfig::default()).await;
     let prefs = adopted.preferences();
-    assert_eq!(prefs.get("nobody").unwrap(), json!({"theme": "dark"}));
+    assert_eq!(prefs.get("nobody").await.unwrap(), json!({"theme": "dark"}));
     let err = prefs
         .patch("w", &json!({"colour": "blue"}))
         .await
@@ -318,7 +321,7 @@ async fn only_the_application_records_its_schema_and_never_an_older_one() {
     assert!(matches!(err, Error::InvalidPreference { .. }), "{err:?}");
     // "u" was written at version 1 with no schema; only the application
     // knows how to upgrade it to version 2.
-    let err = prefs.get("u").unwrap_err();
+    let err = prefs.get("u").await.unwrap_err();
     assert!(err.to_string().contains("only the application"), "{err}");
     adopted.close().await.unwrap();
 }

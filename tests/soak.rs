@@ -239,7 +239,7 @@ async fn wait_for(
     expected: serde_json::Value,
     until: Instant,
 ) -> statevault::Result<()> {
-    while vault.preferences().get(user)? != expected {
+    while vault.preferences().get(user).await? != expected {
         assert!(
             Instant::now() < until + PROBE_GRACE,
             "{user} never became {expected}"
@@ -262,7 +262,7 @@ async fn receive_probes(vault: Vault, peer: String, until: Instant) -> statevaul
             Instant::now() < until + PROBE_GRACE,
             "{peer} stopped sending"
         );
-        let mail = prefs.get(&mailbox)?;
+        let mail = prefs.get(&mailbox).await?;
         let round = mail["round"].as_u64().unwrap_or(0);
         let token = mail["token"].as_str().unwrap_or_default();
         match mail["state"].as_str() {
@@ -436,7 +436,7 @@ fn servers_and_cli_share_one_file() {
             total.audit
         );
         for (user, n) in &total.prefs {
-            let stored = vault.preferences().get(user).unwrap();
+            let stored = vault.preferences().get(user).await.unwrap();
             assert_eq!(stored["n"], *n, "{user}");
         }
         let status = vault.limits().status(SUBJECT).await.unwrap();

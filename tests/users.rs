@@ -197,7 +197,7 @@ async fn every_facet_refuses_the_same_user_ids() {
         refused("revoke_user", sessions.revoke_user(bad).await.map(drop));
         let prefs = vault.preferences();
         refused("patch", prefs.patch(bad, &json!({})).await.map(drop));
-        refused("get", prefs.get(bad).map(drop));
+        refused("get", prefs.get(bad).await.map(drop));
         let limits = vault.limits();
         refused(
             "check",

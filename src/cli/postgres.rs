@@ -1,14 +1,15 @@
 //! The commands that work on a `postgres://` URL so far (feature
 //! `postgres`): `init`, `migrate` and `info`, through
-//! [`statevault::postgres::Database`]. The facets are not on PostgreSQL
-//! yet, so every other command says so.
+//! [`statevault::postgres::Database`]; `session`, `prefs` and `health`,
+//! through a [`Vault`] on the database. The other facets are not on
+//! PostgreSQL yet, so every other command says so.
 
 use std::process::ExitCode;
 
 use statevault::postgres::Database;
-use statevault::{Error, Result, VaultOptions};
+use statevault::{Error, Result, Vault, VaultOptions};
 
-use super::{Command, admin, bench, print_json};
+use super::{Command, admin, bench, metrics, print_json};
 
 pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<ExitCode> {
     let key = options.key_origin();
@@ -67,6 +68,16 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
             admin::say_tables(&info.tables)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Health { json } => metrics::health(options.clone(), json).await,
+        command @ (Command::Session(_) | Command::Prefs(_)) => {
+            let vault =
+                Vault::open(options.clone().create_if_missing(false).migrate(false)).await?;
+            let result = super::dispatch(&vault, command).await;
+            let closed = vault.close().await;
+            let code = result?;
+            closed?;
+            Ok(code)
+        }
         Command::Backup(_) | Command::Restore { .. } => Err(Error::InvalidInput {
             what: "command",
             reason: "a PostgreSQL database (postgres://) is backed up and restored with its own \
@@ -76,10 +87,10 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
         }),
         _ => Err(Error::InvalidInput {
             what: "command",
-            reason:
-                "on a PostgreSQL database (postgres://) only init, migrate and info work so far; \
-                     the facets still keep their state in a SQLite file"
-                    .into(),
+            reason: "on a PostgreSQL database (postgres://) only init, migrate, info, health, \
+                     session and prefs work so far; the other facets still keep their state in a \
+                     SQLite file"
+                .into(),
         }),
     }
 }

@@ -31,8 +31,8 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
             let prefs = vault.preferences();
             super::print_json(&serde_json::json!({
                 "user": user,
-                "effective": prefs.get(&user)?,
-                "stored": prefs.stored(&user)?,
+                "effective": prefs.get(&user).await?,
+                "stored": prefs.stored(&user).await?,
             }))?;
         }
         Command::Set { user, patch } => {

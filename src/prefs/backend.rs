@@ -1,6 +1,6 @@
-//! The storage contract of the preferences facet: what it asks of the file,
-//! in its own terms. `sqlite.rs` implements it; another database implements
-//! the same operations with the same atomicity.
+//! The storage contract of the preferences facet: what it asks of the
+//! storage, in its own terms. `sqlite.rs` and `postgres.rs` implement it
+//! with the same atomicity; [`Backend`] picks one.
 
 use serde_json::Value;
 
@@ -15,8 +15,9 @@ pub(crate) struct Overrides {
 
 /// What the preferences facet needs from its storage.
 pub(crate) trait PreferencesBackend {
-    /// A user's overrides as written (not upgraded), on the caller's thread.
-    fn stored(&self, user_id: &str) -> Result<Option<StoredPreferences>>;
+    /// A user's overrides as written (not upgraded); the file answers on
+    /// the caller's thread.
+    async fn stored(&self, user_id: &str) -> Result<Option<StoredPreferences>>;
 
     /// In one transaction that serialises every writer: reads the user's
     /// overrides (or none, if `replace`), hands them to `change` and stores

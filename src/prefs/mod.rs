@@ -19,7 +19,10 @@
 
 mod backend;
 mod config;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
+mod storage;
 mod types;
 
 use serde::Serialize;
@@ -31,7 +34,7 @@ use crate::ids::check_user;
 use crate::{Error, Result};
 use backend::{Overrides, PreferencesBackend as _};
 pub use config::{PreferencesConfig, Upgrade};
-use sqlite::Sqlite;
+use storage::Backend;
 pub use types::StoredPreferences;
 
 /// The preferences facet of a vault; from [`Vault::preferences`](crate::Vault::preferences).
@@ -49,7 +52,7 @@ pub use types::StoredPreferences;
 /// .await?;
 /// let prefs = vault.preferences();
 /// prefs.patch("alice", &json!({"search_defaults": {"limit": 50}})).await?;
-/// let merged = prefs.get("alice")?;
+/// let merged = prefs.get("alice").await?;
 /// assert_eq!(merged["search_defaults"], json!({"limit": 50, "include_explicit": true}));
 /// assert!(prefs.patch("alice", &json!({"search_defaults": {"limit": "many"}})).await.is_err());
 /// vault.close().await?;
@@ -66,42 +69,44 @@ impl<'a> Preferences<'a> {
         Preferences { core, config }
     }
 
-    fn backend(&self) -> Result<Sqlite<'a>> {
-        Ok(Sqlite::new(self.core.store()?))
+    fn backend(&self) -> Backend<'a> {
+        Backend::of(self.core)
     }
 
     /// The user's preferences: the defaults with their overrides merged in.
     #[tracing::instrument(name = "preferences.get", level = "debug", skip_all, fields(outcome = tracing::field::Empty, user_id = user_id))]
-    pub fn get(&self, user_id: &str) -> Result<Value> {
+    pub async fn get(&self, user_id: &str) -> Result<Value> {
         crate::trace::done(
             tracing::Level::DEBUG,
-            (|| {
+            async {
                 check_user(user_id)?;
-                let overrides = self.stored(user_id)?.map(|s| s.document);
+                let overrides = self.stored(user_id).await?.map(|s| s.document);
                 let mut merged = self.config.defaults.clone();
                 if let Some(overrides) = overrides {
                     merge_patch(&mut merged, &overrides);
                 }
                 Ok(merged)
-            })(),
+            }
+            .await,
             crate::trace::ok,
         )
     }
 
     /// The user's preferences as `T`.
-    pub fn get_as<T: DeserializeOwned>(&self, user_id: &str) -> Result<T> {
-        serde_json::from_value(self.get(user_id)?).map_err(|e| Error::InvalidPreference {
+    pub async fn get_as<T: DeserializeOwned>(&self, user_id: &str) -> Result<T> {
+        serde_json::from_value(self.get(user_id).await?).map_err(|e| Error::InvalidPreference {
             field: String::new(),
             reason: e.to_string(),
         })
     }
 
     /// The user's overrides, upgraded to the current schema version; `None`
-    /// if the user has none. Read on the caller's thread.
-    pub fn stored(&self, user_id: &str) -> Result<Option<StoredPreferences>> {
+    /// if the user has none. The file answers on the caller's thread.
+    pub async fn stored(&self, user_id: &str) -> Result<Option<StoredPreferences>> {
         check_user(user_id)?;
-        self.backend()?
-            .stored(user_id)?
+        self.backend()
+            .stored(user_id)
+            .await?
             .map(|stored| {
                 Ok(StoredPreferences {
                     document: self.upgraded(stored.document, stored.schema_version)?,
@@ -180,7 +185,7 @@ impl<'a> Preferences<'a> {
     async fn write(&self, user_id: &str, patch: &Value, replace: bool) -> Result<Value> {
         check_user(user_id)?;
         check_patch(patch, "a preferences patch must be a JSON object")?;
-        self.backend()?
+        self.backend()
             .update(user_id, replace, |stored| {
                 let mut overrides = match stored {
                     Some(Overrides {
@@ -239,7 +244,7 @@ impl<'a> Preferences<'a> {
             tracing::Level::DEBUG,
             async {
                 check_user(user_id)?;
-                self.backend()?.reset(user_id).await
+                self.backend().reset(user_id).await
             }
             .await,
             crate::trace::ok,

@@ -25,7 +25,7 @@ impl<'a> Sqlite<'a> {
 }
 
 impl PreferencesBackend for Sqlite<'_> {
-    fn stored(&self, user_id: &str) -> Result<Option<StoredPreferences>> {
+    async fn stored(&self, user_id: &str) -> Result<Option<StoredPreferences>> {
         let row = self.store.read_here(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT document, schema_version, updated_at FROM preferences WHERE user_id = ?1",

@@ -43,6 +43,7 @@ mod lookup;
 mod postgres;
 mod sqlite;
 mod state;
+mod storage;
 #[cfg(feature = "tower-sessions")]
 mod tower;
 mod types;
@@ -56,10 +57,11 @@ use crate::ids::check_user;
 use crate::{Error, Result};
 #[cfg(feature = "tower-sessions")]
 pub(crate) use backend::TowerRecord;
-use backend::{Backend, Candidate, NewRow, Regenerated, SessionsBackend as _, Tokens};
+use backend::{Candidate, NewRow, Regenerated, SessionsBackend as _, Tokens};
 use config::check_lifetime;
 pub use config::{MAX_SESSION_MEMORY_ENTRIES, SessionConfig, WhenFull};
 pub(crate) use state::State;
+use storage::Backend;
 pub use types::{
     ExpiryReason, ExportedSession, IssuedSession, NewSession, Secret, Session, Validation,
 };

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod prefs;
 mod sessions;
 
 use statevault::{FakeClock, Vault, VaultOptions};
@@ -68,6 +69,14 @@ impl Subject {
     /// would open it (same key, same clock).
     pub async fn another(&self) -> Vault {
         Vault::open(self.options.clone()).await.expect("open again")
+    }
+
+    /// The same state opened with options changed by `configure`, as a new
+    /// release of the service would (the test closes `vault` first).
+    pub async fn reopen_with(&self, configure: impl FnOnce(VaultOptions) -> VaultOptions) -> Vault {
+        Vault::open(configure(self.options.clone()))
+            .await
+            .expect("reopen")
     }
 }
 

@@ -289,7 +289,7 @@ pub async fn every_operation(dir: &Path) -> Vec<String> {
         .patch("ann", &serde_json::json!({ "note": preference }))
         .await
         .unwrap();
-    prefs.get("ann").unwrap();
+    prefs.get("ann").await.unwrap();
     prefs.reset("ann").await.unwrap();
 
     vault.metrics().increment("jobs", &[], 1.0);

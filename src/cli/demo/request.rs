@@ -184,7 +184,7 @@ async fn preferences(
             .await
     } else {
         counts.preference_reads += 1;
-        vault.preferences().get(&user.id)
+        vault.preferences().get(&user.id).await
     };
     match answer {
         Ok(_) => Ok(200),
