@@ -172,7 +172,7 @@ fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
     for args in [&["sweep"][..], &["check"], &["demo"], &["cache", "stats"]] {
         let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", args));
         assert!(
-            err.contains("only init, migrate, info, health, session and prefs work so far"),
+            err.contains("only init, migrate, info, health, session, prefs and limits work so far"),
             "{args:?}: {err}"
         );
     }
@@ -186,10 +186,10 @@ fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
     );
 }
 
-/// `session`, `prefs` and `health` take a URL: what one command writes the
+/// `session`, `prefs`, `limits` and `health` take a URL: what one command writes the
 /// next reads, through the database.
 #[test]
-fn session_prefs_and_health_work_on_a_url() {
+fn session_prefs_limits_and_health_work_on_a_url() {
     let Some(db) = common::postgres_database() else {
         return;
     };
@@ -319,7 +319,8 @@ fn an_unreachable_server_fails_at_once_naming_it_without_the_password() {
 
 /// What a database administrator or a `pg_dump` sees: the rows (user ids
 /// are not secret), and none of the session data, client metadata,
-/// preference documents, tokens, IPs, user agents or device fingerprints.
+/// preference documents, tokens, IPs, user agents or device fingerprints
+/// (of sessions and of rate-limit violations).
 #[tokio::test]
 async fn a_pg_dump_shows_no_plaintext() {
     let Some(db) = common::postgres_database() else {

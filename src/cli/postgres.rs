@@ -1,7 +1,7 @@
 //! The commands that work on a `postgres://` URL so far (feature
 //! `postgres`): `init`, `migrate` and `info`, through
-//! [`statevault::postgres::Database`]; `session`, `prefs` and `health`,
-//! through a [`Vault`] on the database. The other facets are not on
+//! [`statevault::postgres::Database`]; `session`, `prefs`, `limits` and
+//! `health`, through a [`Vault`] on the database. The other facets are not on
 //! PostgreSQL yet, so every other command says so.
 
 use std::process::ExitCode;
@@ -69,7 +69,7 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
             Ok(ExitCode::SUCCESS)
         }
         Command::Health { json } => metrics::health(options.clone(), json).await,
-        command @ (Command::Session(_) | Command::Prefs(_)) => {
+        command @ (Command::Session(_) | Command::Prefs(_) | Command::Limits(_)) => {
             let vault =
                 Vault::open(options.clone().create_if_missing(false).migrate(false)).await?;
             let result = super::dispatch(&vault, command).await;
@@ -88,8 +88,8 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
         _ => Err(Error::InvalidInput {
             what: "command",
             reason: "on a PostgreSQL database (postgres://) only init, migrate, info, health, \
-                     session and prefs work so far; the other facets still keep their state in a \
-                     SQLite file"
+                     session, prefs and limits work so far; the other facets still keep their \
+                     state in a SQLite file"
                 .into(),
         }),
     }

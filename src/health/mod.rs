@@ -67,7 +67,11 @@ impl Vault {
         let config = &self.health_state().config;
         #[cfg(feature = "postgres")]
         if let crate::core::Storage::Postgres(db) = self.core().storage() {
-            return HealthReport::of(Some(self.now()), vec![check_database(db).await]);
+            let components = vec![
+                check_database(db).await,
+                self.check_violations(config).await,
+            ];
+            return HealthReport::of(Some(self.now()), components);
         }
         let components = vec![
             self.check_writable().await,
@@ -76,7 +80,7 @@ impl Vault {
             self.check_key_age(config).await,
             self.check_disk(config),
             self.check_wal(config),
-            self.check_violations(config),
+            self.check_violations(config).await,
             self.check_cache(config).await,
         ];
         HealthReport::of(Some(self.now()), components)
@@ -270,10 +274,10 @@ impl Vault {
         )
     }
 
-    fn check_violations(&self, config: &HealthConfig) -> Component {
+    async fn check_violations(&self, config: &HealthConfig) -> Component {
         let name = "violations";
         let since = self.now().saturating_sub(config.violation_window);
-        match crate::limits::violations_since(self.core(), since) {
+        match crate::limits::violations_since(self.core(), since).await {
             Ok(n) => Component::new(
                 name,
                 worse_than(

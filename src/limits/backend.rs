@@ -1,10 +1,10 @@
 //! The storage contract of the limits facet: what the facet asks of the
-//! file, in its own terms (rows of buckets and violations, no driver types),
-//! so that another database can hold the same tables behind the same calls.
-//! [`sqlite`](super::sqlite) implements it.
+//! storage, in its own terms (rows of buckets and violations, no driver
+//! types): [`sqlite`](super::sqlite) and `postgres.rs` implement it, and
+//! [`Backend`](super::storage::Backend) picks one.
 //!
-//! Reads a check makes run on the caller's thread (synchronous methods);
-//! writes are `async`, and each write method is one transaction.
+//! Every method is `async`; the file answers the reads a check makes on
+//! the caller's thread. Each write method is one transaction.
 
 use std::sync::Arc;
 
@@ -92,15 +92,15 @@ pub(crate) struct Writes {
 /// The storage operations of the limits facet.
 pub(crate) trait LimitsBackend {
     /// The stored buckets of (`subject`, `limit`) and its violations after
-    /// `since`, read on the caller's thread.
-    fn load(&self, subject: &str, limit: &str, since: Timestamp) -> Result<Stored>;
+    /// `since` (the file answers on the caller's thread).
+    async fn load(&self, subject: &str, limit: &str, since: Timestamp) -> Result<Stored>;
 
-    /// Every violation of `subject`, oldest first, read on the caller's
-    /// thread.
-    fn violations_of(&self, subject: &str) -> Result<Vec<ViolationRecord>>;
+    /// Every violation of `subject`, oldest first (the file answers on the
+    /// caller's thread).
+    async fn violations_of(&self, subject: &str) -> Result<Vec<ViolationRecord>>;
 
     /// How many violations of any subject occurred after `since`.
-    fn count_violations_since(&self, since: Timestamp) -> Result<u64>;
+    async fn count_violations_since(&self, since: Timestamp) -> Result<u64>;
 
     /// Takes the writer, then lets `fill` say what to write into `writes`,
     /// and writes it in one transaction. `fill` runs while no other write

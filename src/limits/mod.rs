@@ -16,7 +16,10 @@
 //!   write lock before a write statement reads, as `BEGIN IMMEDIATE` would),
 //!   so every process (and every [`Vault`](crate::Vault) handle) on the file shares one
 //!   budget exactly. A refusal runs it again inside `BEGIN IMMEDIATE` and
-//!   records the violation in the same transaction.
+//!   records the violation in the same transaction. On PostgreSQL the check
+//!   is one `UPDATE` in autocommit that locks the subject's buckets
+//!   (`FOR UPDATE`) and takes from every window or none, so every instance
+//!   shares one budget exactly; a refusal records its violation after it.
 //!
 //! # Guarantees
 //!
@@ -40,13 +43,17 @@
 //! - `bucket.rs`, `verdict.rs`: the token-bucket math and what a check
 //!   decides;
 //! - `state.rs`: the in-memory buckets and write-behind;
-//! - `backend.rs`: the storage contract; `sqlite.rs`: every statement.
+//! - `backend.rs`: the storage contract; `sqlite.rs`, `postgres.rs`: every
+//!   statement of each backend; `storage.rs`: the enum that picks one.
 
 mod backend;
 mod bucket;
 mod config;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 mod state;
+mod storage;
 mod types;
 mod verdict;
 
@@ -61,8 +68,9 @@ pub(crate) use types::{ImportedBucket, ImportedViolation, SubjectImport};
 use backend::{BucketRow, LimitsBackend, Shared, SharedCheck, ViolationRow};
 use bucket::{Bucket, EPSILON};
 use config::{Compiled, CompiledLimit};
-use sqlite::{Sqlite, Statements};
+use sqlite::Statements;
 use state::Entry;
+use storage::Backend;
 use verdict::Verdict;
 
 use crate::core::Core;
@@ -173,7 +181,7 @@ impl Limits<'_> {
             return self.check_shared(spec, subject, now, cost_f, client).await;
         }
         self.catch_up(now)?;
-        let verdict = state.decide(self.core, idx, subject, now, cost_f)?;
+        let verdict = state.decide(self.core, idx, subject, now, cost_f).await?;
         let violation = match &verdict {
             Verdict::Violation { penalty, .. } => {
                 Some(self.violation_row(spec, subject, now, cost_f, penalty.until, client)?)
@@ -351,7 +359,7 @@ impl Limits<'_> {
                     let mut entry = match in_memory {
                         Some(entry) => entry,
                         None => {
-                            let stored = self.backend().load(subject, &limit.name, since)?;
+                            let stored = self.backend().load(subject, &limit.name, since).await?;
                             Entry::from_stored(limit, stored, now)
                         }
                     };
@@ -398,7 +406,7 @@ impl Limits<'_> {
     pub async fn violations_of(&self, subject: &str) -> Result<Vec<ViolationRecord>> {
         crate::ids::check_subject(subject)?;
         self.state.flush(self.core).await?;
-        self.backend().violations_of(subject)
+        self.backend().violations_of(subject).await
     }
 
     /// Within the whole-user erase transaction: deletes the subject's buckets
@@ -464,8 +472,8 @@ impl Limits<'_> {
         )
     }
 
-    /// The file's side of the facet.
-    fn backend(&self) -> Sqlite<'_> {
+    /// The storage's side of the facet.
+    fn backend(&self) -> Backend<'_> {
         self.state.backend(self.core)
     }
 }
@@ -538,6 +546,8 @@ fn limit_status(limit: &CompiledLimit, entry: &Entry, now: Timestamp) -> LimitSt
 /// Violations of every subject recorded after `since` (written ones; those
 /// of non-strict limits still buffered are not counted), for the health
 /// report.
-pub(crate) fn violations_since(core: &Core, since: Timestamp) -> Result<u64> {
-    Sqlite::new(core, &Statements::default()).count_violations_since(since)
+pub(crate) async fn violations_since(core: &Core, since: Timestamp) -> Result<u64> {
+    Backend::of(core, &Statements::default())
+        .count_violations_since(since)
+        .await
 }

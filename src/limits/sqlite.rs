@@ -25,17 +25,17 @@ const ROWS_PER_STATEMENT: usize = 100;
 /// The limits facet's tables in a SQLite file.
 pub(crate) struct Sqlite<'a> {
     core: &'a Core,
+    store: &'a Store,
     statements: &'a Statements,
 }
 
 impl<'a> Sqlite<'a> {
-    pub(crate) fn new(core: &'a Core, statements: &'a Statements) -> Self {
-        Sqlite { core, statements }
-    }
-
-    /// The vault file's connections (this facet is not on PostgreSQL yet).
-    fn store(&self) -> Result<&'a Store> {
-        self.core.store()
+    pub(crate) fn new(core: &'a Core, store: &'a Store, statements: &'a Statements) -> Self {
+        Sqlite {
+            core,
+            store,
+            statements,
+        }
     }
 }
 
@@ -75,18 +75,17 @@ impl Statements {
 }
 
 impl LimitsBackend for Sqlite<'_> {
-    fn load(&self, subject: &str, limit: &str, since: Timestamp) -> Result<Stored> {
-        self.store()?
+    async fn load(&self, subject: &str, limit: &str, since: Timestamp) -> Result<Stored> {
+        self.store
             .read_here(|conn| load(conn, subject, limit, since))
     }
 
-    fn violations_of(&self, subject: &str) -> Result<Vec<ViolationRecord>> {
-        self.store()?
-            .read_here(|conn| all_violations(conn, subject))
+    async fn violations_of(&self, subject: &str) -> Result<Vec<ViolationRecord>> {
+        self.store.read_here(|conn| all_violations(conn, subject))
     }
 
-    fn count_violations_since(&self, since: Timestamp) -> Result<u64> {
-        self.store()?.read_here(|conn| {
+    async fn count_violations_since(&self, since: Timestamp) -> Result<u64> {
+        self.store.read_here(|conn| {
             let mut stmt =
                 conn.prepare_cached("SELECT count(*) FROM violations WHERE occurred_at > ?1")?;
             stmt.query_row([since], |r| r.get::<_, i64>(0))
@@ -95,7 +94,7 @@ impl LimitsBackend for Sqlite<'_> {
     }
 
     async fn write(&self, writes: &mut Writes, fill: impl FnOnce(&mut Writes)) -> Result<()> {
-        let mut tx = self.store()?.sqlx_transaction().await?;
+        let mut tx = self.store.sqlx_transaction().await?;
         fill(writes);
         upsert_buckets(&mut tx, &writes.buckets).await?;
         insert_violations(&mut tx, &writes.violations).await?;
@@ -108,7 +107,7 @@ impl LimitsBackend for Sqlite<'_> {
         writes: &mut Writes,
         fill: impl FnOnce(&mut Writes) + Send,
     ) -> Result<()> {
-        self.store()?
+        self.store
             .write_here(|conn| {
                 fill(writes);
                 let mut upsert = conn.prepare_cached(UPSERT_BUCKET)?;
@@ -138,7 +137,7 @@ impl LimitsBackend for Sqlite<'_> {
         // hops): the check statement, and on a refusal the state it saw and
         // the violation, so that the decision and the record see one state.
         let sql = self.statements.shared_check(check.windows.len());
-        self.store()?
+        self.store
             .write_here(|conn| {
                 if let Some(allowed) = run_shared_check(conn, &sql, check)? {
                     return Ok(Shared::Allowed(allowed));
@@ -154,7 +153,7 @@ impl LimitsBackend for Sqlite<'_> {
     }
 
     async fn delete_subject(&self, subject: &str, holding: impl FnOnce()) -> Result<(u64, u64)> {
-        let mut tx = self.store()?.sqlx_transaction().await?;
+        let mut tx = self.store.sqlx_transaction().await?;
         holding();
         let deleted = delete_subject(self.core, &mut tx, subject).await?;
         tx.commit().await?;
@@ -162,14 +161,14 @@ impl LimitsBackend for Sqlite<'_> {
     }
 
     async fn sweep_violations(&self, before: Timestamp, batch: i64) -> Result<u64> {
-        let mut tx = self.store()?.sqlx_transaction().await?;
+        let mut tx = self.store.sqlx_transaction().await?;
         let n = sweep_violations(&mut tx, before, batch).await?;
         tx.commit().await?;
         Ok(n)
     }
 
     async fn sweep_buckets(&self, before: Timestamp, batch: i64) -> Result<u64> {
-        let mut tx = self.store()?.sqlx_transaction().await?;
+        let mut tx = self.store.sqlx_transaction().await?;
         let n = sweep_buckets(&mut tx, before, batch).await?;
         tx.commit().await?;
         Ok(n)

@@ -14,7 +14,8 @@ use super::backend::{
 };
 use super::bucket::{self, Bucket, Outcome};
 use super::config::{Compiled, CompiledLimit, LimitsConfig};
-use super::sqlite::{Sqlite, Statements};
+use super::sqlite::Statements;
+use super::storage::Backend;
 use super::types::Penalty;
 use super::verdict::{self, Verdict};
 use crate::core::feed::{Cursor, Facet, News};
@@ -78,9 +79,9 @@ impl LimitsState {
         })
     }
 
-    /// The file's side of the facet.
-    pub(super) fn backend<'a>(&'a self, core: &'a Core) -> Sqlite<'a> {
-        Sqlite::new(core, &self.statements)
+    /// The storage's side of the facet.
+    pub(super) fn backend<'a>(&'a self, core: &'a Core) -> Backend<'a> {
+        Backend::of(core, &self.statements)
     }
 
     fn shard(&self, subject: &str) -> &Mutex<Shard> {
@@ -214,8 +215,9 @@ impl LimitsState {
             .and_then(|limits| limits[idx].clone())
     }
 
-    /// The in-memory decision (no `.await`: the shard lock is held through it).
-    pub(super) fn decide(
+    /// The in-memory decision (no `.await` once the shard is locked: the
+    /// lock is held through it).
+    pub(super) async fn decide(
         &self,
         core: &Core,
         idx: usize,
@@ -224,7 +226,7 @@ impl LimitsState {
         cost: f64,
     ) -> Result<Verdict> {
         let limit = &self.config.limits[idx];
-        let mut shard = self.loaded(core, idx, subject, now)?;
+        let mut shard = self.loaded(core, idx, subject, now).await?;
         let Shard { subjects, dirty } = &mut *shard;
         let Some(entry) = subjects
             .get_mut(subject)
@@ -245,7 +247,7 @@ impl LimitsState {
     /// The shard holding `subject`, locked, with its entry for limit `idx`
     /// in memory: loaded from the file on first use (the lock is not held
     /// while reading; an entry another task loaded meanwhile wins).
-    fn loaded(
+    async fn loaded(
         &self,
         core: &Core,
         idx: usize,
@@ -253,19 +255,21 @@ impl LimitsState {
         now: Timestamp,
     ) -> Result<MutexGuard<'_, Shard>> {
         let shard_lock = self.shard(subject);
-        let shard = lock(shard_lock);
-        if shard
-            .subjects
-            .get(subject)
-            .is_some_and(|limits| limits[idx].is_some())
         {
-            return Ok(shard);
+            let shard = lock(shard_lock);
+            if shard
+                .subjects
+                .get(subject)
+                .is_some_and(|limits| limits[idx].is_some())
+            {
+                return Ok(shard);
+            }
         }
-        drop(shard);
         let limit = &self.config.limits[idx];
         let stored = self
             .backend(core)
-            .load(subject, &limit.name, bucket::memory_start(now))?;
+            .load(subject, &limit.name, bucket::memory_start(now))
+            .await?;
         let fresh = Entry::from_stored(limit, stored, now);
         let mut shard = lock(shard_lock);
         let n = self.config.limits.len();

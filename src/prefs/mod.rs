@@ -15,7 +15,8 @@
 //!
 //! This file holds the [`Preferences`] handle and the document rules (merge,
 //! types, depth, upgrades); `config.rs` the application's side,
-//! `backend.rs` the storage contract and `sqlite.rs` every statement.
+//! `backend.rs` the storage contract, `sqlite.rs` and `postgres.rs` every
+//! statement of each backend, `storage.rs` the enum that picks one.
 
 mod backend;
 mod config;

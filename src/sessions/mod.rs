@@ -25,15 +25,18 @@
 //!    `memory_ttl` (default 1 s).
 //! 5. **The cap holds under concurrency.** Creation counts the user's live
 //!    sessions and inserts in one `BEGIN IMMEDIATE` transaction, which
-//!    serialises creators in every process.
+//!    serialises creators in every process; on PostgreSQL, in one
+//!    transaction holding a lock on the user's `session_users` row, which
+//!    serialises one user's creators in every instance.
 //!
 //! # Layout
 //!
 //! This file holds the [`Sessions`] handle and its decisions (expiry, the
 //! cap); `lookup.rs` how `validate` finds a token and what refuses it;
 //! `config.rs`, `types.rs` and `state.rs` its
-//! settings, values and memory; `backend.rs` the storage contract and
-//! `sqlite.rs` every statement; `tower.rs` the rows of the tower-sessions
+//! settings, values and memory; `backend.rs` the storage contract,
+//! `sqlite.rs` and `postgres.rs` every statement of each backend and
+//! `storage.rs` the enum that picks one; `tower.rs` the rows of the tower-sessions
 //! store.
 
 mod backend;
