@@ -172,7 +172,9 @@ fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
     for args in [&["sweep"][..], &["check"], &["demo"], &["cache", "stats"]] {
         let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", args));
         assert!(
-            err.contains("only init, migrate, info, health, session, prefs and limits work so far"),
+            err.contains(
+                "only init, migrate, info, health, session, prefs, limits and audit work so far"
+            ),
             "{args:?}: {err}"
         );
     }
@@ -186,10 +188,10 @@ fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
     );
 }
 
-/// `session`, `prefs`, `limits` and `health` take a URL: what one command writes the
+/// `session`, `prefs`, `limits`, `audit` and `health` take a URL: what one command writes the
 /// next reads, through the database.
 #[test]
-fn session_prefs_limits_and_health_work_on_a_url() {
+fn the_facets_commands_work_on_a_url() {
     let Some(db) = common::postgres_database() else {
         return;
     };
@@ -319,8 +321,8 @@ fn an_unreachable_server_fails_at_once_naming_it_without_the_password() {
 
 /// What a database administrator or a `pg_dump` sees: the rows (user ids
 /// are not secret), and none of the session data, client metadata,
-/// preference documents, tokens, IPs, user agents or device fingerprints
-/// (of sessions and of rate-limit violations).
+/// preference documents, audit details, tokens, IPs, user agents or device
+/// fingerprints (of sessions, audit events and rate-limit violations).
 #[tokio::test]
 async fn a_pg_dump_shows_no_plaintext() {
     let Some(db) = common::postgres_database() else {
@@ -380,4 +382,144 @@ async fn a_pg_dump_shows_no_plaintext() {
     // Nor in its hex (bytea is dumped as hex).
     let hex: String = b"PLAINTEXT".iter().map(|b| format!("{b:02x}")).collect();
     assert!(!dump.contains(&hex), "hex plaintext in the dump");
+}
+
+/// Set for the child processes of [`three_processes_share_one_state`]: the
+/// database's URL.
+const INSTANCE_URL: &str = "STATEVAULT_TEST_INSTANCE_URL";
+/// Set for them too: the key file.
+const INSTANCE_KEY: &str = "STATEVAULT_TEST_INSTANCE_KEY";
+
+/// Options every instance of [`three_processes_share_one_state`] opens with:
+/// a shared budget of 50 a day, at most 5 sessions a user (refusing more).
+fn instance_options(url: &str, key: &Path) -> statevault::VaultOptions {
+    let mut sessions = statevault::SessionConfig::default();
+    sessions.max_per_user = 5;
+    sessions.when_full = statevault::WhenFull::Refuse;
+    statevault::VaultOptions::new(url)
+        .key_source(KeySource::File(key.to_owned()))
+        .sessions(sessions)
+        .limits(
+            statevault::LimitsConfig::empty().limit(
+                "l",
+                statevault::Limit::new()
+                    .window(statevault::Window::per(
+                        std::time::Duration::from_secs(86_400),
+                        50.0,
+                    ))
+                    .shared(true),
+            ),
+        )
+}
+
+/// One instance of a service (run by [`three_processes_share_one_state`] in
+/// a process of its own; on its own it does nothing): 40 shared-budget
+/// checks, 8 session creates for one user and 30 audit appends, as fast as
+/// it can. It prints how many checks were allowed and sessions created.
+#[tokio::test]
+async fn instance() {
+    let (Ok(url), Ok(key)) = (std::env::var(INSTANCE_URL), std::env::var(INSTANCE_KEY)) else {
+        return;
+    };
+    let vault = statevault::Vault::open(instance_options(&url, Path::new(&key)))
+        .await
+        .unwrap();
+    let none = statevault::ClientInfo {
+        ip: None,
+        user_agent: None,
+    };
+    let (mut allowed, mut created) = (0, 0);
+    for i in 0..40 {
+        allowed += u32::from(
+            vault
+                .limits()
+                .check("subject", "l", 1, &none)
+                .await
+                .unwrap()
+                .allowed,
+        );
+        if i % 5 == 0 {
+            match vault
+                .sessions()
+                .create(statevault::NewSession::new("capped"))
+                .await
+            {
+                Ok(_) => created += 1,
+                Err(Error::SessionLimit { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        vault
+            .audit()
+            .append(statevault::AuditEvent::new(
+                statevault::EventKind::ApiCall,
+                "check",
+            ))
+            .unwrap();
+        if i % 10 == 0 {
+            vault.flush().await.unwrap();
+        }
+    }
+    vault.close().await.unwrap();
+    println!("RESULT allowed={allowed} created={created}");
+}
+
+/// Three processes on one database at once: the shared budget is exact,
+/// the per-user session cap holds, and the audit chain they all appended
+/// to verifies with every event and no fork.
+#[tokio::test]
+async fn three_processes_share_one_state() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    let key = dir.path().join("vault.key");
+    Database::init(&db.url, &KeySource::File(key.clone()))
+        .await
+        .unwrap()
+        .0
+        .close()
+        .await;
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["instance", "--exact", "--nocapture", "--test-threads", "1"])
+                .env(INSTANCE_URL, &db.url)
+                .env(INSTANCE_KEY, &key)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let (mut allowed, mut created) = (0, 0);
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        // The harness prints `test instance ... ` before it on the line.
+        let line = text
+            .split_once("RESULT ")
+            .and_then(|(_, rest)| rest.lines().next())
+            .unwrap_or_else(|| panic!("no result: {text}"));
+        let number = |name: &str| -> u32 {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        allowed += number("allowed");
+        created += number("created");
+    }
+    assert_eq!(allowed, 50, "3 × 40 checks of a budget of 50");
+    assert_eq!(created, 5, "3 × 8 creates under a cap of 5");
+    let vault = statevault::Vault::open(instance_options(&db.url, &key))
+        .await
+        .unwrap();
+    let report = vault.audit().verify().await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events, 3 * 40);
+    assert_eq!(vault.sessions().list("capped").await.unwrap().len(), 5);
+    vault.close().await.unwrap();
 }

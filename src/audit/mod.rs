@@ -62,13 +62,17 @@
 //! - `types.rs`: events and reports; `config.rs`: [`AuditConfig`];
 //! - `chain.rs`: the digests and links; `verify.rs`: the walk;
 //! - `state.rs`: the buffer of events not yet written;
-//! - `backend.rs`: the storage contract; `sqlite.rs`: every statement.
+//! - `backend.rs`: the storage contract; `sqlite.rs`, `postgres.rs`: every
+//!   statement of each backend; `storage.rs`: the enum that picks one.
 
 mod backend;
 mod chain;
 mod config;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 mod state;
+mod storage;
 mod types;
 mod verify;
 
@@ -84,7 +88,7 @@ use uuid::Uuid;
 
 use backend::{AuditBackend, EventRow};
 use chain::Content;
-use sqlite::Sqlite;
+use storage::Backend;
 use types::name;
 
 use crate::core::Core;
@@ -230,7 +234,7 @@ impl<'a> Audit<'a> {
             return Ok(());
         }
         let result = self
-            .backend()?
+            .backend()
             .append(&batch.contents(), batch.durable())
             .await;
         self.settle(batch, result.as_ref().err());
@@ -270,7 +274,7 @@ impl<'a> Audit<'a> {
         if limit == 0 || limit > 100_000 {
             return Err(Error::invalid("limit", "must be 1 to 100000"));
         }
-        events(self.backend()?.query(filter, limit).await?)
+        events(self.backend().query(filter, limit).await?)
     }
 
     /// The last `n` events, oldest first.
@@ -294,7 +298,7 @@ impl<'a> Audit<'a> {
             async {
                 self.flush().await?;
                 let mut verifier = verify::Verifier::new();
-                self.backend()?.read_chain(&mut verifier).await?;
+                self.backend().read_chain(&mut verifier).await?;
                 Ok(verifier.report())
             }
             .await,
@@ -305,7 +309,7 @@ impl<'a> Audit<'a> {
     /// A user's events (for export), oldest first.
     pub async fn export_user(&self, user_id: &str) -> Result<Vec<StoredEvent>> {
         self.flush().await?;
-        events(self.backend()?.user_events(user_id).await?)
+        events(self.backend().user_events(user_id).await?)
     }
 
     /// Deletes events older than `retention` from the start of the log, at
@@ -322,7 +326,7 @@ impl<'a> Audit<'a> {
                 self.flush().await?;
                 let _writing = self.state.writing.lock().await;
                 let cutoff = self.core.now().saturating_sub(self.state.config.retention);
-                let backend = self.backend()?;
+                let backend = self.backend();
                 let mut removed = 0;
                 loop {
                     let gone = backend
@@ -377,9 +381,9 @@ impl<'a> Audit<'a> {
         self.state.writing.lock().await
     }
 
-    /// The file's side of the facet.
-    fn backend(&self) -> Result<Sqlite<'_>> {
-        Ok(Sqlite::new(self.core.store()?))
+    /// The storage's side of the facet.
+    fn backend(&self) -> Backend<'_> {
+        Backend::of(self.core)
     }
 }
 

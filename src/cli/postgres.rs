@@ -1,7 +1,7 @@
 //! The commands that work on a `postgres://` URL so far (feature
 //! `postgres`): `init`, `migrate` and `info`, through
-//! [`statevault::postgres::Database`]; `session`, `prefs`, `limits` and
-//! `health`, through a [`Vault`] on the database. The other facets are not on
+//! [`statevault::postgres::Database`]; `session`, `prefs`, `limits`,
+//! `audit` and `health`, through a [`Vault`] on the database. The other facets are not on
 //! PostgreSQL yet, so every other command says so.
 
 use std::process::ExitCode;
@@ -69,7 +69,10 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
             Ok(ExitCode::SUCCESS)
         }
         Command::Health { json } => metrics::health(options.clone(), json).await,
-        command @ (Command::Session(_) | Command::Prefs(_) | Command::Limits(_)) => {
+        command @ (Command::Session(_)
+        | Command::Prefs(_)
+        | Command::Limits(_)
+        | Command::Audit(_)) => {
             let vault =
                 Vault::open(options.clone().create_if_missing(false).migrate(false)).await?;
             let result = super::dispatch(&vault, command).await;
@@ -88,8 +91,8 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
         _ => Err(Error::InvalidInput {
             what: "command",
             reason: "on a PostgreSQL database (postgres://) only init, migrate, info, health, \
-                     session, prefs and limits work so far; the other facets still keep their \
-                     state in a SQLite file"
+                     session, prefs, limits and audit work so far; the other facets still keep \
+                     their state in a SQLite file"
                 .into(),
         }),
     }
