@@ -113,8 +113,17 @@ impl Database {
     /// key (mode 0600). Returns whether this call created the key check
     /// (a database new to statevault). Idempotent.
     pub async fn init(url: &str, key: &KeySource) -> Result<(Database, bool)> {
+        Database::init_with(url, key, ADMIN_CONNECTIONS).await
+    }
+
+    /// [`Database::init`] with a pool of `connections`.
+    pub(crate) async fn init_with(
+        url: &str,
+        key: &KeySource,
+        connections: u32,
+    ) -> Result<(Database, bool)> {
         let key = resolve_key(key, true)?;
-        let pool = connect(url).await?;
+        let pool = connect(url, connections).await?;
         let url = redact(url);
         create_schema(&pool).await?;
         // Prepared before: another key must not migrate or write here.
@@ -159,8 +168,17 @@ impl Database {
     /// migration. A database with no statevault schema is
     /// [`Error::Missing`].
     pub async fn open(url: &str, key: &KeySource) -> Result<Database> {
+        Database::open_with(url, key, ADMIN_CONNECTIONS).await
+    }
+
+    /// [`Database::open`] with a pool of `connections`.
+    pub(crate) async fn open_with(
+        url: &str,
+        key: &KeySource,
+        connections: u32,
+    ) -> Result<Database> {
         let key = resolve_key(key, false)?;
-        let pool = connect(url).await?;
+        let pool = connect(url, connections).await?;
         let url = redact(url);
         if !prepared(&pool).await? {
             pool.close().await;
@@ -368,7 +386,7 @@ fn resolve_key(source: &KeySource, creating: bool) -> Result<Key> {
 /// One connection is made first, alone, so that a server that is down or
 /// refuses the login fails at once with what it said (a pool would retry
 /// until its acquire timeout, then say only that it timed out).
-async fn connect(url: &str) -> Result<PgPool> {
+async fn connect(url: &str, connections: u32) -> Result<PgPool> {
     let options = PgConnectOptions::from_str(url)
         .map_err(|e| Error::invalid("database URL", e.to_string()))?
         .options([("search_path", SCHEMA)]);
@@ -385,10 +403,14 @@ async fn connect(url: &str) -> Result<PgPool> {
         .map_err(unreachable)?;
     sqlx::Connection::close(first).await.map_err(Error::from)?;
     Ok(PgPoolOptions::new()
-        .max_connections(4)
+        .max_connections(connections)
         .acquire_timeout(CONNECT_TIMEOUT)
         .connect_lazy_with(options))
 }
+
+/// The pool of [`Database::init`] and [`Database::open`] (administration:
+/// a few statements at a time).
+const ADMIN_CONNECTIONS: u32 = 4;
 
 /// How long a connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

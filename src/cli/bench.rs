@@ -32,6 +32,12 @@ pub struct Args {
 /// Runs the harness and exits as it did; if it is not beside this binary,
 /// says how to build or install it.
 pub fn launch(args: Args) -> Result<ExitCode> {
+    launch_on(args, None)
+}
+
+/// [`launch`], with `--db URL` passed on: the harness measures the
+/// workloads that run on PostgreSQL there, in a database of its own.
+pub fn launch_on(args: Args, url: Option<&str>) -> Result<ExitCode> {
     let harness = harness_path()?;
     if !harness.is_file() {
         super::print_error(format_args!(
@@ -43,7 +49,11 @@ pub fn launch(args: Args) -> Result<ExitCode> {
         ));
         return Ok(ExitCode::FAILURE);
     }
-    let status = std::process::Command::new(&harness)
+    let mut command = std::process::Command::new(&harness);
+    if let Some(url) = url {
+        command.args(["--db", url]);
+    }
+    let status = command
         .args(args.args)
         .status()
         .map_err(|source| Error::Io {

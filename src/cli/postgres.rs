@@ -14,7 +14,7 @@ use super::{Command, admin, bench, metrics, print_json};
 pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<ExitCode> {
     let key = options.key_origin();
     match command {
-        Command::Bench(args) => bench::launch(args),
+        Command::Bench(args) => bench::launch_on(args, Some(url)),
         Command::Init => {
             let (db, created) = Database::init(url, key).await?;
             let info = db.info().await;

@@ -2,14 +2,18 @@
 //! Implements [`LimitsBackend`] with the file's semantics for any number of
 //! instances:
 //!
-//! - **A shared-mode check is one statement in autocommit** ([`CHECK`]): it
-//!   locks the subject's buckets of the limit (`FOR UPDATE`, which reads
-//!   their newest state), refills them to now and takes the cost from every
-//!   window, or from none. Concurrent checks of one subject take turns on
-//!   the row locks; the total allowed never exceeds what the buckets hold.
-//! - A subject's first check finds no bucket to lock: full buckets are
-//!   inserted (`ON CONFLICT DO NOTHING`, so instances racing to make them
-//!   make them once) and the check runs again.
+//! - **A shared-mode check is one statement in autocommit.** For a limit of
+//!   one window ([`CHECK_ONE`]) it is an upsert of the bucket whose
+//!   `DO UPDATE … WHERE` refills and takes on the row's newest state. For
+//!   several ([`CHECK`]) it locks the subject's buckets of the limit (`FOR
+//!   UPDATE`, which reads their newest state), refills them to now and takes
+//!   the cost from every window, or from none. Concurrent checks of one
+//!   subject take turns on the row locks; the total allowed never exceeds
+//!   what the buckets hold.
+//! - A subject's first check of a limit of several windows finds no bucket
+//!   to lock: full buckets are inserted (`ON CONFLICT DO NOTHING`, so
+//!   instances racing to make them make them once) and the check runs
+//!   again.
 //! - A refusal reads the stored state and records the violation; a
 //!   violation's `client_info` is sealed with its id as associated data.
 //! - Sweeps take their batch with `FOR UPDATE SKIP LOCKED`.
@@ -81,6 +85,33 @@ static CHECK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          UNION ALL
          SELECT NULL, NULL, NULL, (SELECT count(*) FROM cur)
          WHERE NOT EXISTS (SELECT 1 FROM upd)"
+    )
+});
+
+/// [`CHECK`] for a limit of one window: one upsert of the one bucket, the
+/// refill and the take in its `DO UPDATE … WHERE` (which sees the row's
+/// newest state, locked), a full bucket inserted on first use. The same
+/// parameters, each window array's element alone: $7 window_secs, $8
+/// capacity, $9 rate per ms. It returns the written row, or none if refused.
+static CHECK_ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let refilled = "least($8, token_buckets.tokens + greatest(0::float8,
+         ($4 - round(extract(epoch FROM token_buckets.last_refill_at) * 1000))::float8) * $9)";
+    let no_penalty = "NOT EXISTS (SELECT 1 FROM violations
+         WHERE subject = $1 AND limit_name = $2 AND occurred_at > $6 AND penalty_until > $3)";
+    format!(
+        "INSERT INTO token_buckets
+             (subject, limit_name, window_secs, tokens, last_refill_at, updated_at)
+         SELECT $1, $2, $7, greatest(0::float8, $8 - $5), $3, $3
+         WHERE $8 + {EPSILON:e} >= $5 AND {no_penalty}
+         ON CONFLICT (subject, limit_name, window_secs) DO UPDATE SET
+             tokens = greatest(0::float8, {refilled} - $5),
+             last_refill_at = greatest(token_buckets.last_refill_at, $3),
+             updated_at = $3
+         WHERE {refilled} + {EPSILON:e} >= $5 AND {no_penalty}
+         RETURNING window_secs, tokens,
+             (SELECT count(*) FROM violations
+              WHERE subject = $1 AND limit_name = $2 AND occurred_at > $6),
+             1::bigint"
     )
 });
 
@@ -167,32 +198,39 @@ impl Postgres<'_> {
         Ok(())
     }
 
-    /// Runs [`CHECK`].
+    /// Runs [`CHECK_ONE`] for a limit of one window, else [`CHECK`].
     async fn try_take(&self, check: &SharedCheck<'_>) -> Result<Taken> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(CHECK.as_str()))
-            .bind(check.subject)
-            .bind(check.limit)
-            .bind(check.now)
-            .bind(check.now.as_millis())
-            .bind(check.cost)
-            .bind(check.since)
-            .bind(
-                check
-                    .windows
-                    .iter()
-                    .map(|w| w.period_secs)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(check.windows.iter().map(|w| w.capacity).collect::<Vec<_>>())
-            .bind(
-                check
-                    .windows
-                    .iter()
-                    .map(|w| w.rate_per_ms)
-                    .collect::<Vec<_>>(),
-            )
-            .fetch_all(self.db.pool())
-            .await?;
+        let query = |sql: &'static str| {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(check.subject)
+                .bind(check.limit)
+                .bind(check.now)
+                .bind(check.now.as_millis())
+                .bind(check.cost)
+                .bind(check.since)
+        };
+        let rows = match check.windows {
+            [one] => {
+                let rows = query(CHECK_ONE.as_str())
+                    .bind(one.period_secs)
+                    .bind(one.capacity)
+                    .bind(one.rate_per_ms)
+                    .fetch_all(self.db.pool())
+                    .await?;
+                if rows.is_empty() {
+                    return Ok(Taken::Refused);
+                }
+                rows
+            }
+            windows => {
+                query(CHECK.as_str())
+                    .bind(windows.iter().map(|w| w.period_secs).collect::<Vec<_>>())
+                    .bind(windows.iter().map(|w| w.capacity).collect::<Vec<_>>())
+                    .bind(windows.iter().map(|w| w.rate_per_ms).collect::<Vec<_>>())
+                    .fetch_all(self.db.pool())
+                    .await?
+            }
+        };
         let mut windows = Vec::with_capacity(rows.len());
         let mut recent = 0i64;
         for row in &rows {

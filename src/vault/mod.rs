@@ -483,18 +483,19 @@ impl Vault {
 }
 
 /// The file, or with feature `postgres` the database a `postgres://` URL
-/// names: [`Database::init`](crate::postgres::Database::init) when the
-/// vault may create and migrate, [`Database::open`](crate::postgres::Database::open)
-/// otherwise.
+/// names: as [`Database::init`](crate::postgres::Database::init) when the
+/// vault may create and migrate, as [`Database::open`](crate::postgres::Database::open)
+/// otherwise, with a pool of [`VaultOptions::postgres_connections`].
 async fn open_storage(options: &VaultOptions) -> Result<Storage> {
     #[cfg(feature = "postgres")]
     if let Some(url) = options.postgres_url() {
         use crate::postgres::Database;
         let key = options.key_origin();
+        let connections = options.postgres_connections;
         let db = if options.migrate && options.create_if_missing {
-            Database::init(url, key).await?.0
+            Database::init_with(url, key, connections).await?.0
         } else {
-            Database::open(url, key).await?
+            Database::open_with(url, key, connections).await?
         };
         return Ok(Storage::Postgres(db));
     }

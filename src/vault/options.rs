@@ -40,6 +40,7 @@ pub struct VaultOptions {
     pub(super) migrate: bool,
     pub(super) synchronous: Synchronous,
     pub(super) readers: usize,
+    pub(super) postgres_connections: u32,
     pub(super) page_cache_budget: u64,
     pub(super) busy_timeout: Duration,
     pub(super) flush_interval: Duration,
@@ -73,6 +74,7 @@ impl VaultOptions {
             migrate: true,
             synchronous: Synchronous::Normal,
             readers: 4,
+            postgres_connections: DEFAULT_POSTGRES_CONNECTIONS,
             page_cache_budget: DEFAULT_PAGE_CACHE_BUDGET,
             busy_timeout: Duration::from_secs(5),
             flush_interval: Duration::from_secs(1),
@@ -140,6 +142,14 @@ impl VaultOptions {
     /// How many hot-path reader connections (1–64, default 4).
     pub fn readers(mut self, readers: usize) -> Self {
         self.readers = readers;
+        self
+    }
+
+    /// With a `postgres://` URL: the most connections the vault's pool
+    /// opens (1–1024, default 16). The server's `max_connections` bounds
+    /// their sum over every instance.
+    pub fn postgres_connections(mut self, connections: u32) -> Self {
+        self.postgres_connections = connections;
         self
     }
 
@@ -330,6 +340,12 @@ impl VaultOptions {
     }
 
     pub(super) fn validate(&self) -> Result<()> {
+        if !(1..=1024).contains(&self.postgres_connections) {
+            return Err(Error::invalid(
+                "postgres_connections",
+                format!("{} is not in 1..=1024", self.postgres_connections),
+            ));
+        }
         if !(1..=64).contains(&self.readers) {
             return Err(Error::invalid(
                 "readers",
@@ -389,6 +405,7 @@ impl fmt::Debug for VaultOptions {
             .field("migrate", &self.migrate)
             .field("synchronous", &self.synchronous)
             .field("readers", &self.readers)
+            .field("postgres_connections", &self.postgres_connections)
             .field("page_cache_budget", &self.page_cache_budget)
             .field("busy_timeout", &self.busy_timeout)
             .field("flush_interval", &self.flush_interval)
@@ -416,6 +433,9 @@ pub(crate) fn url_scheme(path: &Path) -> Option<&str> {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
     valid.then_some(scheme)
 }
+
+/// The default of [`VaultOptions::postgres_connections`].
+const DEFAULT_POSTGRES_CONNECTIONS: u32 = 16;
 
 /// Why a URL is refused, naming its scheme only: the rest may hold a
 /// password.

@@ -58,6 +58,10 @@ pub struct Settings {
     /// Levels of concurrent callers: when not empty, the run measures the
     /// concurrency report at each level instead of the standard workloads.
     pub concurrency: Vec<usize>,
+    /// A PostgreSQL server (`postgres://…`, feature `postgres`): the
+    /// concurrency report of the workloads that run there, in a database
+    /// the bench makes on that server and drops.
+    pub db: Option<String>,
 }
 
 impl Settings {
@@ -68,10 +72,26 @@ impl Settings {
     /// Refuses a name in `only` that is no workload of this run, and a
     /// level of concurrency out of 1..=1024.
     fn check(&self) -> Result<()> {
-        let known: &[&str] = if self.concurrency.is_empty() {
-            &WORKLOADS
-        } else {
-            &CONCURRENCY_WORKLOADS
+        if self.db.is_some() && self.concurrency.is_empty() {
+            return Err(Error::InvalidInput {
+                what: "bench --db",
+                reason: "measures the concurrency report: give --concurrency LEVELS too".into(),
+            });
+        }
+        let known: &[&str] = match (&self.db, self.concurrency.is_empty()) {
+            #[cfg(feature = "postgres")]
+            (Some(_), _) => &concurrency::postgres::WORKLOADS,
+            #[cfg(not(feature = "postgres"))]
+            (Some(_), _) => {
+                return Err(Error::InvalidInput {
+                    what: "bench --db",
+                    reason: "this build has no PostgreSQL: build statevault-bench with \
+                             --features postgres"
+                        .into(),
+                });
+            }
+            (None, true) => &WORKLOADS,
+            (None, false) => &CONCURRENCY_WORKLOADS,
         };
         if let Some(name) = self.only.iter().find(|n| !known.contains(&n.as_str())) {
             return Err(Error::InvalidInput {
@@ -112,11 +132,16 @@ pub async fn measure(settings: &Settings) -> Result<Report> {
             quick: settings.quick,
             only: &settings.only,
         };
+        let report = match &settings.db {
+            #[cfg(feature = "postgres")]
+            Some(url) => concurrency::postgres::measure(url, dir.path(), &plan).await?,
+            _ => concurrency::measure(dir.path(), &plan).await?,
+        };
         return Ok(Report {
             open: None,
             encrypted: !settings.plain,
             workloads: serde_json::Map::new(),
-            concurrency: Some(concurrency::measure(dir.path(), &plan).await?),
+            concurrency: Some(report),
             machine,
         });
     }

@@ -37,6 +37,11 @@ struct Args {
     /// rusqlite and Redis at the same concurrency.
     #[arg(long, value_delimiter = ',', value_name = "LEVELS")]
     concurrency: Vec<usize>,
+    /// With --concurrency: the workloads that run on PostgreSQL, on the
+    /// server this postgres:// URL names, in a database the bench creates
+    /// there and drops (feature `postgres`).
+    #[arg(long, value_name = "URL")]
+    db: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
         sweep_rows: args.sweep_rows,
         only: args.only,
         concurrency: args.concurrency,
+        db: args.db,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

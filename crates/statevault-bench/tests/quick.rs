@@ -157,3 +157,65 @@ fn concurrency_refuses_a_workload_it_does_not_run() {
         "{err}"
     );
 }
+
+/// `--db postgres://…` (feature `postgres`): the workloads that run on
+/// PostgreSQL beside raw sqlx, in a database the bench makes and drops.
+/// Needs `STATEVAULT_TEST_POSTGRES` (`.ci/run` starts a server).
+#[cfg(feature = "postgres")]
+#[test]
+fn concurrency_on_postgres_reports_statevault_beside_raw_sqlx() {
+    let Ok(url) = std::env::var("STATEVAULT_TEST_POSTGRES") else {
+        eprintln!(
+            "\n*** SKIPPED: external tool PostgreSQL server is missing (set \
+             STATEVAULT_TEST_POSTGRES); this test did not run ***\n"
+        );
+        assert!(
+            !std::env::var("STATEVAULT_REQUIRE_TOOLS").is_ok_and(|v| v == "1"),
+            "STATEVAULT_REQUIRE_TOOLS=1 and no PostgreSQL server"
+        );
+        return;
+    };
+    let dir = tempdir();
+    let out = run(
+        dir.path(),
+        &[
+            "--db",
+            &url,
+            "--concurrency",
+            "1,2",
+            "--quick",
+            "--only",
+            "session_create,ratelimit_check_shared",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &report["concurrency"];
+    assert!(
+        c["statevault"].as_str().unwrap().contains("PostgreSQL"),
+        "{c}"
+    );
+    let workloads = c["workloads"].as_object().unwrap();
+    let names: Vec<&str> = workloads.keys().map(String::as_str).collect();
+    assert_eq!(names, ["session_create", "ratelimit_check_shared"]);
+    for (name, w) in workloads {
+        assert!(
+            w["raw_sqlx"].as_str().is_some_and(|s| !s.is_empty()),
+            "{name}"
+        );
+        for level in w["levels"].as_array().unwrap() {
+            for side in ["statevault", "raw_sqlx"] {
+                let f = &level[side];
+                assert!(f["ops_per_sec"].as_f64().unwrap() > 0.0, "{name}: {f}");
+            }
+        }
+    }
+    let on_file = run(dir.path(), &["--db", &url, "--only", "session_create"]);
+    assert!(!on_file.status.success());
+    assert!(
+        stderr(&on_file).contains("--concurrency"),
+        "{}",
+        stderr(&on_file)
+    );
+}

@@ -101,13 +101,25 @@ impl Share {
     }
 }
 
+/// A caller that tokio tasks drive: one call at a time.
+pub trait Call: Send + 'static {
+    /// Makes call number `i`.
+    fn call(&mut self, i: u64) -> impl Future<Output = Result<()>> + Send;
+}
+
+impl Call for ours::Caller {
+    fn call(&mut self, i: u64) -> impl Future<Output = Result<()>> + Send {
+        ours::Caller::call(self, i)
+    }
+}
+
 /// Runs `callers` as tokio tasks until `run` passes (or each made `limit`
 /// calls) and returns the callers with the figures.
-pub async fn tasks(
-    callers: Vec<ours::Caller>,
+pub async fn tasks<C: Call>(
+    callers: Vec<C>,
     run: Duration,
     limit: u64,
-) -> Result<(Vec<ours::Caller>, Figures)> {
+) -> Result<(Vec<C>, Figures)> {
     rss::reset_peak(None);
     let started = Instant::now();
     let deadline = started + run;

@@ -19,7 +19,11 @@ use crate::sessions::sha256;
 /// The vault options of workload `name` at `path`: the bench's, without the
 /// background sweep, with the limits, preferences or cache the workload uses.
 pub fn options(name: &str, path: &Path) -> VaultOptions {
-    let options = crate::harness::options(path).sweep_interval(None);
+    configure(name, crate::harness::options(path).sweep_interval(None))
+}
+
+/// `options` with the limits, preferences or cache workload `name` uses.
+pub fn configure(name: &str, options: VaultOptions) -> VaultOptions {
     match name {
         "ratelimit_check_strict" => options.limits(limits(false)),
         "ratelimit_check_shared" => options.limits(limits(true)),

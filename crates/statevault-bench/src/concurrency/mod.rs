@@ -14,6 +14,8 @@
 mod drive;
 mod fixtures;
 mod ours;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod raw;
 mod redis;
 mod roles;
@@ -54,8 +56,10 @@ pub struct Concurrency {
     pub seconds_per_figure: f64,
     /// How statevault's callers run.
     pub statevault: String,
-    /// How rusqlite's callers run.
-    pub rusqlite: &'static str,
+    /// The baseline's name (`rusqlite` for the file, `raw_sqlx` for
+    /// PostgreSQL), and how its callers run.
+    #[serde(flatten)]
+    pub baseline: Named<String>,
     /// The Redis servers and client, or why they were skipped.
     pub redis: RedisSetup,
     /// By workload name.
@@ -79,8 +83,9 @@ pub struct RedisSetup {
 struct Workload {
     /// What one statevault call does.
     statevault: &'static str,
-    /// What one rusqlite call does.
-    rusqlite: &'static str,
+    /// What one call of the baseline does, under its name.
+    #[serde(flatten)]
+    baseline: Named<&'static str>,
     /// The redis-benchmark command line of the role.
     redis: String,
     /// Whether the role also runs against the durable server.
@@ -93,10 +98,20 @@ struct Workload {
 struct Level {
     callers: usize,
     statevault: Figures,
-    rusqlite: Figures,
+    /// The baseline's figures, under its name.
+    #[serde(flatten)]
+    baseline: Named<Figures>,
     redis: Peer,
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_durable: Option<Peer>,
+}
+
+/// A value under the baseline's name, as one JSON member.
+pub type Named<T> = std::collections::BTreeMap<&'static str, T>;
+
+/// `value` under `name`.
+fn named<T>(name: &'static str, value: T) -> Named<T> {
+    Named::from([(name, value)])
 }
 
 /// What to run and how long.
@@ -156,7 +171,11 @@ pub async fn measure(dir: &Path, plan: &Plan<'_>) -> Result<Concurrency> {
             "N tokio tasks on a multi-thread runtime of {} worker threads, sharing one vault",
             tokio::runtime::Handle::current().metrics().num_workers()
         ),
-        rusqlite: "N OS threads, a connection each, one transaction per call (BEGIN IMMEDIATE for writes)",
+        baseline: named(
+            "rusqlite",
+            "N OS threads, a connection each, one transaction per call (BEGIN IMMEDIATE for writes)"
+                .to_owned(),
+        ),
         redis: RedisSetup {
             version,
             server: setup(MEMORY, &skipped[0]),
@@ -214,7 +233,7 @@ async fn workload(
         levels.push(Level {
             callers: n,
             statevault,
-            rusqlite,
+            baseline: named("rusqlite", rusqlite),
             redis: role.measure(memory, n, plan.run()),
             redis_durable: role.durable.then(|| role.measure(durable, n, plan.run())),
         });
@@ -223,7 +242,7 @@ async fn workload(
     std::fs::remove_file(&raw_path).ok();
     Ok(Workload {
         statevault: roles::ours(name),
-        rusqlite: roles::raw(name),
+        baseline: named("rusqlite", roles::raw(name)),
         redis: role.shown(),
         redis_durable: role.durable,
         levels,

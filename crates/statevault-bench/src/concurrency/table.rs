@@ -24,13 +24,18 @@ fn side(figures: &Value) -> String {
 
 pub fn lines(report: &Concurrency) -> Vec<String> {
     let redis = &report.redis;
+    let (baseline, how) = report
+        .baseline
+        .iter()
+        .next()
+        .map_or(("baseline", ""), |(name, how)| (*name, how.as_str()));
     let mut lines = vec![
         format!(
             "concurrency {:?}, {} s per figure",
             report.levels, report.seconds_per_figure
         ),
         format!("  statevault: {}", report.statevault),
-        format!("  rusqlite:   {}", report.rusqlite),
+        format!("  {baseline}: {how}"),
         format!(
             "  redis {}: {}; durable: {}; client: {}",
             redis.version.as_deref().unwrap_or("-"),
@@ -47,7 +52,7 @@ pub fn lines(report: &Concurrency) -> Vec<String> {
         let durable = w["redis_durable"].as_bool().unwrap_or(false);
         lines.push(String::new());
         lines.push(format!(
-            "{name:<24} | statevault {:>22} | rusqlite {:>24} | redis {:>27}{}",
+            "{name:<24} | statevault {:>22} | {baseline:<10} {:>22} | redis {:>27}{}",
             "",
             "",
             "",
@@ -71,7 +76,7 @@ pub fn lines(report: &Concurrency) -> Vec<String> {
                 "{:>24} | {} | {} | {}",
                 level["callers"].as_u64().unwrap_or(0),
                 side(&level["statevault"]),
-                side(&level["rusqlite"]),
+                side(&level[baseline]),
                 side(&level["redis"]),
             );
             if durable {
@@ -79,7 +84,7 @@ pub fn lines(report: &Concurrency) -> Vec<String> {
             }
             lines.push(row);
         }
-        for who in ["statevault", "rusqlite", "redis"] {
+        for who in ["statevault", baseline, "redis"] {
             if let Some(what) = w[who].as_str() {
                 lines.push(format!("  {who}: {what}"));
             }
