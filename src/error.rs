@@ -457,6 +457,9 @@ fn storage_failure(code: i32, detail: impl FnOnce() -> String) -> Option<Error> 
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::PoolClosed = e {
+            return Error::Closed;
+        }
         let typed = e.as_database_error().and_then(|db| {
             // SQLite's numeric codes only: PostgreSQL's SQLSTATEs are digits too.
             db.try_downcast_ref::<sqlx::sqlite::SqliteError>()?;

@@ -11,6 +11,7 @@ mod audit;
 mod limits;
 mod prefs;
 mod sessions;
+mod vault;
 
 use statevault::{FakeClock, Vault, VaultOptions};
 

@@ -138,32 +138,17 @@ const DURABLE: &str = "--appendonly yes --appendfsync always";
 
 /// Runs the plan's workloads at each level, in `dir`.
 pub async fn measure(dir: &Path, plan: &Plan<'_>) -> Result<Concurrency> {
-    let mut version = None;
-    let mut skipped = [None, None];
+    let mut peers = Peers::default();
     let mut workloads = serde_json::Map::new();
     for name in WORKLOADS {
         if !plan.only.is_empty() && !plan.only.iter().any(|n| n == name) {
             continue;
         }
-        // Fresh servers for each workload, so that each peak RSS is its own.
-        let servers = [Server::start(MEMORY), Server::start(DURABLE)];
-        for (server, skip) in servers.iter().zip(&mut skipped) {
-            if let (Err(why), None) = (server, &skip) {
-                eprintln!("*** SKIPPED: the Redis columns: {why} ***");
-                *skip = Some(why.clone());
-            }
-        }
+        let (servers, role) = peers.start(name);
         let [memory, durable] = &servers;
-        version = version.or_else(|| memory.as_ref().ok().map(Server::version));
-        let script = servers.iter().flatten().next().map(|s| s.script.as_str());
-        let role = Role::of(name, script.unwrap_or(""));
         let workload = workload(name, dir, plan, &role, (memory, durable)).await?;
         workloads.insert(name.into(), serde_json::to_value(workload)?);
     }
-    let setup = |flags: &str, skipped: &Option<String>| match skipped {
-        None => format!("redis-server --save '' {flags}, loopback, one per workload"),
-        Some(why) => format!("skipped: {why}"),
-    };
     Ok(Concurrency {
         levels: plan.levels.to_vec(),
         seconds_per_figure: plan.run().as_secs_f64(),
@@ -176,14 +161,51 @@ pub async fn measure(dir: &Path, plan: &Plan<'_>) -> Result<Concurrency> {
             "N OS threads, a connection each, one transaction per call (BEGIN IMMEDIATE for writes)"
                 .to_owned(),
         ),
-        redis: RedisSetup {
-            version,
-            server: setup(MEMORY, &skipped[0]),
-            durable_server: setup(DURABLE, &skipped[1]),
-            client: "redis-benchmark -c N (one process, N connections), the command line per workload",
-        },
+        redis: peers.setup(),
         workloads,
     })
+}
+
+/// The Redis servers of a run: started afresh for each workload (so that
+/// each peak RSS is its own), with what they said when they would not.
+#[derive(Default)]
+struct Peers {
+    version: Option<String>,
+    /// Why the memory-only and the durable server did not run, once said.
+    skipped: [Option<String>; 2],
+}
+
+impl Peers {
+    /// Fresh servers for workload `name` (memory-only, durable), and its
+    /// role on them.
+    fn start(&mut self, name: &str) -> ([std::result::Result<Server, String>; 2], Role) {
+        let servers = [Server::start(MEMORY), Server::start(DURABLE)];
+        for (server, skip) in servers.iter().zip(&mut self.skipped) {
+            if let (Err(why), None) = (server, &skip) {
+                eprintln!("*** SKIPPED: the Redis columns: {why} ***");
+                *skip = Some(why.clone());
+            }
+        }
+        let memory = servers[0].as_ref().ok();
+        self.version = self.version.take().or_else(|| memory.map(Server::version));
+        let script = servers.iter().flatten().next().map(|s| s.script.as_str());
+        let role = Role::of(name, script.unwrap_or(""));
+        (servers, role)
+    }
+
+    /// How the servers ran, for the report.
+    fn setup(self) -> RedisSetup {
+        let setup = |flags: &str, skipped: &Option<String>| match skipped {
+            None => format!("redis-server --save '' {flags}, loopback, one per workload"),
+            Some(why) => format!("skipped: {why}"),
+        };
+        RedisSetup {
+            server: setup(MEMORY, &self.skipped[0]),
+            durable_server: setup(DURABLE, &self.skipped[1]),
+            version: self.version,
+            client: "redis-benchmark -c N (one process, N connections), the command line per workload",
+        }
+    }
 }
 
 type Servers<'a> = (

@@ -25,9 +25,7 @@ use statevault::{Clock, Error, KeySource, NewSession, Result, SystemClock, Vault
 
 use super::drive::{self, Call};
 use super::fixtures::{configure, names};
-use super::redis::Server;
-use super::roles::Role;
-use super::{Concurrency, DURABLE, Level, MEMORY, Plan, RedisSetup, Workload, named, ours};
+use super::{Concurrency, Level, Peers, Plan, Workload, named, ours};
 use crate::limits::PLENTY;
 use crate::sessions::sha256;
 
@@ -66,24 +64,14 @@ async fn measure_in(url: &str, dir: &Path, plan: &Plan<'_>) -> Result<Concurrenc
         .await
         .map_err(Error::from)?;
     let server = server_settings(&raw).await?;
-    let mut version = None;
-    let mut skipped = [None, None];
+    let mut peers = Peers::default();
     let mut workloads = serde_json::Map::new();
     for name in WORKLOADS {
         if !plan.only.is_empty() && !plan.only.iter().any(|n| n == name) {
             continue;
         }
-        let servers = [Server::start(MEMORY), Server::start(DURABLE)];
-        for (server, skip) in servers.iter().zip(&mut skipped) {
-            if let (Err(why), None) = (server, &skip) {
-                eprintln!("*** SKIPPED: the Redis columns: {why} ***");
-                *skip = Some(why.clone());
-            }
-        }
+        let (servers, role) = peers.start(name);
         let [memory, durable] = &servers;
-        version = version.or_else(|| memory.as_ref().ok().map(Server::version));
-        let script = servers.iter().flatten().next().map(|s| s.script.as_str());
-        let role = Role::of(name, script.unwrap_or(""));
         let memory = memory.as_ref().map_err(String::as_str);
         let durable = durable.as_ref().map_err(String::as_str);
         for server in memory
@@ -139,10 +127,6 @@ async fn measure_in(url: &str, dir: &Path, plan: &Plan<'_>) -> Result<Concurrenc
         workloads.insert(name.into(), serde_json::to_value(workload)?);
     }
     raw.close().await;
-    let setup = |flags: &str, skipped: &Option<String>| match skipped {
-        None => format!("redis-server --save '' {flags}, loopback, one per workload"),
-        Some(why) => format!("skipped: {why}"),
-    };
     Ok(Concurrency {
         levels: plan.levels.to_vec(),
         seconds_per_figure: plan.run().as_secs_f64(),
@@ -157,12 +141,7 @@ async fn measure_in(url: &str, dir: &Path, plan: &Plan<'_>) -> Result<Concurrenc
              values stored as they are (statevault seals them, ~1 µs a value)"
                 .to_owned(),
         ),
-        redis: RedisSetup {
-            version,
-            server: setup(MEMORY, &skipped[0]),
-            durable_server: setup(DURABLE, &skipped[1]),
-            client: "redis-benchmark -c N (one process, N connections), the command line per workload",
-        },
+        redis: peers.setup(),
         workloads,
     })
 }
