@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use sqlx::ConnectOptions;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use zeroize::Zeroizing;
 
 use crate::seal::Sealer;
@@ -328,6 +328,43 @@ impl Database {
         Ok(Zeroizing::new(salt))
     }
 
+    /// Opens every sealed value that `select` reads, page by page: `select`
+    /// takes the last key read (`$1`, text, `start` at first) and a page
+    /// size (`$2`), and returns rows in key order; `open` opens one row's
+    /// sealed values and returns its key (as text) and what did not open.
+    /// The `check` named `name` fails, naming each row, if any did not.
+    pub(crate) async fn open_every(
+        &self,
+        name: &'static str,
+        select: &'static str,
+        start: &str,
+        mut open: impl FnMut(&PgRow) -> Result<(String, Vec<String>)>,
+    ) -> Result<crate::Check> {
+        let mut problems = Vec::new();
+        let mut after = start.to_owned();
+        loop {
+            let rows = sqlx::query(select)
+                .bind(&after)
+                .bind(CHECK_PAGE)
+                .fetch_all(&self.pool)
+                .await?;
+            for row in &rows {
+                let (key, failed) = open(row)?;
+                problems.extend(failed);
+                after = key;
+            }
+            if rows.len() < CHECK_PAGE as usize {
+                break;
+            }
+        }
+        Ok(crate::Check {
+            name,
+            ok: problems.is_empty(),
+            problems,
+            passes: 1,
+        })
+    }
+
     /// Opens the stored key check with this database's sealer.
     async fn prove_key(&self, key: &Key) -> Result<()> {
         let wrong = || Error::WrongKey {
@@ -411,6 +448,9 @@ async fn connect(url: &str, connections: u32) -> Result<PgPool> {
 /// The pool of [`Database::init`] and [`Database::open`] (administration:
 /// a few statements at a time).
 const ADMIN_CONNECTIONS: u32 = 4;
+
+/// Rows per page when [`Database::open_every`] reads a table.
+const CHECK_PAGE: i64 = 1000;
 
 /// How long a connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -169,11 +169,11 @@ fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
         );
     }
     ok(&run(dir.path(), &db, "vault.key", &["init"]));
-    for args in [&["sweep"][..], &["check"], &["demo"], &["cache", "stats"]] {
+    for args in [&["sweep"][..], &["demo"], &["cache", "stats"], &["metrics"]] {
         let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", args));
         assert!(
             err.contains(
-                "only init, migrate, info, health, session, prefs, limits and audit work so far"
+                "only init, migrate, info, health, check, session, prefs, limits and audit work so far"
             ),
             "{args:?}: {err}"
         );
@@ -522,4 +522,85 @@ async fn three_processes_share_one_state() {
     assert_eq!(report.events, 3 * 40);
     assert_eq!(vault.sessions().list("capped").await.unwrap().len(), 5);
     vault.close().await.unwrap();
+}
+
+/// `check` opens every sealed value with the vault's key, and names the row
+/// whose value does not open: here a session whose data was copied from
+/// another row (it was sealed for that row).
+#[tokio::test]
+async fn check_opens_every_sealed_value_and_names_a_moved_one() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    let key = dir.path().join("vault.key");
+    let vault = statevault::Vault::open(
+        statevault::VaultOptions::new(&db.url).key_source(KeySource::File(key.clone())),
+    )
+    .await
+    .unwrap();
+    let a = vault
+        .sessions()
+        .create(statevault::NewSession::new("alice"))
+        .await
+        .unwrap();
+    let b = vault
+        .sessions()
+        .create(statevault::NewSession::new("bob"))
+        .await
+        .unwrap();
+    let client = statevault::ClientInfo {
+        ip: Some("198.51.100.1"),
+        user_agent: None,
+    };
+    for _ in 0..6 {
+        vault
+            .limits()
+            .check("alice", "auth_attempts", 1, &client)
+            .await
+            .unwrap();
+    }
+    vault
+        .audit()
+        .append_durable(statevault::AuditEvent::new(
+            statevault::EventKind::Auth,
+            "login",
+        ))
+        .await
+        .unwrap();
+    let report = vault.check().await.unwrap();
+    assert!(report.ok(), "{report:?}");
+    let names: Vec<&str> = report.checks.iter().map(|c| c.name).collect();
+    assert_eq!(
+        names,
+        [
+            "sealed_sessions",
+            "sealed_preferences",
+            "sealed_audit",
+            "sealed_violations"
+        ]
+    );
+    vault.close().await.unwrap();
+
+    let key = key.to_str().unwrap();
+    let out = run(dir.path(), &db, key, &["check"]);
+    let text = ok(&out);
+    assert!(text.contains("ok    sealed_sessions"), "{text}");
+    assert!(text.contains("ok    audit_chain"), "{text}");
+
+    db.psql(&format!(
+        "UPDATE statevault.sessions SET data = (SELECT data FROM statevault.sessions WHERE id = '{}') \
+         WHERE id = '{}'",
+        b.id, a.id
+    ));
+    let out = run(dir.path(), &db, key, &["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("FAIL  sealed_sessions"), "{text}");
+    assert!(
+        text.contains(&format!("session {}: data does not open", a.id)),
+        "{text}"
+    );
+    assert!(!text.contains(&b.id), "only the moved value fails: {text}");
+    assert!(stderr(&out).contains("check failed: sealed_sessions"));
 }

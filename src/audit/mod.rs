@@ -70,6 +70,8 @@ mod chain;
 mod config;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+pub(crate) use postgres::check_sealed;
 mod sqlite;
 mod state;
 mod storage;

@@ -1,7 +1,7 @@
 //! The commands that work on a `postgres://` URL so far (feature
 //! `postgres`): `init`, `migrate` and `info`, through
-//! [`statevault::postgres::Database`]; `session`, `prefs`, `limits`,
-//! `audit` and `health`, through a [`Vault`] on the database. The other facets are not on
+//! [`statevault::postgres::Database`]; `check`, `session`, `prefs`,
+//! `limits`, `audit` and `health`, through a [`Vault`] on the database. The other facets are not on
 //! PostgreSQL yet, so every other command says so.
 
 use std::process::ExitCode;
@@ -69,18 +69,11 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
             Ok(ExitCode::SUCCESS)
         }
         Command::Health { json } => metrics::health(options.clone(), json).await,
-        command @ (Command::Session(_)
+        command @ (Command::Check { .. }
+        | Command::Session(_)
         | Command::Prefs(_)
         | Command::Limits(_)
-        | Command::Audit(_)) => {
-            let vault =
-                Vault::open(options.clone().create_if_missing(false).migrate(false)).await?;
-            let result = super::dispatch(&vault, command).await;
-            let closed = vault.close().await;
-            let code = result?;
-            closed?;
-            Ok(code)
-        }
+        | Command::Audit(_)) => on_vault(options, command).await,
         Command::Backup(_) | Command::Restore { .. } => Err(Error::InvalidInput {
             what: "command",
             reason: "a PostgreSQL database (postgres://) is backed up and restored with its own \
@@ -91,9 +84,23 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
         _ => Err(Error::InvalidInput {
             what: "command",
             reason: "on a PostgreSQL database (postgres://) only init, migrate, info, health, \
-                     session, prefs, limits and audit work so far; the other facets still keep \
-                     their state in a SQLite file"
+                     check, session, prefs, limits and audit work so far; the other facets still \
+                     keep their state in a SQLite file"
                 .into(),
         }),
     }
+}
+
+/// Runs `command` on a vault opened on the database (which must exist and
+/// be migrated), and closes it.
+async fn on_vault(options: &VaultOptions, command: Command) -> Result<ExitCode> {
+    let vault = Vault::open(options.clone().create_if_missing(false).migrate(false)).await?;
+    let result = match command {
+        Command::Check { json } => admin::check_vault(&vault, json).await,
+        command => super::dispatch(&vault, command).await,
+    };
+    let closed = vault.close().await;
+    let code = result?;
+    closed?;
+    Ok(code)
 }

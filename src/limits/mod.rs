@@ -51,6 +51,8 @@ mod bucket;
 mod config;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+pub(crate) use postgres::check_sealed;
 mod sqlite;
 mod state;
 mod storage;

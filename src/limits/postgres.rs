@@ -440,3 +440,23 @@ impl LimitsBackend for Postgres<'_> {
         .rows_affected())
     }
 }
+
+/// Opens every violation's sealed `client_info` (`statevault check`).
+pub(crate) async fn check_sealed(db: &Database) -> Result<crate::Check> {
+    let sealer = db.sealer().table("violations");
+    db.open_every(
+        "sealed_violations",
+        "SELECT id::text, client_info FROM violations WHERE id > $1::uuid ORDER BY id LIMIT $2",
+        &uuid::Uuid::nil().to_string(),
+        |row| {
+            let id: String = row.try_get(0)?;
+            let sealed: Vec<u8> = row.try_get(1)?;
+            let failed = match sealer.open(id.as_bytes(), &sealed) {
+                Ok(_) => Vec::new(),
+                Err(_) => vec![format!("violation {id}: the client info does not open")],
+            };
+            Ok((id, failed))
+        },
+    )
+    .await
+}

@@ -22,6 +22,8 @@ mod backend;
 mod config;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+pub(crate) use postgres::check_sealed;
 mod sqlite;
 mod storage;
 mod types;

@@ -130,3 +130,24 @@ impl PreferencesBackend for Postgres<'_> {
         Ok(done.rows_affected() > 0)
     }
 }
+
+/// Opens every user's sealed document (`statevault check`).
+pub(crate) async fn check_sealed(db: &Database) -> Result<crate::Check> {
+    let sealer = db.sealer().table("preferences");
+    db.open_every(
+        "sealed_preferences",
+        "SELECT user_id, document FROM preferences WHERE user_id > $1 ORDER BY user_id LIMIT $2",
+        "",
+        |row| {
+            let user: String = row.try_get(0)?;
+            let failed = match open(&sealer, &user, &row.try_get::<Vec<u8>, _>(1)?) {
+                Ok(_) => Vec::new(),
+                Err(_) => vec![format!(
+                    "preferences of {user:?}: the document does not open"
+                )],
+            };
+            Ok((user, failed))
+        },
+    )
+    .await
+}

@@ -44,6 +44,8 @@ mod config;
 mod lookup;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+pub(crate) use postgres::check_sealed;
 mod sqlite;
 mod state;
 mod storage;

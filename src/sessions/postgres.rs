@@ -482,3 +482,25 @@ impl SessionsBackend for Postgres<'_> {
         Ok(())
     }
 }
+
+/// Opens every session's sealed `client_meta` and `data` (`statevault
+/// check`).
+pub(crate) async fn check_sealed(db: &Database) -> Result<crate::Check> {
+    let sealer = db.sealer().table("sessions");
+    db.open_every(
+        "sealed_sessions",
+        "SELECT id, client_meta, data FROM sessions WHERE id > $1 ORDER BY id LIMIT $2",
+        "",
+        |row| {
+            let id: String = row.try_get(0)?;
+            let mut failed = Vec::new();
+            for (i, column) in [(1, "client_meta"), (2, "data")] {
+                if open(&sealer, &id, column, &row.try_get::<Vec<u8>, _>(i)?).is_err() {
+                    failed.push(format!("session {id}: {column} does not open"));
+                }
+            }
+            Ok((id, failed))
+        },
+    )
+    .await
+}

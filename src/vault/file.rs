@@ -30,7 +30,23 @@ impl Vault {
     /// Integrity checks of the file: SQLCipher's `cipher_integrity_check`
     /// (every page's HMAC) when encrypted, then SQLite's `integrity_check` and
     /// `foreign_key_check`. A check that cannot even run counts as failed.
+    /// On PostgreSQL: every sealed value opens with the vault's key (one
+    /// check per table: sessions, preferences, audit events, violations).
     pub async fn check(&self) -> Result<CheckReport> {
+        #[cfg(feature = "postgres")]
+        if let crate::core::Storage::Postgres(db) = self.core().storage() {
+            if self.core().is_closed() {
+                return Err(Error::Closed);
+            }
+            return Ok(CheckReport {
+                checks: vec![
+                    crate::sessions::check_sealed(db).await?,
+                    crate::prefs::check_sealed(db).await?,
+                    crate::audit::check_sealed(db).await?,
+                    crate::limits::check_sealed(db).await?,
+                ],
+            });
+        }
         if self.store()?.sqlx_reader().is_closed() {
             return Err(Error::Closed);
         }
