@@ -604,3 +604,48 @@ async fn check_opens_every_sealed_value_and_names_a_moved_one() {
     assert!(!text.contains(&b.id), "only the moved value fails: {text}");
     assert!(stderr(&out).contains("check failed: sealed_sessions"));
 }
+
+/// When an instance's listener loses its connection, it reconnects and
+/// reads what it missed from `changes`: a revocation made meanwhile still
+/// reaches it.
+#[tokio::test]
+async fn a_listener_that_lost_its_connection_reads_what_it_missed() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    let clock = statevault::FakeClock::default();
+    let options = statevault::VaultOptions::new(&db.url)
+        .key_source(KeySource::File(dir.path().join("vault.key")))
+        .clock(clock.clone());
+    let a = statevault::Vault::open(options.clone()).await.unwrap();
+    let b = statevault::Vault::open(options).await.unwrap();
+    let issued = a
+        .sessions()
+        .create(statevault::NewSession::new("alice"))
+        .await
+        .unwrap();
+    let token = issued.token.expose();
+    assert!(matches!(
+        b.sessions().validate(token, None).await.unwrap(),
+        statevault::Validation::Valid(_)
+    ));
+    let killed = db.psql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    );
+    assert_ne!(killed.trim(), "0", "no listener to cut off");
+    a.sessions().revoke(&issued.id).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !matches!(
+            b.sessions().validate(token, None).await.unwrap(),
+            statevault::Validation::Revoked { .. }
+        ) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the revocation never reached the instance whose listener was cut off");
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

@@ -158,9 +158,35 @@ impl Feed {
         }
         store::feed::publish_here(conn, self.origin, at, facet, records)?;
         if self.trim_due(at) {
-            store::feed::trim_here(conn, at.saturating_sub(self.retention))?;
+            store::feed::trim_here(conn, self.cutoff(at))?;
         }
         Ok(())
+    }
+
+    /// [`Feed::publish`] inside the caller's transaction on a PostgreSQL
+    /// connection, with a `NOTIFY` that wakes every instance's listener at
+    /// the commit.
+    #[cfg(feature = "postgres")]
+    pub(crate) async fn publish_pg(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        at: Timestamp,
+        facet: Facet,
+        records: &[Record<'_>],
+    ) -> Result<()> {
+        if !self.publishing(records) {
+            return Ok(());
+        }
+        crate::postgres::feed::publish(conn, self.origin, at, facet, records).await?;
+        if self.trim_due(at) {
+            crate::postgres::feed::trim(conn, self.cutoff(at)).await?;
+        }
+        Ok(())
+    }
+
+    /// Records older than this are trimmed at `now`.
+    pub(crate) fn cutoff(&self, now: Timestamp) -> Timestamp {
+        now.saturating_sub(self.retention)
     }
 
     /// Whether there is something to publish, and a table to publish it to.
@@ -182,7 +208,7 @@ impl Feed {
     /// Deletes the records older than the retention at `now` (keeping the
     /// newest), inside the caller's transaction; how many went.
     pub(crate) async fn trim(&self, conn: &mut SqliteConnection, now: Timestamp) -> Result<u64> {
-        store::feed::trim(conn, now.saturating_sub(self.retention)).await
+        store::feed::trim(conn, self.cutoff(now)).await
     }
 
     /// Applies what other handles published for `cursor`'s facet since it

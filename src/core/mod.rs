@@ -74,20 +74,23 @@ impl Core {
     ) -> Result<()> {
         match &self.storage {
             Storage::File(store) => self.feed.catch_up(&**store, cursor, now, apply),
-            // No feed yet: memory is trusted for `memory_ttl` at most.
             #[cfg(feature = "postgres")]
-            Storage::Postgres(_) => Ok(()),
+            Storage::Postgres(db) => match db.feed() {
+                Some(feed) => self.feed.catch_up(feed, cursor, now, apply),
+                None => Ok(()),
+            },
         }
     }
 
     /// Deletes the change feed's records older than its retention, in one
     /// transaction; how many went.
     pub(crate) async fn trim_feed(&self) -> Result<u64> {
-        // PostgreSQL has no feed table to trim yet.
-        let Ok(store) = self.store() else {
-            return Ok(0);
-        };
-        let mut tx = store.sqlx_transaction().await?;
+        #[cfg(feature = "postgres")]
+        if let Storage::Postgres(db) = &self.storage {
+            let mut conn = db.pool().acquire().await?;
+            return crate::postgres::feed::trim(&mut conn, self.feed.cutoff(self.now())).await;
+        }
+        let mut tx = self.store()?.sqlx_transaction().await?;
         let trimmed = self.feed.trim(&mut tx, self.now()).await?;
         tx.commit().await?;
         Ok(trimmed)
@@ -113,6 +116,18 @@ impl Core {
         records: &[Record<'_>],
     ) -> Result<()> {
         self.feed.publish(conn, self.now(), facet, records).await
+    }
+
+    /// [`Core::publish`] inside the caller's transaction on a PostgreSQL
+    /// connection.
+    #[cfg(feature = "postgres")]
+    pub(crate) async fn publish_pg(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        facet: Facet,
+        records: &[Record<'_>],
+    ) -> Result<()> {
+        self.feed.publish_pg(conn, self.now(), facet, records).await
     }
 
     /// [`Core::publish`] inside a write on the hot writer's `conn`.
@@ -158,7 +173,7 @@ impl Core {
         match &self.storage {
             Storage::File(store) => store.close().await,
             #[cfg(feature = "postgres")]
-            Storage::Postgres(db) => db.pool().close().await,
+            Storage::Postgres(db) => db.shut().await,
         }
     }
 

@@ -17,27 +17,33 @@
 //! - A refusal reads the stored state and records the violation; a
 //!   violation's `client_info` is sealed with its id as associated data.
 //! - Sweeps take their batch with `FOR UPDATE SKIP LOCKED`.
+//! - A reset publishes the subject to the change feed in its transaction:
+//!   every other instance forgets the subject's buckets in memory.
 
 use std::collections::HashMap;
 
 use sqlx::Row as _;
 
 use super::backend::{
-    BucketRow, LimitsBackend, Shared, SharedAllowed, SharedCheck, Stored, ViolationRow, Writes,
+    BucketRow, LimitsBackend, SUBJECT, Shared, SharedAllowed, SharedCheck, Stored, ViolationRow,
+    Writes, subject_digest,
 };
 use super::bucket::{Bucket, EPSILON};
 use super::types::ViolationRecord;
+use crate::core::Core;
+use crate::core::feed::{Facet, Record};
 use crate::postgres::Database;
 use crate::{Result, Timestamp};
 
 /// The limits tables of a PostgreSQL vault.
 pub(crate) struct Postgres<'a> {
+    core: &'a Core,
     db: &'a Database,
 }
 
 impl<'a> Postgres<'a> {
-    pub(crate) fn new(db: &'a Database) -> Self {
-        Postgres { db }
+    pub(crate) fn new(core: &'a Core, db: &'a Database) -> Self {
+        Postgres { core, db }
     }
 }
 
@@ -401,6 +407,15 @@ impl LimitsBackend for Postgres<'_> {
     async fn delete_subject(&self, subject: &str, holding: impl FnOnce()) -> Result<(u64, u64)> {
         let mut tx = self.db.pool().begin().await?;
         holding();
+        // Every other instance forgets the subject's buckets in memory.
+        let digest = subject_digest(self.core, subject)?.to_be_bytes();
+        let record = Record {
+            kind: SUBJECT,
+            target: &digest,
+        };
+        self.core
+            .publish_pg(&mut tx, Facet::Limits, &[record])
+            .await?;
         let buckets = sqlx::query("DELETE FROM token_buckets WHERE subject = $1")
             .bind(subject)
             .execute(&mut *tx)

@@ -23,7 +23,7 @@ impl<'a> Backend<'a> {
         match core.storage() {
             Storage::File(store) => Backend::Sqlite(Sqlite::new(core, store, statements)),
             #[cfg(feature = "postgres")]
-            Storage::Postgres(db) => Backend::Postgres(Postgres::new(db)),
+            Storage::Postgres(db) => Backend::Postgres(Postgres::new(core, db)),
         }
     }
 }

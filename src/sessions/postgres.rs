@@ -10,9 +10,10 @@
 //!   the per-user cap holds across instances (no advisory lock).
 //! - Sweeps take their batch with `FOR UPDATE SKIP LOCKED`: two instances
 //!   sweeping at once never wait on each other.
-//!
-//! No change feed yet: another instance sees a revocation once its memory
-//! of the row is `memory_ttl` old.
+//! - Every write that revokes, rotates, deletes or changes a session
+//!   publishes its token hash to the change feed in its transaction: every
+//!   other instance drops the row from its memory as the notification
+//!   arrives.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicI64;
@@ -22,24 +23,35 @@ use sqlx::Row as _;
 use sqlx::postgres::PgRow;
 
 use super::backend::{Candidate, NewRow, Regenerated, SessionsBackend, Tokens};
-use super::state::{Binding, Row};
+use super::state::{Binding, Row, token_records};
 use crate::Result;
 use crate::clock::Timestamp;
+use crate::core::Core;
+use crate::core::feed::Facet;
 use crate::postgres::Database;
 use crate::seal::TableSealer;
 
 /// The sessions table of a PostgreSQL vault.
 pub(crate) struct Postgres<'a> {
+    core: &'a Core,
     db: &'a Database,
 }
 
 impl<'a> Postgres<'a> {
-    pub(crate) fn new(db: &'a Database) -> Self {
-        Postgres { db }
+    pub(crate) fn new(core: &'a Core, db: &'a Database) -> Self {
+        Postgres { core, db }
     }
 
     fn sealer(&self) -> TableSealer {
         self.db.sealer().table("sessions")
+    }
+
+    /// Publishes, inside the transaction on `conn`, that these tokens' rows
+    /// changed: every other instance drops them from its memory.
+    async fn publish(&self, conn: &mut sqlx::PgConnection, hashes: &[[u8; 32]]) -> Result<()> {
+        self.core
+            .publish_pg(conn, Facet::Sessions, &token_records(hashes))
+            .await
     }
 }
 
@@ -213,7 +225,8 @@ impl SessionsBackend for Postgres<'_> {
             .collect::<Result<_>>()?;
         let evicted = make_room(candidates)?;
         let ids: Vec<&str> = evicted.iter().map(|c| c.id.as_str()).collect();
-        revoke_ids(&mut tx, &ids, "evicted", row.created_at).await?;
+        let hashes = revoke_ids(&mut tx, &ids, "evicted", row.created_at).await?;
+        self.publish(&mut tx, &hashes).await?;
         sqlx::query(
             "INSERT INTO sessions (id, token_hash, csrf_hash, user_id, org_id, device_fingerprint,
                  ip_hash, user_agent_hash, client_meta, data, created_at, last_seen_at,
@@ -246,6 +259,7 @@ impl SessionsBackend for Postgres<'_> {
         new: &Tokens,
         rotation_due_at: Timestamp,
     ) -> Result<bool> {
+        let mut tx = self.db.pool().begin().await?;
         let done = sqlx::query(
             "UPDATE sessions SET token_hash = $1, csrf_hash = $2, rotation_due_at = $3
              WHERE token_hash = $4 AND revoked_at IS NULL",
@@ -254,9 +268,15 @@ impl SessionsBackend for Postgres<'_> {
         .bind(&new.csrf_hash[..])
         .bind(rotation_due_at)
         .bind(&old[..])
-        .execute(self.db.pool())
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if done {
+            self.publish(&mut tx, &[*old]).await?;
+        }
+        tx.commit().await?;
+        Ok(done)
     }
 
     /// Locks the old row, opens its sealed values and seals them again for
@@ -307,6 +327,7 @@ impl SessionsBackend for Postgres<'_> {
         .execute(&mut *tx)
         .await?;
         revoke_ids(&mut tx, &[old_id], "regenerated", new.created_at).await?;
+        self.publish(&mut tx, &[*old]).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -323,32 +344,46 @@ impl SessionsBackend for Postgres<'_> {
         let Some(id) = id else {
             return Ok(false);
         };
+        let mut tx = self.db.pool().begin().await?;
         let done = sqlx::query(
             "UPDATE sessions SET data = $1 WHERE id = $2 AND token_hash = $3 AND revoked_at IS NULL",
         )
         .bind(seal(&self.sealer(), &id, "data", data)?)
         .bind(&id)
         .bind(&token_hash[..])
-        .execute(self.db.pool())
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if done {
+            self.publish(&mut tx, &[*token_hash]).await?;
+        }
+        tx.commit().await?;
+        Ok(done)
     }
 
     async fn revoke(&self, id: &str, now: Timestamp) -> Result<Vec<[u8; 32]>> {
-        let mut conn = self.db.pool().acquire().await?;
-        revoke_ids(&mut conn, &[id], "revoked", now).await
+        let mut tx = self.db.pool().begin().await?;
+        let hashes = revoke_ids(&mut tx, &[id], "revoked", now).await?;
+        self.publish(&mut tx, &hashes).await?;
+        tx.commit().await?;
+        Ok(hashes)
     }
 
     async fn revoke_user(&self, user_id: &str, now: Timestamp) -> Result<Vec<[u8; 32]>> {
+        let mut tx = self.db.pool().begin().await?;
         let rows = sqlx::query(
             "UPDATE sessions SET revoked_at = $1, revoked_reason = 'logout_all'
              WHERE user_id = $2 AND revoked_at IS NULL RETURNING token_hash",
         )
         .bind(now)
         .bind(user_id)
-        .fetch_all(self.db.pool())
+        .fetch_all(&mut *tx)
         .await?;
-        token_hashes(&rows)
+        let hashes = token_hashes(&rows)?;
+        self.publish(&mut tx, &hashes).await?;
+        tx.commit().await?;
+        Ok(hashes)
     }
 
     async fn count_live(&self, now: Timestamp) -> Result<u64> {
@@ -384,6 +419,7 @@ impl SessionsBackend for Postgres<'_> {
     }
 
     async fn delete_idle(&self, cutoff: Timestamp, batch: usize) -> Result<Vec<[u8; 32]>> {
+        let mut tx = self.db.pool().begin().await?;
         let rows = sqlx::query(
             "DELETE FROM sessions WHERE id IN
                  (SELECT id FROM sessions WHERE last_seen_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
@@ -391,9 +427,12 @@ impl SessionsBackend for Postgres<'_> {
         )
         .bind(cutoff)
         .bind(i64::try_from(batch).unwrap_or(i64::MAX))
-        .fetch_all(self.db.pool())
+        .fetch_all(&mut *tx)
         .await?;
-        token_hashes(&rows)
+        let hashes = token_hashes(&rows)?;
+        self.publish(&mut tx, &hashes).await?;
+        tx.commit().await?;
+        Ok(hashes)
     }
 
     /// The row with this token hash, locked, keeps its id: its data is

@@ -17,11 +17,11 @@ use std::time::Duration;
 use sqlx::{QueryBuilder, Row as _, SqliteConnection};
 
 use super::backend::{Candidate, NewRow, Regenerated, SessionsBackend, Tokens};
-use super::state::{Binding, Row, TOKEN};
+use super::state::{Binding, Row, token_records};
 use crate::Result;
 use crate::clock::Timestamp;
 use crate::core::Core;
-use crate::core::feed::{Facet, Record};
+use crate::core::feed::Facet;
 use crate::store::{Store, closed_or};
 
 /// The sessions table of a SQLite vault.
@@ -72,17 +72,6 @@ const REGENERATE: &str = "INSERT INTO sessions (id, token_hash, csrf_hash, user_
 /// rows changed.
 fn publish_here(core: &Core, conn: &rusqlite::Connection, hashes: &[[u8; 32]]) -> Result<()> {
     core.publish_here(conn, Facet::Sessions, &token_records(hashes))
-}
-
-/// A change-feed record per token hash.
-fn token_records(hashes: &[[u8; 32]]) -> Vec<Record<'_>> {
-    hashes
-        .iter()
-        .map(|hash| Record {
-            kind: TOKEN,
-            target: hash,
-        })
-        .collect()
 }
 
 /// Publishes, inside the transaction on `conn`, that these tokens' rows

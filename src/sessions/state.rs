@@ -13,7 +13,7 @@ use lru::LruCache;
 use super::config::SessionConfig;
 use super::types::Session;
 use crate::clock::Timestamp;
-use crate::core::feed::{Cursor, Facet, News};
+use crate::core::feed::{Cursor, Facet, News, Record};
 use crate::core::lock;
 
 /// A session as the file has it, shared by memory and validation.
@@ -201,4 +201,16 @@ impl State {
             }
         }
     }
+}
+
+/// A change-feed record per token hash: the rows another handle must drop
+/// from its memory.
+pub(crate) fn token_records(hashes: &[[u8; 32]]) -> Vec<Record<'_>> {
+    hashes
+        .iter()
+        .map(|hash| Record {
+            kind: TOKEN,
+            target: hash,
+        })
+        .collect()
 }

@@ -219,6 +219,7 @@ impl Vault {
                     return Ok(());
                 }
                 self.core().load_hash_salt().await?;
+                self.core().feed().start(db.start_feed().await?)?;
             }
         }
         self.settle_preferences().await

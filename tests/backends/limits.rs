@@ -14,6 +14,7 @@ contract!(
     a_shared_limit_of_two_windows_takes_from_both_or_neither,
     in_memory_buckets_are_written_behind_and_read_back,
     violations_reset_and_sweep,
+    a_reset_reaches_another_instance,
 );
 
 const NONE: ClientInfo<'static> = ClientInfo {
@@ -196,5 +197,34 @@ async fn violations_reset_and_sweep(backend: Backend) {
             .unwrap()
             .is_empty()
     );
+    t.vault.close().await.unwrap();
+}
+
+/// A reset on one instance reaches another that holds the subject's
+/// buckets in memory (an in-memory limit): its next check starts full. The
+/// test waits for the event with a timeout; the vault's clock stands still.
+async fn a_reset_reaches_another_instance(backend: Backend) {
+    let config =
+        || LimitsConfig::empty().limit("l", Limit::new().window(Window::per(secs(3600), 3.0)));
+    let Some(t) = backend.open(|o| o.limits(config())).await else {
+        return;
+    };
+    let other = t.another().await;
+    for _ in 0..3 {
+        assert!(allowed(&other, "r", 1).await);
+    }
+    assert!(
+        !allowed(&other, "r", 1).await,
+        "spent, in the other's memory"
+    );
+    t.vault.limits().reset("r").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !allowed(&other, "r", 1).await {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the other instance never forgot the reset subject");
+    other.close().await.unwrap();
     t.vault.close().await.unwrap();
 }

@@ -18,6 +18,7 @@ contract!(
     revoke_user_and_list,
     last_seen_is_flushed_and_sweep_removes_idle_rows,
     device_binding,
+    revocation_and_rotation_reach_another_instance,
 );
 
 fn config() -> SessionConfig {
@@ -388,5 +389,58 @@ async fn device_binding(backend: Backend) {
             .unwrap(),
         Validation::FingerprintMismatch { .. }
     ));
+    t.vault.close().await.unwrap();
+}
+
+/// Another instance holding a session in memory drops it when the change
+/// arrives (at its next validation on the file; one notification round trip
+/// on PostgreSQL), with the vault's clock standing still, so that its
+/// memory never expires. The test waits for the event, with a timeout.
+async fn revocation_and_rotation_reach_another_instance(backend: Backend) {
+    let Some(t) = backend.open(|o| o.sessions(config())).await else {
+        return;
+    };
+    let other = t.another().await;
+    let sessions = t.vault.sessions();
+    let revoked = sessions.create(NewSession::new("lee")).await.unwrap();
+    let rotated = sessions.create(NewSession::new("lee")).await.unwrap();
+    for issued in [&revoked, &rotated] {
+        assert!(matches!(
+            other
+                .sessions()
+                .validate(issued.token.expose(), None)
+                .await
+                .unwrap(),
+            Validation::Valid(_)
+        ));
+    }
+    sessions.revoke(&revoked.id).await.unwrap();
+    sessions.rotate(rotated.token.expose(), None).await.unwrap();
+    let wait = |token: String, want: fn(&Validation) -> bool| {
+        let other = other.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    let seen = other.sessions().validate(&token, None).await.unwrap();
+                    if want(&seen) {
+                        return;
+                    }
+                    assert!(matches!(seen, Validation::Valid(_)), "{seen:?}");
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+            .await
+            .expect("the other instance still took the token after 10 s")
+        }
+    };
+    wait(revoked.token.expose().to_owned(), |v| {
+        matches!(v, Validation::Revoked { .. })
+    })
+    .await;
+    wait(rotated.token.expose().to_owned(), |v| {
+        matches!(v, Validation::Unknown)
+    })
+    .await;
+    other.close().await.unwrap();
     t.vault.close().await.unwrap();
 }

@@ -36,6 +36,8 @@
 //! # }
 //! ```
 
+pub(crate) mod feed;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -72,6 +74,8 @@ const HASH_SALT_ROW: &str = "hash_salt";
 /// A PostgreSQL database prepared for statevault, with its key proven.
 pub struct Database {
     pool: PgPool,
+    /// The change feed and its listener task, once a vault started them.
+    feed: std::sync::OnceLock<(std::sync::Arc<feed::PgFeed>, tokio::task::JoinHandle<()>)>,
     /// The URL without its password, for messages.
     url: String,
     /// The key's sealer; its first user is the key check.
@@ -159,7 +163,7 @@ impl Database {
             .table("vault_meta")
             .seal(CHECK_ROW.as_bytes(), CHECK_PLAINTEXT)?;
         insert_meta(&pool, CHECK_ROW, crate::key::hex(&check).as_str()).await?;
-        let db = Database { pool, url, sealer };
+        let db = Database::new(pool, url, sealer);
         db.prove_key(&key).await?;
         Ok((db, created))
     }
@@ -193,7 +197,7 @@ impl Database {
     /// passphrase is stretched once, here).
     async fn proven(pool: PgPool, url: String, key: &Key) -> Result<Database> {
         let sealer = sealer(&pool, &url, key).await?;
-        let db = Database { pool, url, sealer };
+        let db = Database::new(pool, url, sealer);
         db.prove_key(key).await?;
         Ok(db)
     }
@@ -257,6 +261,42 @@ impl Database {
 
     /// Closes every connection.
     pub async fn close(self) {
+        self.shut().await;
+    }
+
+    fn new(pool: PgPool, url: String, sealer: Sealer) -> Database {
+        Database {
+            pool,
+            feed: std::sync::OnceLock::new(),
+            url,
+            sealer,
+        }
+    }
+
+    /// Starts the change feed's listener (once; the schema must be
+    /// current).
+    pub(crate) async fn start_feed(&self) -> Result<&feed::PgFeed> {
+        if self.feed.get().is_none() {
+            let started = feed::PgFeed::start(&self.pool).await?;
+            if let Err((_, task)) = self.feed.set(started) {
+                task.abort();
+            }
+        }
+        self.feed().ok_or_else(|| Error::Internal {
+            detail: "the change feed did not start".into(),
+        })
+    }
+
+    /// The change feed, once started.
+    pub(crate) fn feed(&self) -> Option<&feed::PgFeed> {
+        self.feed.get().map(|(feed, _)| &**feed)
+    }
+
+    /// Stops the feed's listener and closes every connection.
+    pub(crate) async fn shut(&self) {
+        if let Some((_, task)) = self.feed.get() {
+            task.abort();
+        }
         self.pool.close().await;
     }
 
