@@ -169,11 +169,15 @@ fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
         );
     }
     ok(&run(dir.path(), &db, "vault.key", &["init"]));
-    for args in [&["sweep"][..], &["demo"], &["cache", "stats"], &["metrics"]] {
+    for args in [
+        &["demo"][..],
+        &["cache", "stats"],
+        &["user", "export", "alice"],
+    ] {
         let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", args));
         assert!(
             err.contains(
-                "only init, migrate, info, health, check, session, prefs, limits and audit work so far"
+                "only init, migrate, info, health, check, sweep, metrics, session, prefs, limits and audit work so far"
             ),
             "{args:?}: {err}"
         );
@@ -188,7 +192,8 @@ fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
     );
 }
 
-/// `session`, `prefs`, `limits`, `audit` and `health` take a URL: what one command writes the
+/// `session`, `prefs`, `limits`, `audit`, `sweep`, `metrics` and `health`
+/// take a URL: what one command writes the
 /// next reads, through the database.
 #[test]
 fn the_facets_commands_work_on_a_url() {
@@ -648,4 +653,39 @@ async fn a_listener_that_lost_its_connection_reads_what_it_missed() {
     .expect("the revocation never reached the instance whose listener was cut off");
     a.close().await.unwrap();
     b.close().await.unwrap();
+}
+
+/// The cache is the file's only, so far: on PostgreSQL every call says so
+/// before anything is buffered, and closing the vault writes nothing.
+#[tokio::test]
+async fn the_cache_refuses_before_buffering_anything() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    let vault = statevault::Vault::open(
+        statevault::VaultOptions::new(&db.url)
+            .key_source(KeySource::File(dir.path().join("vault.key"))),
+    )
+    .await
+    .unwrap();
+    let key = statevault::CacheKey::new("search", "q").unwrap();
+    let refused = |e: Error| {
+        assert!(
+            matches!(
+                e,
+                Error::Unsupported {
+                    what: "the cache",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("PostgreSQL"), "{e}");
+    };
+    refused(vault.cache().set(&key, b"value").await.unwrap_err());
+    refused(vault.cache().get(&key).await.unwrap_err());
+    refused(vault.cache().invalidate_tag("t").await.unwrap_err());
+    refused(vault.cache().stats().await.unwrap_err());
+    vault.close().await.unwrap();
 }

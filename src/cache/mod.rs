@@ -121,6 +121,19 @@ impl<'a> Cache<'a> {
         self.state
     }
 
+    /// The cache's second level is in the vault file only, so far: on
+    /// PostgreSQL every call is refused before anything is buffered.
+    fn on_file(&self) -> Result<()> {
+        match self.core.storage() {
+            crate::core::Storage::File(_) => Ok(()),
+            #[cfg(feature = "postgres")]
+            crate::core::Storage::Postgres(_) => Err(Error::Unsupported {
+                what: "the cache",
+                reason: "its second level is kept in the SQLite file only, so far",
+            }),
+        }
+    }
+
     fn now(&self) -> Timestamp {
         self.core.now()
     }
@@ -134,6 +147,7 @@ impl<'a> Cache<'a> {
     /// to L1 on a hit). A corrupt row in L2 is dropped and reported as
     /// [`Error::CacheCorrupt`].
     pub async fn get(&self, key: &CacheKey) -> Result<Option<Arc<[u8]>>> {
+        self.on_file()?;
         if tracing::enabled!(tracing::Level::TRACE) {
             let span =
                 tracing::trace_span!("cache.get", outcome = tracing::field::Empty, key = %key);
@@ -240,6 +254,7 @@ impl<'a> Cache<'a> {
 
     /// Whether a live value is under `key` (does not count as a get).
     pub async fn exists(&self, key: &CacheKey) -> Result<bool> {
+        self.on_file()?;
         let exists = async {
             let now = self.now();
             self.catch_up(now)?;
@@ -267,6 +282,7 @@ impl<'a> Cache<'a> {
     /// too long TTL is [`Error::InvalidInput`].
     #[tracing::instrument(name = "cache.set", level = "debug", skip_all, fields(outcome = tracing::field::Empty, key = %key))]
     pub async fn set_with(&self, key: &CacheKey, value: &[u8], options: &SetOptions) -> Result<()> {
+        self.on_file()?;
         crate::trace::done(
             tracing::Level::DEBUG,
             async {
@@ -336,6 +352,7 @@ impl<'a> Cache<'a> {
     /// Removes `key` from both levels; whether it was there.
     #[tracing::instrument(name = "cache.delete", level = "debug", skip_all, fields(outcome = tracing::field::Empty, key = %key))]
     pub async fn delete(&self, key: &CacheKey) -> Result<bool> {
+        self.on_file()?;
         crate::trace::done(
             tracing::Level::DEBUG,
             async { Ok(self.delete_many(std::slice::from_ref(key)).await? > 0) }.await,
@@ -345,6 +362,7 @@ impl<'a> Cache<'a> {
 
     /// [`get`](Cache::get) for several keys, in order.
     pub async fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<Arc<[u8]>>>> {
+        self.on_file()?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             out.push(self.get(key).await?);
@@ -359,6 +377,7 @@ impl<'a> Cache<'a> {
         entries: &[(CacheKey, Vec<u8>)],
         options: &SetOptions,
     ) -> Result<()> {
+        self.on_file()?;
         let max = self.state().config.max_value_bytes;
         if let Some((_, v)) = entries.iter().find(|(_, v)| v.len() > max) {
             return Err(Error::CacheValueTooLarge {
@@ -377,6 +396,7 @@ impl<'a> Cache<'a> {
     /// them were there.
     #[tracing::instrument(name = "cache.delete_many", level = "debug", skip_all, fields(outcome = tracing::field::Empty, keys = keys.len()))]
     pub async fn delete_many(&self, keys: &[CacheKey]) -> Result<u64> {
+        self.on_file()?;
         crate::trace::done(
             tracing::Level::DEBUG,
             async {
@@ -400,6 +420,7 @@ impl<'a> Cache<'a> {
     /// default); whether there was one.
     #[tracing::instrument(name = "cache.touch", level = "debug", skip_all, fields(outcome = tracing::field::Empty, key = %key))]
     pub async fn touch(&self, key: &CacheKey, ttl: Option<Duration>) -> Result<bool> {
+        self.on_file()?;
         crate::trace::done(
             tracing::Level::DEBUG,
             async {
@@ -420,6 +441,7 @@ impl<'a> Cache<'a> {
     /// there was one.
     #[tracing::instrument(name = "cache.expire", level = "debug", skip_all, fields(outcome = tracing::field::Empty, key = %key))]
     pub async fn expire(&self, key: &CacheKey, after: Duration) -> Result<bool> {
+        self.on_file()?;
         crate::trace::done(
             tracing::Level::DEBUG,
             async {
@@ -457,6 +479,7 @@ impl<'a> Cache<'a> {
     /// Removes every entry tagged `tag` from both levels; how many.
     #[tracing::instrument(name = "cache.invalidate_tag", level = "debug", skip_all, fields(outcome = tracing::field::Empty, tag = tag))]
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64> {
+        self.on_file()?;
         crate::trace::done(
             tracing::Level::DEBUG,
             async {
@@ -472,6 +495,7 @@ impl<'a> Cache<'a> {
     /// Removes every entry of `user` from both levels; how many.
     #[tracing::instrument(name = "cache.clear_user", level = "debug", skip_all, fields(outcome = tracing::field::Empty, user_id = user))]
     pub async fn clear_user(&self, user: &str) -> Result<u64> {
+        self.on_file()?;
         crate::trace::done(
             tracing::Level::DEBUG,
             async {
@@ -487,6 +511,7 @@ impl<'a> Cache<'a> {
     /// Removes every entry of `namespace` from both levels; how many.
     #[tracing::instrument(name = "cache.clear_namespace", level = "debug", skip_all, fields(outcome = tracing::field::Empty, namespace = namespace))]
     pub async fn clear_namespace(&self, namespace: &str) -> Result<u64> {
+        self.on_file()?;
         crate::trace::done(
             tracing::Level::DEBUG,
             async {
@@ -501,6 +526,7 @@ impl<'a> Cache<'a> {
     /// Removes every entry from both levels; how many.
     #[tracing::instrument(name = "cache.clear", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn clear(&self) -> Result<u64> {
+        self.on_file()?;
         crate::trace::done(
             tracing::Level::DEBUG,
             async { self.invalidate(Filter::All, |_| true).await }.await,
@@ -538,6 +564,7 @@ impl<'a> Cache<'a> {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
+        self.on_file()?;
         if let Some(v) = self.get_json(key).await? {
             return Ok(v);
         }

@@ -1,7 +1,8 @@
 //! The commands that work on a `postgres://` URL so far (feature
 //! `postgres`): `init`, `migrate` and `info`, through
-//! [`statevault::postgres::Database`]; `check`, `session`, `prefs`,
-//! `limits`, `audit` and `health`, through a [`Vault`] on the database. The other facets are not on
+//! [`statevault::postgres::Database`]; `check`, `sweep`, `metrics`,
+//! `session`, `prefs`, `limits`, `audit` and `health`, through a [`Vault`]
+//! on the database. The other facets are not on
 //! PostgreSQL yet, so every other command says so.
 
 use std::process::ExitCode;
@@ -70,6 +71,8 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
         }
         Command::Health { json } => metrics::health(options.clone(), json).await,
         command @ (Command::Check { .. }
+        | Command::Sweep { .. }
+        | Command::Metrics { .. }
         | Command::Session(_)
         | Command::Prefs(_)
         | Command::Limits(_)
@@ -84,8 +87,8 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
         _ => Err(Error::InvalidInput {
             what: "command",
             reason: "on a PostgreSQL database (postgres://) only init, migrate, info, health, \
-                     check, session, prefs, limits and audit work so far; the other facets still \
-                     keep their state in a SQLite file"
+                     check, sweep, metrics, session, prefs, limits and audit work so far; the \
+                     cache, user export and erasure, rekey and demo still need a SQLite file"
                 .into(),
         }),
     }

@@ -69,6 +69,26 @@ impl Transport for Store {
     }
 }
 
+/// A vault on PostgreSQL hears of other instances' commits from its
+/// listener task, which keeps what it read in memory.
+#[cfg(feature = "postgres")]
+impl Transport for crate::postgres::feed::PgFeed {
+    #[inline]
+    fn version(&self) -> Result<u64> {
+        Ok(crate::postgres::feed::PgFeed::version(self))
+    }
+
+    fn read(&self, facet: Facet, after: i64, origin: i64) -> Result<Batch> {
+        Ok(crate::postgres::feed::PgFeed::read(
+            self, facet, after, origin,
+        ))
+    }
+
+    fn last(&self) -> Result<i64> {
+        Ok(crate::postgres::feed::PgFeed::last(self))
+    }
+}
+
 /// What a facet is told to apply when it catches up.
 pub(crate) enum News<'a> {
     /// A record another handle published.

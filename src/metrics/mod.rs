@@ -47,9 +47,12 @@ mod config;
 #[cfg(feature = "metrics")]
 mod facade;
 mod points;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod prom;
 mod sqlite;
 mod state;
+mod storage;
 mod types;
 
 use std::collections::{BTreeMap, HashMap};
@@ -157,7 +160,7 @@ impl<'a> Metrics<'a> {
     }
 
     /// The stored points, through their backend.
-    fn storage(&self) -> Result<sqlite::Sqlite<'a>> {
+    fn storage(&self) -> storage::Backend<'a> {
         state::backend(self.core)
     }
 
@@ -286,7 +289,7 @@ impl<'a> Metrics<'a> {
         if res < 1000 {
             return Err(Error::invalid("resolution", "shorter than a second"));
         }
-        let rows = self.storage()?.points(Some(name), from, to).await?;
+        let rows = self.storage().points(Some(name), from, to).await?;
         let mut buckets: BTreeMap<i64, Agg> = BTreeMap::new();
         for row in rows.iter().filter(|r| r.has_labels(labels)) {
             let offset = (row.agg.start_ms - from.as_millis()).div_euclid(res) * res;
@@ -313,7 +316,7 @@ impl<'a> Metrics<'a> {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Summary> {
-        let rows = self.storage()?.points(Some(name), from, to).await?;
+        let rows = self.storage().points(Some(name), from, to).await?;
         let mut total: Option<Agg> = None;
         for row in rows.iter().filter(|r| r.has_labels(labels)) {
             match &mut total {
@@ -339,7 +342,7 @@ impl<'a> Metrics<'a> {
     /// [`record_api_call`](Metrics::record_api_call)'s counter.
     pub async fn error_rates(&self, from: Timestamp, to: Timestamp) -> Result<Vec<EndpointErrors>> {
         let rows = self
-            .storage()?
+            .storage()
             .counter_totals(API_REQUESTS, from, to)
             .await?;
         let mut by: BTreeMap<String, EndpointErrors> = BTreeMap::new();
@@ -378,7 +381,7 @@ impl<'a> Metrics<'a> {
     pub async fn auth(&self, from: Timestamp, to: Timestamp) -> Result<AuthCounts> {
         let mut counts = AuthCounts::default();
         for (labels, total) in self
-            .storage()?
+            .storage()
             .counter_totals(AUTH_ATTEMPTS, from, to)
             .await?
         {
@@ -407,7 +410,7 @@ impl<'a> Metrics<'a> {
     /// Every series, error rates, auth counts, live sessions and file sizes
     /// over `[from, to)`.
     pub async fn report(&self, from: Timestamp, to: Timestamp) -> Result<MetricsReport> {
-        let rows = self.storage()?.points(None, from, to).await?;
+        let rows = self.storage().points(None, from, to).await?;
         let mut merged: BTreeMap<(String, String, &'static str), (MetricKind, Agg)> =
             BTreeMap::new();
         for row in rows {
@@ -451,9 +454,9 @@ impl<'a> Metrics<'a> {
     /// [`flush_all`](Metrics::flush_all) first to include it.
     pub async fn prometheus(&self, window: Duration) -> Result<String> {
         let now = self.core.now();
-        let totals = self.storage()?.totals().await?;
+        let totals = self.storage().totals().await?;
         let recent = self
-            .storage()?
+            .storage()
             .points(None, now.saturating_sub(window), Timestamp::MAX)
             .await?;
         let mut quantiles: HashMap<(String, String), Agg> = HashMap::new();
@@ -486,15 +489,19 @@ impl<'a> Metrics<'a> {
                 }
             }
         }
-        let files = self.file_sizes();
         let none = BTreeMap::new();
-        out.gauge("statevault_file_bytes", &none, files.file_bytes as f64);
-        out.gauge("statevault_wal_bytes", &none, files.wal_bytes as f64);
         out.gauge(
             "statevault_active_sessions",
             &none,
             self.active_sessions().await? as f64,
         );
+        // The file and the cache are the vault file's only, so far.
+        if self.core.store().is_err() {
+            return Ok(out.finish());
+        }
+        let files = self.file_sizes();
+        out.gauge("statevault_file_bytes", &none, files.file_bytes as f64);
+        out.gauge("statevault_wal_bytes", &none, files.wal_bytes as f64);
         // This process's cache counters, per level.
         let cache = self.sources.cache_counts().await?;
         for (level, hits, misses, evictions, entries, bytes) in cache.levels {
@@ -527,7 +534,7 @@ impl<'a> Metrics<'a> {
                     * HOUR_MS;
                 loop {
                     let n = self
-                        .storage()?
+                        .storage()
                         .downsample(Timestamp::from_millis(cutoff), SWEEP_BATCH)
                         .await?;
                     counts.downsampled += n;
@@ -537,7 +544,7 @@ impl<'a> Metrics<'a> {
                 }
                 let purge_before = now.saturating_sub(config.retention);
                 loop {
-                    let n = self.storage()?.purge(purge_before, SWEEP_BATCH).await?;
+                    let n = self.storage().purge(purge_before, SWEEP_BATCH).await?;
                     counts.purged += n;
                     if n < SWEEP_BATCH as u64 {
                         break;

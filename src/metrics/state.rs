@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use super::backend::MetricsBackend;
 use super::config::MetricsConfig;
 use super::points::{Agg, Point};
-use super::sqlite::Sqlite;
+use super::storage::Backend;
 use super::types::MetricKind;
 use crate::core::{Core, lock};
 use crate::{Result, Timestamp};
@@ -23,8 +23,8 @@ use crate::{Result, Timestamp};
 const SHARDS: usize = 32;
 
 /// Where the points live: the one place that picks the backend.
-pub(super) fn backend(core: &Core) -> Result<Sqlite<'_>> {
-    Ok(Sqlite::new(core.store()?))
+pub(super) fn backend(core: &Core) -> Backend<'_> {
+    Backend::of(core)
 }
 
 /// A series in memory: its identity and the current interval's aggregate.
@@ -160,7 +160,7 @@ impl MetricsState {
                 if points.is_empty() {
                     return Ok(());
                 }
-                if let Err(e) = backend(core)?.write_points(&points).await {
+                if let Err(e) = backend(core).write_points(&points).await {
                     self.series.put_back(points);
                     return Err(e);
                 }

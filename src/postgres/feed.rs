@@ -21,9 +21,14 @@ use sqlx::postgres::{PgListener, PgPool};
 
 use crate::Result;
 use crate::clock::Timestamp;
-use crate::core::feed::Transport;
-use crate::core::lock;
 use crate::store::feed::{Batch, Change, Facet, Record};
+
+/// Locks the log; the data stays consistent at each step, so a panic
+/// elsewhere does not spoil it.
+fn lock(log: &Mutex<Log>) -> std::sync::MutexGuard<'_, Log> {
+    log.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// The channel every instance listens on.
 const CHANNEL: &str = "statevault_changes";
@@ -56,13 +61,17 @@ pub(crate) struct PgFeed {
     log: Mutex<Log>,
 }
 
-impl Transport for PgFeed {
+impl PgFeed {
+    /// Moves whenever the listener read new records (the feed's
+    /// `Transport::version`).
     #[inline]
-    fn version(&self) -> Result<u64> {
-        Ok(self.version.load(Ordering::Acquire))
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
-    fn read(&self, facet: Facet, after: i64, origin: i64) -> Result<Batch> {
+    /// `facet`'s records after `after` not written by `origin`, with the
+    /// oldest `seq` still held and the newest read.
+    pub(crate) fn read(&self, facet: Facet, after: i64, origin: i64) -> Batch {
         let log = lock(&self.log);
         let changes = log
             .rows
@@ -73,19 +82,18 @@ impl Transport for PgFeed {
                 target: r.change.target.clone(),
             })
             .collect();
-        Ok(Batch {
+        Batch {
             changes,
             first: log.first,
             last: Some(log.last),
-        })
+        }
     }
 
-    fn last(&self) -> Result<i64> {
-        Ok(lock(&self.log).last)
+    /// The newest `seq` read (or the table's newest when the feed started).
+    pub(crate) fn last(&self) -> i64 {
+        lock(&self.log).last
     }
-}
 
-impl PgFeed {
     /// The feed from the table's newest record on, and its listener task
     /// (stopped by aborting it). The listener is listening before this
     /// returns: nothing committed after it is missed.
@@ -138,7 +146,7 @@ impl PgFeed {
 async fn listen(feed: std::sync::Weak<PgFeed>, pool: PgPool, mut listener: PgListener) {
     loop {
         let Some(strong) = feed.upgrade() else { return };
-        let after = strong.last().unwrap_or(0);
+        let after = strong.last();
         match read_after(&pool, after).await {
             Ok((rows, oldest)) => strong.append(rows, oldest),
             Err(e) => {

@@ -74,6 +74,9 @@ const HASH_SALT_ROW: &str = "hash_salt";
 /// A PostgreSQL database prepared for statevault, with its key proven.
 pub struct Database {
     pool: PgPool,
+    /// Names this handle's rows where each instance writes its own
+    /// (metrics): random per open.
+    instance: String,
     /// The change feed and its listener task, once a vault started them.
     feed: std::sync::OnceLock<(std::sync::Arc<feed::PgFeed>, tokio::task::JoinHandle<()>)>,
     /// The URL without its password, for messages.
@@ -267,6 +270,7 @@ impl Database {
     fn new(pool: PgPool, url: String, sealer: Sealer) -> Database {
         Database {
             pool,
+            instance: uuid::Uuid::now_v7().to_string(),
             feed: std::sync::OnceLock::new(),
             url,
             sealer,
@@ -303,6 +307,11 @@ impl Database {
     /// Whether migrations are pending.
     pub(crate) async fn pending(&self) -> Result<bool> {
         Ok(applied(&self.pool).await?.pending())
+    }
+
+    /// This handle's name in the rows each instance writes its own of.
+    pub(crate) fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The URL without its password.

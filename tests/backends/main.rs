@@ -9,6 +9,7 @@ mod common;
 
 mod audit;
 mod limits;
+mod metrics;
 mod prefs;
 mod sessions;
 mod vault;
