@@ -689,3 +689,90 @@ async fn the_cache_refuses_before_buffering_anything() {
     refused(vault.cache().stats().await.unwrap_err());
     vault.close().await.unwrap();
 }
+
+/// A change whose transaction took its place in the feed before another's
+/// but commits after it still reaches every instance (`seq`s are taken in
+/// order, commits are not): here a revocation written by hand, held open
+/// while the vault publishes a later one.
+#[tokio::test]
+async fn a_change_committed_after_a_later_one_still_arrives() {
+    use sqlx::Connection as _;
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    let clock = statevault::FakeClock::default();
+    let options = statevault::VaultOptions::new(&db.url)
+        .key_source(KeySource::File(dir.path().join("vault.key")))
+        .clock(clock.clone());
+    let a = statevault::Vault::open(options.clone()).await.unwrap();
+    let b = statevault::Vault::open(options).await.unwrap();
+    let early = a
+        .sessions()
+        .create(statevault::NewSession::new("alice"))
+        .await
+        .unwrap();
+    let later = a
+        .sessions()
+        .create(statevault::NewSession::new("bob"))
+        .await
+        .unwrap();
+    for issued in [&early, &later] {
+        assert!(matches!(
+            b.sessions()
+                .validate(issued.token.expose(), None)
+                .await
+                .unwrap(),
+            statevault::Validation::Valid(_)
+        ));
+    }
+    let mut held = sqlx::PgConnection::connect(&db.url_in_schema("statevault"))
+        .await
+        .unwrap();
+    let mut tx = held.begin().await.unwrap();
+    let hash: [u8; 32] =
+        <sha2::Sha256 as sha2::Digest>::digest(early.token.expose().as_bytes()).into();
+    sqlx::query("UPDATE sessions SET revoked_at = now(), revoked_reason = 'revoked' WHERE id = $1")
+        .bind(&early.id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO changes (origin, at, facet, kind, target)
+         VALUES (1, now(), 'sessions', 'token', $1)",
+    )
+    .bind(&hash[..])
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    a.sessions().revoke(&later.id).await.unwrap();
+    let refused = |token: String, vault: statevault::Vault| async move {
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while !matches!(
+                vault.sessions().validate(&token, None).await.unwrap(),
+                statevault::Validation::Revoked { .. }
+            ) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the revocation never arrived")
+    };
+    refused(later.token.expose().to_owned(), b.clone()).await;
+    // Not committed yet: still live for the other instance.
+    assert!(matches!(
+        b.sessions()
+            .validate(early.token.expose(), None)
+            .await
+            .unwrap(),
+        statevault::Validation::Valid(_)
+    ));
+    sqlx::query("SELECT pg_notify('statevault_changes', '')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    refused(early.token.expose().to_owned(), b.clone()).await;
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

@@ -10,6 +10,12 @@
 //! the listener's connection drops, it reconnects and reads what it missed
 //! from the table; if records it never read were trimmed meanwhile, the
 //! facets are told that their memory may be stale.
+//!
+//! `seq`s are taken in order but committed in any order: a record whose
+//! transaction commits after a later one's has a `seq` below what was
+//! read. The listener asks again for the `seq`s it skipped (for a minute:
+//! a rolled-back transaction's never appears), and gives each record a
+//! position in its own log as it reads it; readers follow positions.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,20 +45,39 @@ const KEPT: usize = 65_536;
 
 /// One record read from `changes`.
 struct Row {
+    /// Its position in this log, in the order the listener read it.
+    pos: i64,
     seq: i64,
     origin: i64,
     facet: String,
     change: Change,
 }
 
-/// What the listener has read.
+/// What the listener has read. Readers see positions in this log, not
+/// `seq`s: a transaction that took its `seq` before another but commits
+/// after it appears after it here, where a reader past the later `seq`
+/// still finds it.
 struct Log {
     rows: VecDeque<Row>,
-    /// The oldest `seq` a reader can still get.
-    first: Option<i64>,
-    /// The newest `seq` read, or the table's newest when the feed started.
+    /// The oldest position a reader can still get.
+    first: i64,
+    /// The newest position given out.
     last: i64,
+    /// The newest `seq` read (the table's newest when the feed started).
+    newest: i64,
+    /// `seq`s below `newest` not read yet, and since when: a transaction
+    /// that took its `seq` before another may commit after it (or roll
+    /// back, and its `seq` never appears). Each read asks for them again
+    /// until they turn up or are [`GAP_WAIT`] old.
+    gaps: std::collections::BTreeMap<i64, tokio::time::Instant>,
 }
+
+/// How long a missing `seq` is asked for again (real time: this is about
+/// transactions in flight, not a TTL).
+const GAP_WAIT: Duration = Duration::from_secs(60);
+
+/// Missing `seq`s asked for at most (the oldest are given up first).
+const GAPS: usize = 1_024;
 
 /// The feed of a vault on PostgreSQL: what its listener task has read.
 pub(crate) struct PgFeed {
@@ -76,7 +101,7 @@ impl PgFeed {
         let changes = log
             .rows
             .iter()
-            .filter(|r| r.seq > after && r.origin != origin && r.facet == facet.as_str())
+            .filter(|r| r.pos > after && r.origin != origin && r.facet == facet.as_str())
             .map(|r| Change {
                 kind: r.change.kind.clone(),
                 target: r.change.target.clone(),
@@ -84,14 +109,24 @@ impl PgFeed {
             .collect();
         Batch {
             changes,
-            first: log.first,
+            first: Some(log.first),
             last: Some(log.last),
         }
     }
 
-    /// The newest `seq` read (or the table's newest when the feed started).
+    /// The newest position given out.
     pub(crate) fn last(&self) -> i64 {
         lock(&self.log).last
+    }
+
+    /// What the next read of `changes` asks for: the `seq`s above the
+    /// newest read, and the missing ones below it.
+    fn wanted(&self) -> (i64, Vec<i64>) {
+        let mut log = lock(&self.log);
+        let now = tokio::time::Instant::now();
+        log.gaps
+            .retain(|_, since| now.duration_since(*since) < GAP_WAIT);
+        (log.newest, log.gaps.keys().copied().collect())
     }
 
     /// The feed from the table's newest record on, and its listener task
@@ -100,43 +135,67 @@ impl PgFeed {
     pub(crate) async fn start(pool: &PgPool) -> Result<(Arc<PgFeed>, tokio::task::JoinHandle<()>)> {
         let mut listener = PgListener::connect_with(pool).await?;
         listener.listen(CHANNEL).await?;
-        let last: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM changes")
+        let newest: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM changes")
             .fetch_one(pool)
             .await?;
+
         let feed = Arc::new(PgFeed {
             version: AtomicU64::new(0),
             log: Mutex::new(Log {
                 rows: VecDeque::new(),
-                first: Some(last + 1),
-                last,
+                first: 1,
+                last: 0,
+                newest,
+                gaps: std::collections::BTreeMap::new(),
             }),
         });
         let task = tokio::spawn(listen(Arc::downgrade(&feed), pool.clone(), listener));
         Ok((feed, task))
     }
 
-    /// Appends rows read from the table after [`Log::last`]; `oldest` is the
-    /// table's oldest `seq`, which says whether records were trimmed unread.
+    /// Logs the rows read from the table that it has not logged yet;
+    /// `oldest` is the table's oldest `seq`, which says whether records were
+    /// trimmed before they were read.
     fn append(&self, rows: Vec<Row>, oldest: Option<i64>) {
         let mut log = lock(&self.log);
-        if oldest.is_some_and(|oldest| oldest > log.last + 1) {
+        let mut moved = false;
+        if oldest.is_some_and(|oldest| oldest > log.newest + 1) {
             // Trimmed before this instance read them: readers lose them.
             log.rows.clear();
-            log.first = oldest;
+            log.first = log.last + 2;
+            log.last += 1;
+            moved = true;
         }
-        if rows.is_empty() {
-            return;
-        }
-        for row in rows {
-            log.last = log.last.max(row.seq);
+        let now = tokio::time::Instant::now();
+        for mut row in rows {
+            if row.seq <= log.newest {
+                // A gap filled: logged only if it was still awaited.
+                if log.gaps.remove(&row.seq).is_none() {
+                    continue;
+                }
+            } else {
+                let from = (log.newest + 1).max(row.seq.saturating_sub(GAPS as i64));
+                for missing in from..row.seq {
+                    log.gaps.insert(missing, now);
+                }
+                log.newest = row.seq;
+            }
+            log.last += 1;
+            row.pos = log.last;
             log.rows.push_back(row);
+            moved = true;
+        }
+        while log.gaps.len() > GAPS {
+            log.gaps.pop_first();
         }
         while log.rows.len() > KEPT {
             log.rows.pop_front();
-            log.first = log.rows.front().map(|r| r.seq);
+            log.first = log.rows.front().map_or(log.last + 1, |r| r.pos);
         }
         drop(log);
-        self.version.fetch_add(1, Ordering::AcqRel);
+        if moved {
+            self.version.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -146,8 +205,8 @@ impl PgFeed {
 async fn listen(feed: std::sync::Weak<PgFeed>, pool: PgPool, mut listener: PgListener) {
     loop {
         let Some(strong) = feed.upgrade() else { return };
-        let after = strong.last();
-        match read_after(&pool, after).await {
+        let (after, gaps) = strong.wanted();
+        match read_after(&pool, after, &gaps).await {
             Ok((rows, oldest)) => strong.append(rows, oldest),
             Err(e) => {
                 tracing::warn!(error = %e, "the change feed could not read `changes`; it tries again");
@@ -193,8 +252,9 @@ async fn connect(feed: &std::sync::Weak<PgFeed>, pool: &PgPool) -> Option<PgList
     }
 }
 
-/// The rows after `after`, oldest first, and the table's oldest `seq`.
-async fn read_after(pool: &PgPool, after: i64) -> Result<(Vec<Row>, Option<i64>)> {
+/// The rows after `after` and those of `gaps`, oldest first, and the
+/// table's oldest `seq`.
+async fn read_after(pool: &PgPool, after: i64, gaps: &[i64]) -> Result<(Vec<Row>, Option<i64>)> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)
@@ -203,14 +263,17 @@ async fn read_after(pool: &PgPool, after: i64) -> Result<(Vec<Row>, Option<i64>)
         .fetch_one(&mut *tx)
         .await?;
     let rows = sqlx::query(
-        "SELECT seq, origin, facet, kind, target FROM changes WHERE seq > $1 ORDER BY seq",
+        "SELECT seq, origin, facet, kind, target FROM changes
+         WHERE seq > $1 OR seq = ANY($2) ORDER BY seq",
     )
     .bind(after)
+    .bind(gaps)
     .fetch_all(&mut *tx)
     .await?
     .iter()
     .map(|r| {
         Ok(Row {
+            pos: 0,
             seq: r.try_get(0)?,
             origin: r.try_get(1)?,
             facet: r.try_get(2)?,
