@@ -458,20 +458,12 @@ impl LimitsBackend for Postgres<'_> {
 
 /// Opens every violation's sealed `client_info` (`statevault check`).
 pub(crate) async fn check_sealed(db: &Database) -> Result<crate::Check> {
-    let sealer = db.sealer().table("violations");
-    db.open_every(
+    db.open_every_by_id(
         "sealed_violations",
         "SELECT id::text, client_info FROM violations WHERE id > $1::uuid ORDER BY id LIMIT $2",
-        &uuid::Uuid::nil().to_string(),
-        |row| {
-            let id: String = row.try_get(0)?;
-            let sealed: Vec<u8> = row.try_get(1)?;
-            let failed = match sealer.open(id.as_bytes(), &sealed) {
-                Ok(_) => Vec::new(),
-                Err(_) => vec![format!("violation {id}: the client info does not open")],
-            };
-            Ok((id, failed))
-        },
+        "violations",
+        "violation",
+        "client_info",
     )
     .await
 }

@@ -9,7 +9,7 @@ use sketches_ddsketch::{Config, DDSketch};
 
 use super::config::HOUR_MS;
 use super::types::{MetricKind, Summary};
-use crate::{Error, Result};
+use crate::{Error, Result, Timestamp};
 
 /// The sketch's relative accuracy: a reported quantile is within ±1 % of
 /// the value of the sample at that rank.
@@ -128,7 +128,54 @@ pub(crate) struct StoredPoint {
     pub(crate) agg: Agg,
 }
 
+/// The columns of `metrics` that [`StoredPoint::from_row`] reads, in its
+/// order.
+pub(crate) const COLUMNS: &str =
+    "name, labels, kind, interval_start, interval_secs, count, sum, min, max, last, sketch";
+
 impl StoredPoint {
+    /// A point from a row selecting [`COLUMNS`], from either database.
+    pub(crate) fn from_row<'r, R>(row: &'r R) -> Result<StoredPoint>
+    where
+        R: sqlx::Row,
+        usize: sqlx::ColumnIndex<R>,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Timestamp: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        let kind = MetricKind::parse(&row.try_get::<String, _>(2)?)?;
+        let start: Timestamp = row.try_get(3)?;
+        let sketch: Option<Vec<u8>> = row.try_get(10)?;
+        let sketch = sketch
+            .map(|bytes| {
+                DDSketch::from_java_bytes(&bytes).map_err(|e| Error::BadData {
+                    what: "a metric's sketch".into(),
+                    detail: format!("it does not decode: {e:?}"),
+                })
+            })
+            .transpose()?;
+        let count: i64 = row.try_get(5)?;
+        Ok(StoredPoint {
+            name: row.try_get::<String, _>(0)?.into(),
+            labels: row.try_get(1)?,
+            kind,
+            interval_secs: row.try_get(4)?,
+            agg: Agg {
+                start_ms: start.as_millis(),
+                count: u64::try_from(count).unwrap_or(0),
+                sum: row.try_get(6)?,
+                min: row.try_get::<Option<f64>, _>(7)?.unwrap_or(f64::INFINITY),
+                max: row
+                    .try_get::<Option<f64>, _>(8)?
+                    .unwrap_or(f64::NEG_INFINITY),
+                last: row.try_get::<Option<f64>, _>(9)?.unwrap_or(0.0),
+                sketch,
+            },
+        })
+    }
+
     /// Whether its labels include every pair of `wanted`.
     pub(crate) fn has_labels(&self, wanted: &[(&str, &str)]) -> bool {
         if wanted.is_empty() {

@@ -13,16 +13,12 @@ use std::collections::BTreeMap;
 
 use sketches_ddsketch::DDSketch;
 use sqlx::Row as _;
-use sqlx::postgres::PgRow;
 
 use super::backend::{MetricsBackend, Total};
-use super::points::{Agg, Merged, Point, StoredPoint, merge_by_series, merge_stored};
+use super::points::{Agg, COLUMNS, Merged, Point, StoredPoint, merge_by_series, merge_stored};
 use super::types::MetricKind;
 use crate::postgres::Database;
-use crate::{Error, Result, Timestamp};
-
-const COLUMNS: &str =
-    "name, labels, kind, interval_start, interval_secs, count, sum, min, max, last, sketch";
+use crate::{Result, Timestamp};
 
 /// The metrics on a PostgreSQL database, as one vault writes them.
 pub(crate) struct Postgres<'a> {
@@ -60,7 +56,7 @@ impl MetricsBackend for Postgres<'_> {
         .bind(name)
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter().map(decode).collect()
+        rows.iter().map(StoredPoint::from_row).collect()
     }
 
     async fn counter_totals(
@@ -132,7 +128,7 @@ impl MetricsBackend for Postgres<'_> {
         }
         let hourly: Vec<Point> = rows
             .iter()
-            .map(|r| decode(r).map(StoredPoint::into_hourly))
+            .map(|r| StoredPoint::from_row(r).map(StoredPoint::into_hourly))
             .collect::<Result<_>>()?;
         write_points(&mut tx, self.db.instance(), &hourly).await?;
         tx.commit().await?;
@@ -151,38 +147,6 @@ impl MetricsBackend for Postgres<'_> {
         .await?
         .rows_affected())
     }
-}
-
-fn decode(row: &PgRow) -> Result<StoredPoint> {
-    let kind = MetricKind::parse(&row.try_get::<String, _>(2)?)?;
-    let start: Timestamp = row.try_get(3)?;
-    let sketch: Option<Vec<u8>> = row.try_get(10)?;
-    let sketch = sketch
-        .map(|bytes| {
-            DDSketch::from_java_bytes(&bytes).map_err(|e| Error::BadData {
-                what: "a metric's sketch".into(),
-                detail: format!("it does not decode: {e:?}"),
-            })
-        })
-        .transpose()?;
-    let count: i64 = row.try_get(5)?;
-    Ok(StoredPoint {
-        name: row.try_get::<String, _>(0)?.into(),
-        labels: row.try_get(1)?,
-        kind,
-        interval_secs: row.try_get(4)?,
-        agg: Agg {
-            start_ms: start.as_millis(),
-            count: u64::try_from(count).unwrap_or(0),
-            sum: row.try_get(6)?,
-            min: row.try_get::<Option<f64>, _>(7)?.unwrap_or(f64::INFINITY),
-            max: row
-                .try_get::<Option<f64>, _>(8)?
-                .unwrap_or(f64::NEG_INFINITY),
-            last: row.try_get::<Option<f64>, _>(9)?.unwrap_or(0.0),
-            sketch,
-        },
-    })
 }
 
 /// Writes `instance`'s points inside the caller's transaction, merged with
@@ -230,7 +194,7 @@ async fn write_points(tx: &mut sqlx::PgConnection, instance: &str, points: &[Poi
     .fetch_all(&mut *tx)
     .await?;
     for row in &stored {
-        let point = decode(row)?;
+        let point = StoredPoint::from_row(row)?;
         if point.agg.count > 0 {
             merge_stored(&mut merged, point)?;
         }

@@ -8,16 +8,13 @@ use sketches_ddsketch::DDSketch;
 use sqlx::{QueryBuilder, Row, SqliteConnection};
 
 use super::backend::{MetricsBackend, Total};
-use super::points::{Agg, Merged, Point, StoredPoint, merge_by_series, merge_stored};
+use super::points::{COLUMNS, Merged, Point, StoredPoint, merge_by_series, merge_stored};
 use super::types::MetricKind;
 use crate::store::Store;
-use crate::{Error, Result, Timestamp};
+use crate::{Result, Timestamp};
 
 /// Rows per multi-row statement (11 variables each).
 const ROWS_PER_STATEMENT: usize = 100;
-
-const COLUMNS: &str =
-    "name, labels, kind, interval_start, interval_secs, count, sum, min, max, last, sketch";
 
 /// The metrics in the vault file.
 pub(crate) struct Sqlite<'a> {
@@ -55,7 +52,7 @@ impl MetricsBackend for Sqlite<'_> {
         .bind(name)
         .fetch_all(&mut *conn)
         .await?;
-        rows.iter().map(decode).collect()
+        rows.iter().map(StoredPoint::from_row).collect()
     }
 
     async fn counter_totals(
@@ -122,7 +119,10 @@ impl MetricsBackend for Sqlite<'_> {
         if rows.is_empty() {
             return Ok(0);
         }
-        let fine: Vec<StoredPoint> = rows.iter().map(decode).collect::<Result<_>>()?;
+        let fine: Vec<StoredPoint> = rows
+            .iter()
+            .map(StoredPoint::from_row)
+            .collect::<Result<_>>()?;
         delete_points(&mut tx, &fine).await?;
         let hourly: Vec<Point> = fine.into_iter().map(StoredPoint::into_hourly).collect();
         write_points(&mut tx, &hourly).await?;
@@ -147,38 +147,6 @@ impl MetricsBackend for Sqlite<'_> {
     }
 }
 
-fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<StoredPoint> {
-    let kind = MetricKind::parse(&row.try_get::<String, _>(2)?)?;
-    let start: Timestamp = row.try_get(3)?;
-    let sketch: Option<Vec<u8>> = row.try_get(10)?;
-    let sketch = sketch
-        .map(|bytes| {
-            DDSketch::from_java_bytes(&bytes).map_err(|e| Error::BadData {
-                what: "a metric's sketch".into(),
-                detail: format!("it does not decode: {e:?}"),
-            })
-        })
-        .transpose()?;
-    let count: i64 = row.try_get(5)?;
-    Ok(StoredPoint {
-        name: row.try_get::<String, _>(0)?.into(),
-        labels: row.try_get(1)?,
-        kind,
-        interval_secs: row.try_get(4)?,
-        agg: Agg {
-            start_ms: start.as_millis(),
-            count: u64::try_from(count).unwrap_or(0),
-            sum: row.try_get(6)?,
-            min: row.try_get::<Option<f64>, _>(7)?.unwrap_or(f64::INFINITY),
-            max: row
-                .try_get::<Option<f64>, _>(8)?
-                .unwrap_or(f64::NEG_INFINITY),
-            last: row.try_get::<Option<f64>, _>(9)?.unwrap_or(0.0),
-            sketch,
-        },
-    })
-}
-
 /// Writes points, merging each with the stored point of the same series
 /// and interval if there is one (a second write never loses the first).
 async fn write_points(conn: &mut SqliteConnection, points: &[Point]) -> Result<()> {
@@ -195,7 +163,7 @@ async fn write_points(conn: &mut SqliteConnection, points: &[Point]) -> Result<(
         .fetch_all(&mut *conn)
         .await?;
         for row in &rows {
-            merge_stored(&mut merged, decode(row)?)?;
+            merge_stored(&mut merged, StoredPoint::from_row(row)?)?;
         }
     }
     upsert(conn, merged).await

@@ -414,6 +414,30 @@ impl Database {
         })
     }
 
+    /// [`Database::open_every`] for a table whose rows are named by a uuid
+    /// `id` and sealed with it as associated data: `select` reads `id::text`
+    /// and the sealed `column`; each failure names the row as `what`.
+    pub(crate) async fn open_every_by_id(
+        &self,
+        name: &'static str,
+        select: &'static str,
+        table: &'static str,
+        what: &'static str,
+        column: &'static str,
+    ) -> Result<crate::Check> {
+        let sealer = self.sealer.table(table);
+        self.open_every(name, select, &uuid::Uuid::nil().to_string(), |row| {
+            let id: String = sqlx::Row::try_get(row, 0)?;
+            let sealed: Vec<u8> = sqlx::Row::try_get(row, 1)?;
+            let failed = match sealer.open(id.as_bytes(), &sealed) {
+                Ok(_) => Vec::new(),
+                Err(_) => vec![format!("{what} {id}: {column} does not open")],
+            };
+            Ok((id, failed))
+        })
+        .await
+    }
+
     /// Opens the stored key check with this database's sealer.
     async fn prove_key(&self, key: &Key) -> Result<()> {
         let wrong = || Error::WrongKey {
