@@ -131,7 +131,7 @@ impl Database {
     ) -> Result<(Database, bool)> {
         let key = resolve_key(key, true)?;
         let pool = connect(url, connections).await?;
-        let url = redact(url);
+        let url = crate::vault::redact_url(url);
         create_schema(&pool).await?;
         // Prepared before: another key must not migrate or write here.
         let earlier = if prepared(&pool).await? && meta(&pool, CHECK_ROW).await?.is_some() {
@@ -186,7 +186,7 @@ impl Database {
     ) -> Result<Database> {
         let key = resolve_key(key, false)?;
         let pool = connect(url, connections).await?;
-        let url = redact(url);
+        let url = crate::vault::redact_url(url);
         if !prepared(&pool).await? {
             pool.close().await;
             return Err(Error::Missing {
@@ -501,13 +501,13 @@ async fn connect(url: &str, connections: u32) -> Result<PgPool> {
         .map_err(|e| Error::invalid("database URL", e.to_string()))?
         .options([("search_path", SCHEMA)]);
     let unreachable = |e: sqlx::Error| Error::Unreachable {
-        url: redact(url),
+        url: crate::vault::redact_url(url),
         detail: e.to_string(),
     };
     let first = tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
         .await
         .map_err(|_| Error::Unreachable {
-            url: redact(url),
+            url: crate::vault::redact_url(url),
             detail: format!("no answer within {CONNECT_TIMEOUT:?}"),
         })?
         .map_err(unreachable)?;
@@ -658,39 +658,10 @@ fn unhex(text: &str) -> Option<Zeroizing<Vec<u8>>> {
         .map(Zeroizing::new)
 }
 
-/// `url` without a password, in its user part or as a `password=`
-/// parameter, for messages and [`DatabaseInfo`].
-pub(crate) fn redact(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let authority = match authority.rsplit_once('@') {
-        Some((user, host)) => {
-            let user = user.split(':').next().unwrap_or_default();
-            format!("{user}@{host}")
-        }
-        None => authority.to_owned(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let kept: Vec<&str> = query
-                .split('&')
-                .filter(|p| !p.to_ascii_lowercase().starts_with("password="))
-                .collect();
-            if kept.is_empty() {
-                path.to_owned()
-            } else {
-                format!("{path}?{}", kept.join("&"))
-            }
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{authority}{tail}")
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{redact, unhex};
+    use super::unhex;
+    use crate::vault::redact_url as redact;
 
     #[test]
     fn a_redacted_url_keeps_everything_but_the_password() {

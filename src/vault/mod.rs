@@ -13,6 +13,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use info::{Info, Rows, WriteCounts};
+#[cfg(feature = "postgres")]
+pub(crate) use options::redact_url;
 pub(crate) use options::url_scheme;
 pub use options::{DB_ENV, DEFAULT_DB, VaultOptions};
 

@@ -339,6 +339,14 @@ impl VaultOptions {
         }
     }
 
+    /// The path for `Debug` and logs: a URL without its password.
+    fn shown_path(&self) -> String {
+        match self.path.to_str() {
+            Some(url) if url_scheme(&self.path).is_some() => redact_url(url),
+            _ => format!("{:?}", self.path),
+        }
+    }
+
     pub(super) fn validate(&self) -> Result<()> {
         if !(1..=1024).contains(&self.postgres_connections) {
             return Err(Error::invalid(
@@ -399,7 +407,7 @@ impl VaultOptions {
 impl fmt::Debug for VaultOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VaultOptions")
-            .field("path", &self.path)
+            .field("path", &format_args!("{}", self.shown_path()))
             .field("key", &self.key)
             .field("create_if_missing", &self.create_if_missing)
             .field("migrate", &self.migrate)
@@ -434,6 +442,36 @@ pub(crate) fn url_scheme(path: &Path) -> Option<&str> {
     valid.then_some(scheme)
 }
 
+/// `url` without a password, in its user part or as a `password=`
+/// parameter, for messages, logs and `Debug`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split(':').next().unwrap_or_default();
+            format!("{user}@{host}")
+        }
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|p| !p.to_ascii_lowercase().starts_with("password="))
+                .collect();
+            if kept.is_empty() {
+                path.to_owned()
+            } else {
+                format!("{path}?{}", kept.join("&"))
+            }
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
 /// The default of [`VaultOptions::postgres_connections`].
 const DEFAULT_POSTGRES_CONNECTIONS: u32 = 16;
 
@@ -453,4 +491,24 @@ fn not_a_path(scheme: &str) -> String {
 /// Whether a URL's scheme names PostgreSQL.
 fn is_postgres(scheme: &str) -> bool {
     scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VaultOptions;
+
+    #[test]
+    fn debug_never_shows_a_urls_password() {
+        let shown = format!(
+            "{:?}",
+            VaultOptions::new("postgres://app:hunter2@db.internal/state?password=hunter3")
+        );
+        assert!(!shown.contains("hunter"), "{shown}");
+        assert!(
+            shown.contains("postgres://app@db.internal/state"),
+            "{shown}"
+        );
+        let file = format!("{:?}", VaultOptions::new("app.db"));
+        assert!(file.contains(r#"path: "app.db""#), "{file}");
+    }
 }
