@@ -14,7 +14,7 @@ use crate::ids::check_user;
 use crate::limits::{LimitStatus, ViolationRecord};
 use crate::prefs::{Preferences, StoredPreferences};
 use crate::sessions::ExportedSession;
-use crate::{Result, Vault};
+use crate::{Error, Result, Vault};
 
 /// Everything the vault holds about a user. Token hashes are left out.
 /// `Debug` shows the user and how much there is of each part, never the
@@ -84,7 +84,11 @@ impl Vault {
                     audit_events: self.audit().export_user(user_id).await?,
                     rate_limits: self.limits().status(user_id).await?,
                     violations: self.limits().violations_of(user_id).await?,
-                    cache_keys: self.cache().keys_of_user(user_id).await?,
+                    // The cache holds nothing on PostgreSQL (it refuses every call).
+                    cache_keys: match self.store() {
+                        Ok(_) => self.cache().keys_of_user(user_id).await?,
+                        Err(_) => Vec::new(),
+                    },
                 })
             }
             .await,
@@ -129,6 +133,14 @@ impl Vault {
             tracing::Level::DEBUG,
             async {
                 check_user(user_id)?;
+                // Before anything is taken from the buffers.
+                if self.store().is_err() {
+                    return Err(Error::Unsupported {
+                        what: "erasing a user",
+                        reason: "it runs in one transaction of the SQLite file, not on \
+                                 PostgreSQL yet",
+                    });
+                }
                 self.sessions().flush().await?;
                 let audit = self.audit();
                 let _exclusive = audit.exclusive().await;

@@ -172,12 +172,12 @@ fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
     for args in [
         &["demo"][..],
         &["cache", "stats"],
-        &["user", "export", "alice"],
+        &["rekey", "--new-key-file", "n.key"],
     ] {
         let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", args));
         assert!(
             err.contains(
-                "only init, migrate, info, health, check, sweep, metrics, session, prefs, limits and audit work so far"
+                "only init, migrate, info, health, check, sweep, metrics, session, prefs, limits, audit and user work so far"
             ),
             "{args:?}: {err}"
         );
@@ -775,4 +775,46 @@ async fn a_change_committed_after_a_later_one_still_arrives() {
     refused(early.token.expose().to_owned(), b.clone()).await;
     a.close().await.unwrap();
     b.close().await.unwrap();
+}
+
+/// `export_user` reads every facet on PostgreSQL; erasing a user is not
+/// there yet and says so before it takes anything from the buffers: an
+/// audit event appended just before is still written.
+#[tokio::test]
+async fn a_user_exports_and_erasure_refuses_losing_nothing() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    let vault = statevault::Vault::open(
+        statevault::VaultOptions::new(&db.url)
+            .key_source(KeySource::File(dir.path().join("vault.key"))),
+    )
+    .await
+    .unwrap();
+    vault
+        .sessions()
+        .create(statevault::NewSession::new("alice"))
+        .await
+        .unwrap();
+    vault
+        .audit()
+        .append(statevault::AuditEvent::new(statevault::EventKind::Auth, "login").user("alice"))
+        .unwrap();
+    let err = vault.erase_user("alice").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unsupported {
+                what: "erasing a user",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let export = vault.export_user("alice").await.unwrap();
+    assert_eq!(export.sessions.len(), 1);
+    assert_eq!(export.audit_events.len(), 1, "the buffered event was kept");
+    assert!(export.cache_keys.is_empty());
+    vault.close().await.unwrap();
 }

@@ -1,8 +1,8 @@
 //! The commands that work on a `postgres://` URL so far (feature
 //! `postgres`): `init`, `migrate` and `info`, through
 //! [`statevault::postgres::Database`]; `check`, `sweep`, `metrics`,
-//! `session`, `prefs`, `limits`, `audit` and `health`, through a [`Vault`]
-//! on the database. The other facets are not on
+//! `session`, `prefs`, `limits`, `audit`, `user` (export; erasure says it
+//! is not there yet) and `health`, through a [`Vault`] on the database. The other facets are not on
 //! PostgreSQL yet, so every other command says so.
 
 use std::process::ExitCode;
@@ -73,6 +73,7 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
         command @ (Command::Check { .. }
         | Command::Sweep { .. }
         | Command::Metrics { .. }
+        | Command::User(_)
         | Command::Session(_)
         | Command::Prefs(_)
         | Command::Limits(_)
@@ -87,8 +88,8 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
         _ => Err(Error::InvalidInput {
             what: "command",
             reason: "on a PostgreSQL database (postgres://) only init, migrate, info, health, \
-                     check, sweep, metrics, session, prefs, limits and audit work so far; the \
-                     cache, user export and erasure, rekey and demo still need a SQLite file"
+                     check, sweep, metrics, session, prefs, limits, audit and user work so far; \
+                     the cache, rekey and demo still need a SQLite file"
                 .into(),
         }),
     }
