@@ -31,6 +31,26 @@ fn new_key_file(dir: &Path, name: &str) {
         .unwrap();
 }
 
+/// Options for a vault on `db` with its key in `dir/vault.key`.
+fn options_on(db: &PgDatabase, dir: &Path) -> statevault::VaultOptions {
+    statevault::VaultOptions::new(&db.url).key_source(KeySource::File(dir.join("vault.key")))
+}
+
+/// Waits, 10 s at most, until `vault` refuses `token` as revoked: the event
+/// a change-feed test waits for (the vault's clock does not move).
+async fn until_revoked(vault: &statevault::Vault, token: &str) {
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !matches!(
+            vault.sessions().validate(token, None).await.unwrap(),
+            statevault::Validation::Revoked { .. }
+        ) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the revocation never reached the other instance");
+}
+
 fn ok(out: &Output) -> String {
     assert!(out.status.success(), "{}", stderr(out));
     stdout(out)
@@ -337,13 +357,9 @@ async fn a_pg_dump_shows_no_plaintext() {
         return;
     };
     let dir = tempdir();
-    let vault = statevault::Vault::open(
-        statevault::VaultOptions::new(&db.url)
-            .key_source(KeySource::File(dir.path().join("vault.key")))
-            .preferences(
-                statevault::PreferencesConfig::new(serde_json::json!({})).allow_unknown_keys(true),
-            ),
-    )
+    let vault = statevault::Vault::open(options_on(&db, dir.path()).preferences(
+        statevault::PreferencesConfig::new(serde_json::json!({})).allow_unknown_keys(true),
+    ))
     .await
     .unwrap();
     let issued = vault
@@ -539,11 +555,9 @@ async fn check_opens_every_sealed_value_and_names_a_moved_one() {
     };
     let dir = tempdir();
     let key = dir.path().join("vault.key");
-    let vault = statevault::Vault::open(
-        statevault::VaultOptions::new(&db.url).key_source(KeySource::File(key.clone())),
-    )
-    .await
-    .unwrap();
+    let vault = statevault::Vault::open(options_on(&db, dir.path()))
+        .await
+        .unwrap();
     let a = vault
         .sessions()
         .create(statevault::NewSession::new("alice"))
@@ -620,9 +634,7 @@ async fn a_listener_that_lost_its_connection_reads_what_it_missed() {
     };
     let dir = tempdir();
     let clock = statevault::FakeClock::default();
-    let options = statevault::VaultOptions::new(&db.url)
-        .key_source(KeySource::File(dir.path().join("vault.key")))
-        .clock(clock.clone());
+    let options = options_on(&db, dir.path()).clock(clock.clone());
     let a = statevault::Vault::open(options.clone()).await.unwrap();
     let b = statevault::Vault::open(options).await.unwrap();
     let issued = a
@@ -641,16 +653,7 @@ async fn a_listener_that_lost_its_connection_reads_what_it_missed() {
     );
     assert_ne!(killed.trim(), "0", "no listener to cut off");
     a.sessions().revoke(&issued.id).await.unwrap();
-    tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while !matches!(
-            b.sessions().validate(token, None).await.unwrap(),
-            statevault::Validation::Revoked { .. }
-        ) {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the revocation never reached the instance whose listener was cut off");
+    until_revoked(&b, token).await;
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
@@ -663,12 +666,9 @@ async fn the_cache_refuses_before_buffering_anything() {
         return;
     };
     let dir = tempdir();
-    let vault = statevault::Vault::open(
-        statevault::VaultOptions::new(&db.url)
-            .key_source(KeySource::File(dir.path().join("vault.key"))),
-    )
-    .await
-    .unwrap();
+    let vault = statevault::Vault::open(options_on(&db, dir.path()))
+        .await
+        .unwrap();
     let key = statevault::CacheKey::new("search", "q").unwrap();
     let refused = |e: Error| {
         assert!(
@@ -702,9 +702,7 @@ async fn a_change_committed_after_a_later_one_still_arrives() {
     };
     let dir = tempdir();
     let clock = statevault::FakeClock::default();
-    let options = statevault::VaultOptions::new(&db.url)
-        .key_source(KeySource::File(dir.path().join("vault.key")))
-        .clock(clock.clone());
+    let options = options_on(&db, dir.path()).clock(clock.clone());
     let a = statevault::Vault::open(options.clone()).await.unwrap();
     let b = statevault::Vault::open(options).await.unwrap();
     let early = a
@@ -746,19 +744,7 @@ async fn a_change_committed_after_a_later_one_still_arrives() {
     .await
     .unwrap();
     a.sessions().revoke(&later.id).await.unwrap();
-    let refused = |token: String, vault: statevault::Vault| async move {
-        tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            while !matches!(
-                vault.sessions().validate(&token, None).await.unwrap(),
-                statevault::Validation::Revoked { .. }
-            ) {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .expect("the revocation never arrived")
-    };
-    refused(later.token.expose().to_owned(), b.clone()).await;
+    until_revoked(&b, later.token.expose()).await;
     // Not committed yet: still live for the other instance.
     assert!(matches!(
         b.sessions()
@@ -772,7 +758,7 @@ async fn a_change_committed_after_a_later_one_still_arrives() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    refused(early.token.expose().to_owned(), b.clone()).await;
+    until_revoked(&b, early.token.expose()).await;
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
@@ -786,12 +772,9 @@ async fn a_user_exports_and_erasure_refuses_losing_nothing() {
         return;
     };
     let dir = tempdir();
-    let vault = statevault::Vault::open(
-        statevault::VaultOptions::new(&db.url)
-            .key_source(KeySource::File(dir.path().join("vault.key"))),
-    )
-    .await
-    .unwrap();
+    let vault = statevault::Vault::open(options_on(&db, dir.path()))
+        .await
+        .unwrap();
     vault
         .sessions()
         .create(statevault::NewSession::new("alice"))
