@@ -297,21 +297,22 @@ pub(crate) async fn publish(
     facet: Facet,
     records: &[Record<'_>],
 ) -> Result<()> {
+    // One statement: a data-modifying CTE runs whether or not it is read.
     sqlx::query(
-        "INSERT INTO changes (origin, at, facet, kind, target)
-         SELECT $1, $2, $3, kind, target FROM unnest($4::text[], $5::bytea[]) AS r(kind, target)",
+        "WITH written AS (
+             INSERT INTO changes (origin, at, facet, kind, target)
+             SELECT $1, $2, $3, kind, target FROM unnest($4::text[], $5::bytea[]) AS r(kind, target)
+         )
+         SELECT pg_notify($6, '')",
     )
     .bind(origin)
     .bind(at)
     .bind(facet.as_str())
     .bind(records.iter().map(|r| r.kind).collect::<Vec<_>>())
     .bind(records.iter().map(|r| r.target).collect::<Vec<_>>())
+    .bind(CHANNEL)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(CHANNEL)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 
