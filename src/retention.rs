@@ -44,11 +44,11 @@ impl Vault {
                 let metrics = self.metrics().sweep().await?;
                 removed.insert("metrics".to_owned(), metrics.purged + metrics.downsampled);
                 removed.insert("changes".to_owned(), self.core().trim_feed().await?);
-                // The cache and the file's free pages are the file's only.
+                let cache = self.cache().sweep().await?;
+                removed.insert("cache_entries".to_owned(), cache.expired + cache.evicted);
+                // Free pages are the file's only.
                 let mut pages_freed = 0;
                 if let Ok(store) = self.store() {
-                    let cache = self.cache().sweep().await?;
-                    removed.insert("cache_entries".to_owned(), cache.expired + cache.evicted);
                     pages_freed = store.give_back_space().await?;
                 }
                 Ok(SweepReport {

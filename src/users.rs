@@ -84,11 +84,7 @@ impl Vault {
                     audit_events: self.audit().export_user(user_id).await?,
                     rate_limits: self.limits().status(user_id).await?,
                     violations: self.limits().violations_of(user_id).await?,
-                    // The cache holds nothing on PostgreSQL (it refuses every call).
-                    cache_keys: match self.store() {
-                        Ok(_) => self.cache().keys_of_user(user_id).await?,
-                        Err(_) => Vec::new(),
-                    },
+                    cache_keys: self.cache().keys_of_user(user_id).await?,
                 })
             }
             .await,

@@ -189,15 +189,11 @@ fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
         );
     }
     ok(&run(dir.path(), &db, "vault.key", &["init"]));
-    for args in [
-        &["demo"][..],
-        &["cache", "stats"],
-        &["rekey", "--new-key-file", "n.key"],
-    ] {
+    for args in [&["demo"][..], &["rekey", "--new-key-file", "n.key"]] {
         let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", args));
         assert!(
             err.contains(
-                "only init, migrate, info, health, check, sweep, metrics, session, prefs, limits, audit and user work so far"
+                "only init, migrate, info, health, check, sweep, metrics, session, prefs, limits, audit, cache and user work so far"
             ),
             "{args:?}: {err}"
         );
@@ -212,9 +208,9 @@ fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
     );
 }
 
-/// `session`, `prefs`, `limits`, `audit`, `sweep`, `metrics` and `health`
-/// take a URL: what one command writes the
-/// next reads, through the database.
+/// `session`, `prefs`, `limits`, `audit`, `cache`, `sweep`, `metrics` and
+/// `health` take a URL: what one command writes the next reads, through
+/// the database.
 #[test]
 fn the_facets_commands_work_on_a_url() {
     let Some(db) = common::postgres_database() else {
@@ -246,6 +242,24 @@ fn the_facets_commands_work_on_a_url() {
         &["session", "list", "alice"],
     ));
     assert!(list.contains("alice has no live sessions"), "{list}");
+    let stats: serde_json::Value = serde_json::from_str(&ok(&run(
+        dir.path(),
+        &db,
+        "vault.key",
+        &["cache", "stats", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(stats["l2"]["entries"], 0, "{stats}");
+    let cleared = ok(&run(
+        dir.path(),
+        &db,
+        "vault.key",
+        &["cache", "invalidate", "--tag", "t"],
+    ));
+    assert!(
+        cleared.contains("invalidated 0 entries tagged"),
+        "{cleared}"
+    );
     let err = assert_one_error_line(&run(
         dir.path(),
         &db,
@@ -383,6 +397,12 @@ async fn a_pg_dump_shows_no_plaintext() {
         )
         .await
         .unwrap();
+    let cached = statevault::CacheKey::new("search", "alice").unwrap();
+    vault
+        .cache()
+        .set(&cached, b"PLAINTEXT-CACHED-VALUE")
+        .await
+        .unwrap();
     vault.close().await.unwrap();
 
     let out = std::process::Command::new(pg_dump)
@@ -392,6 +412,7 @@ async fn a_pg_dump_shows_no_plaintext() {
     assert!(out.status.success(), "{}", stderr(&out));
     let dump = String::from_utf8_lossy(&out.stdout);
     assert!(dump.contains("alice"), "the dump holds the rows");
+    assert!(dump.contains("search:alice"), "and the cache's");
     for secret in [
         "PLAINTEXT",
         "203.0.113.77",
@@ -545,6 +566,117 @@ async fn three_processes_share_one_state() {
     vault.close().await.unwrap();
 }
 
+/// Set for the children of [`a_tag_invalidation_reaches_every_instance_l1`]:
+/// the directory where each says it holds the entry in memory.
+const INSTANCE_DIR: &str = "STATEVAULT_TEST_INSTANCE_DIR";
+
+/// The entry [`a_tag_invalidation_reaches_every_instance_l1`] invalidates.
+fn shared_entry() -> statevault::CacheKey {
+    statevault::CacheKey::new("playlists", "7").unwrap()
+}
+
+/// One instance of [`a_tag_invalidation_reaches_every_instance_l1`] (on its
+/// own it does nothing): reads the shared entry into L1, says so with a
+/// file, then reads it until the invalidation made elsewhere reaches its
+/// memory (a timeout of 30 s fails it).
+#[tokio::test]
+async fn cache_instance() {
+    let (Ok(url), Ok(key), Ok(dir)) = (
+        std::env::var(INSTANCE_URL),
+        std::env::var(INSTANCE_KEY),
+        std::env::var(INSTANCE_DIR),
+    ) else {
+        return;
+    };
+    let vault = statevault::Vault::open(instance_options(&url, Path::new(&key)))
+        .await
+        .unwrap();
+    let entry = shared_entry();
+    for _ in 0..2 {
+        assert_eq!(
+            &*vault.cache().get(&entry).await.unwrap().unwrap(),
+            b"tracks"
+        );
+    }
+    assert_eq!(vault.cache().stats().await.unwrap().l1.hits, 1, "in L1");
+    std::fs::write(
+        Path::new(&dir).join(format!("ready-{}", std::process::id())),
+        "",
+    )
+    .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while vault.cache().get(&entry).await.unwrap().is_some() {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the invalidation never reached this instance's memory");
+    vault.close().await.unwrap();
+}
+
+/// Three processes hold one entry in L1; a tag invalidation on a fourth
+/// instance reaches each one's memory, and none serves the entry again.
+#[tokio::test]
+async fn a_tag_invalidation_reaches_every_instance_l1() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    let key = dir.path().join("vault.key");
+    let vault = statevault::Vault::open(instance_options(&db.url, &key))
+        .await
+        .unwrap();
+    vault
+        .cache()
+        .set_with(
+            &shared_entry(),
+            b"tracks",
+            &statevault::SetOptions::new().tag("playlist:7"),
+        )
+        .await
+        .unwrap();
+    vault.flush().await.unwrap();
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["cache_instance", "--exact", "--nocapture"])
+                .env(INSTANCE_URL, &db.url)
+                .env(INSTANCE_KEY, &key)
+                .env(INSTANCE_DIR, dir.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let ready = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("ready-")
+            })
+            .count()
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while ready() < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the instances never read the entry");
+    assert_eq!(vault.cache().invalidate_tag("playlist:7").await.unwrap(), 1);
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+        assert!(stdout(&out).contains("1 passed"), "{}", stdout(&out));
+    }
+    vault.close().await.unwrap();
+}
+
 /// `check` opens every sealed value with the vault's key, and names the row
 /// whose value does not open: here a session whose data was copied from
 /// another row (it was sealed for that row).
@@ -596,7 +728,8 @@ async fn check_opens_every_sealed_value_and_names_a_moved_one() {
             "sealed_sessions",
             "sealed_preferences",
             "sealed_audit",
-            "sealed_violations"
+            "sealed_violations",
+            "sealed_cache_values"
         ]
     );
     vault.close().await.unwrap();
@@ -658,10 +791,11 @@ async fn a_listener_that_lost_its_connection_reads_what_it_missed() {
     b.close().await.unwrap();
 }
 
-/// The cache is the file's only, so far: on PostgreSQL every call says so
-/// before anything is buffered, and closing the vault writes nothing.
+/// A cached value copied onto another key does not open there: `check`
+/// names the key, and a read reports it as corrupt and drops it, as the
+/// file does with a blob that does not decode.
 #[tokio::test]
-async fn the_cache_refuses_before_buffering_anything() {
+async fn a_cached_value_moved_to_another_key_is_corrupt_and_dropped() {
     let Some(db) = common::postgres_database() else {
         return;
     };
@@ -669,24 +803,40 @@ async fn the_cache_refuses_before_buffering_anything() {
     let vault = statevault::Vault::open(options_on(&db, dir.path()))
         .await
         .unwrap();
-    let key = statevault::CacheKey::new("search", "q").unwrap();
-    let refused = |e: Error| {
-        assert!(
-            matches!(
-                e,
-                Error::Unsupported {
-                    what: "the cache",
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
-        assert!(e.to_string().contains("PostgreSQL"), "{e}");
-    };
-    refused(vault.cache().set(&key, b"value").await.unwrap_err());
-    refused(vault.cache().get(&key).await.unwrap_err());
-    refused(vault.cache().invalidate_tag("t").await.unwrap_err());
-    refused(vault.cache().stats().await.unwrap_err());
+    let (a, b) = (
+        statevault::CacheKey::new("search", "a").unwrap(),
+        statevault::CacheKey::new("search", "b").unwrap(),
+    );
+    vault.cache().set(&a, b"value of a").await.unwrap();
+    vault.cache().set(&b, b"value of b").await.unwrap();
+    vault.close().await.unwrap();
+    db.psql(
+        "UPDATE statevault.cache_entries SET value = \
+         (SELECT value FROM statevault.cache_entries WHERE key = 'search:a') WHERE key = 'search:b'",
+    );
+    let vault = statevault::Vault::open(options_on(&db, dir.path()))
+        .await
+        .unwrap();
+    let report = vault.check().await.unwrap();
+    let cache = report
+        .checks
+        .iter()
+        .find(|c| c.name == "sealed_cache_values")
+        .unwrap();
+    assert_eq!(
+        cache.problems,
+        ["cache entry \"search:b\": the value does not open"]
+    );
+    assert_eq!(
+        &*vault.cache().get(&a).await.unwrap().unwrap(),
+        b"value of a"
+    );
+    match vault.cache().get(&b).await {
+        Err(Error::CacheCorrupt { key, .. }) => assert_eq!(key, "search:b"),
+        other => panic!("expected CacheCorrupt, got {other:?}"),
+    }
+    assert!(vault.cache().get(&b).await.unwrap().is_none(), "dropped");
+    assert!(vault.check().await.unwrap().ok());
     vault.close().await.unwrap();
 }
 

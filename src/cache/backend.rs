@@ -1,6 +1,6 @@
 //! The cache's storage contract: what L2 needs from a backend, in the
-//! cache's own terms. `sqlite.rs` implements it for the vault file; another
-//! backend implements the same two traits.
+//! cache's own terms. `sqlite.rs` implements it for the vault file,
+//! `postgres.rs` for a PostgreSQL database, and `storage.rs` picks one.
 //!
 //! Each write of a [`CacheTx`] also publishes, in its transaction, the
 //! change-feed records that let another handle drop what it replaced from
@@ -14,6 +14,7 @@
 //! user leaves no copy in the feed. Expiry and eviction publish nothing:
 //! every handle checks expiry itself, and an evicted value is not stale.
 
+use std::borrow::Borrow;
 use std::sync::Arc;
 
 use super::codec::{self, Codec};
@@ -78,18 +79,12 @@ pub(crate) trait CacheBackend {
     /// flush still under way (the module's guarantee 1).
     async fn begin(&self) -> Result<Self::Tx>;
 
-    /// The point read, on the caller's thread: one lookup, the value decoded
-    /// unless the row has expired. A value too large to read and decode on
-    /// this thread is [`Found::Large`].
-    fn read(&self, key: &str, now: Timestamp, max: usize) -> Result<Option<Found>>;
+    /// The point read: one lookup, the value decoded unless the row has
+    /// expired. The file reads a small value on the caller's thread.
+    async fn read(&self, key: &str, now: Timestamp, max: usize) -> Result<Option<Found>>;
 
-    /// The point read for a row [`read`](CacheBackend::read) found too
-    /// large: read and decoded off the caller's thread. Never [`Found::Large`].
-    async fn read_large(&self, key: &str, now: Timestamp, max: usize) -> Result<Option<Found>>;
-
-    /// Whether a live row exists, without reading its value, on the caller's
-    /// thread.
-    fn exists(&self, key: &str, now: Timestamp) -> Result<bool>;
+    /// Whether a live row exists, without reading its value.
+    async fn exists(&self, key: &str, now: Timestamp) -> Result<bool>;
 
     /// The keys of `user`'s rows, in order (for a user's export).
     async fn keys_of_user(&self, user: &str) -> Result<Vec<String>>;
@@ -146,9 +141,6 @@ pub(crate) enum Found {
         meta: Meta,
     },
     Expired,
-    /// A live row whose value is too large to read on the caller's thread,
-    /// not read: [`CacheBackend::read_large`] reads it.
-    Large,
 }
 
 /// Which rows an invalidation deletes.
@@ -191,6 +183,28 @@ impl Row {
             stored,
         }
     }
+}
+
+/// The most bytes of values one statement binds.
+const BYTES_PER_STATEMENT: usize = 16 << 20;
+
+/// Splits rows into statements of at most `max_rows` rows and about 16 MiB
+/// of values.
+pub(crate) fn statements<R: Borrow<Row>>(rows: &[R], max_rows: usize) -> Vec<&[R]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, r) in rows.iter().map(Borrow::borrow).enumerate() {
+        if i > start && (i - start >= max_rows || bytes + r.stored.len() > BYTES_PER_STATEMENT) {
+            out.push(&rows[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += r.stored.len();
+    }
+    if start < rows.len() {
+        out.push(&rows[start..]);
+    }
+    out
 }
 
 /// A counter's row as the write transaction sees it, its value still encoded.

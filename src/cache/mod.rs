@@ -1,5 +1,6 @@
 //! The two-level cache: an in-process LRU (L1) in front of zstd blobs in the
-//! vault file (L2, `cache_entries` + `cache_tags`).
+//! vault's storage (L2, `cache_entries` + `cache_tags`: in the file, or in
+//! UNLOGGED tables on PostgreSQL, each value sealed).
 //!
 //! Reads go L1 → pending writes → L2 → miss, and an L2 hit is promoted to L1.
 //! Sets go to L1 and to a write-behind buffer that [`Vault::flush`](crate::Vault::flush) writes to
@@ -22,11 +23,14 @@
 //!    clock's coarse reading ([`Clock::now_coarse`](crate::Clock::now_coarse),
 //!    up to a few milliseconds behind with the system clock), so an entry
 //!    may be served from memory for that long past its expiry.
-//! 5. Every handle on the file (another process, the CLI) sees this one's
-//!    sets once they are flushed, and its invalidations once they return:
-//!    before a get or `exists` answers, it applies the change feed's records
-//!    of other handles (see `state.rs` and `core/feed.rs`), at most
-//!    once per `feed_check_interval` when that is set.
+//! 5. Every handle on the same state (another process, the CLI, another
+//!    instance on PostgreSQL) sees this one's sets once they are flushed,
+//!    and its invalidations once they return: before a get or `exists`
+//!    answers, it applies the change feed's records of other handles (see
+//!    `state.rs` and `core/feed.rs`), at most once per
+//!    `feed_check_interval` when that is set. On PostgreSQL a record
+//!    reaches another instance with its notification, one round trip after
+//!    the commit.
 //!
 //! # Layout
 //!
@@ -36,9 +40,10 @@
 //! - `config.rs`: [`CacheConfig`] and [`SetOptions`]; `types.rs`: what it reports.
 //! - `state.rs`: the state the vault holds, and the flush; `l1.rs`: memory
 //!   (L1 and the write buffer); `key.rs`: [`CacheKey`].
-//! - `backend.rs`: the storage contract; `sqlite.rs`: L2 in the vault file,
-//!   every statement of the cache but the inserts and a flush's multi-row
-//!   writes, which are in `sqlite_batch.rs`; `codec.rs`: how values are stored.
+//! - `backend.rs`: the storage contract; `storage.rs`: which backend;
+//!   `sqlite.rs`: L2 in the vault file, every statement of the cache but the
+//!   inserts and a flush's multi-row writes, which are in `sqlite_batch.rs`;
+//!   `postgres.rs`: L2 on PostgreSQL; `codec.rs`: how values are stored.
 
 mod backend;
 mod codec;
@@ -46,9 +51,12 @@ mod config;
 mod counter;
 mod key;
 mod l1;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 mod sqlite_batch;
 mod state;
+mod storage;
 mod types;
 mod upkeep;
 
@@ -63,6 +71,8 @@ pub use config::{CacheConfig, SetOptions};
 use config::{check_tag, check_ttl};
 pub use key::{CacheKey, MAX_KEY_BYTES};
 use l1::{Item, Lookup, Meta};
+#[cfg(feature = "postgres")]
+pub(crate) use postgres::check_sealed;
 pub(crate) use state::CacheState;
 use state::bump;
 pub use types::{CacheStats, L1Stats, L2Stats, NamespaceStats, SweepReport};
@@ -70,7 +80,7 @@ pub use types::{CacheStats, L1Stats, L2Stats, NamespaceStats, SweepReport};
 use crate::core::Core;
 use crate::{Error, Result, Timestamp};
 
-/// The two-level cache of a vault: L1 in memory, L2 in the file.
+/// The two-level cache of a vault: L1 in memory, L2 in the vault's storage.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -121,33 +131,19 @@ impl<'a> Cache<'a> {
         self.state
     }
 
-    /// The cache's second level is in the vault file only, so far: on
-    /// PostgreSQL every call is refused before anything is buffered.
-    fn on_file(&self) -> Result<()> {
-        match self.core.storage() {
-            crate::core::Storage::File(_) => Ok(()),
-            #[cfg(feature = "postgres")]
-            crate::core::Storage::Postgres(_) => Err(Error::Unsupported {
-                what: "the cache",
-                reason: "its second level is kept in the SQLite file only, so far",
-            }),
-        }
-    }
-
     fn now(&self) -> Timestamp {
         self.core.now()
     }
 
     /// L2, through its backend.
-    fn l2(&self) -> sqlite::Sqlite<'a> {
-        state::backend(self.core)
+    fn l2(&self) -> storage::Backend<'a> {
+        state::backend(self.core, self.state)
     }
 
     /// The value under `key`, if there is a live one: L1, then L2 (promoted
     /// to L1 on a hit). A corrupt row in L2 is dropped and reported as
     /// [`Error::CacheCorrupt`].
     pub async fn get(&self, key: &CacheKey) -> Result<Option<Arc<[u8]>>> {
-        self.on_file()?;
         if tracing::enabled!(tracing::Level::TRACE) {
             let span =
                 tracing::trace_span!("cache.get", outcome = tracing::field::Empty, key = %key);
@@ -181,14 +177,8 @@ impl<'a> Cache<'a> {
     ) -> Result<Option<Arc<[u8]>>> {
         let state = self.state();
         let max = state.config.max_value_bytes;
-        let l2 = self.l2();
-        let found = match l2.read(key.as_str(), now, max)? {
-            Some(Found::Large) => l2.read_large(key.as_str(), now, max).await?,
-            found => found,
-        };
-        match found {
-            // (`read_large` never answers `Large`)
-            None | Some(Found::Large) => {
+        match self.l2().read(key.as_str(), now, max).await? {
+            None => {
                 bump(&state.counters.l2_misses, 1);
                 Ok(None)
             }
@@ -254,14 +244,13 @@ impl<'a> Cache<'a> {
 
     /// Whether a live value is under `key` (does not count as a get).
     pub async fn exists(&self, key: &CacheKey) -> Result<bool> {
-        self.on_file()?;
         let exists = async {
             let now = self.now();
             self.catch_up(now)?;
             if let Some(live) = self.state().l1.peek(key.hashed(), now.as_millis()) {
                 return Ok(live);
             }
-            self.l2().exists(key.as_str(), now)
+            self.l2().exists(key.as_str(), now).await
         };
         if tracing::enabled!(tracing::Level::TRACE) {
             let span =
@@ -282,7 +271,6 @@ impl<'a> Cache<'a> {
     /// too long TTL is [`Error::InvalidInput`].
     #[tracing::instrument(name = "cache.set", level = "debug", skip_all, fields(outcome = tracing::field::Empty, key = %key))]
     pub async fn set_with(&self, key: &CacheKey, value: &[u8], options: &SetOptions) -> Result<()> {
-        self.on_file()?;
         crate::trace::done(
             tracing::Level::DEBUG,
             async {
@@ -352,7 +340,6 @@ impl<'a> Cache<'a> {
     /// Removes `key` from both levels; whether it was there.
     #[tracing::instrument(name = "cache.delete", level = "debug", skip_all, fields(outcome = tracing::field::Empty, key = %key))]
     pub async fn delete(&self, key: &CacheKey) -> Result<bool> {
-        self.on_file()?;
         crate::trace::done(
             tracing::Level::DEBUG,
             async { Ok(self.delete_many(std::slice::from_ref(key)).await? > 0) }.await,
@@ -362,7 +349,6 @@ impl<'a> Cache<'a> {
 
     /// [`get`](Cache::get) for several keys, in order.
     pub async fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<Arc<[u8]>>>> {
-        self.on_file()?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             out.push(self.get(key).await?);
@@ -377,7 +363,6 @@ impl<'a> Cache<'a> {
         entries: &[(CacheKey, Vec<u8>)],
         options: &SetOptions,
     ) -> Result<()> {
-        self.on_file()?;
         let max = self.state().config.max_value_bytes;
         if let Some((_, v)) = entries.iter().find(|(_, v)| v.len() > max) {
             return Err(Error::CacheValueTooLarge {
@@ -396,7 +381,6 @@ impl<'a> Cache<'a> {
     /// them were there.
     #[tracing::instrument(name = "cache.delete_many", level = "debug", skip_all, fields(outcome = tracing::field::Empty, keys = keys.len()))]
     pub async fn delete_many(&self, keys: &[CacheKey]) -> Result<u64> {
-        self.on_file()?;
         crate::trace::done(
             tracing::Level::DEBUG,
             async {
@@ -420,7 +404,6 @@ impl<'a> Cache<'a> {
     /// default); whether there was one.
     #[tracing::instrument(name = "cache.touch", level = "debug", skip_all, fields(outcome = tracing::field::Empty, key = %key))]
     pub async fn touch(&self, key: &CacheKey, ttl: Option<Duration>) -> Result<bool> {
-        self.on_file()?;
         crate::trace::done(
             tracing::Level::DEBUG,
             async {
@@ -441,7 +424,6 @@ impl<'a> Cache<'a> {
     /// there was one.
     #[tracing::instrument(name = "cache.expire", level = "debug", skip_all, fields(outcome = tracing::field::Empty, key = %key))]
     pub async fn expire(&self, key: &CacheKey, after: Duration) -> Result<bool> {
-        self.on_file()?;
         crate::trace::done(
             tracing::Level::DEBUG,
             async {
@@ -479,7 +461,6 @@ impl<'a> Cache<'a> {
     /// Removes every entry tagged `tag` from both levels; how many.
     #[tracing::instrument(name = "cache.invalidate_tag", level = "debug", skip_all, fields(outcome = tracing::field::Empty, tag = tag))]
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64> {
-        self.on_file()?;
         crate::trace::done(
             tracing::Level::DEBUG,
             async {
@@ -495,7 +476,6 @@ impl<'a> Cache<'a> {
     /// Removes every entry of `user` from both levels; how many.
     #[tracing::instrument(name = "cache.clear_user", level = "debug", skip_all, fields(outcome = tracing::field::Empty, user_id = user))]
     pub async fn clear_user(&self, user: &str) -> Result<u64> {
-        self.on_file()?;
         crate::trace::done(
             tracing::Level::DEBUG,
             async {
@@ -511,7 +491,6 @@ impl<'a> Cache<'a> {
     /// Removes every entry of `namespace` from both levels; how many.
     #[tracing::instrument(name = "cache.clear_namespace", level = "debug", skip_all, fields(outcome = tracing::field::Empty, namespace = namespace))]
     pub async fn clear_namespace(&self, namespace: &str) -> Result<u64> {
-        self.on_file()?;
         crate::trace::done(
             tracing::Level::DEBUG,
             async {
@@ -526,7 +505,6 @@ impl<'a> Cache<'a> {
     /// Removes every entry from both levels; how many.
     #[tracing::instrument(name = "cache.clear", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn clear(&self) -> Result<u64> {
-        self.on_file()?;
         crate::trace::done(
             tracing::Level::DEBUG,
             async { self.invalidate(Filter::All, |_| true).await }.await,
@@ -564,7 +542,6 @@ impl<'a> Cache<'a> {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
-        self.on_file()?;
         if let Some(v) = self.get_json(key).await? {
             return Ok(v);
         }

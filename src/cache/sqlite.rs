@@ -50,10 +50,33 @@ impl<'a> Sqlite<'a> {
         Sqlite { core }
     }
 
-    /// The vault file's connections (this facet is not on PostgreSQL yet).
+    /// The vault file's connections.
     fn store(&self) -> Result<&'a Store> {
         self.core.store()
     }
+
+    /// The point read of a row too large to read on the caller's thread:
+    /// through the sqlx reader, decoded on the blocking pool.
+    async fn read_large(&self, key: &str, now: Timestamp, max: usize) -> Result<Option<Found>> {
+        let row = sqlx::query(POINT_READ)
+            .bind(key)
+            .fetch_optional(self.store()?.sqlx_reader())
+            .await
+            .map_err(closed_or)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        crate::store::blocking("cache read", move || found(&row, now, max).map(Some)).await
+    }
+}
+
+/// What the point read on the caller's thread did.
+enum Inline {
+    /// Read the row (or found none).
+    Read(Option<Found>),
+    /// Found a live row whose value is too large to read there, and did
+    /// not read it: [`Sqlite::read_large`] does.
+    Large,
 }
 
 /// A write transaction on the sqlx writer (`BEGIN IMMEDIATE`), and the
@@ -88,23 +111,14 @@ impl<'a> CacheBackend for Sqlite<'a> {
         })
     }
 
-    fn read(&self, key: &str, now: Timestamp, max: usize) -> Result<Option<Found>> {
-        self.store()?.read_here(|conn| read(conn, key, now, max))
+    async fn read(&self, key: &str, now: Timestamp, max: usize) -> Result<Option<Found>> {
+        match self.store()?.read_here(|conn| read(conn, key, now, max))? {
+            Inline::Read(found) => Ok(found),
+            Inline::Large => self.read_large(key, now, max).await,
+        }
     }
 
-    async fn read_large(&self, key: &str, now: Timestamp, max: usize) -> Result<Option<Found>> {
-        let row = sqlx::query(POINT_READ)
-            .bind(key)
-            .fetch_optional(self.store()?.sqlx_reader())
-            .await
-            .map_err(closed_or)?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        crate::store::blocking("cache read", move || found(&row, now, max).map(Some)).await
-    }
-
-    fn exists(&self, key: &str, now: Timestamp) -> Result<bool> {
+    async fn exists(&self, key: &str, now: Timestamp) -> Result<bool> {
         self.store()?.read_here(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT 1 FROM cache_entries WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
@@ -326,11 +340,11 @@ fn read(
     key: &str,
     now: Timestamp,
     max: usize,
-) -> rusqlite::Result<Option<Found>> {
+) -> rusqlite::Result<Inline> {
     let mut stmt = conn.prepare_cached(POINT_READ)?;
     let mut rows = stmt.query([key])?;
     let Some(row) = rows.next()? else {
-        return Ok(None);
+        return Ok(Inline::Read(None));
     };
     let time = |i: usize, text: &str| {
         parse_time(text).map_err(|e| {
@@ -342,11 +356,11 @@ fn read(
         None => None,
     };
     if expires_at.is_some_and(|at| at <= now) {
-        return Ok(Some(Found::Expired));
+        return Ok(Inline::Read(Some(Found::Expired)));
     }
     let size: i64 = row.get(1)?;
     if size > INLINE_VALUE_BYTES {
-        return Ok(Some(Found::Large));
+        return Ok(Inline::Large);
     }
     let last_access = time(7, row.get_ref(7)?.as_str()?)?;
     let codec = row.get_ref(0)?.as_str()?;
@@ -357,12 +371,12 @@ fn read(
         user: row.get::<_, Option<String>>(4)?.map(Into::into),
         tags: split_tags(tags),
     };
-    Ok(Some(Found::Live {
+    Ok(Inline::Read(Some(Found::Live {
         value,
         expires_at: expires_at.map(Timestamp::as_millis),
         last_access: last_access.as_millis(),
         meta,
-    }))
+    })))
 }
 
 /// What a row read by [`Sqlite::read_large`] holds, its value decoded.

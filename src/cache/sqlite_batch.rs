@@ -1,27 +1,24 @@
 //! A cache flush's writes to the file, as multi-row statements: the sets
 //! (rows, then their tags) and the last-access touches, in statements of at
-//! most [`ROWS_PER_STATEMENT`] rows and about 16 MiB. A legacy import's
+//! most [`ROWS_PER_STATEMENT`] rows and about 16 MiB ([`statements`]). A legacy import's
 //! single rows go through the same `INSERT` ([`insert_if_absent`]).
 
 use std::sync::Arc;
 
 use sqlx::{QueryBuilder, SqliteConnection};
 
-use super::backend::Row;
+use super::backend::{Row, statements};
 use super::l1::Meta;
 use crate::Timestamp;
 
 /// Rows per multi-row statement.
 pub(super) const ROWS_PER_STATEMENT: usize = 100;
 
-/// The most bytes of values one statement binds.
-const BYTES_PER_STATEMENT: usize = 16 << 20;
-
 /// Writes sets, replacing rows and their tags, as multi-row statements.
 /// Returns the stored bytes written.
 pub(super) async fn write_sets(conn: &mut SqliteConnection, rows: &[Row]) -> sqlx::Result<i64> {
     let mut written = 0;
-    for chunk in chunks(rows) {
+    for chunk in statements(rows, ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM cache_tags WHERE key IN (");
         let mut keys = q.separated(", ");
         for r in chunk {
@@ -125,26 +122,6 @@ pub(super) async fn write_touches(
         crate::store::one_off(&mut q).execute(&mut *conn).await?;
     }
     Ok(())
-}
-
-/// Splits rows into statements of at most 100 rows and ~16 MiB.
-fn chunks(rows: &[Row]) -> Vec<&[Row]> {
-    let mut out = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, r) in rows.iter().enumerate() {
-        if i > start
-            && (i - start >= ROWS_PER_STATEMENT || bytes + r.stored.len() > BYTES_PER_STATEMENT)
-        {
-            out.push(&rows[start..i]);
-            start = i;
-            bytes = 0;
-        }
-        bytes += r.stored.len();
-    }
-    if start < rows.len() {
-        out.push(&rows[start..]);
-    }
-    out
 }
 
 /// The tags column: tags joined by U+001F (tags never contain control

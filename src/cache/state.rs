@@ -12,14 +12,14 @@ use super::backend::{
 };
 use super::config::CacheConfig;
 use super::l1::{Meta, Shards};
-use super::sqlite::Sqlite;
+use super::storage::Backend;
 use crate::Result;
 use crate::core::Core;
 use crate::core::feed::{Cursor, Facet, News};
 
 /// L2's backend: the one place that picks where the cache's rows live.
-pub(super) fn backend(core: &Core) -> Sqlite<'_> {
-    Sqlite::new(core)
+pub(super) fn backend<'a>(core: &'a Core, state: &'a CacheState) -> Backend<'a> {
+    Backend::of(core, &state.writer)
 }
 
 /// Rows per retention or eviction transaction.
@@ -37,6 +37,9 @@ pub(crate) struct CacheState {
     pub(super) l2_bytes: AtomicI64,
     /// Where this handle stands in the change feed.
     pub(super) feed: Cursor,
+    /// Makes this process's L2 write transactions take turns on PostgreSQL,
+    /// as the file's one writer connection does (guarantee 1).
+    pub(super) writer: tokio::sync::Mutex<()>,
 }
 
 /// This process's counters of L2 and of invalidations (L1 counts its own).
@@ -70,6 +73,7 @@ impl CacheState {
             counters: Counters::default(),
             loading: Mutex::new(HashMap::new()),
             l2_bytes: AtomicI64::new(-1),
+            writer: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -122,7 +126,7 @@ impl CacheState {
         if !self.l1.dirty() {
             return Ok(());
         }
-        let mut tx = backend(core).begin().await?;
+        let mut tx = backend(core, self).begin().await?;
         let batch = self.l1.begin_flush();
         if batch.is_empty() {
             self.l1.end_flush();

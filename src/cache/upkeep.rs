@@ -108,7 +108,6 @@ impl Cache<'_> {
 
     /// This process's counters, L1's contents and L2's (read from the file).
     pub async fn stats(&self) -> Result<CacheStats> {
-        self.on_file()?;
         let state = self.state();
         let (entries, bytes, pending, c) = state.l1.totals();
         let (max_entries, max_bytes) = state.l1.bounds();
@@ -159,7 +158,6 @@ impl Cache<'_> {
     /// transaction each), enforces L2's byte cap, and drops expired entries
     /// from L1.
     pub async fn sweep(&self) -> Result<SweepReport> {
-        self.on_file()?;
         let state = self.state();
         self.state.flush(self.core).await?;
         let now = self.now();

@@ -1,9 +1,10 @@
 //! The commands that work on a `postgres://` URL so far (feature
 //! `postgres`): `init`, `migrate` and `info`, through
 //! [`statevault::postgres::Database`]; `check`, `sweep`, `metrics`,
-//! `session`, `prefs`, `limits`, `audit`, `user` (export; erasure says it
-//! is not there yet) and `health`, through a [`Vault`] on the database. The other facets are not on
-//! PostgreSQL yet, so every other command says so.
+//! `session`, `prefs`, `limits`, `audit`, `cache`, `user` (export; erasure
+//! says it is not there yet) and `health`, through a [`Vault`] on the
+//! database. Every other command says what to use instead, or that it is
+//! not there yet.
 
 use std::process::ExitCode;
 
@@ -77,7 +78,8 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
         | Command::Session(_)
         | Command::Prefs(_)
         | Command::Limits(_)
-        | Command::Audit(_)) => on_vault(options, command).await,
+        | Command::Audit(_)
+        | Command::Cache(_)) => on_vault(options, command).await,
         Command::Backup(_) | Command::Restore { .. } => Err(Error::InvalidInput {
             what: "command",
             reason: "a PostgreSQL database (postgres://) is backed up and restored with its own \
@@ -88,8 +90,8 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
         _ => Err(Error::InvalidInput {
             what: "command",
             reason: "on a PostgreSQL database (postgres://) only init, migrate, info, health, \
-                     check, sweep, metrics, session, prefs, limits, audit and user work so far; \
-                     the cache, rekey and demo still need a SQLite file"
+                     check, sweep, metrics, session, prefs, limits, audit, cache and user work \
+                     so far; rekey and demo still need a SQLite file"
                 .into(),
         }),
     }

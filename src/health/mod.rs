@@ -70,6 +70,7 @@ impl Vault {
             let components = vec![
                 check_database(db).await,
                 self.check_violations(config).await,
+                self.check_cache(config).await,
             ];
             return HealthReport::of(Some(self.now()), components);
         }

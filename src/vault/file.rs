@@ -31,7 +31,8 @@ impl Vault {
     /// (every page's HMAC) when encrypted, then SQLite's `integrity_check` and
     /// `foreign_key_check`. A check that cannot even run counts as failed.
     /// On PostgreSQL: every sealed value opens with the vault's key (one
-    /// check per table: sessions, preferences, audit events, violations).
+    /// check per table: sessions, preferences, audit events, violations,
+    /// cache entries).
     pub async fn check(&self) -> Result<CheckReport> {
         #[cfg(feature = "postgres")]
         if let crate::core::Storage::Postgres(db) = self.core().storage() {
@@ -44,6 +45,7 @@ impl Vault {
                     crate::prefs::check_sealed(db).await?,
                     crate::audit::check_sealed(db).await?,
                     crate::limits::check_sealed(db).await?,
+                    crate::cache::check_sealed(db).await?,
                 ],
             });
         }

@@ -319,7 +319,8 @@ impl Vault {
         sessions.and(audit).and(limits).and(cache).and(metrics)
     }
 
-    /// The two-level cache: L1 in memory, L2 in the file. See [`Cache`].
+    /// The two-level cache: L1 in memory, L2 in the vault's storage. See
+    /// [`Cache`].
     pub fn cache(&self) -> Cache<'_> {
         Cache::new(self.core(), &self.inner.cache)
     }

@@ -8,6 +8,7 @@
 mod common;
 
 mod audit;
+mod cache;
 mod limits;
 mod metrics;
 mod prefs;
