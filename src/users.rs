@@ -14,7 +14,7 @@ use crate::ids::check_user;
 use crate::limits::{LimitStatus, ViolationRecord};
 use crate::prefs::{Preferences, StoredPreferences};
 use crate::sessions::ExportedSession;
-use crate::{Error, Result, Vault};
+use crate::{Result, Vault};
 
 /// Everything the vault holds about a user. Token hashes are left out.
 /// `Debug` shows the user and how much there is of each part, never the
@@ -110,6 +110,12 @@ impl Vault {
     /// size again in memory (the rewrite is built there, so that no
     /// plaintext reaches a temporary file) and on disk (for the WAL).
     ///
+    /// On PostgreSQL the same rows go in one transaction, and every other
+    /// instance drops them from its memory as the change arrives; there is
+    /// no file to rewrite, so the deleted rows' dead tuples (their values
+    /// sealed) stay until the server's vacuum reclaims them, and its WAL,
+    /// replicas and backups keep what they already hold.
+    ///
     /// Limits: backups made before the erasure still hold the user, and so
     /// does what the vault cannot know is theirs: a cache entry whose key
     /// names the user but is not bound to them, an audit event about someone
@@ -129,13 +135,9 @@ impl Vault {
             tracing::Level::DEBUG,
             async {
                 check_user(user_id)?;
-                // Before anything is taken from the buffers.
-                if self.store().is_err() {
-                    return Err(Error::Unsupported {
-                        what: "erasing a user",
-                        reason: "it runs in one transaction of the SQLite file, not on \
-                                 PostgreSQL yet",
-                    });
+                #[cfg(feature = "postgres")]
+                if let crate::core::Storage::Postgres(db) = self.core().storage() {
+                    return self.erase_on_postgres(db, user_id).await;
                 }
                 self.sessions().flush().await?;
                 let audit = self.audit();
@@ -165,6 +167,58 @@ impl Vault {
             .await,
             crate::trace::ok,
         )
+    }
+
+    /// [`Vault::erase_user`] on PostgreSQL: the same deletions in one
+    /// transaction, each publishing what it removed so that every instance
+    /// drops it from memory. There is no file to rewrite: the deleted rows'
+    /// dead tuples stay until PostgreSQL's vacuum reclaims them (their
+    /// values sealed), and the server's WAL, replicas and backups keep what
+    /// they already hold.
+    #[cfg(feature = "postgres")]
+    async fn erase_on_postgres(
+        &self,
+        db: &crate::postgres::Database,
+        user_id: &str,
+    ) -> Result<ErasureReport> {
+        self.sessions().flush().await?;
+        let audit = self.audit();
+        let _exclusive = audit.exclusive().await;
+        let batch = audit.take_batch();
+        let core = self.core();
+        let in_memory = self.cache().forget_user(user_id);
+        let erased = async {
+            let mut tx = db.pool().begin().await?;
+            let mut rows = BTreeMap::new();
+            let hashes = crate::sessions::erase_user_pg(core, &mut tx, user_id).await?;
+            rows.insert("sessions".to_owned(), hashes.len() as u64);
+            rows.insert(
+                "preferences".to_owned(),
+                crate::prefs::erase_user_pg(&mut tx, user_id).await?,
+            );
+            let (buckets, violations) =
+                crate::limits::erase_subject_pg(core, &mut tx, user_id).await?;
+            rows.insert("token_buckets".to_owned(), buckets);
+            rows.insert("violations".to_owned(), violations);
+            let cached = crate::cache::erase_user_pg(core, &mut tx, user_id).await?;
+            rows.insert("cache_entries".to_owned(), cached.max(in_memory));
+            let events = audit
+                .erase_user_pg(db, &mut tx, &batch, user_id, &rows)
+                .await?;
+            rows.insert("audit_events".to_owned(), events);
+            tx.commit().await?;
+            Ok((rows, hashes))
+        }
+        .await;
+        audit.settle(batch, erased.as_ref().err());
+        let (rows, hashes) = erased?;
+        self.sessions().forget(&hashes);
+        self.limits().forget(user_id);
+        self.cache().forget_user(user_id);
+        Ok(ErasureReport {
+            user_id: user_id.to_owned(),
+            rows,
+        })
     }
 
     /// The erase transaction of [`Vault::erase_user`](crate::Vault::erase_user), on the writer

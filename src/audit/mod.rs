@@ -378,6 +378,27 @@ impl<'a> Audit<'a> {
         Ok(seqs.len() as u64)
     }
 
+    /// [`Audit::erase_user`] inside a transaction on PostgreSQL.
+    #[cfg(feature = "postgres")]
+    pub(crate) async fn erase_user_pg(
+        &self,
+        db: &crate::postgres::Database,
+        tx: &mut sqlx::PgConnection,
+        batch: &Batch,
+        user_id: &str,
+        rows: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<u64> {
+        let log = postgres::Postgres::new(db);
+        log.append_in(tx, &batch.contents()).await?;
+        let seqs = postgres::clear_user(db, tx, user_id, self.core.now()).await?;
+        let event = self.content(
+            AuditEvent::new(EventKind::Admin, "erasure")
+                .details(serde_json::json!({"erased_seqs": seqs, "rows": rows})),
+        )?;
+        log.append_in(tx, &[&event]).await?;
+        Ok(seqs.len() as u64)
+    }
+
     /// Holds off flushes while a whole-user erase runs.
     pub(crate) async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.state.writing.lock().await

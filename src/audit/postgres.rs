@@ -80,7 +80,11 @@ impl<'a> Postgres<'a> {
     /// Links `contents` after the head, inserts them and moves the head,
     /// inside the caller's transaction on `tx` (which this locks the head
     /// row in, if it has not already).
-    async fn append_in(&self, tx: &mut sqlx::PgConnection, contents: &[&Content]) -> Result<()> {
+    pub(crate) async fn append_in(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        contents: &[&Content],
+    ) -> Result<()> {
         if contents.is_empty() {
             return Ok(());
         }
@@ -100,6 +104,45 @@ impl<'a> Postgres<'a> {
             .await?;
         Ok(())
     }
+}
+
+/// Empties `user_id`'s events inside the caller's transaction on `conn` (a
+/// user's erasure), as the file does: the user, session, resource and
+/// client hashes cleared, the details sealed again as `{}`, the time of the
+/// erasure set. Their digests stay, so the chain still verifies (the
+/// verifier does not check an erased event's content). Returns their `seq`s.
+pub(crate) async fn clear_user(
+    db: &Database,
+    conn: &mut sqlx::PgConnection,
+    user_id: &str,
+    now: Timestamp,
+) -> Result<Vec<i64>> {
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT id FROM audit_events WHERE user_id = $1 ORDER BY seq FOR UPDATE",
+    )
+    .bind(user_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let sealer = db.sealer().table("audit_events");
+    let emptied = ids
+        .iter()
+        .map(|id| sealer.seal(id.to_string().as_bytes(), b"{}"))
+        .collect::<Result<Vec<_>>>()?;
+    let mut seqs: Vec<i64> = sqlx::query_scalar(
+        "UPDATE audit_events SET user_id = NULL, session_id = NULL, resource_type = NULL,
+             resource_id = NULL, details = e.details, ip_hash = NULL, user_agent_hash = NULL,
+             erased_at = $3
+         FROM unnest($1::uuid[], $2::bytea[]) AS e(id, details)
+         WHERE audit_events.id = e.id
+         RETURNING audit_events.seq",
+    )
+    .bind(&ids)
+    .bind(&emptied)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    seqs.sort_unstable();
+    Ok(seqs)
 }
 
 /// Inserts linked events in one statement, their details sealed.

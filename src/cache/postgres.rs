@@ -459,7 +459,7 @@ impl CacheTx for PgTx<'_> {
 /// Deletes every row the filter matches, locking them in key order, and
 /// publishes the invalidation, inside the caller's transaction on `conn`;
 /// how many.
-pub(crate) async fn delete_where(
+async fn delete_where(
     core: &Core,
     conn: &mut sqlx::PgConnection,
     filter: Filter<'_>,
@@ -496,6 +496,16 @@ pub(crate) async fn delete_where(
         .execute(&mut *conn)
         .await?
         .rows_affected())
+}
+
+/// Deletes `user`'s entries inside the caller's transaction on `conn` (a
+/// user's erasure) and publishes it; how many.
+pub(crate) async fn erase_user(
+    core: &Core,
+    conn: &mut sqlx::PgConnection,
+    user: &str,
+) -> Result<u64> {
+    delete_where(core, conn, Filter::User(user)).await
 }
 
 /// The row's value, opened and decoded; what was wrong with it if it does

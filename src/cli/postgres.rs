@@ -1,9 +1,8 @@
 //! The commands that work on a `postgres://` URL so far (feature
 //! `postgres`): `init`, `migrate` and `info`, through
 //! [`statevault::postgres::Database`]; `check`, `sweep`, `metrics`,
-//! `session`, `prefs`, `limits`, `audit`, `cache`, `user` (export; erasure
-//! says it is not there yet) and `health`, through a [`Vault`] on the
-//! database. Every other command says what to use instead, or that it is
+//! `session`, `prefs`, `limits`, `audit`, `cache`, `user` and `health`,
+//! through a [`Vault`] on the database. Every other command says what to use instead, or that it is
 //! not there yet.
 
 use std::process::ExitCode;

@@ -47,6 +47,35 @@ impl<'a> Postgres<'a> {
     }
 }
 
+/// Deletes `subject`'s buckets and violations inside the caller's
+/// transaction on `conn` (a reset, or a user's erasure), and publishes it:
+/// every other instance forgets the subject's buckets in memory. How many
+/// buckets and violations went.
+pub(crate) async fn delete_subject(
+    core: &Core,
+    conn: &mut sqlx::PgConnection,
+    subject: &str,
+) -> Result<(u64, u64)> {
+    let digest = subject_digest(core, subject)?.to_be_bytes();
+    let record = Record {
+        kind: SUBJECT,
+        target: &digest,
+    };
+    core.publish_pg(&mut *conn, Facet::Limits, &[record])
+        .await?;
+    let buckets = sqlx::query("DELETE FROM token_buckets WHERE subject = $1")
+        .bind(subject)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    let violations = sqlx::query("DELETE FROM violations WHERE subject = $1")
+        .bind(subject)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    Ok((buckets, violations))
+}
+
 /// The shared-mode check. Parameters: $1 subject, $2 limit, $3 now, $4 now
 /// in ms, $5 cost, $6 since when violations count, then one array per
 /// window column: $7 window_secs, $8 capacity, $9 rate per ms. It updates
@@ -407,27 +436,9 @@ impl LimitsBackend for Postgres<'_> {
     async fn delete_subject(&self, subject: &str, holding: impl FnOnce()) -> Result<(u64, u64)> {
         let mut tx = self.db.pool().begin().await?;
         holding();
-        // Every other instance forgets the subject's buckets in memory.
-        let digest = subject_digest(self.core, subject)?.to_be_bytes();
-        let record = Record {
-            kind: SUBJECT,
-            target: &digest,
-        };
-        self.core
-            .publish_pg(&mut tx, Facet::Limits, &[record])
-            .await?;
-        let buckets = sqlx::query("DELETE FROM token_buckets WHERE subject = $1")
-            .bind(subject)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let violations = sqlx::query("DELETE FROM violations WHERE subject = $1")
-            .bind(subject)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let deleted = delete_subject(self.core, &mut tx, subject).await?;
         tx.commit().await?;
-        Ok((buckets, violations))
+        Ok(deleted)
     }
 
     async fn sweep_violations(&self, before: Timestamp, batch: i64) -> Result<u64> {

@@ -123,12 +123,19 @@ impl PreferencesBackend for Postgres<'_> {
     }
 
     async fn reset(&self, user_id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM preferences WHERE user_id = $1")
-            .bind(user_id)
-            .execute(self.db.pool())
-            .await?;
-        Ok(done.rows_affected() > 0)
+        let mut conn = self.db.pool().acquire().await?;
+        Ok(erase_user(&mut conn, user_id).await? > 0)
     }
+}
+
+/// Deletes `user_id`'s document on `conn` (in the caller's transaction, for
+/// a user's erasure); how many rows went.
+pub(crate) async fn erase_user(conn: &mut sqlx::PgConnection, user_id: &str) -> Result<u64> {
+    let done = sqlx::query("DELETE FROM preferences WHERE user_id = $1")
+        .bind(user_id)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
 }
 
 /// Opens every user's sealed document (`statevault check`).

@@ -126,6 +126,30 @@ fn token_hashes(rows: &[PgRow]) -> Result<Vec<[u8; 32]>> {
     rows.iter().map(|r| Ok(hash32(r.try_get(0)?))).collect()
 }
 
+/// Deletes `user_id`'s sessions and their `session_users` row inside the
+/// caller's transaction on `conn` (a user's erasure), and publishes their
+/// token hashes, which it returns. The user's row goes first: a create
+/// under way on another instance holds it, so this waits for that create
+/// and then deletes its session too.
+pub(crate) async fn erase_user(
+    core: &Core,
+    conn: &mut sqlx::PgConnection,
+    user_id: &str,
+) -> Result<Vec<[u8; 32]>> {
+    sqlx::query("DELETE FROM session_users WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+    let rows = sqlx::query("DELETE FROM sessions WHERE user_id = $1 RETURNING token_hash")
+        .bind(user_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    let hashes = token_hashes(&rows)?;
+    core.publish_pg(conn, Facet::Sessions, &token_records(&hashes))
+        .await?;
+    Ok(hashes)
+}
+
 /// Revokes the live sessions among `ids` (one statement); their token
 /// hashes.
 async fn revoke_ids(
