@@ -189,11 +189,11 @@ fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
         );
     }
     ok(&run(dir.path(), &db, "vault.key", &["init"]));
-    for args in [&["demo"][..], &["rekey", "--new-key-file", "n.key"]] {
+    for args in [&["rekey", "--new-key-file", "n.key"][..], &["sql", "SELECT 1"]] {
         let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", args));
         assert!(
             err.contains(
-                "only init, migrate, info, health, check, sweep, metrics, session, prefs, limits, audit, cache and user work so far"
+                "only init, migrate, info, health, check, sweep, metrics, session, prefs, limits, audit, cache, user and demo work so far"
             ),
             "{args:?}: {err}"
         );
@@ -911,4 +911,59 @@ async fn a_change_committed_after_a_later_one_still_arrives() {
     until_revoked(&b, early.token.expose()).await;
     a.close().await.unwrap();
     b.close().await.unwrap();
+}
+
+/// `demo` on a URL drives every facet, as on a file, and reports what the
+/// database holds of its users; it makes no backup (the database's are its
+/// owner's) and sweeps only the schema it created. Two demos at once on one
+/// database both succeed, and `check` passes afterwards.
+#[test]
+fn demos_run_on_a_url_two_at_once_and_check_passes() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    let demo = |requests: &str| {
+        cli(dir.path())
+            .args(["--db", &db.url, "--key-file", "vault.key"])
+            .args(["demo", "--users", "8", "--requests", requests, "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let report = |child: std::process::Child| -> serde_json::Value {
+        let out = child.wait_with_output().unwrap();
+        serde_json::from_str(&ok(&out)).unwrap()
+    };
+    let first = report(demo("1500"));
+    assert_eq!(first["counts"]["requests"], 1500);
+    assert_eq!(first["audit_chain_ok"], true);
+    assert!(
+        first["counts"]["sessions_rotated"].as_u64().unwrap() > 0,
+        "{first}"
+    );
+    assert!(
+        first["cache"]["l1"]["hits"].as_u64().unwrap() > 0,
+        "{first}"
+    );
+    assert!(
+        first["erased_rows"]["audit_events"].as_u64().unwrap() > 0,
+        "{first}"
+    );
+    assert!(first["swept"].is_object(), "it made the schema: {first}");
+    assert!(
+        first["backup"].is_null() && first["file_bytes"].is_null(),
+        "{first}"
+    );
+    assert!(!first["path"].as_str().unwrap().contains("password"));
+
+    let (a, b) = (demo("800"), demo("800"));
+    for r in [report(a), report(b)] {
+        assert_eq!(r["audit_chain_ok"], true, "{r}");
+        assert!(r["swept"].is_null(), "retention is the owner's: {r}");
+    }
+    let text = ok(&run(dir.path(), &db, "vault.key", &["check"]));
+    assert!(text.contains("ok    audit_chain"), "{text}");
+    assert!(text.contains("ok    sealed_cache_values"), "{text}");
 }

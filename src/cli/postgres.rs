@@ -1,8 +1,8 @@
 //! The commands that work on a `postgres://` URL so far (feature
 //! `postgres`): `init`, `migrate` and `info`, through
 //! [`statevault::postgres::Database`]; `check`, `sweep`, `metrics`,
-//! `session`, `prefs`, `limits`, `audit`, `cache`, `user` and `health`,
-//! through a [`Vault`] on the database. Every other command says what to use instead, or that it is
+//! `session`, `prefs`, `limits`, `audit`, `cache`, `user`, `health` and
+//! `demo`, through a [`Vault`] on the database. Every other command says what to use instead, or that it is
 //! not there yet.
 
 use std::process::ExitCode;
@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use statevault::postgres::Database;
 use statevault::{Error, Result, Vault, VaultOptions};
 
-use super::{Command, admin, bench, metrics, print_json};
+use super::{Command, admin, bench, demo, metrics, print_json};
 
 pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<ExitCode> {
     let key = options.key_origin();
@@ -70,6 +70,7 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
             Ok(ExitCode::SUCCESS)
         }
         Command::Health { json } => metrics::health(options.clone(), json).await,
+        Command::Demo(args) => demo::run(options.clone(), args).await,
         command @ (Command::Check { .. }
         | Command::Sweep { .. }
         | Command::Metrics { .. }
@@ -89,8 +90,8 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
         _ => Err(Error::InvalidInput {
             what: "command",
             reason: "on a PostgreSQL database (postgres://) only init, migrate, info, health, \
-                     check, sweep, metrics, session, prefs, limits, audit, cache and user work \
-                     so far; rekey and demo still need a SQLite file"
+                     check, sweep, metrics, session, prefs, limits, audit, cache, user and demo \
+                     work so far; rekey still needs a SQLite file"
                 .into(),
         }),
     }

@@ -1,5 +1,6 @@
 //! `statevault demo`: the main job. Drives the workload of the seeds' music
-//! service through every facet of one vault file and prints what happened.
+//! service through every facet of one vault (a file, or a PostgreSQL
+//! database with feature `postgres`) and prints what happened.
 //!
 //! Time is the vault's injected clock. The demo walks its schedule of
 //! requests once to learn how long it lasts, starts the clock that long
@@ -13,8 +14,10 @@
 //! The demo is a guest in the file, which may be a service's real one: its
 //! users are `demo-user-…`, its cache namespaces, metric endpoints and
 //! backups are named `demo`, it does not record its preferences defaults as
-//! the application's, applies retention (`sweep`) only to a file it created,
-//! and prunes only the backups it made.
+//! the application's, applies retention (`sweep`) only to a file (or a
+//! database's schema) it created, prunes only the backups it made, and
+//! reports on its own users only. On PostgreSQL it makes no backup: the
+//! database's are its owner's (`pg_dump`).
 
 mod report;
 mod request;
@@ -53,7 +56,8 @@ pub async fn run(options: VaultOptions, args: Args) -> Result<ExitCode> {
     let span: Duration = schedule.clone().map(|slot| slot.gap).sum();
     let clock = FakeClock::new(SystemClock.now().saturating_sub(span));
     let start = clock.now();
-    let fresh = !options.path().exists();
+    let fresh = creates(&options).await;
+    let on_file = options.postgres_url().is_none();
     let vault = Vault::open(
         options
             .clock(clock.clone())
@@ -62,7 +66,8 @@ pub async fn run(options: VaultOptions, args: Args) -> Result<ExitCode> {
     )
     .await?;
     let mut rng = Rng(seed.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15);
-    let result = drive(&vault, &clock, &args, schedule, &mut rng, fresh).await;
+    let setting = Setting { fresh, on_file };
+    let result = drive(&vault, &clock, &args, schedule, &mut rng, setting).await;
     let closed = vault.close().await;
     let mut report = result?;
     closed?;
@@ -74,6 +79,35 @@ pub async fn run(options: VaultOptions, args: Args) -> Result<ExitCode> {
         report::print(&report)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the demo is about to create the state it runs on, and may then
+/// apply retention to it: a file that does not exist, a database without
+/// statevault's schema. (A key file that does not exist yet is made for a
+/// new database: opening an existing one with it would fail.)
+async fn creates(options: &VaultOptions) -> bool {
+    #[cfg(feature = "postgres")]
+    if let Some(url) = options.postgres_url() {
+        let key = options.key_origin();
+        return match statevault::postgres::Database::open(url, key).await {
+            Ok(db) => {
+                db.close().await;
+                false
+            }
+            Err(statevault::Error::Missing { .. }) => true,
+            Err(_) => matches!(key, statevault::KeySource::File(path) if !path.exists()),
+        };
+    }
+    !options.path().exists()
+}
+
+/// Where the demo runs.
+#[derive(Clone, Copy)]
+struct Setting {
+    /// It created the state (see [`creates`]).
+    fresh: bool,
+    /// The state is a file (not a database).
+    on_file: bool,
 }
 
 /// Sessions that live minutes, not days, so that a few simulated hours show
@@ -94,13 +128,13 @@ async fn drive(
     args: &Args,
     schedule: Schedule,
     rng: &mut Rng,
-    fresh: bool,
+    setting: Setting,
 ) -> Result<Report> {
     let mut counts = Counts::default();
     let start = vault.now();
     let mut users: Vec<User> = (0..args.users).map(User::new).collect();
     serve(vault, clock, schedule, rng, &mut users, &mut counts).await?;
-    finish(vault, args, &users, counts, start, fresh).await
+    finish(vault, args, &users, counts, start, setting).await
 }
 
 /// Sends the schedule's requests, moving the clock by each one's gap and
@@ -154,14 +188,14 @@ async fn serve(
 }
 
 /// After the traffic: one user exported and another erased, a sweep (of a
-/// file the demo created), a backup, and the report of it all.
+/// file the demo created), a backup (of a file), and the report of it all.
 async fn finish(
     vault: &Vault,
     args: &Args,
     users: &[User],
     counts: Counts,
     start: Timestamp,
-    fresh: bool,
+    setting: Setting,
 ) -> Result<Report> {
     let exported_user = users[0].id.clone();
     let export = vault.export_user(&exported_user).await?;
@@ -171,28 +205,30 @@ async fn finish(
     let erased_user = users[users.len() - 1].id.clone();
     let erased = vault.erase_user(&erased_user).await?;
 
-    let swept = if fresh {
+    let swept = if setting.fresh {
         Some(vault.sweep().await?.removed)
     } else {
         None
     };
-    let (backup, backups_removed) = backup(vault).await?;
-    let chain = vault.audit().verify().await?;
-    let scalar = |sql: &'static str| async move {
-        let rows = vault.query_read_only(sql).await?;
-        Ok::<_, statevault::Error>(rows.rows.first().and_then(|r| r[0].as_i64()).unwrap_or(0))
+    let (backup, backups_removed) = if setting.on_file {
+        let (report, removed) = backup(vault).await?;
+        (Some(report), removed)
+    } else {
+        (None, 0)
     };
-    let now = vault.now().to_rfc3339();
-    let live_sessions = vault
-        .query_read_only(&format!(
-            "SELECT count(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > '{now}'"
-        ))
-        .await?
-        .rows[0][0]
-        .as_i64()
-        .unwrap_or(0);
+    let chain = vault.audit().verify().await?;
+    let own = OwnRecords::of(vault, users).await?;
     let cache = vault.cache().stats().await?;
-    let info = vault.info().await?;
+    let file = if setting.on_file {
+        let info = vault.info().await?;
+        Some(report::FileFacts {
+            file_bytes: info.file_bytes,
+            wal_bytes: info.wal_bytes,
+            encrypted: info.encrypted,
+        })
+    } else {
+        None
+    };
     let latency_by_endpoint = report::latencies(vault, &counts, start).await?;
     Ok(Report {
         path: vault.path().display().to_string(),
@@ -200,10 +236,9 @@ async fn finish(
         simulated_hours: 0.0,
         wall_seconds: 0.0,
         counts,
-        violations: scalar("SELECT count(*) FROM violations").await?,
-        penalties: scalar("SELECT count(*) FROM violations WHERE penalty_until IS NOT NULL")
-            .await?,
-        live_sessions,
+        violations: own.violations,
+        penalties: own.penalties,
+        live_sessions: own.live_sessions,
         latency_by_endpoint,
         cache,
         audit_events: chain.events,
@@ -213,13 +248,40 @@ async fn finish(
         erased_user,
         erased_rows: erased.rows,
         swept,
-        backup: backup.path.display().to_string(),
-        backup_bytes: backup.bytes,
+        backup: backup.as_ref().map(|b| b.path.display().to_string()),
+        backup_bytes: backup.map(|b| b.bytes),
         backups_removed,
-        file_bytes: info.file_bytes,
-        wal_bytes: info.wal_bytes,
-        encrypted: info.encrypted,
+        file,
     })
+}
+
+/// What the vault holds of the demo's own users at the end (not of anyone
+/// else using the same state), through the public API, so the same on
+/// every backend.
+struct OwnRecords {
+    live_sessions: u64,
+    violations: u64,
+    penalties: u64,
+}
+
+impl OwnRecords {
+    async fn of(vault: &Vault, users: &[User]) -> Result<OwnRecords> {
+        let mut own = OwnRecords {
+            live_sessions: 0,
+            violations: 0,
+            penalties: 0,
+        };
+        for user in users {
+            own.live_sessions += vault.sessions().list(&user.id).await?.len() as u64;
+            let violations = vault.limits().violations_of(&user.id).await?;
+            own.violations += violations.len() as u64;
+            own.penalties += violations
+                .iter()
+                .filter(|v| v.penalty_until.is_some())
+                .count() as u64;
+        }
+        Ok(own)
+    }
 }
 
 /// Writes a backup of the file beside the service's own, named as the

@@ -76,9 +76,11 @@ pub struct Report {
     pub simulated_hours: f64,
     pub wall_seconds: f64,
     pub counts: Counts,
-    pub violations: i64,
-    pub penalties: i64,
-    pub live_sessions: i64,
+    /// The demo's users' violations, those with a penalty, and their live
+    /// sessions at the end.
+    pub violations: u64,
+    pub penalties: u64,
+    pub live_sessions: u64,
     pub latency_by_endpoint: BTreeMap<&'static str, Latency>,
     pub cache: CacheStats,
     pub audit_events: u64,
@@ -90,10 +92,20 @@ pub struct Report {
     /// Rows removed by retention; `None` when the file held data before the
     /// demo (retention is then left to its owner).
     pub swept: Option<BTreeMap<String, u64>>,
-    pub backup: String,
-    pub backup_bytes: u64,
+    /// The backup the demo made; `None` on PostgreSQL, whose backups are
+    /// the database's own.
+    pub backup: Option<String>,
+    pub backup_bytes: Option<u64>,
     /// Older demo backups removed (the demo keeps its newest three).
     pub backups_removed: usize,
+    /// The vault file at the end; `None` on PostgreSQL.
+    #[serde(flatten)]
+    pub file: Option<FileFacts>,
+}
+
+/// The vault file's size, its WAL's, and whether it is encrypted.
+#[derive(Debug, Serialize)]
+pub struct FileFacts {
     pub file_bytes: u64,
     pub wal_bytes: u64,
     pub encrypted: bool,
@@ -185,7 +197,7 @@ fn print_facets(r: &Report) -> Result<()> {
         r.counts.cache_invalidations
     );
     say!(
-        "  rate limits: {} violations, {} with a penalty",
+        "  rate limits: {} violations of the demo's users, {} with a penalty",
         r.violations,
         r.penalties
     );
@@ -226,23 +238,31 @@ fn print_records(r: &Report) -> Result<()> {
             let swept: Vec<String> = swept.iter().map(|(t, n)| format!("{t} {n}")).collect();
             say!("  sweep: {}", swept.join(", "));
         }
-        None => say!("  sweep: skipped, the file held data before the demo"),
-    }
-    say!(
-        "  backup: {} ({} bytes; {} older demo backups removed)",
-        r.backup,
-        r.backup_bytes,
-        r.backups_removed
-    );
-    say!(
-        "  file: {} bytes (+ {} bytes of WAL), {}",
-        r.file_bytes,
-        r.wal_bytes,
-        if r.encrypted {
-            "encrypted"
-        } else {
-            "NOT encrypted"
+        None => {
+            say!("  sweep: skipped, the demo did not create this vault (retention is its owner's)")
         }
-    );
+    }
+    match (&r.backup, r.backup_bytes, &r.file) {
+        (Some(backup), Some(bytes), Some(file)) => {
+            say!(
+                "  backup: {backup} ({bytes} bytes; {} older demo backups removed)",
+                r.backups_removed
+            );
+            say!(
+                "  file: {} bytes (+ {} bytes of WAL), {}",
+                file.file_bytes,
+                file.wal_bytes,
+                if file.encrypted {
+                    "encrypted"
+                } else {
+                    "NOT encrypted"
+                }
+            );
+        }
+        _ => {
+            say!("  backup: none made, a database's backups are its own (pg_dump)");
+            say!("  database: {}, every stored value sealed", r.path);
+        }
+    }
     Ok(())
 }
