@@ -189,7 +189,10 @@ fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
         );
     }
     ok(&run(dir.path(), &db, "vault.key", &["init"]));
-    for args in [&["rekey", "--new-key-file", "n.key"][..], &["sql", "SELECT 1"]] {
+    for args in [
+        &["rekey", "--new-key-file", "n.key"][..],
+        &["sql", "SELECT 1"],
+    ] {
         let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", args));
         assert!(
             err.contains(
@@ -356,6 +359,30 @@ fn an_unreachable_server_fails_at_once_naming_it_without_the_password() {
     assert!(!err.contains("hunter2"), "{err}");
     // The driver's own answer, not a pool's timeout after retrying.
     assert!(err.contains("Connection refused"), "{err}");
+}
+
+/// A server that answers but has no such database says so, in its words.
+#[test]
+fn a_missing_database_is_named_in_the_servers_words() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    new_key_file(dir.path(), "vault.key");
+    let url = db
+        .url
+        .replacen(&format!("/{}?", db.name), "/no_such_db?", 1);
+    assert_ne!(url, db.url);
+    let out = cli(dir.path())
+        .args(["--db", &url, "--key-file", "vault.key", "info"])
+        .output()
+        .unwrap();
+    let err = assert_one_error_line(&out);
+    assert!(
+        err.trim_end()
+            .ends_with("database \"no_such_db\" does not exist"),
+        "{err}"
+    );
 }
 
 /// What a database administrator or a `pg_dump` sees: the rows (user ids

@@ -492,9 +492,14 @@ async fn connect(url: &str, connections: u32) -> Result<PgPool> {
     let options = PgConnectOptions::from_str(url)
         .map_err(|e| Error::invalid("database URL", e.to_string()))?
         .options([("search_path", SCHEMA)]);
+    // The server's own message: sqlx's display of it adds the line of the
+    // server's C source that raised it, which means nothing to an operator.
     let unreachable = |e: sqlx::Error| Error::Unreachable {
         url: crate::vault::redact_url(url),
-        detail: e.to_string(),
+        detail: match e.as_database_error() {
+            Some(db) => db.message().to_owned(),
+            None => e.to_string(),
+        },
     };
     let first = tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
         .await

@@ -309,7 +309,8 @@ pub async fn every_operation(dir: &Path) -> Vec<String> {
 /// server's own client, `psql`.
 pub struct PgDatabase {
     admin: String,
-    name: String,
+    /// The database's name.
+    pub name: String,
     /// The URL of this database.
     pub url: String,
 }
