@@ -189,18 +189,10 @@ fn a_database_without_init_is_missing_and_other_commands_say_what_works() {
         );
     }
     ok(&run(dir.path(), &db, "vault.key", &["init"]));
-    for args in [
-        &["rekey", "--new-key-file", "n.key"][..],
-        &["sql", "SELECT 1"],
-    ] {
-        let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", args));
-        assert!(
-            err.contains(
-                "only init, migrate, info, health, check, sweep, metrics, session, prefs, limits, audit, cache, user and demo work so far"
-            ),
-            "{args:?}: {err}"
-        );
-    }
+    let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", &["sql", "SELECT 1"]));
+    assert!(err.contains("use psql"), "{err}");
+    let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", &["import-legacy", "x"]));
+    assert!(err.contains("SQLite file only"), "{err}");
     for args in [&["backup"][..], &["restore", "x.db"]] {
         let err = assert_one_error_line(&run(dir.path(), &db, "vault.key", args));
         assert!(err.contains("pg_dump"), "{args:?}: {err}");
@@ -993,4 +985,152 @@ fn demos_run_on_a_url_two_at_once_and_check_passes() {
     let text = ok(&run(dir.path(), &db, "vault.key", &["check"]));
     assert!(text.contains("ok    audit_chain"), "{text}");
     assert!(text.contains("ok    sealed_cache_values"), "{text}");
+}
+
+/// `rekey` on a URL re-seals every value under the new key: the old key is
+/// refused afterwards, the new one opens everything (`check` passes, each
+/// facet reads what it stored). It refuses while another instance is
+/// connected, and refuses a database with a value that does not open,
+/// naming it and changing nothing.
+#[tokio::test]
+async fn rekey_reseals_every_value_under_the_new_key() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    let open = |key: &str| {
+        statevault::Vault::open(
+            statevault::VaultOptions::new(&db.url)
+                .key_source(KeySource::File(dir.path().join(key)))
+                .create_if_missing(key == "vault.key"),
+        )
+    };
+    let vault = open("vault.key").await.unwrap();
+    let issued = vault
+        .sessions()
+        .create(
+            statevault::NewSession::new("alice")
+                .data(&serde_json::json!({"cart": 3}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    vault
+        .preferences()
+        .patch("alice", &serde_json::json!({"audio_quality": "LOW"}))
+        .await
+        .unwrap();
+    let client = statevault::ClientInfo {
+        ip: Some("198.51.100.1"),
+        user_agent: None,
+    };
+    for _ in 0..6 {
+        vault
+            .limits()
+            .check("alice", "auth_attempts", 1, &client)
+            .await
+            .unwrap();
+    }
+    let cached = statevault::CacheKey::new("search", "q").unwrap();
+    vault.cache().set(&cached, b"results").await.unwrap();
+    vault
+        .audit()
+        .append(statevault::AuditEvent::new(statevault::EventKind::Auth, "login").user("alice"))
+        .unwrap();
+    new_key_file(dir.path(), "new.key");
+
+    // Another instance is connected: refused, nothing changed.
+    let out = run(
+        dir.path(),
+        &db,
+        "vault.key",
+        &["rekey", "--new-key-file", "new.key"],
+    );
+    let err = assert_one_error_line(&out);
+    assert!(err.contains("is open in another process"), "{err}");
+    vault.close().await.unwrap();
+
+    // A value that does not open: refused, naming it, nothing changed.
+    db.psql(
+        "INSERT INTO statevault.cache_entries (key, namespace, codec, size, stored_size, \
+         created_at, last_access_at, value) SELECT 'search:moved', namespace, codec, size, \
+         stored_size, created_at, last_access_at, value FROM statevault.cache_entries \
+         WHERE key = 'search:q'",
+    );
+    let out = run(
+        dir.path(),
+        &db,
+        "vault.key",
+        &["rekey", "--new-key-file", "new.key"],
+    );
+    let err = assert_one_error_line(&out);
+    assert!(
+        err.contains("\"search:moved\": value does not open"),
+        "{err}"
+    );
+    let vault = open("vault.key").await.unwrap();
+    assert_eq!(
+        &*vault.cache().get(&cached).await.unwrap().unwrap(),
+        b"results",
+        "still under the old key"
+    );
+    vault.close().await.unwrap();
+    db.psql("DELETE FROM statevault.cache_entries WHERE key = 'search:moved'");
+
+    let text = ok(&run(
+        dir.path(),
+        &db,
+        "vault.key",
+        &["rekey", "--new-key-file", "new.key"],
+    ));
+    assert!(text.contains("re-sealed every value"), "{text}");
+    let err = assert_one_error_line(&run(
+        dir.path(),
+        &db,
+        "vault.key",
+        &["prefs", "get", "alice"],
+    ));
+    assert!(err.contains("wrong key"), "the old key is refused: {err}");
+    let checked = ok(&run(dir.path(), &db, "new.key", &["check"]));
+    assert!(!checked.contains("FAIL"), "{checked}");
+
+    let vault = open("new.key").await.unwrap();
+    let session = vault
+        .sessions()
+        .validate(issued.token.expose(), None)
+        .await
+        .unwrap()
+        .valid()
+        .expect("the session survives the rekey");
+    assert_eq!(session.data::<serde_json::Value>().unwrap()["cart"], 3);
+    assert_eq!(
+        vault.preferences().get("alice").await.unwrap()["audio_quality"],
+        "LOW"
+    );
+    assert_eq!(
+        &*vault.cache().get(&cached).await.unwrap().unwrap(),
+        b"results"
+    );
+    assert!(
+        !vault
+            .limits()
+            .violations_of("alice")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let report = vault.audit().verify().await.unwrap();
+    assert!(report.ok, "{report:?}");
+    let events = vault.export_user("alice").await.unwrap().audit_events;
+    assert_eq!(events.len(), 1);
+    let rotated = vault
+        .audit()
+        .query(&statevault::AuditQuery {
+            action: Some("key.rotate".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rotated.len(), 1);
+    vault.close().await.unwrap();
 }

@@ -71,7 +71,7 @@ mod config;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
-pub(crate) use postgres::check_sealed;
+pub(crate) use postgres::{SEALED, check_sealed};
 mod sqlite;
 mod state;
 mod storage;
@@ -376,6 +376,19 @@ impl<'a> Audit<'a> {
         )?;
         sqlite::append_in(tx, &[&event]).await?;
         Ok(seqs.len() as u64)
+    }
+
+    /// Appends `event` inside the caller's transaction on PostgreSQL (which
+    /// then holds the chain's head until it ends), not through the buffer.
+    #[cfg(feature = "postgres")]
+    pub(crate) async fn append_pg(
+        &self,
+        db: &crate::postgres::Database,
+        tx: &mut sqlx::PgConnection,
+        event: AuditEvent,
+    ) -> Result<()> {
+        let content = self.content(event)?;
+        postgres::Postgres::new(db).append_in(tx, &[&content]).await
     }
 
     /// [`Audit::erase_user`] inside a transaction on PostgreSQL.

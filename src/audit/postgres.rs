@@ -22,7 +22,7 @@ use super::chain::{self, Content, Linked};
 use super::types::{AuditQuery, name};
 use crate::clock::Timestamp;
 use crate::core::meta;
-use crate::postgres::Database;
+use crate::postgres::{Database, Sealed};
 use crate::seal::TableSealer;
 use crate::{Error, Result};
 
@@ -35,6 +35,15 @@ const EVENT_COLUMNS: &str = "seq, id::text AS id, occurred_at, user_id, session_
 const ROWS_PER_STATEMENT: usize = 2000;
 /// Events per page when the whole log is read for verification.
 const CHAIN_PAGE: i64 = 1000;
+
+/// The sealed column, for re-sealing under a new key.
+pub(crate) const SEALED: &[Sealed] = &[Sealed {
+    table: "audit_events",
+    key: "id",
+    uuid_key: true,
+    column: "details",
+    aad: |id| id.as_bytes().to_vec(),
+}];
 
 /// The audit log in a PostgreSQL database.
 pub(crate) struct Postgres<'a> {

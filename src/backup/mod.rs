@@ -134,11 +134,24 @@ impl Vault {
     /// with the new key. Refuses if another process has the file open (its
     /// connections would hold the old key). Records the date as
     /// `key_created_at` in `vault_meta` and a `key.rotate` audit event.
+    ///
+    /// On PostgreSQL it re-seals every sealed value under `new_key` instead,
+    /// in one transaction that holds the sealed tables against writes, and
+    /// refuses ([`Error::AlreadyOpen`]) while another statevault handle has
+    /// a connection to the database (an instance left running would go on
+    /// sealing with the old key). A value that does not open with the
+    /// current key refuses it too, naming the row, and changes nothing.
     #[tracing::instrument(name = "vault.rekey", level = "debug", skip_all, fields(outcome = tracing::field::Empty))]
     pub async fn rekey(self, new_key: &Key) -> Result<()> {
         crate::trace::done(
             tracing::Level::DEBUG,
             async {
+                #[cfg(feature = "postgres")]
+                if let crate::core::Storage::Postgres(db) = self.core().storage() {
+                    let result = self.reseal(db, new_key).await;
+                    let closed = self.close().await;
+                    return result.and(closed);
+                }
                 if !self.is_encrypted() {
                     return Err(Error::NotEncrypted {
                         path: self.path().to_owned(),
@@ -153,6 +166,37 @@ impl Vault {
             .await,
             crate::trace::ok,
         )
+    }
+
+    /// [`Vault::rekey`] on PostgreSQL.
+    #[cfg(feature = "postgres")]
+    async fn reseal(&self, db: &crate::postgres::Database, new_key: &Key) -> Result<()> {
+        if db.others().await? > 0 {
+            return Err(Error::AlreadyOpen {
+                path: self.path().to_owned(),
+                operation: "rekey",
+            });
+        }
+        self.flush().await?;
+        let new = db.sealer_for(new_key).await?;
+        let columns = [
+            crate::sessions::SEALED,
+            crate::prefs::SEALED,
+            crate::audit::SEALED,
+            crate::limits::SEALED,
+            crate::cache::SEALED,
+        ]
+        .concat();
+        // The event goes in with what it records: a refused rekey leaves
+        // neither.
+        let mut tx = db.pool().begin().await?;
+        db.hold_sealed(&mut tx, &columns).await?;
+        self.audit()
+            .append_pg(db, &mut tx, AuditEvent::new(EventKind::Admin, "key.rotate"))
+            .await?;
+        db.reseal(&mut tx, &new, &columns, self.now()).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn rekey_inner(&self, new_key: &Key) -> Result<()> {

@@ -72,7 +72,7 @@ use config::{check_tag, check_ttl};
 pub use key::{CacheKey, MAX_KEY_BYTES};
 use l1::{Item, Lookup, Meta};
 #[cfg(feature = "postgres")]
-pub(crate) use postgres::{check_sealed, erase_user as erase_user_pg};
+pub(crate) use postgres::{SEALED, check_sealed, erase_user as erase_user_pg};
 pub(crate) use state::CacheState;
 use state::bump;
 pub use types::{CacheStats, L1Stats, L2Stats, NamespaceStats, SweepReport};

@@ -38,7 +38,7 @@ use super::sqlite::INLINE_VALUE_BYTES;
 use super::types::NamespaceStats;
 use crate::core::Core;
 use crate::core::feed::{Facet, Record};
-use crate::postgres::Database;
+use crate::postgres::{Database, Sealed};
 use crate::seal::TableSealer;
 use crate::{Error, Result, Timestamp};
 
@@ -72,6 +72,15 @@ impl<'a> Postgres<'a> {
         Postgres { core, db, writer }
     }
 }
+
+/// The sealed column, for re-sealing under a new key.
+pub(crate) const SEALED: &[Sealed] = &[Sealed {
+    table: TABLE,
+    key: "key",
+    uuid_key: false,
+    column: "value",
+    aad,
+}];
 
 /// The associated data of a key's sealed value.
 fn aad(key: &str) -> Vec<u8> {

@@ -1,8 +1,8 @@
 //! The commands that work on a `postgres://` URL so far (feature
 //! `postgres`): `init`, `migrate` and `info`, through
 //! [`statevault::postgres::Database`]; `check`, `sweep`, `metrics`,
-//! `session`, `prefs`, `limits`, `audit`, `cache`, `user`, `health` and
-//! `demo`, through a [`Vault`] on the database. Every other command says what to use instead, or that it is
+//! `session`, `prefs`, `limits`, `audit`, `cache`, `user`, `health`,
+//! `demo` and `rekey` (re-sealing), through a [`Vault`] on the database. Every other command says what to use instead, or that it is
 //! not there yet.
 
 use std::process::ExitCode;
@@ -71,6 +71,19 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
         }
         Command::Health { json } => metrics::health(options.clone(), json).await,
         Command::Demo(args) => demo::run(options.clone(), args).await,
+        Command::Rekey { new_key_file } => {
+            let new_key = statevault::Key::read_file(&new_key_file)?;
+            let vault =
+                Vault::open(options.clone().create_if_missing(false).migrate(false)).await?;
+            let url = vault.path().display().to_string();
+            vault.rekey(&new_key).await?;
+            say!(
+                "re-sealed every value of {url}; open it with the key in {}, \
+                 and start every instance with that key",
+                new_key_file.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         command @ (Command::Check { .. }
         | Command::Sweep { .. }
         | Command::Metrics { .. }
@@ -87,11 +100,16 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
                      values stay sealed in them"
                 .into(),
         }),
-        _ => Err(Error::InvalidInput {
+        Command::Sql { .. } => Err(Error::InvalidInput {
             what: "command",
-            reason: "on a PostgreSQL database (postgres://) only init, migrate, info, health, \
-                     check, sweep, metrics, session, prefs, limits, audit, cache, user and demo \
-                     work so far; rekey still needs a SQLite file"
+            reason: "`sql` reads a SQLite file; on a PostgreSQL database (postgres://) use \
+                     psql (statevault's tables are in schema statevault, their values sealed)"
+                .into(),
+        }),
+        Command::ImportLegacy { .. } => Err(Error::InvalidInput {
+            what: "command",
+            reason: "`import-legacy` imports into a SQLite file only, so far: import into a \
+                     file, or run the old service's state through the library"
                 .into(),
         }),
     }

@@ -52,7 +52,7 @@ mod config;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
-pub(crate) use postgres::{check_sealed, delete_subject as erase_subject_pg};
+pub(crate) use postgres::{SEALED, check_sealed, delete_subject as erase_subject_pg};
 mod sqlite;
 mod state;
 mod storage;

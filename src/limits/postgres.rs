@@ -32,8 +32,17 @@ use super::bucket::{Bucket, EPSILON};
 use super::types::ViolationRecord;
 use crate::core::Core;
 use crate::core::feed::{Facet, Record};
-use crate::postgres::Database;
+use crate::postgres::{Database, Sealed};
 use crate::{Result, Timestamp};
+
+/// The sealed column, for re-sealing under a new key.
+pub(crate) const SEALED: &[Sealed] = &[Sealed {
+    table: "violations",
+    key: "id",
+    uuid_key: true,
+    column: "client_info",
+    aad: |id| id.as_bytes().to_vec(),
+}];
 
 /// The limits tables of a PostgreSQL vault.
 pub(crate) struct Postgres<'a> {

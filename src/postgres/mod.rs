@@ -38,6 +38,9 @@
 
 pub(crate) mod feed;
 mod migrate;
+mod reseal;
+
+pub(crate) use reseal::Sealed;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -122,12 +125,12 @@ impl Database {
         connections: u32,
     ) -> Result<(Database, bool)> {
         let key = resolve_key(key, true)?;
-        let pool = connect(url, connections).await?;
+        let (pool, instance) = connect(url, connections).await?;
         let url = crate::vault::redact_url(url);
         create_schema(&pool).await?;
         // Prepared before: another key must not migrate or write here.
         let earlier = if prepared(&pool).await? && meta(&pool, CHECK_ROW).await?.is_some() {
-            Some(Database::proven(pool.clone(), url.clone(), &key).await?)
+            Some(Database::proven(pool.clone(), url.clone(), &key, instance.clone()).await?)
         } else {
             None
         };
@@ -158,7 +161,7 @@ impl Database {
             .table("vault_meta")
             .seal(CHECK_ROW.as_bytes(), CHECK_PLAINTEXT)?;
         insert_meta(&pool, CHECK_ROW, crate::key::hex(&check).as_str()).await?;
-        let db = Database::new(pool, url, sealer);
+        let db = Database::new(pool, url, sealer, instance);
         db.prove_key(&key).await?;
         Ok((db, created))
     }
@@ -177,7 +180,7 @@ impl Database {
         connections: u32,
     ) -> Result<Database> {
         let key = resolve_key(key, false)?;
-        let pool = connect(url, connections).await?;
+        let (pool, instance) = connect(url, connections).await?;
         let url = crate::vault::redact_url(url);
         if !prepared(&pool).await? {
             pool.close().await;
@@ -185,14 +188,14 @@ impl Database {
                 path: PathBuf::from(format!("{url} (schema {SCHEMA})")),
             });
         }
-        Database::proven(pool, url, &key).await
+        Database::proven(pool, url, &key, instance).await
     }
 
     /// The database on `pool`, once `key` has opened its stored check (a
     /// passphrase is stretched once, here).
-    async fn proven(pool: PgPool, url: String, key: &Key) -> Result<Database> {
+    async fn proven(pool: PgPool, url: String, key: &Key, instance: String) -> Result<Database> {
         let sealer = sealer(&pool, &url, key).await?;
-        let db = Database::new(pool, url, sealer);
+        let db = Database::new(pool, url, sealer, instance);
         db.prove_key(key).await?;
         Ok(db)
     }
@@ -259,10 +262,10 @@ impl Database {
         self.shut().await;
     }
 
-    fn new(pool: PgPool, url: String, sealer: Sealer) -> Database {
+    fn new(pool: PgPool, url: String, sealer: Sealer, instance: String) -> Database {
         Database {
             pool,
-            instance: uuid::Uuid::now_v7().to_string(),
+            instance,
             feed: std::sync::OnceLock::new(),
             url,
             sealer,
@@ -299,6 +302,27 @@ impl Database {
     /// Whether migrations are pending.
     pub(crate) async fn pending(&self) -> Result<bool> {
         Ok(applied(&self.pool).await?.pending())
+    }
+
+    /// How many other statevault handles (instances, CLI commands) have a
+    /// connection open to this database now, as `pg_stat_activity` shows
+    /// them (by `application_name`, see `connect`).
+    pub(crate) async fn others(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(DISTINCT application_name) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name LIKE $1
+               AND application_name <> $2",
+        )
+        .bind(format!("{APPLICATION} %"))
+        .bind(format!("{APPLICATION} {}", self.instance))
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The sealer of `key` for this database (its stored salt stretches a
+    /// passphrase), for re-sealing under a new key.
+    pub(crate) async fn sealer_for(&self, key: &Key) -> Result<Sealer> {
+        sealer(&self.pool, &self.url, key).await
     }
 
     /// This handle's name in the rows each instance writes its own of.
@@ -484,14 +508,20 @@ fn resolve_key(source: &KeySource, creating: bool) -> Result<Key> {
     }
 }
 
-/// A small pool on `url`, with statevault's schema first in the search path.
-/// One connection is made first, alone, so that a server that is down or
-/// refuses the login fails at once with what it said (a pool would retry
-/// until its acquire timeout, then say only that it timed out).
-async fn connect(url: &str, connections: u32) -> Result<PgPool> {
+/// A small pool on `url`, with statevault's schema first in the search path,
+/// and this handle's instance name (random, returned beside the pool) in
+/// every connection's `application_name` (`statevault <instance>`), so
+/// that `pg_stat_activity` tells the instances apart (and [`Database::others`]
+/// counts the other ones). One connection is made first, alone, so that a
+/// server that is down or refuses the login fails at once with what it said
+/// (a pool would retry until its acquire timeout, then say only that it
+/// timed out).
+async fn connect(url: &str, connections: u32) -> Result<(PgPool, String)> {
+    let instance = uuid::Uuid::now_v7().to_string();
     let options = PgConnectOptions::from_str(url)
         .map_err(|e| Error::invalid("database URL", e.to_string()))?
-        .options([("search_path", SCHEMA)]);
+        .options([("search_path", SCHEMA)])
+        .application_name(&format!("{APPLICATION} {instance}"));
     // The server's own message: sqlx's display of it adds the line of the
     // server's C source that raised it, which means nothing to an operator.
     let unreachable = |e: sqlx::Error| Error::Unreachable {
@@ -509,11 +539,15 @@ async fn connect(url: &str, connections: u32) -> Result<PgPool> {
         })?
         .map_err(unreachable)?;
     sqlx::Connection::close(first).await.map_err(Error::from)?;
-    Ok(PgPoolOptions::new()
+    let pool = PgPoolOptions::new()
         .max_connections(connections)
         .acquire_timeout(CONNECT_TIMEOUT)
-        .connect_lazy_with(options))
+        .connect_lazy_with(options);
+    Ok((pool, instance))
 }
+
+/// The first word of every statevault connection's `application_name`.
+const APPLICATION: &str = "statevault";
 
 /// The pool of [`Database::init`] and [`Database::open`] (administration:
 /// a few statements at a time).

@@ -23,7 +23,7 @@ mod config;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
-pub(crate) use postgres::{check_sealed, erase_user as erase_user_pg};
+pub(crate) use postgres::{SEALED, check_sealed, erase_user as erase_user_pg};
 mod sqlite;
 mod storage;
 mod types;

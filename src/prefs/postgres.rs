@@ -10,7 +10,7 @@ use sqlx::Row as _;
 use super::backend::{Overrides, PreferencesBackend};
 use super::types::StoredPreferences;
 use crate::Result;
-use crate::postgres::Database;
+use crate::postgres::{Database, Sealed};
 use crate::seal::TableSealer;
 
 /// The preferences table of a PostgreSQL vault.
@@ -27,6 +27,15 @@ impl<'a> Postgres<'a> {
         self.db.sealer().table("preferences")
     }
 }
+
+/// The sealed column, for re-sealing under a new key.
+pub(crate) const SEALED: &[Sealed] = &[Sealed {
+    table: "preferences",
+    key: "user_id",
+    uuid_key: false,
+    column: "document",
+    aad,
+}];
 
 /// The associated data of a user's document.
 fn aad(user_id: &str) -> Vec<u8> {

@@ -45,7 +45,7 @@ mod lookup;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
-pub(crate) use postgres::{check_sealed, erase_user as erase_user_pg};
+pub(crate) use postgres::{SEALED, check_sealed, erase_user as erase_user_pg};
 mod sqlite;
 mod state;
 mod storage;

@@ -28,7 +28,7 @@ use crate::Result;
 use crate::clock::Timestamp;
 use crate::core::Core;
 use crate::core::feed::Facet;
-use crate::postgres::Database;
+use crate::postgres::{Database, Sealed};
 use crate::seal::TableSealer;
 
 /// The sessions table of a PostgreSQL vault.
@@ -54,6 +54,24 @@ impl<'a> Postgres<'a> {
             .await
     }
 }
+
+/// The sealed columns, for re-sealing under a new key.
+pub(crate) const SEALED: &[Sealed] = &[
+    Sealed {
+        table: "sessions",
+        key: "id",
+        uuid_key: false,
+        column: "client_meta",
+        aad: |id| aad(id, "client_meta"),
+    },
+    Sealed {
+        table: "sessions",
+        key: "id",
+        uuid_key: false,
+        column: "data",
+        aad: |id| aad(id, "data"),
+    },
+];
 
 /// The associated data of a sealed column: the row's id, a zero byte, the
 /// column's name.
