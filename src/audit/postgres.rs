@@ -22,7 +22,8 @@ use super::chain::{self, Content, Linked};
 use super::types::{AuditQuery, name};
 use crate::clock::Timestamp;
 use crate::core::meta;
-use crate::postgres::{Database, Sealed};
+use crate::postgres::Database;
+use crate::postgres::reseal::Sealed;
 use crate::seal::TableSealer;
 use crate::{Error, Result};
 

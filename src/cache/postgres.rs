@@ -38,7 +38,8 @@ use super::sqlite::INLINE_VALUE_BYTES;
 use super::types::NamespaceStats;
 use crate::core::Core;
 use crate::core::feed::{Facet, Record};
-use crate::postgres::{Database, Sealed};
+use crate::postgres::Database;
+use crate::postgres::reseal::Sealed;
 use crate::seal::TableSealer;
 use crate::{Error, Result, Timestamp};
 

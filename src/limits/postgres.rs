@@ -32,7 +32,8 @@ use super::bucket::{Bucket, EPSILON};
 use super::types::ViolationRecord;
 use crate::core::Core;
 use crate::core::feed::{Facet, Record};
-use crate::postgres::{Database, Sealed};
+use crate::postgres::Database;
+use crate::postgres::reseal::Sealed;
 use crate::{Result, Timestamp};
 
 /// The sealed column, for re-sealing under a new key.

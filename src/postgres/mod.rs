@@ -38,9 +38,7 @@
 
 pub(crate) mod feed;
 mod migrate;
-mod reseal;
-
-pub(crate) use reseal::Sealed;
+pub(crate) mod reseal;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

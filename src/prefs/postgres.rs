@@ -10,7 +10,8 @@ use sqlx::Row as _;
 use super::backend::{Overrides, PreferencesBackend};
 use super::types::StoredPreferences;
 use crate::Result;
-use crate::postgres::{Database, Sealed};
+use crate::postgres::Database;
+use crate::postgres::reseal::Sealed;
 use crate::seal::TableSealer;
 
 /// The preferences table of a PostgreSQL vault.

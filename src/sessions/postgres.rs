@@ -28,7 +28,8 @@ use crate::Result;
 use crate::clock::Timestamp;
 use crate::core::Core;
 use crate::core::feed::Facet;
-use crate::postgres::{Database, Sealed};
+use crate::postgres::Database;
+use crate::postgres::reseal::Sealed;
 use crate::seal::TableSealer;
 
 /// The sessions table of a PostgreSQL vault.
