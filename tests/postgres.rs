@@ -1134,3 +1134,82 @@ async fn rekey_reseals_every_value_under_the_new_key() {
     assert_eq!(rotated.len(), 1);
     vault.close().await.unwrap();
 }
+
+/// Two instances doing everything at once to the same users (cache sets,
+/// flushes and tag invalidations, multi-window limit checks and resets,
+/// session creates and logouts, erasures), with the change feed trimmed
+/// inside their transactions: no statement deadlocks (each once did, or
+/// could: trims deleting the same rows, buckets and sessions locked in
+/// different orders).
+#[tokio::test]
+async fn two_instances_working_on_the_same_users_never_deadlock() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    let limit = statevault::Limit::new()
+        .window(statevault::Window::per(
+            std::time::Duration::from_secs(60),
+            1e9,
+        ))
+        .window(statevault::Window::per(
+            std::time::Duration::from_secs(3600),
+            1e9,
+        ))
+        .shared(true);
+    // Records older than a second are trimmed by the next publisher once a
+    // second of the clock, which moves two seconds an iteration.
+    let clock = statevault::FakeClock::default();
+    let options = options_on(&db, dir.path())
+        .clock(clock.clone())
+        .feed_retention(std::time::Duration::from_secs(1))
+        .limits(statevault::LimitsConfig::empty().limit("two", limit));
+    let a = statevault::Vault::open(options.clone()).await.unwrap();
+    let b = statevault::Vault::open(options).await.unwrap();
+    let work = |vault: statevault::Vault, me: u64| {
+        let clock = clock.clone();
+        async move {
+            let none = statevault::ClientInfo {
+                ip: None,
+                user_agent: None,
+            };
+            for i in 0..150u64 {
+                clock.advance(std::time::Duration::from_secs(2));
+                let user = format!("u{}", (i + me) % 4);
+                let tag = format!("t{}", i % 3);
+                for k in 0..4 {
+                    let key =
+                        statevault::CacheKey::new("shared", &format!("k{}", (k * 7 + i) % 12))
+                            .unwrap()
+                            .for_user(&user)
+                            .unwrap();
+                    let tagged = statevault::SetOptions::new().tag(tag.clone());
+                    vault.cache().set_with(&key, b"v", &tagged).await.unwrap();
+                }
+                vault.flush().await.unwrap();
+                vault.cache().invalidate_tag(&tag).await.unwrap();
+                vault.limits().check(&user, "two", 1, &none).await.unwrap();
+                vault
+                    .sessions()
+                    .create(statevault::NewSession::new(user.clone()))
+                    .await
+                    .unwrap();
+                match i % 10 {
+                    3 => drop(vault.sessions().revoke_user(&user).await.unwrap()),
+                    6 => drop(vault.limits().reset(&user).await.unwrap()),
+                    9 => drop(vault.erase_user(&user).await.unwrap()),
+                    _ => {}
+                }
+            }
+        }
+    };
+    let (ra, rb) = tokio::join!(
+        tokio::spawn(work(a.clone(), 0)),
+        tokio::spawn(work(b.clone(), 1))
+    );
+    ra.unwrap();
+    rb.unwrap();
+    assert!(a.audit().verify().await.unwrap().ok);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

@@ -132,6 +132,12 @@ impl Feed {
         })
     }
 
+    /// The mark of this handle's records.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn origin(&self) -> i64 {
+        self.origin
+    }
+
     /// Starts reading, from the newest record on: what was committed before
     /// this handle held anything in memory needs no applying. Call once the
     /// schema is current.

@@ -73,11 +73,16 @@ pub(crate) async fn delete_subject(
     };
     core.publish_pg(&mut *conn, Facet::Limits, &[record])
         .await?;
-    let buckets = sqlx::query("DELETE FROM token_buckets WHERE subject = $1")
-        .bind(subject)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
+    // Locked in key order first, as a check locks them (see `CHECK`).
+    let buckets = sqlx::query(
+        "DELETE FROM token_buckets WHERE (subject, limit_name, window_secs) IN (
+             SELECT subject, limit_name, window_secs FROM token_buckets WHERE subject = $1
+             ORDER BY limit_name, window_secs FOR UPDATE)",
+    )
+    .bind(subject)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
     let violations = sqlx::query("DELETE FROM violations WHERE subject = $1")
         .bind(subject)
         .execute(&mut *conn)
@@ -95,7 +100,9 @@ pub(crate) async fn delete_subject(
 /// of buckets it found: all of them for a refusal, fewer for a subject that
 /// has none yet. The refill is
 /// [`WindowSpec::refill`](super::bucket::WindowSpec::refill) in SQL, and
-/// `last_refill_at` never moves back.
+/// `last_refill_at` never moves back. Buckets are locked in key order
+/// (`subject`, `limit_name`, `window_secs`), as [`delete_subject`] locks
+/// them, so that a check and a reset or erasure never deadlock.
 static CHECK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH v(w, cap, rate) AS (SELECT * FROM unnest($7::bigint[], $8::float8[], $9::float8[])),
@@ -107,6 +114,7 @@ static CHECK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                  greatest(b.last_refill_at, $3) AS last
              FROM v JOIN token_buckets b
                ON b.subject = $1 AND b.limit_name = $2 AND b.window_secs = v.w
+             ORDER BY b.window_secs
              FOR UPDATE OF b
          ),
          upd AS (

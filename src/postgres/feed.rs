@@ -130,9 +130,13 @@ impl PgFeed {
     }
 
     /// The feed from the table's newest record on, and its listener task
-    /// (stopped by aborting it). The listener is listening before this
-    /// returns: nothing committed after it is missed.
-    pub(crate) async fn start(pool: &PgPool) -> Result<(Arc<PgFeed>, tokio::task::JoinHandle<()>)> {
+    /// (stopped by aborting it), for the vault whose records carry
+    /// `origin`. The listener is listening before this returns: nothing
+    /// committed after it is missed.
+    pub(crate) async fn start(
+        pool: &PgPool,
+        origin: i64,
+    ) -> Result<(Arc<PgFeed>, tokio::task::JoinHandle<()>)> {
         let mut listener = PgListener::connect_with(pool).await?;
         listener.listen(CHANNEL).await?;
         let newest: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM changes")
@@ -149,7 +153,12 @@ impl PgFeed {
                 gaps: std::collections::BTreeMap::new(),
             }),
         });
-        let task = tokio::spawn(listen(Arc::downgrade(&feed), pool.clone(), listener));
+        let task = tokio::spawn(listen(
+            Arc::downgrade(&feed),
+            pool.clone(),
+            listener,
+            origin,
+        ));
         Ok((feed, task))
     }
 
@@ -199,36 +208,57 @@ impl PgFeed {
     }
 }
 
-/// The listener task: reads the table at each notification, and after a
-/// reconnection, until the feed is dropped. The listener holds one of the
-/// pool's connections.
-async fn listen(feed: std::sync::Weak<PgFeed>, pool: PgPool, mut listener: PgListener) {
+/// The listener task: reads the table at each notification from another
+/// instance, and after a reconnection, until the feed is dropped. A burst
+/// of notifications is one read; one naming this vault's own `origin` is
+/// none (its records need no applying here, and a later read takes their
+/// `seq`s with the rest). The listener holds one of the pool's connections.
+async fn listen(
+    feed: std::sync::Weak<PgFeed>,
+    pool: PgPool,
+    mut listener: PgListener,
+    origin: i64,
+) {
+    let own = origin.to_string();
+    let mut read = true;
     loop {
         let Some(strong) = feed.upgrade() else { return };
-        let (after, gaps) = strong.wanted();
-        match read_after(&pool, after, &gaps).await {
-            Ok((rows, oldest)) => strong.append(rows, oldest),
-            Err(e) => {
-                tracing::warn!(error = %e, "the change feed could not read `changes`; it tries again");
-                drop(strong);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
+        if read {
+            let (after, gaps) = strong.wanted();
+            match read_after(&pool, after, &gaps).await {
+                Ok((rows, oldest)) => strong.append(rows, oldest),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the change feed could not read `changes`; it tries again");
+                    drop(strong);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
             }
         }
         drop(strong);
-        match listener.try_recv().await {
-            Ok(Some(_)) => {}
+        read = match listener.try_recv().await {
+            Ok(Some(first)) => {
+                let mut foreign = first.payload() != own;
+                while let Some(next) = listener.next_buffered() {
+                    foreign |= next.payload() != own;
+                }
+                foreign
+            }
             // The connection dropped: listen on a new one before reading
             // what was missed (above), so that nothing falls in between.
             Ok(None) => match connect(&feed, &pool).await {
-                Some(fresh) => listener = fresh,
+                Some(fresh) => {
+                    listener = fresh;
+                    true
+                }
                 None => return,
             },
             Err(e) => {
                 tracing::warn!(error = %e, "the change feed's listener failed; it tries again");
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                true
             }
-        }
+        };
     }
 }
 
@@ -253,43 +283,47 @@ async fn connect(feed: &std::sync::Weak<PgFeed>, pool: &PgPool) -> Option<PgList
 }
 
 /// The rows after `after` and those of `gaps`, oldest first, and the
-/// table's oldest `seq`.
+/// table's oldest `seq`: one statement, so one snapshot and one round trip.
 async fn read_after(pool: &PgPool, after: i64, gaps: &[i64]) -> Result<(Vec<Row>, Option<i64>)> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *tx)
-        .await?;
-    let oldest: Option<i64> = sqlx::query_scalar("SELECT min(seq) FROM changes")
-        .fetch_one(&mut *tx)
-        .await?;
-    let rows = sqlx::query(
-        "SELECT seq, origin, facet, kind, target FROM changes
-         WHERE seq > $1 OR seq = ANY($2) ORDER BY seq",
+    let found = sqlx::query(
+        "SELECT o.oldest, c.seq, c.origin, c.facet, c.kind, c.target
+         FROM (SELECT min(seq) AS oldest FROM changes) AS o
+         LEFT JOIN LATERAL (
+             SELECT seq, origin, facet, kind, target FROM changes
+             WHERE seq > $1 OR seq = ANY($2)
+         ) AS c ON true
+         ORDER BY c.seq",
     )
     .bind(after)
     .bind(gaps)
-    .fetch_all(&mut *tx)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(Row {
+    .fetch_all(pool)
+    .await?;
+    let oldest = match found.first() {
+        Some(r) => r.try_get(0)?,
+        None => None,
+    };
+    let mut rows = Vec::with_capacity(found.len());
+    for r in &found {
+        let Some(seq) = r.try_get::<Option<i64>, _>(1)? else {
+            continue;
+        };
+        rows.push(Row {
             pos: 0,
-            seq: r.try_get(0)?,
-            origin: r.try_get(1)?,
-            facet: r.try_get(2)?,
+            seq,
+            origin: r.try_get(2)?,
+            facet: r.try_get(3)?,
             change: Change {
-                kind: r.try_get(3)?,
-                target: r.try_get(4)?,
+                kind: r.try_get(4)?,
+                target: r.try_get(5)?,
             },
-        })
-    })
-    .collect::<Result<_>>()?;
-    tx.commit().await?;
+        });
+    }
     Ok((rows, oldest))
 }
 
 /// Appends `records` inside the caller's transaction on `conn` and
-/// notifies every listener (delivered at the commit).
+/// notifies every listener (delivered at the commit), the notification
+/// naming the writer's `origin`.
 pub(crate) async fn publish(
     conn: &mut sqlx::PgConnection,
     origin: i64,
@@ -303,7 +337,7 @@ pub(crate) async fn publish(
              INSERT INTO changes (origin, at, facet, kind, target)
              SELECT $1, $2, $3, kind, target FROM unnest($4::text[], $5::bytea[]) AS r(kind, target)
          )
-         SELECT pg_notify($6, '')",
+         SELECT pg_notify($6, $1::text)",
     )
     .bind(origin)
     .bind(at)
@@ -316,13 +350,18 @@ pub(crate) async fn publish(
     Ok(())
 }
 
-/// Deletes records older than `before`, keeping the newest.
+/// Deletes records older than `before`, keeping the newest. It runs inside
+/// publishing transactions, several at once: rows another one is deleting
+/// are skipped (`SKIP LOCKED`), never waited for, so two trims cannot
+/// deadlock with each other or with the row locks their transactions hold.
 pub(crate) async fn trim(conn: &mut sqlx::PgConnection, before: Timestamp) -> Result<u64> {
-    Ok(
-        sqlx::query("DELETE FROM changes WHERE at < $1 AND seq < (SELECT max(seq) FROM changes)")
-            .bind(before)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected(),
+    Ok(sqlx::query(
+        "DELETE FROM changes WHERE seq IN (
+             SELECT seq FROM changes WHERE at < $1 AND seq < (SELECT max(seq) FROM changes)
+             FOR UPDATE SKIP LOCKED)",
     )
+    .bind(before)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
 }

@@ -271,10 +271,10 @@ impl Database {
     }
 
     /// Starts the change feed's listener (once; the schema must be
-    /// current).
-    pub(crate) async fn start_feed(&self) -> Result<&feed::PgFeed> {
+    /// current) for the vault whose records carry `origin`.
+    pub(crate) async fn start_feed(&self, origin: i64) -> Result<&feed::PgFeed> {
         if self.feed.get().is_none() {
-            let started = feed::PgFeed::start(&self.pool).await?;
+            let started = feed::PgFeed::start(&self.pool, origin).await?;
             if let Err((_, task)) = self.feed.set(started) {
                 task.abort();
             }

@@ -413,8 +413,15 @@ impl SessionsBackend for Postgres<'_> {
         Ok(hashes)
     }
 
+    /// Takes the user's `session_users` row first, as a create and an
+    /// erasure do: the user's sessions are then locked by one of them at a
+    /// time, whatever order each takes them in, so none deadlocks.
     async fn revoke_user(&self, user_id: &str, now: Timestamp) -> Result<Vec<[u8; 32]>> {
         let mut tx = self.db.pool().begin().await?;
+        sqlx::query("SELECT 1 FROM session_users WHERE user_id = $1 FOR UPDATE")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
         let rows = sqlx::query(
             "UPDATE sessions SET revoked_at = $1, revoked_reason = 'logout_all'
              WHERE user_id = $2 AND revoked_at IS NULL RETURNING token_hash",

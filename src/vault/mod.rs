@@ -221,7 +221,8 @@ impl Vault {
                     return Ok(());
                 }
                 self.core().load_hash_salt().await?;
-                self.core().feed().start(db.start_feed().await?)?;
+                let feed = self.core().feed();
+                feed.start(db.start_feed(feed.origin()).await?)?;
             }
         }
         self.settle_preferences().await
