@@ -86,7 +86,7 @@ async fn rate(
 }
 
 /// zstd's errors are `io::Error`s without a file.
-fn zstd_error(source: std::io::Error) -> Error {
+pub(crate) fn zstd_error(source: std::io::Error) -> Error {
     Error::Io {
         path: "(zstd)".into(),
         source,
