@@ -108,8 +108,8 @@ pub async fn run(url: &str, options: &VaultOptions, command: Command) -> Result<
         }),
         Command::ImportLegacy { .. } => Err(Error::InvalidInput {
             what: "command",
-            reason: "`import-legacy` imports into a SQLite file only, so far: import into a \
-                     file, or run the old service's state through the library"
+            reason: "`import-legacy` imports into a SQLite file only, so far, not into a \
+                     PostgreSQL database (postgres://): import into a file"
                 .into(),
         }),
     }
