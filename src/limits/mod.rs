@@ -48,6 +48,8 @@
 
 mod backend;
 mod bucket;
+#[cfg(feature = "postgres")]
+mod coalesce;
 mod config;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -70,9 +72,9 @@ pub(crate) use types::{ImportedBucket, ImportedViolation, SubjectImport};
 use backend::{BucketRow, LimitsBackend, Shared, SharedCheck, ViolationRow};
 use bucket::{Bucket, EPSILON};
 use config::{Compiled, CompiledLimit};
-use sqlite::Statements;
+
 use state::Entry;
-use storage::Backend;
+use storage::{Backend, Kept};
 use verdict::Verdict;
 
 use crate::core::Core;
@@ -549,7 +551,7 @@ fn limit_status(limit: &CompiledLimit, entry: &Entry, now: Timestamp) -> LimitSt
 /// of non-strict limits still buffered are not counted), for the health
 /// report.
 pub(crate) async fn violations_since(core: &Core, since: Timestamp) -> Result<u64> {
-    Backend::of(core, &Statements::default())
+    Backend::of(core, &Kept::default())
         .count_violations_since(since)
         .await
 }

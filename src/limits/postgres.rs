@@ -4,7 +4,9 @@
 //!
 //! - **A shared-mode check is one statement in autocommit.** For a limit of
 //!   one window ([`CHECK_ONE`]) it is an upsert of the bucket whose
-//!   `DO UPDATE … WHERE` refills and takes on the row's newest state. For
+//!   `DO UPDATE … WHERE` refills and takes on the row's newest state;
+//!   concurrent checks of existing buckets first share one statement
+//!   (`coalesce.rs`), and only those it did not take run it. For
 //!   several ([`CHECK`]) it locks the subject's buckets of the limit (`FOR
 //!   UPDATE`, which reads their newest state), refills them to now and takes
 //!   the cost from every window, or from none. Concurrent checks of one
@@ -29,6 +31,7 @@ use super::backend::{
     Writes, subject_digest,
 };
 use super::bucket::{Bucket, EPSILON};
+use super::coalesce::{Coalesced, Coalescer};
 use super::types::ViolationRecord;
 use crate::core::Core;
 use crate::core::feed::{Facet, Record};
@@ -49,11 +52,16 @@ pub(crate) const SEALED: &[Sealed] = &[Sealed {
 pub(crate) struct Postgres<'a> {
     core: &'a Core,
     db: &'a Database,
+    coalescer: &'a Coalescer,
 }
 
 impl<'a> Postgres<'a> {
-    pub(crate) fn new(core: &'a Core, db: &'a Database) -> Self {
-        Postgres { core, db }
+    pub(crate) fn new(core: &'a Core, db: &'a Database, coalescer: &'a Coalescer) -> Self {
+        Postgres {
+            core,
+            db,
+            coalescer,
+        }
     }
 }
 
@@ -251,7 +259,9 @@ impl Postgres<'_> {
         Ok(())
     }
 
-    /// Runs [`CHECK_ONE`] for a limit of one window, else [`CHECK`].
+    /// Runs [`CHECK_ONE`] for a limit of one window, alone or when the
+    /// next coalesced statement (`coalesce.rs`) did not take it; a limit of
+    /// several windows runs [`CHECK`].
     async fn try_take(&self, check: &SharedCheck<'_>) -> Result<Taken> {
         let query = |sql: &'static str| {
             sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -264,6 +274,11 @@ impl Postgres<'_> {
         };
         let rows = match check.windows {
             [one] => {
+                let _alone = match self.coalescer.take(self.db.pool(), check).await? {
+                    Coalesced::Taken(allowed) => return Ok(Taken::Allowed(allowed)),
+                    Coalesced::NotTaken => None,
+                    Coalesced::Alone(alone) => Some(alone),
+                };
                 let rows = query(CHECK_ONE.as_str())
                     .bind(one.period_secs)
                     .bind(one.capacity)

@@ -15,7 +15,7 @@ use super::backend::{
 use super::bucket::{self, Bucket, Outcome};
 use super::config::{Compiled, CompiledLimit, LimitsConfig};
 use super::sqlite::Statements;
-use super::storage::Backend;
+use super::storage::{Backend, Kept};
 use super::types::Penalty;
 use super::verdict::{self, Verdict};
 use crate::core::feed::{Cursor, Facet, News};
@@ -33,7 +33,7 @@ pub(crate) struct LimitsState {
     shards: Box<[Mutex<Shard>]>,
     /// Violations of non-strict limits not yet written.
     pending: Mutex<Vec<ViolationRow>>,
-    statements: Statements,
+    kept: Kept,
     /// Where this handle stands in the change feed.
     pub(super) feed: Cursor,
 }
@@ -74,14 +74,18 @@ impl LimitsState {
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             pending: Mutex::default(),
-            statements,
+            kept: Kept {
+                statements,
+                #[cfg(feature = "postgres")]
+                coalescer: Default::default(),
+            },
             feed: Cursor::new(Facet::Limits, std::time::Duration::ZERO),
         })
     }
 
     /// The storage's side of the facet.
     pub(super) fn backend<'a>(&'a self, core: &'a Core) -> Backend<'a> {
-        Backend::of(core, &self.statements)
+        Backend::of(core, &self.kept)
     }
 
     fn shard(&self, subject: &str) -> &Mutex<Shard> {

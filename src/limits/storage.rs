@@ -4,6 +4,8 @@
 
 use super::backend::{LimitsBackend, Shared, SharedCheck, Stored, ViolationRow, Writes};
 #[cfg(feature = "postgres")]
+use super::coalesce::Coalescer;
+#[cfg(feature = "postgres")]
 use super::postgres::Postgres;
 use super::sqlite::{Sqlite, Statements};
 use super::types::ViolationRecord;
@@ -17,13 +19,22 @@ pub(crate) enum Backend<'a> {
     Postgres(Postgres<'a>),
 }
 
+/// What the backends keep for the vault's life: the file's shared-check
+/// statements, the database's queue of coalesced shared checks.
+#[derive(Default)]
+pub(crate) struct Kept {
+    pub(crate) statements: Statements,
+    #[cfg(feature = "postgres")]
+    pub(crate) coalescer: Coalescer,
+}
+
 impl<'a> Backend<'a> {
-    /// The backend for `core`'s storage; the file's uses `statements`.
-    pub(crate) fn of(core: &'a Core, statements: &'a Statements) -> Self {
+    /// The backend for `core`'s storage, with what it keeps in `kept`.
+    pub(crate) fn of(core: &'a Core, kept: &'a Kept) -> Self {
         match core.storage() {
-            Storage::File(store) => Backend::Sqlite(Sqlite::new(core, store, statements)),
+            Storage::File(store) => Backend::Sqlite(Sqlite::new(core, store, &kept.statements)),
             #[cfg(feature = "postgres")]
-            Storage::Postgres(db) => Backend::Postgres(Postgres::new(core, db)),
+            Storage::Postgres(db) => Backend::Postgres(Postgres::new(core, db, &kept.coalescer)),
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::{Backend, contract};
 
 contract!(
     a_shared_budget_is_exact_across_instances,
+    many_concurrent_checks_of_many_subjects_allow_each_budget_exactly,
     shared_refill_follows_the_clock_and_a_refusal_starts_a_penalty,
     a_shared_limit_of_two_windows_takes_from_both_or_neither,
     in_memory_buckets_are_written_behind_and_read_back,
@@ -62,6 +63,46 @@ async fn a_shared_budget_is_exact_across_instances(backend: Backend) {
     assert_eq!(x.unwrap() + y.unwrap() + z.unwrap(), 50);
     b.close().await.unwrap();
     c.close().await.unwrap();
+    t.vault.close().await.unwrap();
+}
+
+/// 64 tasks on two instances checking four subjects at once (on
+/// PostgreSQL, checks arriving together share a statement): each subject is
+/// allowed exactly its budget, and a refusal is a refusal, whichever
+/// statement answered it.
+async fn many_concurrent_checks_of_many_subjects_allow_each_budget_exactly(backend: Backend) {
+    let config = || shared(Limit::new().window(Window::per(secs(3600), 100.0)));
+    let Some(t) = backend.open(|o| o.limits(config())).await else {
+        return;
+    };
+    let other = t.another().await;
+    let mut tasks = Vec::new();
+    for task in 0..64u32 {
+        let vault = if task % 2 == 0 {
+            t.vault.clone()
+        } else {
+            other.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut mine = [0u32; 4];
+            for i in 0..10u32 {
+                let subject = (task + i) % 4;
+                mine[subject as usize] +=
+                    u32::from(allowed(&vault, &format!("s{subject}"), 1).await);
+            }
+            mine
+        }));
+    }
+    let mut total = [0u32; 4];
+    for task in tasks {
+        for (sum, n) in total.iter_mut().zip(task.await.unwrap()) {
+            *sum += n;
+        }
+    }
+    assert_eq!(total, [100; 4], "160 checks of each subject, 100 allowed");
+    let refused = t.vault.limits().check("s0", "l", 1, &NONE).await.unwrap();
+    assert!(!refused.allowed);
+    other.close().await.unwrap();
     t.vault.close().await.unwrap();
 }
 
