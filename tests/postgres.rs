@@ -473,6 +473,30 @@ fn instance_options(url: &str, key: &Path) -> statevault::VaultOptions {
         )
 }
 
+/// Three child processes, each running only the test `test` of this
+/// binary (an instance of a service) on the database at `url` with the key
+/// file `key`, and `env` besides; their output piped.
+fn instances(
+    test: &str,
+    url: &str,
+    key: &Path,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Vec<std::process::Child> {
+    (0..3)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([test, "--exact", "--nocapture", "--test-threads", "1"])
+                .env(INSTANCE_URL, url)
+                .env(INSTANCE_KEY, key)
+                .envs(env.iter().copied())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect()
+}
+
 /// One instance of a service (run by [`three_processes_share_one_state`] in
 /// a process of its own; on its own it does nothing): 40 shared-budget
 /// checks, 8 session creates for one user and 30 audit appends, as fast as
@@ -541,18 +565,7 @@ async fn three_processes_share_one_state() {
         .0
         .close()
         .await;
-    let children: Vec<_> = (0..3)
-        .map(|_| {
-            std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["instance", "--exact", "--nocapture", "--test-threads", "1"])
-                .env(INSTANCE_URL, &db.url)
-                .env(INSTANCE_KEY, &key)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let children = instances("instance", &db.url, &key, &[]);
     let (mut allowed, mut created) = (0, 0);
     for child in children {
         let out = child.wait_with_output().unwrap();
@@ -655,19 +668,12 @@ async fn a_tag_invalidation_reaches_every_instance_l1() {
         .await
         .unwrap();
     vault.flush().await.unwrap();
-    let children: Vec<_> = (0..3)
-        .map(|_| {
-            std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["cache_instance", "--exact", "--nocapture"])
-                .env(INSTANCE_URL, &db.url)
-                .env(INSTANCE_KEY, &key)
-                .env(INSTANCE_DIR, dir.path())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let children = instances(
+        "cache_instance",
+        &db.url,
+        &key,
+        &[(INSTANCE_DIR, dir.path().as_os_str())],
+    );
     let ready = || {
         std::fs::read_dir(dir.path())
             .unwrap()

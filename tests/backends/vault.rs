@@ -69,6 +69,12 @@ async fn a_user_is_exported_then_erased_from_every_facet(backend: Backend) {
         return;
     };
     let v = &t.vault;
+    let profile = |user: &str| {
+        statevault::CacheKey::new("profile", user)
+            .unwrap()
+            .for_user(user)
+            .unwrap()
+    };
     let mut tokens = Vec::new();
     for user in ["alice", "bob"] {
         tokens.push(v.sessions().create(NewSession::new(user)).await.unwrap());
@@ -86,19 +92,12 @@ async fn a_user_is_exported_then_erased_from_every_facet(backend: Backend) {
                 .await
                 .unwrap();
         }
-        let key = statevault::CacheKey::new("profile", user)
-            .unwrap()
-            .for_user(user)
-            .unwrap();
-        v.cache().set(&key, b"cached").await.unwrap();
+        v.cache().set(&profile(user), b"cached").await.unwrap();
         v.audit()
             .append(statevault::AuditEvent::new(statevault::EventKind::Auth, "login").user(user))
             .unwrap();
     }
-    let alice_key = statevault::CacheKey::new("profile", "alice")
-        .unwrap()
-        .for_user("alice")
-        .unwrap();
+    let alice_key = profile("alice");
     let other = t.another().await;
     let alice_token = tokens[0].token.expose();
     assert!(
