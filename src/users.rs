@@ -186,6 +186,9 @@ impl Vault {
         let _exclusive = audit.exclusive().await;
         let batch = audit.take_batch();
         let core = self.core();
+        // Dropped from memory first too, so that no write-behind flush
+        // writes them back between the deletion and the end.
+        self.limits().forget(user_id);
         let in_memory = self.cache().forget_user(user_id);
         let erased = async {
             let mut tx = db.pool().begin().await?;
