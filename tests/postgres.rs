@@ -1219,3 +1219,63 @@ async fn two_instances_working_on_the_same_users_never_deadlock() {
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+/// An instance that only hears its own writes for longer than the change
+/// feed keeps them, then hears another's, keeps its memory: its own records
+/// count as read (their notifications name them), so their trimming is
+/// not taken for records it lost (which would empty its L1 and sessions).
+#[tokio::test]
+async fn an_instance_writing_alone_past_the_feed_retention_keeps_its_memory() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    let clock = statevault::FakeClock::default();
+    let options = options_on(&db, dir.path())
+        .clock(clock.clone())
+        .feed_retention(std::time::Duration::from_secs(1));
+    let a = statevault::Vault::open(options.clone()).await.unwrap();
+    let b = statevault::Vault::open(options).await.unwrap();
+    let key = statevault::CacheKey::new("search", "kept").unwrap();
+    a.cache()
+        .set_with(&key, b"v", &statevault::SetOptions::new().never_expires())
+        .await
+        .unwrap();
+    a.flush().await.unwrap();
+    // A writes alone (each write published), past the retention, so its
+    // later publishes trim its earlier records.
+    for i in 0..5 {
+        a.sessions()
+            .create(statevault::NewSession::new(format!("alone-{i}")))
+            .await
+            .unwrap();
+        clock.advance(std::time::Duration::from_secs(2));
+    }
+    // Another writer: A reads the feed again.
+    let issued = b
+        .sessions()
+        .create(statevault::NewSession::new("other"))
+        .await
+        .unwrap();
+    b.sessions().revoke(&issued.id).await.unwrap();
+    let revoked = issued.token.expose();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !matches!(
+            a.sessions().validate(revoked, None).await.unwrap(),
+            statevault::Validation::Revoked { .. } | statevault::Validation::Unknown
+        ) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("A never read B's revocation");
+    let before = a.cache().stats().await.unwrap().l1.hits;
+    assert!(a.cache().get(&key).await.unwrap().is_some());
+    assert_eq!(
+        a.cache().stats().await.unwrap().l1.hits,
+        before + 1,
+        "A's L1 still held its own entry"
+    );
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

@@ -79,6 +79,9 @@ const GAP_WAIT: Duration = Duration::from_secs(60);
 /// Missing `seq`s asked for at most (the oldest are given up first).
 const GAPS: usize = 1_024;
 
+/// The most `seq`s a notification names.
+const NAMED_SEQS: i64 = 300;
+
 /// The feed of a vault on PostgreSQL: what its listener task has read.
 pub(crate) struct PgFeed {
     /// Moves whenever the listener reads new rows (or lost some).
@@ -162,6 +165,31 @@ impl PgFeed {
         Ok((feed, task))
     }
 
+    /// Notes this vault's own records, `seqs`, as read without reading them
+    /// (nothing applies its own records): the newest `seq` moves past them,
+    /// and those between that are not among them are asked for at the next
+    /// read.
+    fn note_own(&self, seqs: &[i64]) {
+        let mut sorted = seqs.to_vec();
+        sorted.sort_unstable();
+        let mut log = lock(&self.log);
+        let now = tokio::time::Instant::now();
+        for seq in sorted {
+            if seq <= log.newest {
+                log.gaps.remove(&seq);
+                continue;
+            }
+            let from = (log.newest + 1).max(seq.saturating_sub(GAPS as i64));
+            for missing in from..seq {
+                log.gaps.insert(missing, now);
+            }
+            log.newest = seq;
+        }
+        while log.gaps.len() > GAPS {
+            log.gaps.pop_first();
+        }
+    }
+
     /// Logs the rows read from the table that it has not logged yet;
     /// `oldest` is the table's oldest `seq`, which says whether records were
     /// trimmed before they were read.
@@ -208,11 +236,12 @@ impl PgFeed {
     }
 }
 
-/// The listener task: reads the table at each notification from another
-/// instance, and after a reconnection, until the feed is dropped. A burst
-/// of notifications is one read; one naming this vault's own `origin` is
-/// none (its records need no applying here, and a later read takes their
-/// `seq`s with the rest). The listener holds one of the pool's connections.
+/// The listener task: reads the table after each burst of notifications
+/// (one read for all of them) that holds one from another writer, and
+/// after a reconnection, until the feed is dropped. A notification of this
+/// vault's own records names their `seq`s, which are noted as read without
+/// reading them (nothing here applies its own records). The listener holds
+/// one of the pool's connections.
 async fn listen(
     feed: std::sync::Weak<PgFeed>,
     pool: PgPool,
@@ -238,9 +267,15 @@ async fn listen(
         drop(strong);
         read = match listener.try_recv().await {
             Ok(Some(first)) => {
-                let mut foreign = first.payload() != own;
-                while let Some(next) = listener.next_buffered() {
-                    foreign |= next.payload() != own;
+                let mut burst = vec![first];
+                burst.extend(std::iter::from_fn(|| listener.next_buffered()));
+                let Some(strong) = feed.upgrade() else { return };
+                let mut foreign = false;
+                for notification in &burst {
+                    match own_seqs(notification.payload(), &own) {
+                        Some(seqs) => strong.note_own(&seqs),
+                        None => foreign = true,
+                    }
                 }
                 foreign
             }
@@ -260,6 +295,21 @@ async fn listen(
             }
         };
     }
+}
+
+/// The `seq`s a notification names, if it is this vault's own (`own` is
+/// its origin) and names them all; `None` for another writer's, or one too
+/// large to name them.
+fn own_seqs(payload: &str, own: &str) -> Option<Vec<i64>> {
+    let mut words = payload.split_ascii_whitespace();
+    if words.next()? != own {
+        return None;
+    }
+    let seqs: Vec<i64> = words
+        .map(str::parse)
+        .collect::<std::result::Result<_, _>>()
+        .ok()?;
+    (!seqs.is_empty()).then_some(seqs)
 }
 
 /// A new listener on [`CHANNEL`], trying until it connects; `None` once
@@ -323,7 +373,8 @@ async fn read_after(pool: &PgPool, after: i64, gaps: &[i64]) -> Result<(Vec<Row>
 
 /// Appends `records` inside the caller's transaction on `conn` and
 /// notifies every listener (delivered at the commit), the notification
-/// naming the writer's `origin`.
+/// naming the writer's `origin` and the records' `seq`s (all of them, or
+/// none past [`NAMED_SEQS`]: a payload holds 8000 bytes).
 pub(crate) async fn publish(
     conn: &mut sqlx::PgConnection,
     origin: i64,
@@ -336,8 +387,11 @@ pub(crate) async fn publish(
         "WITH written AS (
              INSERT INTO changes (origin, at, facet, kind, target)
              SELECT $1, $2, $3, kind, target FROM unnest($4::text[], $5::bytea[]) AS r(kind, target)
+             RETURNING seq
          )
-         SELECT pg_notify($6, $1::text)",
+         SELECT pg_notify($6, $1::text || (
+             SELECT CASE WHEN count(*) <= $7 THEN ' ' || string_agg(seq::text, ' ') ELSE '' END
+             FROM written))",
     )
     .bind(origin)
     .bind(at)
@@ -345,6 +399,7 @@ pub(crate) async fn publish(
     .bind(records.iter().map(|r| r.kind).collect::<Vec<_>>())
     .bind(records.iter().map(|r| r.target).collect::<Vec<_>>())
     .bind(CHANNEL)
+    .bind(NAMED_SEQS)
     .execute(&mut *conn)
     .await?;
     Ok(())
