@@ -32,7 +32,7 @@ use sqlx::postgres::PgPool;
 use tokio::sync::oneshot;
 
 use super::backend::{SharedAllowed, SharedCheck};
-use super::bucket::EPSILON;
+use super::bucket::{EPSILON, WindowSpec};
 use crate::core::lock;
 use crate::{Error, Result, Timestamp};
 
@@ -89,28 +89,20 @@ struct Job {
     reply: oneshot::Sender<Answer>,
 }
 
-/// What the statement did with one check.
-enum Answer {
-    /// Its cost was taken: the window's tokens left, recent violations.
-    Taken(SharedAllowed),
-    /// Nothing was taken: the caller runs its check alone.
-    NotTaken,
-    /// Taken, but the answer could not be read: an error, never a second
-    /// take.
-    Lost(String),
-}
+/// What the statement did with one check: `Some` what it took, `None`
+/// nothing (the caller runs its check alone), or an error when it took
+/// the cost but its answer could not be read (never a second take).
+type Answer = std::result::Result<Option<SharedAllowed>, String>;
 
 impl Coalescer {
-    /// Runs `check` (of one window) alone, or takes its cost in the next
-    /// statement (see the module docs).
+    /// Runs `check` of a limit whose one window is `window` alone, or takes
+    /// its cost in the next statement (see the module docs).
     pub(crate) async fn take(
         &self,
         pool: &PgPool,
         check: &SharedCheck<'_>,
+        window: &WindowSpec,
     ) -> Result<Coalesced<'_>> {
-        let [window] = check.windows else {
-            return Ok(Coalesced::NotTaken);
-        };
         if self.alone.fetch_add(1, Ordering::AcqRel) == 0 && lock(&self.queue).running == 0 {
             return Ok(Coalesced::Alone(Alone(&self.alone)));
         }
@@ -143,9 +135,9 @@ impl Coalescer {
             });
         }
         match answer.await {
-            Ok(Answer::Taken(allowed)) => Ok(Coalesced::Taken(allowed)),
-            Ok(Answer::NotTaken) | Err(_) => Ok(Coalesced::NotTaken),
-            Ok(Answer::Lost(detail)) => Err(Error::Internal {
+            Ok(Ok(Some(allowed))) => Ok(Coalesced::Taken(allowed)),
+            Ok(Ok(None)) | Err(_) => Ok(Coalesced::NotTaken),
+            Ok(Err(detail)) => Err(Error::Internal {
                 detail: format!("a shared check was taken but its answer was lost: {detail}"),
             }),
         }
@@ -233,7 +225,7 @@ async fn send(pool: &PgPool, batch: Vec<Job>) {
         .bind((0..batch.len() as i32).collect::<Vec<_>>())
         .fetch_all(pool)
         .await;
-    let mut answers: Vec<Answer> = batch.iter().map(|_| Answer::NotTaken).collect();
+    let mut answers: Vec<Answer> = batch.iter().map(|_| Ok(None)).collect();
     match answered {
         Ok(rows) => {
             for row in rows {
@@ -249,15 +241,15 @@ async fn send(pool: &PgPool, batch: Vec<Job>) {
                         if let Some(slot) = usize::try_from(i).ok().and_then(|i| answers.get_mut(i))
                         {
                             let recent = usize::try_from(recent).unwrap_or(0);
-                            *slot = Answer::Taken((vec![(window, tokens)], recent));
+                            *slot = Ok(Some((vec![(window, tokens)], recent)));
                         }
                     }
                     // Which check the row was is unknown: none of the
                     // unanswered may run again.
                     Err(e) => {
                         for slot in &mut answers {
-                            if matches!(slot, Answer::NotTaken) {
-                                *slot = Answer::Lost(e.to_string());
+                            if matches!(slot, Ok(None)) {
+                                *slot = Err(e.to_string());
                             }
                         }
                     }

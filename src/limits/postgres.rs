@@ -274,7 +274,7 @@ impl Postgres<'_> {
         };
         let rows = match check.windows {
             [one] => {
-                let _alone = match self.coalescer.take(self.db.pool(), check).await? {
+                let _alone = match self.coalescer.take(self.db.pool(), check, one).await? {
                     Coalesced::Taken(allowed) => return Ok(Taken::Allowed(allowed)),
                     Coalesced::NotTaken => None,
                     Coalesced::Alone(alone) => Some(alone),
