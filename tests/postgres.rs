@@ -636,13 +636,7 @@ async fn cache_instance() {
         "",
     )
     .unwrap();
-    tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        while vault.cache().get(&entry).await.unwrap().is_some() {
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .expect("the invalidation never reached this instance's memory");
+    common::until_gone(&vault, &[&entry], std::time::Duration::from_secs(30)).await;
     vault.close().await.unwrap();
 }
 
@@ -1257,18 +1251,14 @@ async fn an_instance_writing_alone_past_the_feed_retention_keeps_its_memory() {
         .create(statevault::NewSession::new("other"))
         .await
         .unwrap();
+    // A holds the session in memory: only the feed tells it of the revocation.
+    let token = issued.token.expose();
+    assert!(matches!(
+        a.sessions().validate(token, None).await.unwrap(),
+        statevault::Validation::Valid(_)
+    ));
     b.sessions().revoke(&issued.id).await.unwrap();
-    let revoked = issued.token.expose();
-    tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while !matches!(
-            a.sessions().validate(revoked, None).await.unwrap(),
-            statevault::Validation::Revoked { .. } | statevault::Validation::Unknown
-        ) {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("A never read B's revocation");
+    until_revoked(&a, token).await;
     let before = a.cache().stats().await.unwrap().l1.hits;
     assert!(a.cache().get(&key).await.unwrap().is_some());
     assert_eq!(

@@ -21,20 +21,9 @@ fn key(ns: &str, name: &str) -> CacheKey {
     CacheKey::new(ns, name).unwrap()
 }
 
-/// Waits, 10 s at most, until `vault` no longer returns a value for any of
-/// `keys`: on the file it applies the change at its next read, on
-/// PostgreSQL once the notification arrives. The clock stands still, so
-/// nothing expires meanwhile.
+/// [`common::until_gone`] within 10 s.
 async fn until_gone(vault: &Vault, keys: &[&CacheKey]) {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        for k in keys {
-            while vault.cache().get(k).await.unwrap().is_some() {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }
-    })
-    .await
-    .expect("the other instance still served an invalidated value after 10 s");
+    crate::common::until_gone(vault, keys, Duration::from_secs(10)).await;
 }
 
 async fn sets_reach_l2_at_the_flush_and_every_size_round_trips(backend: Backend) {

@@ -406,3 +406,24 @@ fn psql_ok(url: &str, sql: &str) -> String {
     assert!(out.status.success(), "psql {sql}: {}", stderr(&out));
     stdout(&out)
 }
+
+/// Waits, `within` at most, until `vault` no longer returns a value for
+/// any of `keys`: on the file it applies another handle's change at its
+/// next read, on PostgreSQL once the notification arrives. The vault's
+/// clock does not move meanwhile, so nothing expires: only the change can
+/// end the wait.
+pub async fn until_gone(
+    vault: &statevault::Vault,
+    keys: &[&statevault::CacheKey],
+    within: std::time::Duration,
+) {
+    tokio::time::timeout(within, async {
+        for k in keys {
+            while vault.cache().get(k).await.unwrap().is_some() {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        }
+    })
+    .await
+    .expect("an invalidated value was still served");
+}
