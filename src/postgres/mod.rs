@@ -1,16 +1,18 @@
 //! A PostgreSQL database made ready for statevault (feature `postgres`).
 //!
-//! This is the first part of running the facets on PostgreSQL for services
-//! with many instances (issue 19): the schema (`migrations/postgres`,
-//! created in the schema `statevault`), its migrations, and the key check
-//! that every sealed value will rely on. No facet runs on it yet: a
-//! [`Vault`](crate::Vault) still keeps its state in a SQLite file, and
-//! refuses a `postgres://` URL. `statevault init`, `migrate` and `info`
-//! take one.
+//! A [`Vault`](crate::Vault) opened on a `postgres://` URL keeps its
+//! state here, for services with many instances; each facet's
+//! `postgres.rs` holds its statements. This module holds what they share:
+//! the schema (`migrations/postgres`, in the schema `statevault`) and its
+//! migrations (`migrate.rs`), the pool, the key check and the sealer every
+//! sealed value relies on, the change feed's transport (`feed.rs`), and
+//! what `check` and `rekey` do across the facets' sealed columns
+//! (`check.rs`, `reseal.rs`). `statevault init`, `migrate` and `info` use
+//! [`Database`] directly.
 //!
 //! # The key
 //!
-//! What must not be read by whoever reads the database will be sealed with
+//! What must not be read by whoever reads the database is sealed with
 //! keys derived from the vault key (see `seal.rs`). [`Database::init`]
 //! stores a sealed check value in `vault_meta`; opening the database with
 //! another key fails with [`Error::WrongKey`] before anything is written. A
@@ -36,6 +38,7 @@
 //! # }
 //! ```
 
+mod check;
 pub(crate) mod feed;
 mod migrate;
 pub(crate) mod reseal;
@@ -46,7 +49,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::ConnectOptions;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use zeroize::Zeroizing;
 
 use crate::seal::Sealer;
@@ -391,67 +394,6 @@ impl Database {
         Ok(Zeroizing::new(salt))
     }
 
-    /// Opens every sealed value that `select` reads, page by page: `select`
-    /// takes the last key read (`$1`, text, `start` at first) and a page
-    /// size (`$2`), and returns rows in key order; `open` opens one row's
-    /// sealed values and returns its key (as text) and what did not open.
-    /// The `check` named `name` fails, naming each row, if any did not.
-    pub(crate) async fn open_every(
-        &self,
-        name: &'static str,
-        select: &'static str,
-        start: &str,
-        mut open: impl FnMut(&PgRow) -> Result<(String, Vec<String>)>,
-    ) -> Result<crate::Check> {
-        let mut problems = Vec::new();
-        let mut after = start.to_owned();
-        loop {
-            let rows = sqlx::query(select)
-                .bind(&after)
-                .bind(CHECK_PAGE)
-                .fetch_all(&self.pool)
-                .await?;
-            for row in &rows {
-                let (key, failed) = open(row)?;
-                problems.extend(failed);
-                after = key;
-            }
-            if rows.len() < CHECK_PAGE as usize {
-                break;
-            }
-        }
-        Ok(crate::Check {
-            name,
-            ok: problems.is_empty(),
-            problems,
-            passes: 1,
-        })
-    }
-
-    /// [`Database::open_every`] for a table whose rows are named by a uuid
-    /// `id` and sealed with it as associated data: `select` reads `id::text`
-    /// and the sealed `column`; each failure names the row as `what`.
-    pub(crate) async fn open_every_by_id(
-        &self,
-        name: &'static str,
-        select: &'static str,
-        table: &'static str,
-        what: &'static str,
-        column: &'static str,
-    ) -> Result<crate::Check> {
-        let sealer = self.sealer.table(table);
-        self.open_every(name, select, &uuid::Uuid::nil().to_string(), |row| {
-            let id: String = sqlx::Row::try_get(row, 0)?;
-            let sealed: Vec<u8> = sqlx::Row::try_get(row, 1)?;
-            let failed = match sealer.open(id.as_bytes(), &sealed) {
-                Ok(_) => Vec::new(),
-                Err(_) => vec![format!("{what} {id}: {column} does not open")],
-            };
-            Ok((id, failed))
-        })
-        .await
-    }
-
     /// Opens the stored key check with this database's sealer.
     async fn prove_key(&self, key: &Key) -> Result<()> {
         let wrong = || Error::WrongKey {
@@ -550,9 +492,6 @@ const APPLICATION: &str = "statevault";
 /// The pool of [`Database::init`] and [`Database::open`] (administration:
 /// a few statements at a time).
 const ADMIN_CONNECTIONS: u32 = 4;
-
-/// Rows per page when [`Database::open_every`] reads a table.
-const CHECK_PAGE: i64 = 1000;
 
 /// How long a connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
