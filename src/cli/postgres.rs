@@ -1,9 +1,9 @@
-//! The commands that work on a `postgres://` URL so far (feature
-//! `postgres`): `init`, `migrate` and `info`, through
-//! [`statevault::postgres::Database`]; `check`, `sweep`, `metrics`,
-//! `session`, `prefs`, `limits`, `audit`, `cache`, `user`, `health`,
-//! `demo` and `rekey` (re-sealing), through a [`Vault`] on the database. Every other command says what to use instead, or that it is
-//! not there yet.
+//! The commands on a `postgres://` URL (feature `postgres`): `init`,
+//! `migrate` and `info` through [`statevault::postgres::Database`];
+//! `check`, `sweep`, `metrics`, `session`, `prefs`, `limits`, `audit`,
+//! `cache`, `user`, `health`, `demo` and `rekey` (re-sealing) through a
+//! [`Vault`] on the database. `backup`, `restore`, `sql` and
+//! `import-legacy` say what to use instead.
 
 use std::process::ExitCode;
 

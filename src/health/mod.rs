@@ -21,7 +21,7 @@ pub(crate) use types::HealthState;
 pub use types::{Component, HealthConfig, HealthReport, HealthStatus};
 use types::{Integrity, worse_than};
 
-/// A PostgreSQL database's one component so far: it answers and takes a
+/// A PostgreSQL database's own component: it answers and takes a
 /// transaction.
 #[cfg(feature = "postgres")]
 async fn check_database(db: &crate::postgres::Database) -> Component {
