@@ -65,6 +65,14 @@ pub struct ErasureReport {
 
 impl Vault {
     /// Everything about `user_id`, from every facet, as one document.
+    ///
+    /// What this process buffers (audit events, rate-limit state, cache
+    /// sets, last-seen times) is written first; then every facet's part is
+    /// read in one snapshot (one read transaction on the file; on
+    /// PostgreSQL one `REPEATABLE READ` transaction), so the parts agree with
+    /// each other even while other handles write. Rate-limit state this
+    /// process holds in memory is reported from there, as
+    /// [`Limits::status`](crate::Limits::status) does.
     #[tracing::instrument(name = "vault.export_user", level = "debug", skip_all, fields(outcome = tracing::field::Empty, user_id = user_id))]
     pub async fn export_user(&self, user_id: &str) -> Result<UserExport> {
         crate::trace::done(
@@ -72,24 +80,80 @@ impl Vault {
             async {
                 check_user(user_id)?;
                 self.flush().await?;
-                Ok(UserExport {
-                    user_id: user_id.to_owned(),
-                    exported_at: self.now(),
-                    sessions: self.sessions().export_user(user_id).await?,
-                    preferences: self
-                        .preferences()
-                        .stored(user_id)
-                        .await?
-                        .map(|StoredPreferences { document, .. }| document),
-                    audit_events: self.audit().export_user(user_id).await?,
-                    rate_limits: self.limits().status(user_id).await?,
-                    violations: self.limits().violations_of(user_id).await?,
-                    cache_keys: self.cache().keys_of_user(user_id).await?,
+                #[cfg(feature = "postgres")]
+                if let crate::core::Storage::Postgres(db) = self.core().storage() {
+                    return self.export_on_postgres(db, user_id).await;
+                }
+                let vault = self.clone();
+                let user = user_id.to_owned();
+                crate::store::blocking("user export", move || {
+                    vault
+                        .store()?
+                        .read_snapshot(|conn| vault.export_in_file(conn, &user))
                 })
+                .await
             }
             .await,
             crate::trace::ok,
         )
+    }
+
+    /// [`Vault::export_user`]'s reads, in its snapshot of the file.
+    fn export_in_file(&self, conn: &rusqlite::Connection, user_id: &str) -> Result<UserExport> {
+        let now = self.now();
+        let (rate_limits, violations) = self.limits().export_in_file(conn, user_id)?;
+        Ok(UserExport {
+            user_id: user_id.to_owned(),
+            exported_at: now,
+            sessions: crate::sessions::export_user_in_file(conn, user_id, now)?,
+            preferences: self
+                .current_preferences(crate::prefs::export_user_in_file(conn, user_id)?)?,
+            audit_events: crate::audit::export_user_in_file(conn, user_id)?,
+            rate_limits,
+            violations,
+            cache_keys: crate::cache::export_user_in_file(conn, user_id)?,
+        })
+    }
+
+    /// [`Vault::export_user`]'s reads on PostgreSQL, in one read-only
+    /// `REPEATABLE READ` transaction (one snapshot for every statement).
+    #[cfg(feature = "postgres")]
+    async fn export_on_postgres(
+        &self,
+        db: &crate::postgres::Database,
+        user_id: &str,
+    ) -> Result<UserExport> {
+        let now = self.now();
+        let mut tx = db
+            .pool()
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        let (rate_limits, violations) = self.limits().export_pg(&mut tx, user_id).await?;
+        let export = UserExport {
+            user_id: user_id.to_owned(),
+            exported_at: now,
+            sessions: crate::sessions::export_user_pg(db, &mut tx, user_id, now).await?,
+            preferences: self
+                .current_preferences(crate::prefs::export_user_pg(db, &mut *tx, user_id).await?)?,
+            audit_events: crate::audit::export_user_pg(db, &mut tx, user_id).await?,
+            rate_limits,
+            violations,
+            cache_keys: crate::cache::export_user_pg(&mut *tx, user_id).await?,
+        };
+        tx.commit().await?;
+        Ok(export)
+    }
+
+    /// The stored preference overrides, upgraded to the current schema:
+    /// the document only.
+    fn current_preferences(
+        &self,
+        stored: Option<StoredPreferences>,
+    ) -> Result<Option<serde_json::Value>> {
+        Ok(self
+            .preferences()
+            .current(stored)?
+            .map(|StoredPreferences { document, .. }| document))
     }
 
     /// Erases `user_id` from every facet in one transaction: sessions,

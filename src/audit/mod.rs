@@ -424,6 +424,26 @@ impl<'a> Audit<'a> {
 }
 
 /// Stored rows as the events the log shows.
+/// A user's events, oldest first: their part of a user's export, read in
+/// the export's snapshot of the file.
+pub(crate) fn export_user_in_file(
+    conn: &rusqlite::Connection,
+    user_id: &str,
+) -> Result<Vec<StoredEvent>> {
+    events(sqlite::user_events_here(conn, user_id)?)
+}
+
+/// A user's events, oldest first: their part of a user's export, read in
+/// the export's transaction.
+#[cfg(feature = "postgres")]
+pub(crate) async fn export_user_pg(
+    db: &crate::postgres::Database,
+    conn: &mut sqlx::PgConnection,
+    user_id: &str,
+) -> Result<Vec<StoredEvent>> {
+    events(postgres::user_events(db, conn, user_id).await?)
+}
+
 fn events(rows: Vec<EventRow>) -> Result<Vec<StoredEvent>> {
     rows.iter().map(EventRow::to_event).collect()
 }

@@ -60,33 +60,6 @@ impl<'a> Postgres<'a> {
         self.db.sealer().table("audit_events")
     }
 
-    /// An event row with its details opened.
-    fn event_row(&self, sealer: &TableSealer, row: &PgRow) -> Result<EventRow> {
-        let id: String = row.try_get("id")?;
-        let sealed: Vec<u8> = row.try_get("details")?;
-        let details =
-            String::from_utf8(sealer.open(id.as_bytes(), &sealed)?.to_vec()).map_err(|_| {
-                Error::BadData {
-                    what: "audit_events".into(),
-                    detail: format!("event {id}'s details are not UTF-8"),
-                }
-            })?;
-        Ok(EventRow {
-            seq: row.try_get("seq")?,
-            occurred_at: row.try_get("occurred_at")?,
-            user_id: row.try_get("user_id")?,
-            session_id: row.try_get("session_id")?,
-            kind: row.try_get("kind")?,
-            action: row.try_get("action")?,
-            resource_type: row.try_get("resource_type")?,
-            resource_id: row.try_get("resource_id")?,
-            details,
-            gdpr_category: row.try_get("gdpr_category")?,
-            erased_at: row.try_get("erased_at")?,
-            id,
-        })
-    }
-
     /// Links `contents` after the head, inserts them and moves the head,
     /// inside the caller's transaction on `tx` (which this locks the head
     /// row in, if it has not already).
@@ -273,18 +246,11 @@ impl AuditBackend for Postgres<'_> {
             .push_bind(i64::from(limit));
         let rows = q.build().fetch_all(self.db.pool()).await?;
         let sealer = self.sealer();
-        rows.iter().map(|r| self.event_row(&sealer, r)).collect()
+        rows.iter().map(|r| event_row(&sealer, r)).collect()
     }
 
     async fn user_events(&self, user_id: &str) -> Result<Vec<EventRow>> {
-        let sql =
-            format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE user_id = $1 ORDER BY seq");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id)
-            .fetch_all(self.db.pool())
-            .await?;
-        let sealer = self.sealer();
-        rows.iter().map(|r| self.event_row(&sealer, r)).collect()
+        user_events(self.db, self.db.pool(), user_id).await
     }
 
     async fn remove_oldest(
@@ -337,7 +303,7 @@ impl AuditBackend for Postgres<'_> {
 
 impl Postgres<'_> {
     fn chain_row(&self, sealer: &TableSealer, row: &PgRow) -> Result<ChainRow> {
-        let event = self.event_row(sealer, row)?;
+        let event = event_row(sealer, row)?;
         let (ip_hash, user_agent_hash) = match event.erased_at {
             Some(_) => (None, None),
             None => (row.try_get("ip_hash")?, row.try_get("user_agent_hash")?),
@@ -362,4 +328,47 @@ pub(crate) async fn check_sealed(db: &Database) -> Result<crate::Check> {
         "details",
     )
     .await
+}
+
+/// An event row with its details opened.
+fn event_row(sealer: &TableSealer, row: &PgRow) -> Result<EventRow> {
+    let id: String = row.try_get("id")?;
+    let sealed: Vec<u8> = row.try_get("details")?;
+    let details =
+        String::from_utf8(sealer.open(id.as_bytes(), &sealed)?.to_vec()).map_err(|_| {
+            Error::BadData {
+                what: "audit_events".into(),
+                detail: format!("event {id}'s details are not UTF-8"),
+            }
+        })?;
+    Ok(EventRow {
+        seq: row.try_get("seq")?,
+        occurred_at: row.try_get("occurred_at")?,
+        user_id: row.try_get("user_id")?,
+        session_id: row.try_get("session_id")?,
+        kind: row.try_get("kind")?,
+        action: row.try_get("action")?,
+        resource_type: row.try_get("resource_type")?,
+        resource_id: row.try_get("resource_id")?,
+        details,
+        gdpr_category: row.try_get("gdpr_category")?,
+        erased_at: row.try_get("erased_at")?,
+        id,
+    })
+}
+
+/// `user_id`'s events, oldest first, read with `conn` (the pool, or the
+/// transaction of a user's export).
+pub(crate) async fn user_events<'c>(
+    db: &Database,
+    conn: impl sqlx::PgExecutor<'c>,
+    user_id: &str,
+) -> Result<Vec<EventRow>> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE user_id = $1 ORDER BY seq");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(user_id)
+        .fetch_all(conn)
+        .await?;
+    let sealer = db.sealer().table("audit_events");
+    rows.iter().map(|r| event_row(&sealer, r)).collect()
 }

@@ -277,6 +277,36 @@ pub(crate) async fn durably<T>(
     result
 }
 
+/// `user_id`'s events, oldest first: their part of a user's export, read
+/// in the export's snapshot.
+pub(crate) fn user_events_here(
+    conn: &rusqlite::Connection,
+    user_id: &str,
+) -> rusqlite::Result<Vec<EventRow>> {
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        event_columns!(),
+        " FROM audit_events WHERE user_id = ?1 ORDER BY seq"
+    ))?;
+    stmt.query_map([user_id], |r| {
+        Ok(EventRow {
+            seq: r.get(0)?,
+            id: r.get(1)?,
+            occurred_at: r.get(2)?,
+            user_id: r.get(3)?,
+            session_id: r.get(4)?,
+            kind: r.get(5)?,
+            action: r.get(6)?,
+            resource_type: r.get(7)?,
+            resource_id: r.get(8)?,
+            details: r.get(9)?,
+            gdpr_category: r.get(10)?,
+            erased_at: r.get(11)?,
+        })
+    })?
+    .collect()
+}
+
 fn event_row(row: &SqliteRow) -> Result<EventRow> {
     Ok(EventRow {
         seq: row.try_get("seq")?,

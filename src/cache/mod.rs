@@ -54,6 +54,7 @@ mod l1;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
+pub(crate) use sqlite::keys_of_user as export_user_in_file;
 mod sqlite_batch;
 mod state;
 mod storage;
@@ -72,7 +73,9 @@ use config::{check_tag, check_ttl};
 pub use key::{CacheKey, MAX_KEY_BYTES};
 use l1::{Item, Lookup, Meta};
 #[cfg(feature = "postgres")]
-pub(crate) use postgres::{SEALED, check_sealed, erase_user as erase_user_pg};
+pub(crate) use postgres::{
+    SEALED, check_sealed, erase_user as erase_user_pg, keys_of_user as export_user_pg,
+};
 pub(crate) use state::CacheState;
 use state::bump;
 pub use types::{CacheStats, L1Stats, L2Stats, NamespaceStats, SweepReport};

@@ -270,12 +270,7 @@ impl<'a> CacheBackend for Postgres<'a> {
     }
 
     async fn keys_of_user(&self, user: &str) -> Result<Vec<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT key FROM cache_entries WHERE user_id = $1 ORDER BY key")
-                .bind(user)
-                .fetch_all(self.db.pool())
-                .await?,
-        )
+        keys_of_user(self.db.pool(), user).await
     }
 
     async fn namespaces(&self, now: Timestamp) -> Result<Vec<NamespaceStats>> {
@@ -510,6 +505,20 @@ async fn delete_where(
 
 /// Deletes `user`'s entries inside the caller's transaction on `conn` (a
 /// user's erasure) and publishes it; how many.
+/// The keys of `user`'s rows, in order, read with `conn` (the pool, or the
+/// transaction of a user's export).
+pub(crate) async fn keys_of_user<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    user: &str,
+) -> Result<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT key FROM cache_entries WHERE user_id = $1 ORDER BY key")
+            .bind(user)
+            .fetch_all(conn)
+            .await?,
+    )
+}
+
 pub(crate) async fn erase_user(
     core: &Core,
     conn: &mut sqlx::PgConnection,

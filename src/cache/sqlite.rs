@@ -128,13 +128,7 @@ impl<'a> CacheBackend for Sqlite<'a> {
     }
 
     async fn keys_of_user(&self, user: &str) -> Result<Vec<String>> {
-        let mut conn = self.store()?.sqlx_reader_conn().await?;
-        Ok(
-            sqlx::query_scalar("SELECT key FROM cache_entries WHERE user_id = ?1 ORDER BY key")
-                .bind(user)
-                .fetch_all(&mut *conn)
-                .await?,
-        )
+        self.store()?.read_here(|conn| keys_of_user(conn, user))
     }
 
     async fn namespaces(&self, now: Timestamp) -> Result<Vec<NamespaceStats>> {
@@ -289,6 +283,17 @@ impl CacheTx for SqliteTx<'_> {
 /// Deletes every row the filter matches and publishes the invalidation,
 /// inside the caller's transaction on `conn` (also the whole-user erase's);
 /// how many.
+/// The keys of `user`'s rows, in order: their part of a user's export (read
+/// in the export's snapshot, or alone).
+pub(crate) fn keys_of_user(
+    conn: &rusqlite::Connection,
+    user: &str,
+) -> rusqlite::Result<Vec<String>> {
+    conn.prepare_cached("SELECT key FROM cache_entries WHERE user_id = ?1 ORDER BY key")?
+        .query_map([user], |r| r.get(0))?
+        .collect()
+}
+
 pub(crate) async fn delete_where(
     core: &Core,
     conn: &mut SqliteConnection,

@@ -69,7 +69,7 @@ pub use types::{
 };
 pub(crate) use types::{ImportedBucket, ImportedViolation, SubjectImport};
 
-use backend::{BucketRow, LimitsBackend, Shared, SharedCheck, ViolationRow};
+use backend::{BucketRow, LimitsBackend, Shared, SharedCheck, Stored, ViolationRow};
 use bucket::{Bucket, EPSILON};
 use config::{Compiled, CompiledLimit};
 
@@ -349,32 +349,83 @@ impl Limits<'_> {
             tracing::Level::DEBUG,
             async {
                 crate::ids::check_subject(subject)?;
-                let state = self.state;
                 let now = self.core.now();
-                self.catch_up(now)?;
                 let since = bucket::memory_start(now);
-                let mut out = Vec::with_capacity(state.config.limits.len());
-                for (idx, limit) in state.config.limits.iter().enumerate() {
-                    let in_memory = if limit.shared {
-                        None
-                    } else {
-                        state.in_memory(subject, idx)
-                    };
-                    let mut entry = match in_memory {
-                        Some(entry) => entry,
-                        None => {
-                            let stored = self.backend().load(subject, &limit.name, since).await?;
-                            Entry::from_stored(limit, stored, now)
-                        }
-                    };
-                    entry.recent.retain(|t| *t > since);
-                    out.push(limit_status(limit, &entry, now));
+                let mut stored = Vec::with_capacity(self.state.config.limits.len());
+                for limit in &self.state.config.limits {
+                    stored.push(self.backend().load(subject, &limit.name, since).await?);
                 }
-                Ok(out)
+                self.status_from(subject, now, stored)
             }
             .await,
             crate::trace::ok,
         )
+    }
+
+    /// The subject's status under every limit at `now`, from this process's
+    /// memory where it has the subject under a limit, else from `stored`:
+    /// what the storage holds under each limit (in configuration order),
+    /// read with [`bucket::memory_start`]`(now)`.
+    fn status_from(
+        &self,
+        subject: &str,
+        now: Timestamp,
+        stored: Vec<Stored>,
+    ) -> Result<Vec<LimitStatus>> {
+        self.catch_up(now)?;
+        let since = bucket::memory_start(now);
+        let limits = self.state.config.limits.iter().enumerate();
+        Ok(limits
+            .zip(stored)
+            .map(|((idx, limit), stored)| {
+                let in_memory = match limit.shared {
+                    true => None,
+                    false => self.state.in_memory(subject, idx),
+                };
+                let mut entry = in_memory.unwrap_or_else(|| Entry::from_stored(limit, stored, now));
+                entry.recent.retain(|t| *t > since);
+                limit_status(limit, &entry, now)
+            })
+            .collect())
+    }
+
+    /// The subject's part of a user's export, read in the export's snapshot
+    /// of the file: its status under every limit (as [`Limits::status`])
+    /// and its violations.
+    pub(crate) fn export_in_file(
+        &self,
+        conn: &rusqlite::Connection,
+        subject: &str,
+    ) -> Result<(Vec<LimitStatus>, Vec<ViolationRecord>)> {
+        let now = self.core.now();
+        let since = bucket::memory_start(now);
+        let stored = (self.state.config.limits.iter())
+            .map(|limit| sqlite::load(conn, subject, &limit.name, since))
+            .collect::<rusqlite::Result<_>>()?;
+        Ok((
+            self.status_from(subject, now, stored)?,
+            sqlite::all_violations(conn, subject)?,
+        ))
+    }
+
+    /// [`Limits::export_in_file`] in the transaction of a user's export on
+    /// PostgreSQL.
+    #[cfg(feature = "postgres")]
+    pub(crate) async fn export_pg(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        subject: &str,
+    ) -> Result<(Vec<LimitStatus>, Vec<ViolationRecord>)> {
+        let now = self.core.now();
+        let since = bucket::memory_start(now);
+        let mut stored = Vec::with_capacity(self.state.config.limits.len());
+        for limit in &self.state.config.limits {
+            stored.push(postgres::load(conn, subject, &limit.name, since).await?);
+        }
+        Ok((
+            self.status_from(subject, now, stored)?,
+            postgres::violations_of(conn, subject).await?,
+        ))
     }
 
     /// Deletes everything about `subject` (admin): its buckets under every

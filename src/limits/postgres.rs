@@ -348,61 +348,11 @@ impl Postgres<'_> {
 
 impl LimitsBackend for Postgres<'_> {
     async fn load(&self, subject: &str, limit: &str, since: Timestamp) -> Result<Stored> {
-        let buckets = sqlx::query(
-            "SELECT window_secs, tokens, last_refill_at FROM token_buckets
-             WHERE subject = $1 AND limit_name = $2",
-        )
-        .bind(subject)
-        .bind(limit)
-        .fetch_all(self.db.pool())
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                r.try_get(0)?,
-                Bucket {
-                    tokens: r.try_get(1)?,
-                    last_refill: r.try_get(2)?,
-                },
-            ))
-        })
-        .collect::<Result<_>>()?;
-        let violations = sqlx::query(
-            "SELECT occurred_at, penalty_until FROM violations
-             WHERE subject = $1 AND limit_name = $2 AND occurred_at > $3",
-        )
-        .bind(subject)
-        .bind(limit)
-        .bind(since)
-        .fetch_all(self.db.pool())
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect::<Result<_>>()?;
-        Ok(Stored {
-            buckets,
-            violations,
-        })
+        load(&mut *self.db.pool().acquire().await?, subject, limit, since).await
     }
 
     async fn violations_of(&self, subject: &str) -> Result<Vec<ViolationRecord>> {
-        sqlx::query(
-            "SELECT limit_name, occurred_at, cost, penalty_until FROM violations
-             WHERE subject = $1 ORDER BY occurred_at, id",
-        )
-        .bind(subject)
-        .fetch_all(self.db.pool())
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(ViolationRecord {
-                limit: r.try_get(0)?,
-                occurred_at: r.try_get(1)?,
-                cost: r.try_get(2)?,
-                penalty_until: r.try_get(3)?,
-            })
-        })
-        .collect()
+        violations_of(self.db.pool(), subject).await
     }
 
     async fn count_violations_since(&self, since: Timestamp) -> Result<u64> {
@@ -510,4 +460,73 @@ pub(crate) async fn check_sealed(db: &Database) -> Result<crate::Check> {
         "client_info",
     )
     .await
+}
+
+/// A subject's buckets of one limit and its violations of it since `since`.
+pub(super) async fn load(
+    conn: &mut sqlx::PgConnection,
+    subject: &str,
+    limit: &str,
+    since: Timestamp,
+) -> Result<Stored> {
+    let buckets = sqlx::query(
+        "SELECT window_secs, tokens, last_refill_at FROM token_buckets
+         WHERE subject = $1 AND limit_name = $2",
+    )
+    .bind(subject)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get(0)?,
+            Bucket {
+                tokens: r.try_get(1)?,
+                last_refill: r.try_get(2)?,
+            },
+        ))
+    })
+    .collect::<Result<_>>()?;
+    let violations = sqlx::query(
+        "SELECT occurred_at, penalty_until FROM violations
+         WHERE subject = $1 AND limit_name = $2 AND occurred_at > $3",
+    )
+    .bind(subject)
+    .bind(limit)
+    .bind(since)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+    .collect::<Result<_>>()?;
+    Ok(Stored {
+        buckets,
+        violations,
+    })
+}
+
+/// Every violation of a subject, oldest first, read with `conn` (the pool,
+/// or the transaction of a user's export).
+pub(super) async fn violations_of<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    subject: &str,
+) -> Result<Vec<ViolationRecord>> {
+    sqlx::query(
+        "SELECT limit_name, occurred_at, cost, penalty_until FROM violations
+         WHERE subject = $1 ORDER BY occurred_at, id",
+    )
+    .bind(subject)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(ViolationRecord {
+            limit: r.try_get(0)?,
+            occurred_at: r.try_get(1)?,
+            cost: r.try_get(2)?,
+            penalty_until: r.try_get(3)?,
+        })
+    })
+    .collect()
 }

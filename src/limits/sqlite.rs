@@ -250,7 +250,7 @@ fn run_shared_check(
 }
 
 /// A subject's buckets of one limit and its violations of it since `since`.
-fn load(
+pub(super) fn load(
     conn: &rusqlite::Connection,
     subject: &str,
     limit: &str,
@@ -285,7 +285,7 @@ fn load(
 }
 
 /// Every violation of a subject, oldest first.
-fn all_violations(
+pub(super) fn all_violations(
     conn: &rusqlite::Connection,
     subject: &str,
 ) -> rusqlite::Result<Vec<ViolationRecord>> {

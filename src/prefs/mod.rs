@@ -23,8 +23,11 @@ mod config;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
-pub(crate) use postgres::{SEALED, check_sealed, erase_user as erase_user_pg};
+pub(crate) use postgres::{
+    SEALED, check_sealed, erase_user as erase_user_pg, stored as export_user_pg,
+};
 mod sqlite;
+pub(crate) use sqlite::export_user as export_user_in_file;
 mod storage;
 mod types;
 
@@ -107,9 +110,16 @@ impl<'a> Preferences<'a> {
     /// if the user has none. The file answers on the caller's thread.
     pub async fn stored(&self, user_id: &str) -> Result<Option<StoredPreferences>> {
         check_user(user_id)?;
-        self.backend()
-            .stored(user_id)
-            .await?
+        self.current(self.backend().stored(user_id).await?)
+    }
+
+    /// `stored` as read from the storage, upgraded to the current schema
+    /// version.
+    pub(crate) fn current(
+        &self,
+        stored: Option<StoredPreferences>,
+    ) -> Result<Option<StoredPreferences>> {
+        stored
             .map(|stored| {
                 Ok(StoredPreferences {
                     document: self.upgraded(stored.document, stored.schema_version)?,

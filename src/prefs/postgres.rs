@@ -49,25 +49,39 @@ fn open(sealer: &TableSealer, user_id: &str, sealed: &[u8]) -> Result<Value> {
     )?)
 }
 
+/// The user's stored document, opened, read with `conn` (the pool, or the
+/// transaction of a user's export).
+pub(crate) async fn stored<'c>(
+    db: &Database,
+    conn: impl sqlx::PgExecutor<'c>,
+    user_id: &str,
+) -> Result<Option<StoredPreferences>> {
+    let row = sqlx::query(
+        "SELECT document, schema_version, updated_at FROM preferences WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|r| {
+        Ok(StoredPreferences {
+            document: open(
+                &db.sealer().table("preferences"),
+                user_id,
+                &r.try_get::<Vec<u8>, _>(0)?,
+            )?,
+            schema_version: r.try_get(1)?,
+            updated_at: r.try_get(2)?,
+        })
+    })
+    .transpose()
+}
+
 /// Reads a user's row and locks it for the transaction.
 const LOCK: &str = "SELECT document, schema_version FROM preferences WHERE user_id = $1 FOR UPDATE";
 
 impl PreferencesBackend for Postgres<'_> {
     async fn stored(&self, user_id: &str) -> Result<Option<StoredPreferences>> {
-        let row = sqlx::query(
-            "SELECT document, schema_version, updated_at FROM preferences WHERE user_id = $1",
-        )
-        .bind(user_id)
-        .fetch_optional(self.db.pool())
-        .await?;
-        row.map(|r| {
-            Ok(StoredPreferences {
-                document: open(&self.sealer(), user_id, &r.try_get::<Vec<u8>, _>(0)?)?,
-                schema_version: r.try_get(1)?,
-                updated_at: r.try_get(2)?,
-            })
-        })
-        .transpose()
+        stored(self.db, self.db.pool(), user_id).await
     }
 
     /// Locks the user's row (`FOR UPDATE`) and rewrites it. A user with no

@@ -26,29 +26,7 @@ impl<'a> Sqlite<'a> {
 
 impl PreferencesBackend for Sqlite<'_> {
     async fn stored(&self, user_id: &str) -> Result<Option<StoredPreferences>> {
-        let row = self.store.read_here(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT document, schema_version, updated_at FROM preferences WHERE user_id = ?1",
-            )?;
-            let mut rows = stmt.query([user_id])?;
-            rows.next()?
-                .map(|r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Timestamp>(2)?,
-                    ))
-                })
-                .transpose()
-        })?;
-        row.map(|(document, schema_version, updated_at)| {
-            Ok(StoredPreferences {
-                document: serde_json::from_str(&document)?,
-                schema_version,
-                updated_at,
-            })
-        })
-        .transpose()
+        parsed(self.store.read_here(|conn| stored_row(conn, user_id))?)
     }
 
     async fn update<T: Send>(
@@ -105,6 +83,38 @@ impl PreferencesBackend for Sqlite<'_> {
 
 /// Stores `document` as the user's overrides on `conn`, unless the user
 /// has some. Returns whether it was stored.
+/// The user's stored document, as [`PreferencesBackend::stored`] has it:
+/// its part of a user's export, read in the export's snapshot.
+pub(crate) fn export_user(
+    conn: &rusqlite::Connection,
+    user_id: &str,
+) -> Result<Option<StoredPreferences>> {
+    parsed(stored_row(conn, user_id)?)
+}
+
+/// The user's row: its document (JSON text), schema version and update time.
+fn stored_row(
+    conn: &rusqlite::Connection,
+    user_id: &str,
+) -> rusqlite::Result<Option<(String, i64, Timestamp)>> {
+    conn.prepare_cached(
+        "SELECT document, schema_version, updated_at FROM preferences WHERE user_id = ?1",
+    )?
+    .query_row([user_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    .optional()
+}
+
+fn parsed(row: Option<(String, i64, Timestamp)>) -> Result<Option<StoredPreferences>> {
+    row.map(|(document, schema_version, updated_at)| {
+        Ok(StoredPreferences {
+            document: serde_json::from_str(&document)?,
+            schema_version,
+            updated_at,
+        })
+    })
+    .transpose()
+}
+
 pub(crate) async fn insert_new(
     conn: &mut SqliteConnection,
     user_id: &str,

@@ -82,9 +82,6 @@ pub(crate) trait SessionsBackend {
     /// expiry at `now`, oldest first (the file answers on the caller's thread).
     async fn unrevoked_of_user(&self, user_id: &str, now: Timestamp) -> Result<Vec<Row>>;
 
-    /// Every session of a user, oldest first (the file answers on the caller's thread).
-    async fn all_of_user(&self, user_id: &str) -> Result<Vec<Row>>;
-
     /// In one transaction that serialises every creator: hands the user's
     /// [`Candidate`]s (oldest first) to `make_room`, revokes the ones it
     /// returns (reason `evicted`) and inserts `row`. Returns the revoked.

@@ -45,8 +45,11 @@ mod lookup;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
-pub(crate) use postgres::{SEALED, check_sealed, erase_user as erase_user_pg};
+pub(crate) use postgres::{
+    SEALED, check_sealed, erase_user as erase_user_pg, export_user as export_user_pg,
+};
 mod sqlite;
+pub(crate) use sqlite::export_user as export_user_in_file;
 mod state;
 mod storage;
 #[cfg(feature = "tower-sessions")]
@@ -481,21 +484,6 @@ impl<'a> Sessions<'a> {
                 (now < row.idle_expires_at()).then(|| row.session(now))
             })
             .collect())
-    }
-
-    /// Every session of a user, live or not, with its data (for export).
-    pub(crate) async fn export_user(&self, user_id: &str) -> Result<Vec<ExportedSession>> {
-        let now = self.core.now();
-        let rows = self.backend().all_of_user(user_id).await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(ExportedSession {
-                    data: serde_json::from_str(&row.data)?,
-                    revoked: row.revoked.clone(),
-                    session: row.session(now),
-                })
-            })
-            .collect()
     }
 
     /// Within the whole-user erase transaction: deletes the user's sessions

@@ -24,6 +24,7 @@ use sqlx::postgres::PgRow;
 
 use super::backend::{Candidate, NewRow, Regenerated, SessionsBackend, Tokens};
 use super::state::{Binding, Row, token_records};
+use super::types::ExportedSession;
 use crate::Result;
 use crate::clock::Timestamp;
 use crate::core::Core;
@@ -150,6 +151,25 @@ fn token_hashes(rows: &[PgRow]) -> Result<Vec<[u8; 32]>> {
 /// token hashes, which it returns. The user's row goes first: a create
 /// under way on another instance holds it, so this waits for that create
 /// and then deletes its session too.
+/// Every session of a user, live or not, with its data, oldest first: its
+/// part of a user's export, read in the export's transaction.
+pub(crate) async fn export_user(
+    db: &Database,
+    conn: &mut sqlx::PgConnection,
+    user_id: &str,
+    now: Timestamp,
+) -> Result<Vec<ExportedSession>> {
+    let sql = format!("SELECT {COLUMNS} FROM sessions WHERE user_id = $1 ORDER BY created_at, id");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(user_id)
+        .fetch_all(conn)
+        .await?;
+    let sealer = db.sealer().table("sessions");
+    rows.iter()
+        .map(|r| row(&sealer, r)?.exported(now))
+        .collect()
+}
+
 pub(crate) async fn erase_user(
     core: &Core,
     conn: &mut sqlx::PgConnection,
@@ -210,17 +230,6 @@ impl SessionsBackend for Postgres<'_> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(user_id)
             .bind(now)
-            .fetch_all(self.db.pool())
-            .await?;
-        let sealer = self.sealer();
-        rows.iter().map(|r| row(&sealer, r)).collect()
-    }
-
-    async fn all_of_user(&self, user_id: &str) -> Result<Vec<Row>> {
-        let sql =
-            format!("SELECT {COLUMNS} FROM sessions WHERE user_id = $1 ORDER BY created_at, id");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id)
             .fetch_all(self.db.pool())
             .await?;
         let sealer = self.sealer();

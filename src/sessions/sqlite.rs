@@ -18,6 +18,7 @@ use sqlx::{QueryBuilder, Row as _, SqliteConnection};
 
 use super::backend::{Candidate, NewRow, Regenerated, SessionsBackend, Tokens};
 use super::state::{Binding, Row, token_records};
+use super::types::ExportedSession;
 use crate::Result;
 use crate::clock::Timestamp;
 use crate::core::Core;
@@ -143,17 +144,6 @@ impl SessionsBackend for Sqlite<'_> {
             ))?;
             stmt.query_map(rusqlite::params![user_id, now], row)?
                 .collect()
-        })
-    }
-
-    async fn all_of_user(&self, user_id: &str) -> Result<Vec<Row>> {
-        self.store().read_here(|conn| {
-            let mut stmt = conn.prepare_cached(concat!(
-                "SELECT ",
-                row_columns!(),
-                " FROM sessions WHERE user_id = ?1 ORDER BY created_at, id"
-            ))?;
-            stmt.query_map([user_id], row)?.collect()
         })
     }
 
@@ -407,6 +397,22 @@ impl SessionsBackend for Sqlite<'_> {
 }
 
 /// Inserts a session row on `conn`.
+/// Every session of a user, live or not, with its data, oldest first: its
+/// part of a user's export, read in the export's snapshot.
+pub(crate) fn export_user(
+    conn: &rusqlite::Connection,
+    user_id: &str,
+    now: Timestamp,
+) -> Result<Vec<ExportedSession>> {
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        row_columns!(),
+        " FROM sessions WHERE user_id = ?1 ORDER BY created_at, id"
+    ))?;
+    let rows = stmt.query_map([user_id], row)?;
+    rows.map(|row| row?.exported(now)).collect()
+}
+
 pub(crate) async fn insert(conn: &mut SqliteConnection, row: &NewRow<'_>) -> Result<()> {
     sqlx::query(INSERT)
         .bind(row.id)

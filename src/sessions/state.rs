@@ -11,7 +11,7 @@ use std::time::Duration;
 use lru::LruCache;
 
 use super::config::SessionConfig;
-use super::types::Session;
+use super::types::{ExportedSession, Session};
 use crate::clock::Timestamp;
 use crate::core::feed::{Cursor, Facet, News, Record};
 use crate::core::lock;
@@ -89,6 +89,16 @@ impl Row {
             data: self.data.clone(),
             csrf_hash: self.csrf_hash,
         }
+    }
+
+    /// The session as a user's export shows it: with its data and why it
+    /// ended, if it did.
+    pub(super) fn exported(&self, now: Timestamp) -> crate::Result<ExportedSession> {
+        Ok(ExportedSession {
+            data: serde_json::from_str(&self.data)?,
+            revoked: self.revoked.clone(),
+            session: self.session(now),
+        })
     }
 }
 

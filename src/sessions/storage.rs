@@ -44,10 +44,6 @@ impl SessionsBackend for Backend<'_> {
         on_backend!(self, b => b.unrevoked_of_user(user_id, now).await)
     }
 
-    async fn all_of_user(&self, user_id: &str) -> Result<Vec<Row>> {
-        on_backend!(self, b => b.all_of_user(user_id).await)
-    }
-
     async fn create(
         &self,
         row: &NewRow<'_>,

@@ -197,6 +197,21 @@ impl Store {
         self.hot.with(f)
     }
 
+    /// Runs `f` in one read transaction on a rusqlite reader, on this
+    /// thread: every statement in it reads the file as of the first one,
+    /// whatever commits meanwhile (WAL). For reads that must agree with each
+    /// other (a user's export); run it on the blocking pool when what it
+    /// reads can be large.
+    pub(crate) fn read_snapshot<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T>,
+    ) -> Result<T> {
+        self.hot.with(|conn| {
+            let snapshot = conn.unchecked_transaction()?;
+            Ok(f(&snapshot))
+        })?
+    }
+
     /// A write transaction that takes the write lock at once (`BEGIN
     /// IMMEDIATE`): a deferred one that later turns into a write fails with
     /// SQLITE_BUSY at once, whatever the busy timeout, while another process

@@ -10,6 +10,7 @@ contract!(
     a_closed_vault_says_so,
     the_whole_vault_sweeps,
     a_user_is_exported_then_erased_from_every_facet,
+    an_export_reads_every_facet_in_one_snapshot,
 );
 
 /// After `close`, every facet on every backend answers `Error::Closed`.
@@ -155,6 +156,75 @@ async fn a_user_is_exported_then_erased_from_every_facet(backend: Backend) {
     .await
     .expect("the other instance still held the erased user after 10 s");
     assert!(v.check().await.unwrap().ok());
+    other.close().await.unwrap();
+    t.vault.close().await.unwrap();
+}
+
+/// A user's export reads every facet in one snapshot: while another
+/// instance erases the user (one transaction), each export taken meanwhile
+/// holds all of the user's parts or none of them, never some.
+async fn an_export_reads_every_facet_in_one_snapshot(backend: Backend) {
+    let Some(t) = backend
+        .open(|o| {
+            o.preferences(
+                statevault::PreferencesConfig::new(serde_json::json!({})).allow_unknown_keys(true),
+            )
+        })
+        .await
+    else {
+        return;
+    };
+    let v = &t.vault;
+    let other = t.another().await;
+    for round in 0..20 {
+        let user = format!("user-{round}");
+        v.sessions().create(NewSession::new(&user)).await.unwrap();
+        v.preferences()
+            .patch(&user, &serde_json::json!({"theme": "dark"}))
+            .await
+            .unwrap();
+        let key = statevault::CacheKey::new("profile", &user)
+            .unwrap()
+            .for_user(&user)
+            .unwrap();
+        v.cache().set(&key, b"cached").await.unwrap();
+        v.audit()
+            .append_durable(
+                statevault::AuditEvent::new(statevault::EventKind::Auth, "login").user(&user),
+            )
+            .await
+            .unwrap();
+        v.flush().await.unwrap();
+        let exports = async {
+            let mut seen = Vec::new();
+            loop {
+                let export = v.export_user(&user).await.unwrap();
+                let parts = [
+                    !export.sessions.is_empty(),
+                    export.preferences.is_some(),
+                    !export.cache_keys.is_empty(),
+                    !export.audit_events.is_empty(),
+                ];
+                seen.push(parts);
+                if parts == [false; 4] {
+                    return seen;
+                }
+            }
+        };
+        let (erased, seen) = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::join!(other.erase_user(&user), exports)
+        })
+        .await
+        .expect("the export still showed the user 60 s after the erasure began");
+        erased.unwrap();
+        for parts in seen {
+            assert!(
+                parts == [true; 4] || parts == [false; 4],
+                "round {round}: an export held only some parts (sessions, preferences, \
+                 cache keys, audit events): {parts:?}"
+            );
+        }
+    }
     other.close().await.unwrap();
     t.vault.close().await.unwrap();
 }
