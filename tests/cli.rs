@@ -393,6 +393,13 @@ fn audit_prefs_and_user_commands() {
         serde_json::from_slice(&std::fs::read(dir.path().join("ann.json")).unwrap()).unwrap();
     assert_eq!(export["sessions"].as_array().unwrap().len(), 1);
     assert_eq!(export["audit_events"].as_array().unwrap().len(), 2);
+    // On standard output, the same document, as JSON a pipe can parse.
+    let out = run(dir.path(), &["user", "export", "ann"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("user export printed no JSON ({e}): {}", stdout(&out)));
+    assert_eq!(printed["sessions"], export["sessions"]);
+    assert_eq!(printed["preferences"], export["preferences"]);
 
     let out = run(dir.path(), &["user", "erase", "ann"]);
     let text = stdout(&out);

@@ -27,11 +27,10 @@ pub async fn run(vault: &Vault, command: Command) -> Result<ExitCode> {
     match command {
         Command::Export { user, out } => {
             let export = vault.export_user(&user).await?;
-            let json = serde_json::to_string_pretty(&export)?;
             match out {
-                None => say!("{json}"),
+                None => super::print_json(&export)?,
                 Some(path) => {
-                    write_private(&path, json.as_bytes())?;
+                    write_private(&path, serde_json::to_string_pretty(&export)?.as_bytes())?;
                     say!(
                         "exported {user}: {} session(s), {} audit event(s) to {}",
                         export.sessions.len(),
