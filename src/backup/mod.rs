@@ -344,8 +344,12 @@ fn prune(dir: &Path, db: &Path, now: Timestamp, keep: Duration) -> Result<Vec<Pa
         let name = entry.file_name().to_string_lossy().into_owned();
         // Names sort by time: same stem, same fixed-width stamp.
         if name.starts_with(&format!("{stem}.")) && name.ends_with(".backup.db") && name < cutoff {
-            fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
-            removed.push(entry.path());
+            // Another process pruning at the same time may have taken it first.
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed.push(entry.path()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(entry.path(), e)),
+            }
         }
     }
     Ok(removed)

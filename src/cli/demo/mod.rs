@@ -319,16 +319,45 @@ async fn backup(vault: &Vault) -> Result<(statevault::BackupReport, usize)> {
         })
         .collect();
     ours.sort();
-    let old = ours.len().saturating_sub(3);
-    for path in &ours[..old] {
-        std::fs::remove_file(path).map_err(|e| io(path, e))?;
+    let pruned = remove_present(&ours[..ours.len().saturating_sub(3)])?;
+    Ok((report, pruned))
+}
+
+/// Removes `paths` and says how many this call removed. A path already gone
+/// is no error: another demo pruning at the same time took it first.
+fn remove_present(paths: &[PathBuf]) -> statevault::Result<usize> {
+    let mut removed = 0;
+    for path in paths {
+        match std::fs::remove_file(path) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(path, e)),
+        }
     }
-    Ok((report, old))
+    Ok(removed)
 }
 
 fn io(path: &Path, source: std::io::Error) -> statevault::Error {
     statevault::Error::Io {
         path: path.to_owned(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remove_present;
+
+    /// Two demos pruning at once: what the other took first is not an error.
+    #[test]
+    fn a_backup_already_pruned_is_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, gone) = (
+            dir.path().join("a.backup.db"),
+            dir.path().join("b.backup.db"),
+        );
+        std::fs::write(&kept, b"backup").unwrap();
+        assert_eq!(remove_present(&[kept.clone(), gone]).unwrap(), 1);
+        assert!(!kept.exists());
     }
 }
