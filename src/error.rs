@@ -127,12 +127,13 @@ pub enum Error {
         detail: String,
     },
 
-    /// The file was migrated by a newer statevault: opening it could damage it.
+    /// The file or database was migrated by a newer statevault: using it
+    /// could damage it.
     #[error(
-        "schema version {found} is newer than this build supports ({supported}): upgrade statevault; the file was not touched"
+        "schema version {found} is newer than this build supports ({supported}): upgrade statevault; the vault was not touched"
     )]
     SchemaTooNew {
-        /// The newest migration applied to the file.
+        /// The newest migration applied to the vault.
         found: i64,
         /// The newest migration this build knows.
         supported: i64,
@@ -140,7 +141,7 @@ pub enum Error {
 
     /// An applied migration differs from the one this build embeds.
     #[error(
-        "migration {version} applied to the file differs from the one in this build ({reason})"
+        "migration {version} applied to the vault differs from the one in this build ({reason})"
     )]
     MigrationMismatch {
         /// The migration's version.
@@ -341,10 +342,10 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// A value stored in the file cannot be used (a `vault_meta` row, a
-    /// metric's sketch): the file is readable, but that value was written by
-    /// something other than statevault, or damaged.
-    #[error("{what} in the vault file cannot be used: {detail}")]
+    /// A value stored in the vault cannot be used (a `vault_meta` row, a
+    /// metric's sketch): the file or database is readable, but that value
+    /// was written by something other than statevault, or damaged.
+    #[error("{what} in the vault cannot be used: {detail}")]
     BadData {
         /// What was read: `"vault_meta hash_salt"`, `"metric sketch"`.
         what: String,

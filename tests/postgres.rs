@@ -377,6 +377,100 @@ fn a_missing_database_is_named_in_the_servers_words() {
     );
 }
 
+/// As on the file: a schema a newer build migrated, or one whose applied
+/// migration differs from this build's, is refused by every command before
+/// it reads or writes, not only by `migrate`.
+#[test]
+fn a_schema_this_build_does_not_know_is_refused_by_every_command() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    new_key_file(dir.path(), "vault.key");
+    let run = |args: &[&str]| {
+        cli(dir.path())
+            .args(["--db", &db.url, "--key-file", "vault.key"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["init"]).status.success());
+    let commands: &[&[&str]] = &[
+        &["info"],
+        &["check"],
+        &["prefs", "set", "ann", r#"{"theme": "dark"}"#],
+        &["user", "erase", "ann"],
+        &["session", "list", "ann"],
+        &["migrate"],
+    ];
+    let refused_by_all = |what: &str| {
+        for args in commands {
+            let err = assert_one_error_line(&run(args));
+            assert!(err.contains(what), "{args:?}: {err}");
+        }
+    };
+    db.psql(
+        "INSERT INTO statevault._sqlx_migrations \
+         (version, description, success, checksum, execution_time) \
+         VALUES (20991231000000, 'from a newer build', true, '\\x00', 1)",
+    );
+    refused_by_all("newer than this build");
+    db.psql("DELETE FROM statevault._sqlx_migrations WHERE version = 20991231000000");
+    db.psql(
+        "UPDATE statevault._sqlx_migrations SET checksum = '\\x00' \
+         WHERE version = (SELECT min(version) FROM statevault._sqlx_migrations)",
+    );
+    refused_by_all("checksum differs");
+    assert_eq!(
+        db.psql("SELECT count(*) FROM statevault.preferences")
+            .trim(),
+        "0"
+    );
+}
+
+/// A database whose key check was deleted still holds values sealed under
+/// its key: `init` with another key refuses instead of writing a check that
+/// would lock the right key out, and every command says the check is
+/// missing rather than that the key is wrong.
+#[test]
+fn a_missing_key_check_is_named_and_never_replaced() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    new_key_file(dir.path(), "vault.key");
+    new_key_file(dir.path(), "other.key");
+    let run = |key: &str, args: &[&str]| {
+        cli(dir.path())
+            .args(["--db", &db.url, "--key-file", key])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["init"][..],
+        &["prefs", "set", "ann", r#"{"theme": "dark"}"#],
+    ] {
+        let out = run("vault.key", args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    db.psql("DELETE FROM statevault.vault_meta WHERE key = 'seal_check'");
+    for (key, args) in [
+        ("other.key", &["init"][..]),
+        ("vault.key", &["init"]),
+        ("vault.key", &["info"]),
+        ("other.key", &["prefs", "get", "ann"]),
+    ] {
+        let err = assert_one_error_line(&run(key, args));
+        assert!(
+            err.contains("the key check is missing"),
+            "{key} {args:?}: {err}"
+        );
+    }
+    let checks = "SELECT count(*) FROM statevault.vault_meta WHERE key = 'seal_check'";
+    assert_eq!(db.psql(checks).trim(), "0", "nothing was written");
+}
+
 /// What a database administrator or a `pg_dump` sees: the rows (user ids
 /// are not secret), and none of the session data, client metadata,
 /// preference documents, audit details, tokens, IPs, user agents or device

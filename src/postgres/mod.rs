@@ -133,6 +133,12 @@ impl Database {
         let earlier = if prepared(&pool).await? && meta(&pool, CHECK_ROW).await?.is_some() {
             Some(Database::proven(pool.clone(), url.clone(), &key, instance.clone()).await?)
         } else {
+            // Values sealed under some key, but no check to prove this one
+            // against: a check written now would lock that key out.
+            if prepared(&pool).await? && meta(&pool, HASH_SALT_ROW).await?.is_some() {
+                pool.close().await;
+                return Err(missing_check());
+            }
             None
         };
         migrate(&pool).await?;
@@ -188,6 +194,12 @@ impl Database {
             return Err(Error::Missing {
                 path: PathBuf::from(format!("{url} (schema {SCHEMA})")),
             });
+        }
+        // As the file: a schema from a newer build, or with a migration that
+        // differs from this build's, is refused before anything is read.
+        if let Err(e) = applied(&pool).await.and_then(|applied| applied.validate()) {
+            pool.close().await;
+            return Err(e);
         }
         Database::proven(pool, url, &key, instance).await
     }
@@ -400,7 +412,9 @@ impl Database {
             path: PathBuf::from(&self.url),
             key: key.describe(),
         };
-        let check = meta(&self.pool, CHECK_ROW).await?.ok_or_else(wrong)?;
+        let check = meta(&self.pool, CHECK_ROW)
+            .await?
+            .ok_or_else(missing_check)?;
         let check = unhex(&check).ok_or_else(|| Error::BadData {
             what: "vault_meta".into(),
             detail: "the key check is not hex".into(),
@@ -413,6 +427,18 @@ impl Database {
             Ok(plain) if plain.as_slice() == CHECK_PLAINTEXT => Ok(()),
             _ => Err(wrong()),
         }
+    }
+}
+
+/// The key check is gone (deleted by hand, or an `init` stopped before
+/// writing it): no key can be proven, and none is taken on trust.
+fn missing_check() -> Error {
+    Error::BadData {
+        what: format!("vault_meta {CHECK_ROW}"),
+        detail: "the key check is missing, so no key can be proven against it: if an `init` \
+                 was interrupted, run it again; if the row was deleted, restore it from a \
+                 backup (pg_dump). Nothing was written"
+            .into(),
     }
 }
 
