@@ -80,14 +80,20 @@ async fn authenticate(
         }
     };
     if session.rotation_due {
-        user.token = Some(
-            vault
-                .sessions()
-                .rotate(&token, Some(&user.device))
-                .await?
-                .token,
-        );
-        counts.sessions_rotated += 1;
+        match vault.sessions().rotate(&token, Some(&user.device)).await {
+            Ok(rotated) => {
+                user.token = Some(rotated.token);
+                counts.sessions_rotated += 1;
+            }
+            // Revoked or rotated since the validation (another process on
+            // the file erased the user, or evicted the session): as a
+            // service would, refuse this request; the next one logs in.
+            Err(statevault::Error::SessionNotValid { .. }) => {
+                user.token = None;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(Some(session))
 }
@@ -243,10 +249,17 @@ async fn login(
                 .data(&json!({"upstream_access_token": "demo", "country": "NO"}))?,
         )
         .await?;
-    let issued = vault
+    let issued = match vault
         .sessions()
         .regenerate(issued.token.expose(), Some(&user.device))
-        .await?;
+        .await
+    {
+        Ok(issued) => issued,
+        // Another process on the file evicted it (the user's cap) or erased
+        // the user meanwhile: this login fails; the next request tries again.
+        Err(statevault::Error::SessionNotValid { .. }) => return Ok(Some(401)),
+        Err(e) => return Err(e),
+    };
     counts.logins += 1;
     counts.sessions_created += 1;
     vault.metrics().record_auth(true);
