@@ -140,7 +140,12 @@ impl Key {
 
     /// Reads a key file. It must not be readable by group or others.
     pub fn read_file(path: &Path) -> Result<Key> {
-        let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let meta = fs::metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::InvalidKey {
+                reason: format!("the key file {} does not exist", path.display()),
+            },
+            _ => Error::io(path, e),
+        })?;
         if !meta.is_file() {
             return Err(Error::InvalidKey {
                 reason: format!("{} is not a file", path.display()),

@@ -106,6 +106,11 @@ fn wrong_key_is_one_clear_line_and_the_file_is_untouched() {
     let out = run(dir.path(), &["--key-file", "wrong.key", "info"]);
     let err = assert_one_error_line(&out);
     assert!(err.contains("wrong key"), "{err}");
+    let err = assert_one_error_line(&run(dir.path(), &["--key-file", "absent.key", "info"]));
+    assert!(
+        err.contains("the key file absent.key does not exist"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&db).unwrap(), before);
 }
 
