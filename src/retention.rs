@@ -23,7 +23,8 @@ const BATCH: usize = 500;
 pub struct SweepReport {
     /// Rows removed per table.
     pub removed: BTreeMap<String, u64>,
-    /// Pages given back to the file system by `incremental_vacuum`.
+    /// Pages given back to the file system by `incremental_vacuum` (0 on
+    /// PostgreSQL, whose space is the server's vacuum's).
     pub pages_freed: i64,
 }
 

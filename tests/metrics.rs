@@ -197,7 +197,7 @@ async fn api_calls_auth_sessions_and_sizes() {
     let auth = m.auth(start, vault.now()).await.unwrap();
     assert_eq!((auth.success, auth.failure), (1, 2));
     assert_eq!(m.active_sessions().await.unwrap(), 2);
-    assert!(m.file_sizes().file_bytes > 0);
+    assert!(m.file_sizes().unwrap().file_bytes > 0);
 
     let report = m.report(start, vault.now()).await.unwrap();
     assert!(

@@ -254,7 +254,8 @@ fn text_of(value: &serde_json::Value) -> String {
     }
 }
 
-pub async fn sweep(vault: &Vault, json: bool) -> Result<ExitCode> {
+/// `sweep`; `on_file` adds the pages given back to the file system.
+pub async fn sweep(vault: &Vault, json: bool, on_file: bool) -> Result<ExitCode> {
     let report = vault.sweep().await?;
     if json {
         print_json(&report)?;
@@ -262,7 +263,9 @@ pub async fn sweep(vault: &Vault, json: bool) -> Result<ExitCode> {
         for (table, rows) in &report.removed {
             say!("{table:<14} {rows:>8} removed");
         }
-        say!("{:<14} {:>8} pages given back", "file", report.pages_freed);
+        if on_file {
+            say!("{:<14} {:>8} pages given back", "file", report.pages_freed);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -320,7 +320,7 @@ async fn dispatch(vault: &Vault, command: Command) -> Result<ExitCode> {
         Command::Info { json } => admin::info(vault, json).await,
         Command::Sql { query, json } => admin::sql(vault, &query, json).await,
         Command::Session(command) => session::run(vault, command).await,
-        Command::Sweep { json } => admin::sweep(vault, json).await,
+        Command::Sweep { json } => admin::sweep(vault, json, true).await,
         Command::Backup(args) => backup::backup(vault, args).await,
         Command::Audit(command) => audit::run(vault, command).await,
         Command::Prefs(command) => prefs::run(vault, command).await,

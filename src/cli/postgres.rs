@@ -121,6 +121,7 @@ async fn on_vault(options: &VaultOptions, command: Command) -> Result<ExitCode> 
     let vault = Vault::open(options.clone().create_if_missing(false).migrate(false)).await?;
     let result = match command {
         Command::Check { json } => admin::check_vault(&vault, json).await,
+        Command::Sweep { json } => admin::sweep(&vault, json, false).await,
         command => super::dispatch(&vault, command).await,
     };
     let closed = vault.close().await;

@@ -402,9 +402,10 @@ impl<'a> Metrics<'a> {
         self.sources.active_sessions().await
     }
 
-    /// The sizes of the database file and its WAL now.
-    pub fn file_sizes(&self) -> FileSizes {
-        file_sizes(self.core.path())
+    /// The sizes of the database file and its WAL now; `None` on
+    /// PostgreSQL, which has no file of the vault's.
+    pub fn file_sizes(&self) -> Option<FileSizes> {
+        self.core.store().ok().map(|store| file_sizes(store.path()))
     }
 
     /// Every series, error rates, auth counts, live sessions and file sizes
@@ -495,13 +496,10 @@ impl<'a> Metrics<'a> {
             &none,
             self.active_sessions().await? as f64,
         );
-        // The file and the cache are the vault file's only, so far.
-        if self.core.store().is_err() {
-            return Ok(out.finish());
+        if let Some(files) = self.file_sizes() {
+            out.gauge("statevault_file_bytes", &none, files.file_bytes as f64);
+            out.gauge("statevault_wal_bytes", &none, files.wal_bytes as f64);
         }
-        let files = self.file_sizes();
-        out.gauge("statevault_file_bytes", &none, files.file_bytes as f64);
-        out.gauge("statevault_wal_bytes", &none, files.wal_bytes as f64);
         // This process's cache counters, per level.
         let cache = self.sources.cache_counts().await?;
         for (level, hits, misses, evictions, entries, bytes) in cache.levels {

@@ -139,8 +139,10 @@ pub struct MetricsReport {
     pub auth: AuthCounts,
     /// Sessions live now.
     pub active_sessions: u64,
-    /// File sizes now.
-    pub files: FileSizes,
+    /// File sizes now; absent on PostgreSQL, which has no file of the
+    /// vault's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<FileSizes>,
 }
 
 /// What [`Metrics::sweep`](crate::Metrics::sweep) did.

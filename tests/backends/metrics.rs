@@ -8,6 +8,7 @@ use crate::{Backend, contract};
 contract!(
     two_instances_points_merge_when_read,
     sweep_downsamples_then_purges,
+    the_exposition_has_this_instances_cache_counters,
 );
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -85,5 +86,48 @@ async fn sweep_downsamples_then_purges(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(gone.count, 0);
+    t.vault.close().await.unwrap();
+}
+
+/// Every backend's exposition shows this instance's cache counters; only
+/// the file has file and WAL sizes (the report's `files` is `None` on
+/// PostgreSQL, not zeros). It passes `promtool check metrics`.
+async fn the_exposition_has_this_instances_cache_counters(backend: Backend) {
+    let Some(t) = backend.open(|o| o).await else {
+        return;
+    };
+    let key = statevault::CacheKey::new("profile", "ann").unwrap();
+    t.vault.cache().set(&key, b"cached").await.unwrap();
+    assert!(t.vault.cache().get(&key).await.unwrap().is_some());
+    let metrics = t.vault.metrics();
+    let exposition = metrics.prometheus(Duration::from_secs(3600)).await.unwrap();
+    assert!(
+        exposition.contains("statevault_cache_hits_total{level=\"l1\"} 1"),
+        "{exposition}"
+    );
+    let on_file = matches!(backend, Backend::Sqlite);
+    assert_eq!(
+        exposition.contains("statevault_file_bytes"),
+        on_file,
+        "{exposition}"
+    );
+    let report = metrics.report(t.vault.now(), t.vault.now()).await.unwrap();
+    assert_eq!(report.files.is_some(), on_file, "{report:?}");
+    if let Some(promtool) = crate::common::tool("promtool") {
+        let dir = crate::common::tempdir();
+        let path = dir.path().join("metrics.prom");
+        std::fs::write(&path, &exposition).unwrap();
+        let out = std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::fs::File::open(&path).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}\n{exposition}",
+            crate::common::stdout(&out),
+            crate::common::stderr(&out)
+        );
+    }
     t.vault.close().await.unwrap();
 }
