@@ -1231,10 +1231,12 @@ async fn rekey_reseals_every_value_under_the_new_key() {
 
 /// Two instances doing everything at once to the same users (cache sets,
 /// flushes and tag invalidations, multi-window limit checks and resets,
+/// in-memory limits and last-seen times of shared sessions written behind,
 /// session creates and logouts, erasures), with the change feed trimmed
 /// inside their transactions: no statement deadlocks (each once did, or
 /// could: trims deleting the same rows, buckets and sessions locked in
-/// different orders).
+/// different orders, write-behind flushes of many rows in a hash map's
+/// order).
 #[tokio::test]
 async fn two_instances_working_on_the_same_users_never_deadlock() {
     let Some(db) = common::postgres_database() else {
@@ -1254,14 +1256,38 @@ async fn two_instances_working_on_the_same_users_never_deadlock() {
     // Records older than a second are trimmed by the next publisher once a
     // second of the clock, which moves two seconds an iteration.
     let clock = statevault::FakeClock::default();
+    let local = statevault::Limit::new()
+        .window(statevault::Window::per(
+            std::time::Duration::from_secs(60),
+            1e9,
+        ))
+        .window(statevault::Window::per(
+            std::time::Duration::from_secs(3600),
+            1e9,
+        ));
     let options = options_on(&db, dir.path())
         .clock(clock.clone())
         .feed_retention(std::time::Duration::from_secs(1))
-        .limits(statevault::LimitsConfig::empty().limit("two", limit));
+        .limits(
+            statevault::LimitsConfig::empty()
+                .limit("two", limit)
+                .limit("local", local),
+        );
     let a = statevault::Vault::open(options.clone()).await.unwrap();
     let b = statevault::Vault::open(options).await.unwrap();
+    // Sessions both instances validate (each touch is written behind).
+    let mut tokens = Vec::new();
+    for n in 0..16 {
+        let issued = a
+            .sessions()
+            .create(statevault::NewSession::new(format!("reader{n}")))
+            .await
+            .unwrap();
+        tokens.push(issued.token.expose().to_owned());
+    }
     let work = |vault: statevault::Vault, me: u64| {
         let clock = clock.clone();
+        let tokens = tokens.clone();
         async move {
             let none = statevault::ClientInfo {
                 ip: None,
@@ -1269,6 +1295,18 @@ async fn two_instances_working_on_the_same_users_never_deadlock() {
             };
             for i in 0..150u64 {
                 clock.advance(std::time::Duration::from_secs(2));
+                for n in 0..16 {
+                    let subject = format!("s{n}");
+                    vault
+                        .limits()
+                        .check(&subject, "local", 1, &none)
+                        .await
+                        .unwrap();
+                }
+                for token in &tokens {
+                    let validation = vault.sessions().validate(token, None).await.unwrap();
+                    assert!(validation.valid().is_some());
+                }
                 let user = format!("u{}", (i + me) % 4);
                 let tag = format!("t{}", i % 3);
                 for k in 0..4 {

@@ -331,7 +331,7 @@ impl CacheTx for PgTx<'_> {
     async fn delete_keys(&mut self, keys: &[&str]) -> Result<u64> {
         let n = sqlx::query(
             "DELETE FROM cache_entries WHERE key IN (
-                 SELECT key FROM cache_entries WHERE key = ANY($1) ORDER BY key FOR UPDATE)",
+                 SELECT key FROM cache_entries WHERE key = ANY($1) ORDER BY key COLLATE \"C\" FOR UPDATE)",
         )
         .bind(keys)
         .execute(&mut *self.tx)
@@ -494,8 +494,9 @@ async fn delete_where(
         ),
         Filter::All => ("SELECT key FROM cache_entries WHERE $1::text IS NULL", None),
     };
-    let sql =
-        format!("DELETE FROM cache_entries WHERE key IN ({matching} ORDER BY key FOR UPDATE)");
+    let sql = format!(
+        "DELETE FROM cache_entries WHERE key IN ({matching} ORDER BY key COLLATE \"C\" FOR UPDATE)"
+    );
     Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(name)
         .execute(&mut *conn)

@@ -187,7 +187,7 @@ static COALESCED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                  greatest(b.last_refill_at, c.now) AS last
              FROM c JOIN token_buckets b
                ON b.subject = c.s AND b.limit_name = c.l AND b.window_secs = c.w
-             ORDER BY b.subject, b.limit_name, b.window_secs
+             ORDER BY b.subject COLLATE \"C\", b.limit_name COLLATE \"C\", b.window_secs
              FOR UPDATE OF b
          ),
          ok AS (

@@ -22,7 +22,7 @@
 //! - A reset publishes the subject to the change feed in its transaction:
 //!   every other instance forgets the subject's buckets in memory.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use sqlx::Row as _;
 
@@ -85,7 +85,7 @@ pub(crate) async fn delete_subject(
     let buckets = sqlx::query(
         "DELETE FROM token_buckets WHERE (subject, limit_name, window_secs) IN (
              SELECT subject, limit_name, window_secs FROM token_buckets WHERE subject = $1
-             ORDER BY limit_name, window_secs FOR UPDATE)",
+             ORDER BY limit_name COLLATE \"C\", window_secs FOR UPDATE)",
     )
     .bind(subject)
     .execute(&mut *conn)
@@ -209,7 +209,10 @@ impl Postgres<'_> {
         violations: &[ViolationRow],
     ) -> Result<()> {
         if !buckets.is_empty() {
-            let mut last: HashMap<(&str, &str, i64), &BucketRow> = HashMap::new();
+            // In key order (bytes, as `COLLATE "C"`), as every statement
+            // locking buckets takes them: two instances flushing the same
+            // subjects then wait for each other instead of deadlocking.
+            let mut last: BTreeMap<(&str, &str, i64), &BucketRow> = BTreeMap::new();
             for row in buckets {
                 last.insert((row.subject.as_str(), &*row.limit, row.period_secs), row);
             }

@@ -458,7 +458,9 @@ impl SessionsBackend for Postgres<'_> {
     }
 
     /// One `UPDATE … FROM unnest(…)` for every touch: one statement, one
-    /// commit, whatever the count.
+    /// commit, whatever the count. The rows are locked in id order first:
+    /// two instances writing the same sessions' touches then wait for each
+    /// other instead of deadlocking.
     async fn write_last_seen(&self, touches: &HashMap<String, Timestamp>) -> Result<()> {
         if touches.is_empty() {
             return Ok(());
@@ -468,7 +470,9 @@ impl SessionsBackend for Postgres<'_> {
         sqlx::query(
             "UPDATE sessions SET last_seen_at = v.at
              FROM unnest($1::text[], $2::timestamptz[]) AS v(id, at)
-             WHERE sessions.id = v.id AND sessions.last_seen_at < v.at",
+             WHERE sessions.id = v.id AND sessions.last_seen_at < v.at
+               AND sessions.id IN (SELECT id FROM sessions WHERE id = ANY($1)
+                                   ORDER BY id COLLATE \"C\" FOR UPDATE)",
         )
         .bind(ids)
         .bind(times)
