@@ -177,9 +177,14 @@ fn demos_on_one_file_at_once_all_succeed() {
             .unwrap()
     };
     let children: Vec<_> = (0..5).map(|_| spawn()).collect();
-    for child in children {
-        let r = report(&child.wait_with_output().unwrap());
-        assert_eq!(r["audit_chain_ok"], true);
+    // Every one waited for before any assertion, so a failure leaves no
+    // demo running on.
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|child| child.wait_with_output().unwrap())
+        .collect();
+    for out in &outputs {
+        assert_eq!(report(out)["audit_chain_ok"], true);
     }
     let out = cli(dir.path()).args(["check"]).output().unwrap();
     assert!(
