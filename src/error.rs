@@ -372,7 +372,7 @@ pub enum Error {
     /// (a `sqlx::Error`, `rusqlite::Error` or sqlx `MigrateError`, for
     /// logging or downcasting); it is not part of this enum, so that a
     /// driver's new major version is not a breaking change here.
-    #[error("{source}")]
+    #[error("{}", driver_message(.source.as_ref()))]
     Database {
         /// The driver's error.
         #[source]
@@ -416,6 +416,24 @@ impl Error {
             what,
             reason: reason.into(),
         }
+    }
+}
+
+/// How [`Error::Database`] shows the driver's error: a PostgreSQL server's
+/// error in the server's own words, with its SQLSTATE code (sqlx's display
+/// adds the line of the server's C source that raised it, which means
+/// nothing to an operator); any other as the driver shows it.
+fn driver_message(source: &(dyn std::error::Error + Send + Sync + 'static)) -> String {
+    let server = source
+        .downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .filter(|db| db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_none());
+    match server {
+        Some(db) => match db.code() {
+            Some(code) => format!("error returned from database: {} ({code})", db.message()),
+            None => format!("error returned from database: {}", db.message()),
+        },
+        None => source.to_string(),
     }
 }
 

@@ -471,6 +471,43 @@ fn a_missing_key_check_is_named_and_never_replaced() {
     assert_eq!(db.psql(checks).trim(), "0", "nothing was written");
 }
 
+/// A table dropped by hand: `check` fails that table's check in the
+/// server's words (without sqlx's "at line N" of the server's C source) and
+/// still runs the others; a command reading the table says the same.
+#[test]
+fn a_dropped_table_fails_its_check_and_the_others_run() {
+    let Some(db) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempdir();
+    new_key_file(dir.path(), "vault.key");
+    let run = |args: &[&str]| {
+        cli(dir.path())
+            .args(["--db", &db.url, "--key-file", "vault.key"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["init"]).status.success());
+    db.psql("DROP TABLE statevault.preferences");
+    let out = run(&["check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("FAIL  sealed_preferences"), "{text}");
+    assert!(
+        text.contains("relation \"preferences\" does not exist (42P01)"),
+        "{text}"
+    );
+    assert!(text.contains("ok    sealed_sessions"), "{text}");
+    assert!(text.contains("ok    audit_chain"), "{text}");
+    let err = assert_one_error_line(&run(&["prefs", "get", "ann"]));
+    assert!(
+        err.trim_end()
+            .ends_with("relation \"preferences\" does not exist (42P01)"),
+        "{err}"
+    );
+}
+
 /// What a database administrator or a `pg_dump` sees: the rows (user ids
 /// are not secret), and none of the session data, client metadata,
 /// preference documents, audit details, tokens, IPs, user agents or device

@@ -1,6 +1,7 @@
 //! What `statevault check` asks of a PostgreSQL database: that every sealed
 //! value opens with the vault's key, a table at a time, a page of rows at
-//! a time (the facets say which rows and how each opens).
+//! a time (the facets say which rows and how each opens). A table that
+//! cannot be read fails its check; the others still run.
 
 use sqlx::postgres::PgRow;
 
@@ -26,11 +27,22 @@ impl Database {
         let mut problems = Vec::new();
         let mut after = start.to_owned();
         loop {
-            let rows = sqlx::query(select)
+            // A table that cannot be read (dropped by hand) fails its check,
+            // with the server's words, and the other checks still run.
+            let rows = match sqlx::query(select)
                 .bind(&after)
                 .bind(CHECK_PAGE)
                 .fetch_all(&self.pool)
-                .await?;
+                .await
+                .map_err(crate::Error::from)
+            {
+                Ok(rows) => rows,
+                Err(crate::Error::Closed) => return Err(crate::Error::Closed),
+                Err(e) => {
+                    problems.push(format!("cannot read: {e}"));
+                    break;
+                }
+            };
             for row in &rows {
                 let (key, failed) = open(row)?;
                 problems.extend(failed);
