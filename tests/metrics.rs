@@ -281,6 +281,17 @@ async fn prometheus_exposition_passes_promtool() {
     assert!(out.status.success(), "{}", common::stderr(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(json["files"]["file_bytes"].as_u64().unwrap() > 0);
+    // A window of no time is refused (its quantiles would all be NaN).
+    let out = common::run(
+        dir.path(),
+        &["--db", db.to_str().unwrap(), "metrics", "--window", "0"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("--window"),
+        "{}",
+        common::stderr(&out)
+    );
 }
 
 #[tokio::test]

@@ -147,8 +147,9 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "prometheus")]
         format: metrics::Format,
-        /// Quantiles (and, for JSON, everything) over the last this many seconds.
-        #[arg(long, default_value_t = 3600)]
+        /// Quantiles (and, for JSON, everything) over the last this many
+        /// seconds (at least 1).
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
         window: u64,
     },
     /// Import the seeds' old file layout from DIR (session, rate limits,
