@@ -1028,13 +1028,14 @@ async fn a_change_committed_after_a_later_one_still_arrives() {
         .await
         .unwrap();
     let mut tx = held.begin().await.unwrap();
-    let hash: [u8; 32] =
-        <sha2::Sha256 as sha2::Digest>::digest(early.token.expose().as_bytes()).into();
-    sqlx::query("UPDATE sessions SET revoked_at = now(), revoked_reason = 'revoked' WHERE id = $1")
-        .bind(&early.id)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let hash: Vec<u8> = sqlx::query_scalar(
+        "UPDATE sessions SET revoked_at = now(), revoked_reason = 'revoked' WHERE id = $1
+         RETURNING token_hash",
+    )
+    .bind(&early.id)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
     sqlx::query(
         "INSERT INTO changes (origin, at, facet, kind, target)
          VALUES (1, now(), 'sessions', 'token', $1)",

@@ -73,7 +73,13 @@ async fn create_returns_a_token_once_and_validate_accepts_it() {
         .await
         .unwrap();
     let token = issued.token.expose();
-    assert_eq!(token.len(), 64, "256 bits, hex");
+    assert_eq!(
+        token.len(),
+        76,
+        "the issue time (48 bits), then 256 random bits, in hex"
+    );
+    let issued_ms = u64::from_str_radix(&token[..12], 16).unwrap();
+    assert_eq!(issued_ms as i64, vault.now().as_millis());
     assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "URL-safe");
     assert_ne!(issued.token, issued.csrf_token);
 
@@ -142,15 +148,19 @@ async fn secrets_are_not_in_the_file_nor_in_debug_output() {
         .await
         .unwrap()
         .rows;
-    let expected_hash: String = Sha256::digest(issued.token.expose().as_bytes())
+    // The token's issue time (its first 12 hex digits), then the first 26
+    // bytes of its SHA-256: never the random part.
+    let token = issued.token.expose();
+    let digest: String = Sha256::digest(token.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
     assert_eq!(
         rows[0][0],
-        format!("x'{expected_hash}'"),
-        "only the token's SHA-256 is stored"
+        format!("x'{}{}'", &token[..12], &digest[..52]),
+        "only the issue time and the token's SHA-256 are stored"
     );
+    assert!(!format!("{:?}", rows[0][0]).contains(&token[12..20]));
     let dump = format!("{rows:?}");
     for plain in [
         issued.token.expose(),
@@ -931,5 +941,50 @@ async fn the_live_count_reads_only_the_live_index() {
 
     clock.advance(48 * HOUR);
     assert_eq!(live().await, 0);
+    vault.close().await.unwrap();
+}
+
+/// A token an older version issued (64 hex digits, stored under its
+/// SHA-256) keeps working: it validates, rotates into a token of today's
+/// shape (its issue time first), and the old one is dead after.
+#[tokio::test]
+async fn a_token_an_older_version_issued_still_works() {
+    let dir = tempdir();
+    let (vault, _clock) = common::vault(dir.path()).await;
+    let issued = vault
+        .sessions()
+        .create(NewSession::new("old"))
+        .await
+        .unwrap();
+    let old_token = "ab".repeat(32);
+    let conn = common::raw_connection(&dir.path().join("vault.db"));
+    let old_hash: [u8; 32] = Sha256::digest(old_token.as_bytes()).into();
+    conn.execute(
+        "UPDATE sessions SET token_hash = ?1 WHERE id = ?2",
+        rusqlite::params![&old_hash[..], issued.id],
+    )
+    .unwrap();
+    drop(conn);
+    let sessions = vault.sessions();
+    let session = sessions.validate(&old_token, None).await.unwrap();
+    assert_eq!(session.valid().unwrap().id, issued.id);
+    let rotated = sessions.rotate(&old_token, None).await.unwrap();
+    assert_eq!(rotated.token.expose().len(), 76);
+    assert!(
+        sessions
+            .validate(rotated.token.expose(), None)
+            .await
+            .unwrap()
+            .valid()
+            .is_some()
+    );
+    assert!(
+        sessions
+            .validate(&old_token, None)
+            .await
+            .unwrap()
+            .valid()
+            .is_none()
+    );
     vault.close().await.unwrap();
 }

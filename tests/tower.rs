@@ -358,7 +358,7 @@ async fn a_due_rotation_sets_the_cookie_with_its_attributes() {
         .split(';')
         .next()
         .unwrap();
-    assert_eq!(token.len(), 64);
+    assert_eq!(token.len(), 76);
     assert_eq!(
         set,
         format!("session={token}; Path=/; Max-Age={remaining}; Secure; HttpOnly; SameSite=Strict")

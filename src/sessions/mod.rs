@@ -4,9 +4,13 @@
 //!
 //! # Guarantees
 //!
-//! 1. **A copy of the file is not a copy of the sessions.** A token is 256
-//!    random bits, returned once by [`Sessions::create`]; the table keeps
-//!    only its SHA-256 (`token_hash`), and the CSRF token's. Device
+//! 1. **A copy of the file is not a copy of the sessions.** A token is its
+//!    issue time (48 bits) and 256 random bits, returned once by
+//!    [`Sessions::create`]; the table keeps only that time and its SHA-256
+//!    (`token_hash`: the time, then 208 bits of the hash, so that sessions
+//!    made together sit together in the index and a sweep rewrites few of
+//!    its pages), and the CSRF token's SHA-256. A token an older version
+//!    issued (64 hex digits) is kept under its whole SHA-256. Device
 //!    fingerprints, IPs and user agents are stored as keyed hashes
 //!    ([`crate::Vault::keyed_hash`]).
 //! 2. **Validation is a read.** [`Sessions::validate`] looks the token hash
@@ -73,7 +77,7 @@ use storage::Backend;
 pub use types::{
     ExpiryReason, ExportedSession, IssuedSession, NewSession, Secret, Session, Validation,
 };
-pub(crate) use types::{ImportedSession, SessionImport, sha256};
+pub(crate) use types::{ImportedSession, SessionImport, sha256, token_key};
 
 /// The sessions facet of a vault; from [`Vault::sessions`](crate::Vault::sessions).
 ///
@@ -137,11 +141,11 @@ impl<'a> Sessions<'a> {
                 check_lifetime("absolute_lifetime", lifetime)?;
                 let client_meta = serde_json::Value::Object(new.client_meta).to_string();
                 let now = self.core.now();
-                let (token, csrf) = (Secret::generate()?, Secret::generate()?);
+                let (token, csrf) = (Secret::token(now)?, Secret::generate()?);
                 let id = uuid::Uuid::now_v7().to_string();
                 let row = NewRow {
                     id: &id,
-                    token_hash: sha256(token.expose().as_bytes()),
+                    token_hash: token_key(token.expose()),
                     csrf_hash: sha256(csrf.expose().as_bytes()),
                     user_id: &new.user_id,
                     org_id: new.org_id.as_deref(),
@@ -215,7 +219,7 @@ impl<'a> Sessions<'a> {
             .unwrap_or_else(|| now.saturating_add(config.absolute_lifetime));
         check_lifetime("absolute_lifetime", expires_at.duration_since(now))?;
         let device_fingerprint = self.keyed("device_fingerprint", &session.device_fingerprint)?;
-        let token_hash = sha256(session.token.as_bytes());
+        let token_hash = token_key(&session.token);
         if sqlite::token_taken(tx, &token_hash).await? {
             return Ok(SessionImport::TokenTaken);
         }
@@ -296,7 +300,7 @@ impl<'a> Sessions<'a> {
         device_fingerprint: Option<&str>,
     ) -> Result<Validation> {
         let validate = async {
-            let hash = sha256(token.as_bytes());
+            let hash = token_key(token);
             let now = self.core.now();
             let Some(row) = self.row(&hash, now).await? else {
                 return Ok(Validation::Unknown);
@@ -329,8 +333,8 @@ impl<'a> Sessions<'a> {
             async {
                 let session = self.require_valid(token, device_fingerprint).await?;
                 let now = self.core.now();
-                let (new_token, csrf) = (Secret::generate()?, Secret::generate()?);
-                let old_hash = sha256(token.as_bytes());
+                let (new_token, csrf) = (Secret::token(now)?, Secret::generate()?);
+                let old_hash = token_key(token);
                 let rotation_due_at = now.saturating_add(self.state.config.rotation_interval);
                 let tokens = Tokens::of(&new_token, &csrf);
                 if !self
@@ -368,9 +372,9 @@ impl<'a> Sessions<'a> {
             async {
                 let session = self.require_valid(token, device_fingerprint).await?;
                 let now = self.core.now();
-                let (new_token, csrf) = (Secret::generate()?, Secret::generate()?);
+                let (new_token, csrf) = (Secret::token(now)?, Secret::generate()?);
                 let id = uuid::Uuid::now_v7().to_string();
-                let old_hash = sha256(token.as_bytes());
+                let old_hash = token_key(token);
                 let lifetime = session.expires_at.duration_since(session.created_at);
                 let new = Regenerated {
                     id: &id,
@@ -423,7 +427,7 @@ impl<'a> Sessions<'a> {
                 let json = serde_json::to_string(data)?;
                 let max = self.state.config.max_data_bytes;
                 crate::json::check_text("data", &json, max, "max_data_bytes")?;
-                let hash = sha256(token.as_bytes());
+                let hash = token_key(token);
                 let found = self.backend().set_data(&hash, &json).await?;
                 self.state.forget(&[hash]);
                 if !found {
@@ -569,7 +573,7 @@ impl Tokens {
     /// The hashes of a new bearer token and CSRF token.
     fn of(token: &Secret, csrf: &Secret) -> Tokens {
         Tokens {
-            token_hash: sha256(token.expose().as_bytes()),
+            token_hash: token_key(token.expose()),
             csrf_hash: sha256(csrf.expose().as_bytes()),
         }
     }

@@ -167,11 +167,21 @@ impl PartialEq for Secret {
 impl Eq for Secret {}
 
 impl Secret {
+    /// 256 random bits, in hex (a CSRF token).
     pub(super) fn generate() -> Result<Secret> {
         let mut bytes = Zeroizing::new([0u8; 32]);
-        getrandom::fill(bytes.as_mut()).map_err(|e| Error::Internal {
-            detail: format!("the system random generator failed: {e}"),
-        })?;
+        random(bytes.as_mut())?;
+        Ok(Secret(crate::key::hex(bytes.as_slice())))
+    }
+
+    /// A bearer token issued at `now`: the time (6 bytes, milliseconds since
+    /// the Unix epoch, big-endian), then 256 random bits, in hex. Its key
+    /// ([`token_key`]) starts with that time, so the tokens of sessions made
+    /// together sit together in the token index.
+    pub(super) fn token(now: Timestamp) -> Result<Secret> {
+        let mut bytes = Zeroizing::new([0u8; ISSUED + 32]);
+        bytes[..ISSUED].copy_from_slice(&issued_at(now));
+        random(&mut bytes[ISSUED..])?;
         Ok(Secret(crate::key::hex(bytes.as_slice())))
     }
 
@@ -181,7 +191,8 @@ impl Secret {
         Secret(Zeroizing::new(token.to_owned()))
     }
 
-    /// The token, to hand to the client (64 URL-safe characters).
+    /// The token, to hand to the client: hex digits (URL-safe), 76 for a
+    /// bearer token, 64 for a CSRF token.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -370,8 +381,83 @@ pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// Bytes of issue time at the start of a bearer token and of its key.
+const ISSUED: usize = 6;
+
+/// `now` as [`ISSUED`] bytes: milliseconds since the Unix epoch, big-endian
+/// (0 before it; 48 bits last until the year 10889).
+fn issued_at(now: Timestamp) -> [u8; ISSUED] {
+    let ms = u64::try_from(now.as_millis()).unwrap_or(0);
+    let mut out = [0u8; ISSUED];
+    out.copy_from_slice(&ms.to_be_bytes()[8 - ISSUED..]);
+    out
+}
+
+fn random(bytes: &mut [u8]) -> Result<()> {
+    getrandom::fill(bytes).map_err(|e| Error::Internal {
+        detail: format!("the system random generator failed: {e}"),
+    })
+}
+
+/// The key a bearer token's session is stored and found under
+/// (`token_hash`). For a token [`Secret::token`] issued (76 hex digits):
+/// its issue time, then the first 26 bytes of its SHA-256, so that keys
+/// sort by issue time and a sweep deletes from a few neighbouring pages of
+/// the token index rather than one random page per session. For any other
+/// token (issued by an older version, or imported): its SHA-256.
+pub(crate) fn token_key(token: &str) -> [u8; 32] {
+    let digest = sha256(token.as_bytes());
+    let issued = token.get(..2 * ISSUED).filter(|_| {
+        token.len() == 2 * (ISSUED + 32) && token.bytes().all(|b| b.is_ascii_hexdigit())
+    });
+    let Some(issued) = issued else {
+        return digest;
+    };
+    let mut key = [0u8; 32];
+    for (i, byte) in key[..ISSUED].iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&issued[2 * i..2 * i + 2], 16).unwrap_or(0);
+    }
+    key[ISSUED..].copy_from_slice(&digest[..32 - ISSUED]);
+    key
+}
+
 /// Equality whose time does not depend on where the inputs differ.
 pub(super) fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token issued now carries the time in its first 12 hex digits, and
+    /// its key starts with that time: keys sort by issue time, whatever
+    /// their random part.
+    #[test]
+    fn token_keys_sort_by_issue_time() {
+        let at = |ms| Secret::token(Timestamp::from_millis(ms)).unwrap();
+        let (early, late) = (at(1_767_225_600_000), at(1_767_225_600_001));
+        assert_eq!(early.expose().len(), 76);
+        assert_eq!(&early.expose()[..12], "019b76daa800");
+        let (k_early, k_late) = (token_key(early.expose()), token_key(late.expose()));
+        assert_eq!(k_early[..6], [0x01, 0x9b, 0x76, 0xda, 0xa8, 0x00]);
+        assert!(k_early < k_late);
+        assert_eq!(k_early[6..], sha256(early.expose().as_bytes())[..26]);
+    }
+
+    /// Tokens of another shape (an older version's 64 hex digits, an
+    /// imported credential, 76 characters that are not all hex) are found
+    /// under their SHA-256, as before.
+    #[test]
+    fn other_tokens_keep_their_sha256() {
+        let legacy = Secret::generate().unwrap();
+        assert_eq!(
+            token_key(legacy.expose()),
+            sha256(legacy.expose().as_bytes())
+        );
+        let odd = format!("{}zz", "0".repeat(74));
+        assert_eq!(token_key(&odd), sha256(odd.as_bytes()));
+        assert_eq!(token_key("é"), sha256("é".as_bytes()));
+    }
 }

@@ -41,11 +41,11 @@ pub async fn create(dir: &Path, budget: Budget) -> Result<Value> {
     let started = Instant::now();
     let mut m = 0;
     while !budget.spent(started, m) {
-        let hash = random_hash()?;
+        let (hash, csrf) = (timed_key()?, random_hash()?);
         stmt.execute(rusqlite::params![
             format!("raw-{m}"),
             &hash[..],
-            &hash[..],
+            &csrf[..],
             format!("raw-user-{m}"),
             "2026-11-23T00:00:00.000Z",
             "2026-11-30T00:00:00.000Z",
@@ -260,6 +260,17 @@ pub(crate) fn random_hash() -> Result<[u8; 32]> {
         reason: e.to_string(),
     })?;
     Ok(bytes)
+}
+
+/// A new session's token key, shaped as the vault makes it: the time now
+/// (6 bytes, milliseconds, big-endian), then 26 random bytes (the vault's
+/// are the first 26 bytes of the token's SHA-256).
+pub(crate) fn timed_key() -> Result<[u8; 32]> {
+    let mut key = random_hash()?;
+    let ms =
+        u64::try_from(statevault::Clock::now(&statevault::SystemClock).as_millis()).unwrap_or(0);
+    key[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    Ok(key)
 }
 
 pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {

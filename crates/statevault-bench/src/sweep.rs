@@ -149,19 +149,24 @@ fn quantile_ms(latencies: &[Duration], q: f64) -> f64 {
     latencies[at.min(last)].as_secs_f64() * 1e3
 }
 
-/// `rows` sessions last seen at the fake clock's start, inserted directly
-/// in one multi-row `INSERT`. Token hashes are uniformly random, as real
-/// ones are: their unique index is the costly one to delete from.
+/// `rows` sessions made 50 ms apart from the fake clock's start, and last
+/// seen then, inserted directly in one multi-row `INSERT`. Their token keys
+/// are shaped as the vault makes them: the issue time, then 26 bytes as
+/// random as a SHA-256's.
 fn fill(path: &Path, rows: i64) -> Result<()> {
     let conn = raw_connection(path)?;
     conn.execute(
-        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?1)
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?1),
+         t(i, ms, at) AS (
+             SELECT i, 1767225600000 + i * 50,
+                 strftime('%Y-%m-%dT%H:%M:%fZ', 1767225600 + i * 0.05, 'unixepoch')
+             FROM n)
          INSERT INTO sessions (id, token_hash, csrf_hash, user_id, created_at, last_seen_at,
              idle_timeout_secs, expires_at, rotation_due_at)
-         SELECT printf('s-%09d', i), randomblob(32), randomblob(32), printf('s-%09d', i),
-             '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', 43200,
+         SELECT printf('s-%09d', i), unhex(printf('%012x', ms) || hex(randomblob(26))),
+             randomblob(32), printf('s-%09d', i), at, at, 43200,
              '2026-01-08T00:00:00.000Z', '2026-01-02T00:00:00.000Z'
-         FROM n",
+         FROM t",
         [rows],
     )?;
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;

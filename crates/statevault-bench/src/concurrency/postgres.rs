@@ -609,7 +609,7 @@ impl Call for RawCaller {
         match &mut self.work {
             RawWork::Rotate(hashes) => {
                 let k = n % hashes.len();
-                let new: [u8; 32] = sha256(uuid::Uuid::now_v7().as_bytes());
+                let new: [u8; 32] = crate::sessions::timed_key()?;
                 let found = sqlx::query(
                     "SELECT id, user_id, org_id, device_fingerprint, csrf_hash, data, client_meta,
                          created_at, last_seen_at, idle_timeout_secs, expires_at, rotation_due_at,
@@ -672,7 +672,7 @@ impl Call for RawCaller {
             RawWork::Create => {
                 let user = format!("raw-user-{}-{i}", self.id);
                 let id = uuid::Uuid::now_v7().to_string();
-                let token = sha256(format!("raw-token-{id}").as_bytes());
+                let token = crate::sessions::timed_key()?;
                 let expires = now.saturating_add(std::time::Duration::from_secs(7 * 86_400));
                 let mut tx = self.pool.begin().await?;
                 sqlx::query(

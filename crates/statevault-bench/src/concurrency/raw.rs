@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use statevault::{CacheKey, Clock, Result, SystemClock, Timestamp, merge_patch};
 
 use crate::limits::PLENTY;
-use crate::sessions::{ROW_COLUMNS, file_lookup, pick, random_hash};
+use crate::sessions::{ROW_COLUMNS, file_lookup, pick, random_hash, timed_key};
 
 /// What a thread does on each call, with the rows it was given.
 pub enum Work {
@@ -71,7 +71,7 @@ impl Caller {
             Work::Create => in_transaction(conn, |c| create(c, &format!("user-{}-{i}", self.id))),
             Work::Rotate(hashes) => {
                 let k = n % hashes.len();
-                let new = random_hash()?;
+                let new = timed_key()?;
                 in_transaction(conn, |c| rotate(c, &hashes[k], &new))?;
                 hashes[k] = new;
                 Ok(())
@@ -130,7 +130,7 @@ fn create(conn: &Connection, user: &str) -> Result<()> {
         .query_map(rusqlite::params![user, now], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     std::hint::black_box(rows);
-    let (token, csrf) = (random_hash()?, random_hash()?);
+    let (token, csrf) = (timed_key()?, random_hash()?);
     conn.prepare_cached(
         "INSERT INTO sessions (id, token_hash, csrf_hash, user_id, org_id, device_fingerprint, ip_hash,
              user_agent_hash, client_meta, data, created_at, last_seen_at, idle_timeout_secs, expires_at,
