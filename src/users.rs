@@ -80,6 +80,7 @@ impl Vault {
             async {
                 check_user(user_id)?;
                 self.flush().await?;
+                self.limits().catch_up_now()?;
                 #[cfg(feature = "postgres")]
                 if let crate::core::Storage::Postgres(db) = self.core().storage() {
                     return self.export_on_postgres(db, user_id).await;

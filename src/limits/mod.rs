@@ -350,12 +350,13 @@ impl Limits<'_> {
             async {
                 crate::ids::check_subject(subject)?;
                 let now = self.core.now();
+                self.catch_up(now)?;
                 let since = bucket::memory_start(now);
                 let mut stored = Vec::with_capacity(self.state.config.limits.len());
                 for limit in &self.state.config.limits {
                     stored.push(self.backend().load(subject, &limit.name, since).await?);
                 }
-                self.status_from(subject, now, stored)
+                Ok(self.status_from(subject, now, stored))
             }
             .await,
             crate::trace::ok,
@@ -365,17 +366,14 @@ impl Limits<'_> {
     /// The subject's status under every limit at `now`, from this process's
     /// memory where it has the subject under a limit, else from `stored`:
     /// what the storage holds under each limit (in configuration order),
-    /// read with [`bucket::memory_start`]`(now)`.
-    fn status_from(
-        &self,
-        subject: &str,
-        now: Timestamp,
-        stored: Vec<Stored>,
-    ) -> Result<Vec<LimitStatus>> {
-        self.catch_up(now)?;
+    /// read with [`bucket::memory_start`]`(now)`. The caller has caught up
+    /// with the change feed ([`Limits::catch_up`]). Reads nothing: it runs
+    /// inside a user export's snapshot, which holds a reader the feed's
+    /// check may need.
+    fn status_from(&self, subject: &str, now: Timestamp, stored: Vec<Stored>) -> Vec<LimitStatus> {
         let since = bucket::memory_start(now);
         let limits = self.state.config.limits.iter().enumerate();
-        Ok(limits
+        limits
             .zip(stored)
             .map(|((idx, limit), stored)| {
                 let in_memory = match limit.shared {
@@ -386,12 +384,21 @@ impl Limits<'_> {
                 entry.recent.retain(|t| *t > since);
                 limit_status(limit, &entry, now)
             })
-            .collect())
+            .collect()
+    }
+
+    /// Drops from memory what other handles changed, before a user export
+    /// takes its snapshot (inside it, the feed cannot be read: see
+    /// [`Limits::export_in_file`]).
+    pub(crate) fn catch_up_now(&self) -> Result<()> {
+        self.catch_up(self.core.now())
     }
 
     /// The subject's part of a user's export, read in the export's snapshot
     /// of the file: its status under every limit (as [`Limits::status`])
-    /// and its violations.
+    /// and its violations. Reads only through `conn`: the snapshot holds a
+    /// reader, and another read here could wait for that very one. Call
+    /// [`Limits::catch_up_now`] before taking the snapshot.
     pub(crate) fn export_in_file(
         &self,
         conn: &rusqlite::Connection,
@@ -403,7 +410,7 @@ impl Limits<'_> {
             .map(|limit| sqlite::load(conn, subject, &limit.name, since))
             .collect::<rusqlite::Result<_>>()?;
         Ok((
-            self.status_from(subject, now, stored)?,
+            self.status_from(subject, now, stored),
             sqlite::all_violations(conn, subject)?,
         ))
     }
@@ -423,7 +430,7 @@ impl Limits<'_> {
             stored.push(postgres::load(conn, subject, &limit.name, since).await?);
         }
         Ok((
-            self.status_from(subject, now, stored)?,
+            self.status_from(subject, now, stored),
             postgres::violations_of(conn, subject).await?,
         ))
     }

@@ -201,7 +201,10 @@ impl Store {
     /// thread: every statement in it reads the file as of the first one,
     /// whatever commits meanwhile (WAL). For reads that must agree with each
     /// other (a user's export); run it on the blocking pool when what it
-    /// reads can be large.
+    /// reads can be large. `f` must read through the connection it is given
+    /// only: it holds a reader, and with one reader open (or the first one,
+    /// which the change feed's check uses) another read would wait for it
+    /// forever.
     pub(crate) fn read_snapshot<T>(
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> Result<T>,

@@ -176,6 +176,13 @@ async fn an_export_reads_every_facet_in_one_snapshot(backend: Backend) {
     };
     let v = &t.vault;
     let other = t.another().await;
+    // One reader: the snapshot holds it; nothing in the export may wait for
+    // another (it once did, and hung).
+    let one_reader = t.reopen_with(|o| o.readers(1)).await;
+    let alone = one_reader.export_user("nobody");
+    let alone = tokio::time::timeout(Duration::from_secs(10), alone).await;
+    assert!(alone.expect("the export hung").unwrap().sessions.is_empty());
+    one_reader.close().await.unwrap();
     for round in 0..20 {
         let user = format!("user-{round}");
         v.sessions().create(NewSession::new(&user)).await.unwrap();
