@@ -132,7 +132,7 @@ async fn the_example_service_end_to_end() {
     let login = client.login("alice", "correct horse").await;
     assert_eq!(login.status, StatusCode::OK, "{}", login.body);
     let token = login.json()["token"].as_str().expect("token").to_owned();
-    assert_eq!(token.len(), 64);
+    assert_eq!(token.len(), 76);
     let token = Some(token.as_str());
 
     // The same query twice: the loader runs once, the second is a cache hit.
