@@ -221,5 +221,14 @@ async fn rekey_refuses_while_another_handle_has_the_file() {
         5,
         "the old key still works"
     );
+    let rotations = other
+        .audit()
+        .tail(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "key.rotate")
+        .count();
+    assert_eq!(rotations, 0, "a refused rekey records no rotation");
     other.close().await.unwrap();
 }

@@ -151,6 +151,16 @@ async fn a_backup_made_with_another_key_is_refused_and_the_live_file_untouched()
         assert_eq!(std::fs::read(&ours).unwrap(), before, "{args:?}");
     }
 
+    // The vault itself, by its name or through a link, is no backup of it
+    // (restoring it onto itself never finished).
+    std::os::unix::fs::symlink(&ours, dir.path().join("link.db")).unwrap();
+    for backup in ["vault.db", "link.db"] {
+        let out = run(dir.path(), &["--db", "vault.db", "restore", backup]);
+        let err = assert_one_error_line(&out);
+        assert!(err.contains("is the vault itself"), "{backup}: {err}");
+        assert_eq!(std::fs::read(&ours).unwrap(), before, "{backup}");
+    }
+
     let vault = Vault::open(VaultOptions::new(&ours)).await.unwrap();
     let rows = vault
         .query_read_only("SELECT count(*) FROM sessions")

@@ -370,12 +370,22 @@ impl<'a> Audit<'a> {
     ) -> Result<u64> {
         sqlite::append_in(tx, &batch.contents()).await?;
         let seqs = sqlite::clear_user(tx, user_id, self.core.now()).await?;
-        let event = self.content(
-            AuditEvent::new(EventKind::Admin, "erasure")
-                .details(serde_json::json!({"erased_seqs": seqs, "rows": rows})),
-        )?;
-        sqlite::append_in(tx, &[&event]).await?;
+        let events = self.erasure_events(&seqs, rows)?;
+        sqlite::append_in(tx, &events.iter().collect::<Vec<_>>()).await?;
         Ok(seqs.len() as u64)
+    }
+
+    /// Within the caller's transaction on the file: writes `batch` (what was
+    /// buffered), then `event`. The caller holds [`Audit::exclusive`] and
+    /// settles the batch ([`Audit::settle`]) once the transaction has ended.
+    pub(crate) async fn append_after(
+        &self,
+        tx: &mut SqliteConnection,
+        batch: &Batch,
+        event: AuditEvent,
+    ) -> Result<()> {
+        sqlite::append_in(tx, &batch.contents()).await?;
+        sqlite::append_in(tx, &[&self.content(event)?]).await
     }
 
     /// Appends `event` inside the caller's transaction on PostgreSQL (which
@@ -404,12 +414,54 @@ impl<'a> Audit<'a> {
         let log = postgres::Postgres::new(db);
         log.append_in(tx, &batch.contents()).await?;
         let seqs = postgres::clear_user(db, tx, user_id, self.core.now()).await?;
-        let event = self.content(
-            AuditEvent::new(EventKind::Admin, "erasure")
-                .details(serde_json::json!({"erased_seqs": seqs, "rows": rows})),
-        )?;
-        log.append_in(tx, &[&event]).await?;
+        let events = self.erasure_events(&seqs, rows)?;
+        log.append_in(tx, &events.iter().collect::<Vec<_>>())
+            .await?;
         Ok(seqs.len() as u64)
+    }
+
+    /// The erasure's audit events: each names some of the erased `seqs`
+    /// (all of them together) and the rows removed elsewhere, with as many
+    /// `seqs` as keep its details within `max_details_bytes`; more than one
+    /// says which part it is (`"part": "2/3"`). A user with thousands of
+    /// events is erased like any other.
+    fn erasure_events(
+        &self,
+        seqs: &[i64],
+        rows: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<Vec<Content>> {
+        let details = |seqs: &[i64], part: Option<(usize, usize)>| {
+            let mut details = serde_json::json!({"erased_seqs": seqs, "rows": rows});
+            if let Some((n, of)) = part {
+                details["part"] = format!("{n}/{of}").into();
+            }
+            details
+        };
+        // Room for the seqs beside the rest, and a part of up to 99999/99999.
+        let fixed = details(&[], Some((99_999, 99_999))).to_string().len();
+        let room = self.state.config.max_details_bytes.saturating_sub(fixed);
+        let mut parts: Vec<&[i64]> = Vec::new();
+        let (mut start, mut used) = (0, 0);
+        for (i, seq) in seqs.iter().enumerate() {
+            let len = seq.to_string().len() + 1;
+            if used + len > room && i > start {
+                parts.push(&seqs[start..i]);
+                (start, used) = (i, 0);
+            }
+            used += len;
+        }
+        parts.push(&seqs[start..]);
+        let of = parts.len();
+        parts
+            .iter()
+            .enumerate()
+            .map(|(i, named)| {
+                let part = (of > 1).then_some((i + 1, of));
+                self.content(
+                    AuditEvent::new(EventKind::Admin, "erasure").details(details(named, part)),
+                )
+            })
+            .collect()
     }
 
     /// Holds off flushes while a whole-user erase runs.

@@ -109,6 +109,15 @@ impl Vault {
             tracing::Level::DEBUG,
             async {
             let settings = options.resolve_settings()?;
+            if same_file(backup, options.path()) {
+                return Err(Error::invalid(
+                    "backup",
+                    format!(
+                        "{} is the vault itself: restore from a backup of it",
+                        backup.display()
+                    ),
+                ));
+            }
             let verification = Vault::verify_file(backup, settings.key.clone()).await?;
             if !verification.ok {
                 return Err(Error::Corrupt {
@@ -200,14 +209,27 @@ impl Vault {
     }
 
     async fn rekey_inner(&self, new_key: &Key) -> Result<()> {
-        self.audit()
-            .append(AuditEvent::new(EventKind::Admin, "key.rotate"))?;
         self.flush().await?;
         self.store()?.close_readers().await;
         let mut conn = self.store()?.sqlx_writer_conn().await?;
         crate::store::rekey(&mut conn, new_key, self.path()).await?;
+        // Only once the file has the new key (a refused rekey records
+        // nothing): the event and the key's date, in one transaction, with
+        // whatever was buffered meanwhile before the event.
+        let audit = self.audit();
+        let _exclusive = audit.exclusive().await;
+        let batch = audit.take_batch();
         let now = self.now();
-        meta::set(&mut conn, meta::KEY_CREATED_AT, &now.to_rfc3339(), now).await
+        let written = self
+            .store()?
+            .immediate(&mut conn, None, async |tx| {
+                let rotate = AuditEvent::new(EventKind::Admin, "key.rotate");
+                audit.append_after(tx, &batch, rotate).await?;
+                meta::set(tx, meta::KEY_CREATED_AT, &now.to_rfc3339(), now).await
+            })
+            .await;
+        audit.settle(batch, written.as_ref().err());
+        written
     }
 
     /// Checks the backup at `path` with `key` (see [`Vault::verify_backup`]).
@@ -329,6 +351,15 @@ fn backup_name(db: &Path, now: Timestamp) -> String {
         .filter(char::is_ascii_alphanumeric)
         .collect();
     format!("{stem}.{stamp}.backup.db")
+}
+
+/// Whether `a` and `b` name one file (through links, `..` or a symlink).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// Deletes this database's backups in `dir` older than the retention.

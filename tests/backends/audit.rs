@@ -12,6 +12,7 @@ contract!(
     appends_query_tail_and_verify,
     three_instances_append_to_one_chain,
     retention_keeps_the_chain_verifiable,
+    a_user_with_more_events_than_one_erasure_event_can_name_is_erased,
 );
 
 fn event(i: usize) -> AuditEvent {
@@ -135,5 +136,52 @@ async fn retention_keeps_the_chain_verifiable(backend: Backend) {
     let other = t.another().await;
     assert!(other.audit().verify().await.unwrap().ok);
     other.close().await.unwrap();
+    t.vault.close().await.unwrap();
+}
+
+/// Erasing a user names every erased event in the erasure's audit events;
+/// when they do not fit in one event's details (`max_details_bytes`), the
+/// erasure writes several, each saying which part it is, and the chain
+/// still verifies (it once refused to erase such a user at all).
+async fn a_user_with_more_events_than_one_erasure_event_can_name_is_erased(backend: Backend) {
+    let mut config = AuditConfig::default();
+    config.max_details_bytes = 1024;
+    let Some(t) = backend.open(|o| o.audit(config)).await else {
+        return;
+    };
+    let audit = t.vault.audit();
+    for i in 0..600 {
+        audit
+            .append(
+                AuditEvent::new(EventKind::ApiCall, "search").user(if i % 3 == 0 {
+                    "bob"
+                } else {
+                    "alice"
+                }),
+            )
+            .unwrap();
+    }
+    let erased = t.vault.erase_user("alice").await.unwrap();
+    assert_eq!(erased.rows["audit_events"], 400, "{erased:?}");
+    let erasures: Vec<_> = audit
+        .tail(50)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "erasure")
+        .collect();
+    assert!(erasures.len() > 1, "{erasures:?}");
+    let mut named = 0;
+    for (i, event) in erasures.iter().enumerate() {
+        assert_eq!(
+            event.details["part"],
+            format!("{}/{}", i + 1, erasures.len())
+        );
+        named += event.details["erased_seqs"].as_array().unwrap().len();
+    }
+    assert_eq!(named, 400);
+    let report = audit.verify().await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.erased, 400);
     t.vault.close().await.unwrap();
 }
