@@ -162,8 +162,9 @@ impl Vault {
     /// the user (as [`CacheKey::derive`](crate::CacheKey::derive) with a user
     /// or [`CacheKey::for_user`](crate::CacheKey::for_user) make them)
     /// deleted, audit events emptied (the chain still verifies), and one
-    /// audit event recording that an erasure happened, with counts but not
-    /// the user.
+    /// audit event recording that an erasure happened, with counts and the
+    /// emptied events' `seq`s but not the user (several, each naming a part
+    /// of the `seq`s, when they do not fit in one event's details).
     ///
     /// When it returns `Ok`, no byte of those rows is left in the file or its
     /// WAL, not even in free space: after the transaction the file is

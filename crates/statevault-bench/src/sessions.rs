@@ -113,7 +113,7 @@ pub async fn validate(dir: &Path, budget: Budget) -> Result<Value> {
     Ok(Value::Object(m))
 }
 
-const FILE_WORK: &str = "rusqlite: SHA-256 of the token, then SELECT of the same 14 columns \
+const FILE_WORK: &str = "rusqlite: the token's key (SHA-256, issue time), then SELECT of the same 14 columns \
                          by the token-hash index, one reader, 64 MiB page cache";
 
 /// The columns the vault reads to validate a session.
@@ -127,7 +127,7 @@ pub(crate) fn file_lookup(conn: &rusqlite::Connection, token: &str) -> Result<bo
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {ROW_COLUMNS} FROM sessions WHERE token_hash = ?1"
     ))?;
-    let hash = sha256(token.as_bytes());
+    let hash = token_key(token);
     let live = stmt.query_row([&hash[..]], |r| {
         let _: (String, String, Option<String>, Option<Vec<u8>>, Vec<u8>) =
             (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
@@ -170,7 +170,7 @@ pub(crate) struct MemoryRow {
 }
 
 impl MemoryMap {
-    pub(crate) const WORK: &str = "in memory: SHA-256 of the token, one of 16 mutex-guarded lru \
+    pub(crate) const WORK: &str = "in memory: the token's key (SHA-256, issue time), one of 16 mutex-guarded lru \
         shards by hash, Arc clone of the row, revoked/expiry/idle check against the clock, \
         touch recorded in a mutex-guarded map; no check for other processes' changes";
     const SHARDS: usize = 16;
@@ -211,7 +211,7 @@ impl MemoryMap {
 
     /// Whether `token` is a live session's, touching it if so.
     pub(crate) fn validate(&self, token: &str) -> bool {
-        let hash = sha256(token.as_bytes());
+        let hash = token_key(token);
         let now = SystemClock.now().as_millis();
         let Some(row) = self.shard(&hash).get(&hash).cloned() else {
             return false;
@@ -271,6 +271,23 @@ pub(crate) fn timed_key() -> Result<[u8; 32]> {
         u64::try_from(statevault::Clock::now(&statevault::SystemClock).as_millis()).unwrap_or(0);
     key[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     Ok(key)
+}
+
+/// The key the vault finds `token`'s session under, computed as the vault
+/// does (`statevault::sessions`' `token_key`): for a token it issued (76 hex
+/// digits), the issue time in its first 6 bytes, then the first 26 bytes of
+/// its SHA-256; for any other token, its SHA-256.
+pub(crate) fn token_key(token: &str) -> [u8; 32] {
+    let digest = sha256(token.as_bytes());
+    if token.len() != 76 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return digest;
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key[..6].iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&token[2 * i..2 * i + 2], 16).unwrap_or(0);
+    }
+    key[6..].copy_from_slice(&digest[..26]);
+    key
 }
 
 pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {

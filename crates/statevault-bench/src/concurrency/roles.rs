@@ -53,7 +53,7 @@ pub fn raw(name: &str) -> &'static str {
             "BEGIN IMMEDIATE; UPDATE … RETURNING token_hash by id; INSERT a changes row; COMMIT"
         }
         "session_validate" => {
-            "SHA-256 of the token, SELECT of the same 14 columns by the token-hash index"
+            "the token's key (SHA-256, issue time), SELECT of the same 14 columns by the token-hash index"
         }
         "ratelimit_check_strict" => {
             "bucket refilled in the thread's memory; BEGIN IMMEDIATE; upsert its row; COMMIT"
