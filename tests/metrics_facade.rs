@@ -107,7 +107,7 @@ async fn counters_gauges_and_histograms_reach_the_exposition() {
         sample(&text, "job_duration_seconds_sum{queue=\"mail\"}"),
         5.05,
     );
-    promtool_accepts(dir.path(), &text);
+    common::promtool_accepts(&text);
     vault.close().await.unwrap();
 }
 
@@ -187,24 +187,4 @@ async fn a_closed_vault_drops_what_the_recorder_gets() {
     assert_eq!(sample(&text, "before_total"), 1.0);
     assert!(!text.contains("after"), "{text}");
     vault.close().await.unwrap();
-}
-
-/// Runs `promtool check metrics` on `text` (skipped loudly without it).
-fn promtool_accepts(dir: &std::path::Path, text: &str) {
-    let path = dir.join("facade.prom");
-    std::fs::write(&path, text).unwrap();
-    let Some(promtool) = common::tool("promtool") else {
-        return;
-    };
-    let out = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&path).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}\n{text}",
-        common::stdout(&out),
-        common::stderr(&out)
-    );
 }

@@ -387,13 +387,7 @@ fn a_schema_this_build_does_not_know_is_refused_by_every_command() {
     };
     let dir = tempdir();
     new_key_file(dir.path(), "vault.key");
-    let run = |args: &[&str]| {
-        cli(dir.path())
-            .args(["--db", &db.url, "--key-file", "vault.key"])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| run(dir.path(), &db, "vault.key", args);
     assert!(run(&["init"]).status.success());
     let commands: &[&[&str]] = &[
         &["info"],
@@ -440,13 +434,7 @@ fn a_missing_key_check_is_named_and_never_replaced() {
     let dir = tempdir();
     new_key_file(dir.path(), "vault.key");
     new_key_file(dir.path(), "other.key");
-    let run = |key: &str, args: &[&str]| {
-        cli(dir.path())
-            .args(["--db", &db.url, "--key-file", key])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |key: &str, args: &[&str]| run(dir.path(), &db, key, args);
     for args in [
         &["init"][..],
         &["prefs", "set", "ann", r#"{"theme": "dark"}"#],
@@ -481,13 +469,7 @@ fn a_dropped_table_fails_its_check_and_the_others_run() {
     };
     let dir = tempdir();
     new_key_file(dir.path(), "vault.key");
-    let run = |args: &[&str]| {
-        cli(dir.path())
-            .args(["--db", &db.url, "--key-file", "vault.key"])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| run(dir.path(), &db, "vault.key", args);
     assert!(run(&["init"]).status.success());
     db.psql("DROP TABLE statevault.preferences");
     let out = run(&["check"]);

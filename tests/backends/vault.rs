@@ -59,14 +59,7 @@ async fn the_whole_vault_sweeps(backend: Backend) {
 /// instance's memory: their token and cached entry are gone there too. The
 /// test waits for that with a timeout; the clock stands still.
 async fn a_user_is_exported_then_erased_from_every_facet(backend: Backend) {
-    let Some(t) = backend
-        .open(|o| {
-            o.preferences(
-                statevault::PreferencesConfig::new(serde_json::json!({})).allow_unknown_keys(true),
-            )
-        })
-        .await
-    else {
+    let Some(t) = open_taking_any_preference(backend).await else {
         return;
     };
     let v = &t.vault;
@@ -164,14 +157,7 @@ async fn a_user_is_exported_then_erased_from_every_facet(backend: Backend) {
 /// instance erases the user (one transaction), each export taken meanwhile
 /// holds all of the user's parts or none of them, never some.
 async fn an_export_reads_every_facet_in_one_snapshot(backend: Backend) {
-    let Some(t) = backend
-        .open(|o| {
-            o.preferences(
-                statevault::PreferencesConfig::new(serde_json::json!({})).allow_unknown_keys(true),
-            )
-        })
-        .await
-    else {
+    let Some(t) = open_taking_any_preference(backend).await else {
         return;
     };
     let v = &t.vault;
@@ -234,4 +220,15 @@ async fn an_export_reads_every_facet_in_one_snapshot(backend: Backend) {
     }
     other.close().await.unwrap();
     t.vault.close().await.unwrap();
+}
+
+/// A vault on `backend` whose preferences take any key (no defaults).
+async fn open_taking_any_preference(backend: Backend) -> Option<crate::Subject> {
+    backend
+        .open(|o| {
+            o.preferences(
+                statevault::PreferencesConfig::new(serde_json::json!({})).allow_unknown_keys(true),
+            )
+        })
+        .await
 }

@@ -108,6 +108,28 @@ pub fn tool(name: &str) -> Option<PathBuf> {
     found
 }
 
+/// Asserts that `promtool check metrics` accepts `text` (skipped loudly
+/// without promtool; a failure under STATEVAULT_REQUIRE_TOOLS=1).
+pub fn promtool_accepts(text: &str) {
+    let Some(promtool) = tool("promtool") else {
+        return;
+    };
+    let dir = tempdir();
+    let path = dir.path().join("metrics.prom");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
 /// `statevault-bench` beside the `statevault` binary under test (where
 /// `statevault bench` looks for it), or `None` after saying loudly that the
 /// test is skipped; `cargo test --workspace` builds it.
