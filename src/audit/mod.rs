@@ -475,7 +475,6 @@ impl<'a> Audit<'a> {
     }
 }
 
-/// Stored rows as the events the log shows.
 /// A user's events, oldest first: their part of a user's export, read in
 /// the export's snapshot of the file.
 pub(crate) fn export_user_in_file(
@@ -496,6 +495,7 @@ pub(crate) async fn export_user_pg(
     events(postgres::user_events(db, conn, user_id).await?)
 }
 
+/// Stored rows as the events the log shows.
 fn events(rows: Vec<EventRow>) -> Result<Vec<StoredEvent>> {
     rows.iter().map(EventRow::to_event).collect()
 }

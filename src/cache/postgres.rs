@@ -504,8 +504,6 @@ async fn delete_where(
         .rows_affected())
 }
 
-/// Deletes `user`'s entries inside the caller's transaction on `conn` (a
-/// user's erasure) and publishes it; how many.
 /// The keys of `user`'s rows, in order, read with `conn` (the pool, or the
 /// transaction of a user's export).
 pub(crate) async fn keys_of_user<'c>(
@@ -520,6 +518,8 @@ pub(crate) async fn keys_of_user<'c>(
     )
 }
 
+/// Deletes `user`'s entries inside the caller's transaction on `conn` (a
+/// user's erasure) and publishes it; how many.
 pub(crate) async fn erase_user(
     core: &Core,
     conn: &mut sqlx::PgConnection,

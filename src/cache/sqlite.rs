@@ -280,9 +280,6 @@ impl CacheTx for SqliteTx<'_> {
     }
 }
 
-/// Deletes every row the filter matches and publishes the invalidation,
-/// inside the caller's transaction on `conn` (also the whole-user erase's);
-/// how many.
 /// The keys of `user`'s rows, in order: their part of a user's export (read
 /// in the export's snapshot, or alone).
 pub(crate) fn keys_of_user(
@@ -294,6 +291,9 @@ pub(crate) fn keys_of_user(
         .collect()
 }
 
+/// Deletes every row the filter matches and publishes the invalidation,
+/// inside the caller's transaction on `conn` (also the whole-user erase's);
+/// how many.
 pub(crate) async fn delete_where(
     core: &Core,
     conn: &mut SqliteConnection,

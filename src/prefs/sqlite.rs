@@ -81,8 +81,6 @@ impl PreferencesBackend for Sqlite<'_> {
     }
 }
 
-/// Stores `document` as the user's overrides on `conn`, unless the user
-/// has some. Returns whether it was stored.
 /// The user's stored document, as [`PreferencesBackend::stored`] has it:
 /// its part of a user's export, read in the export's snapshot.
 pub(crate) fn export_user(
@@ -115,6 +113,8 @@ fn parsed(row: Option<(String, i64, Timestamp)>) -> Result<Option<StoredPreferen
     .transpose()
 }
 
+/// Stores `document` as the user's overrides on `conn`, unless the user
+/// has some. Returns whether it was stored.
 pub(crate) async fn insert_new(
     conn: &mut SqliteConnection,
     user_id: &str,

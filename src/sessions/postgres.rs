@@ -146,11 +146,6 @@ fn token_hashes(rows: &[PgRow]) -> Result<Vec<[u8; 32]>> {
     rows.iter().map(|r| Ok(hash32(r.try_get(0)?))).collect()
 }
 
-/// Deletes `user_id`'s sessions and their `session_users` row inside the
-/// caller's transaction on `conn` (a user's erasure), and publishes their
-/// token hashes, which it returns. The user's row goes first: a create
-/// under way on another instance holds it, so this waits for that create
-/// and then deletes its session too.
 /// Every session of a user, live or not, with its data, oldest first: its
 /// part of a user's export, read in the export's transaction.
 pub(crate) async fn export_user(
@@ -170,6 +165,11 @@ pub(crate) async fn export_user(
         .collect()
 }
 
+/// Deletes `user_id`'s sessions and their `session_users` row inside the
+/// caller's transaction on `conn` (a user's erasure), and publishes their
+/// token hashes, which it returns. The user's row goes first: a create
+/// under way on another instance holds it, so this waits for that create
+/// and then deletes its session too.
 pub(crate) async fn erase_user(
     core: &Core,
     conn: &mut sqlx::PgConnection,

@@ -396,7 +396,6 @@ impl SessionsBackend for Sqlite<'_> {
     }
 }
 
-/// Inserts a session row on `conn`.
 /// Every session of a user, live or not, with its data, oldest first: its
 /// part of a user's export, read in the export's snapshot.
 pub(crate) fn export_user(
@@ -413,6 +412,7 @@ pub(crate) fn export_user(
     rows.map(|row| row?.exported(now)).collect()
 }
 
+/// Inserts a session row on `conn`.
 pub(crate) async fn insert(conn: &mut SqliteConnection, row: &NewRow<'_>) -> Result<()> {
     sqlx::query(INSERT)
         .bind(row.id)
