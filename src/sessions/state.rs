@@ -149,9 +149,12 @@ impl State {
         }
     }
 
+    /// A token's shard, picked by the key's last byte: a hash byte in every
+    /// key (a key's first bytes are its token's issue time, the same for
+    /// every session of a day).
     #[inline]
     fn shard(&self, hash: &[u8; 32]) -> Option<&Shard> {
-        self.memory.get(usize::from(hash[0]) % SHARDS.max(1))
+        self.memory.get(usize::from(hash[31]) % SHARDS.max(1))
     }
 
     /// The row in memory for a token hash, if it was read from the file
@@ -223,4 +226,26 @@ pub(crate) fn token_records(hashes: &[[u8; 32]]) -> Vec<Record<'_>> {
             target: hash,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sessions::types::token_key;
+
+    /// Sessions made in the same millisecond share their keys' first bytes
+    /// (the issue time): they must still spread over every shard, or the
+    /// memory would hold a sixteenth of `memory_entries` behind one mutex.
+    #[test]
+    fn tokens_issued_together_spread_over_the_shards() {
+        let state = State::new(SessionConfig::default());
+        let now = Timestamp::from_millis(1_767_225_600_000);
+        let mut used = std::collections::HashSet::new();
+        for _ in 0..400 {
+            let token = super::super::types::Secret::token(now).unwrap();
+            let shard = state.shard(&token_key(token.expose())).unwrap();
+            used.insert(std::ptr::from_ref(shard));
+        }
+        assert_eq!(used.len(), SHARDS);
+    }
 }

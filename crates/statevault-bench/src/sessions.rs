@@ -150,7 +150,7 @@ fn refused() -> Error {
 
 /// The baseline for validation from memory: what the vault's memory does
 /// per call, done directly. The token is hashed (SHA-256), one of 16
-/// mutex-guarded `lru` shards (picked by the hash's first byte) is locked
+/// mutex-guarded `lru` shards (picked by the key's last byte) is locked
 /// and looked up, the row (an `Arc`) is cloned and checked against the
 /// clock (revoked, expired, idle), and the touch is recorded in a
 /// mutex-guarded map by session id, as the vault buffers last-seen times.
@@ -205,7 +205,7 @@ impl MemoryMap {
     }
 
     fn shard(&self, hash: &[u8; 32]) -> MutexGuard<'_, lru::LruCache<[u8; 32], Arc<MemoryRow>>> {
-        let shard = &self.shards[usize::from(hash[0]) % Self::SHARDS];
+        let shard = &self.shards[usize::from(hash[31]) % Self::SHARDS];
         shard.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -714,7 +714,7 @@ impl Call for RawCaller {
                          revoked_at, revoked_reason
                      FROM sessions WHERE token_hash = $1",
                 )
-                .bind(&sha256(token.as_bytes())[..])
+                .bind(&crate::sessions::token_key(token)[..])
                 .fetch_optional(&self.pool)
                 .await?;
                 if found.is_none() {
