@@ -507,6 +507,10 @@ async fn connect(url: &str, connections: u32) -> Result<(PgPool, String)> {
     sqlx::Connection::close(first).await.map_err(Error::from)?;
     let pool = PgPoolOptions::new()
         .max_connections(connections)
+        // No reaper (see the SQLite pools in `store`: sqlx#3645 spins it
+        // forever); connections stay open for the vault's life.
+        .idle_timeout(None)
+        .max_lifetime(None)
         .acquire_timeout(CONNECT_TIMEOUT)
         .connect_lazy_with(options);
     Ok((pool, instance))

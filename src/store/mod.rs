@@ -471,6 +471,12 @@ fn pool(settings: &SharedSettings, max: u32, query_only: bool) -> SqlitePool {
     SqlitePoolOptions::new()
         .max_connections(max)
         .min_connections(0)
+        // No reaper: idle connections to a local file cost nothing, and
+        // sqlx's reaper can spin a core forever, and hang the exit, once its
+        // idle count underflows (launchbadge/sqlx#3645; seen here in a CLI
+        // `sweep` of tests/soak.rs).
+        .idle_timeout(None)
+        .max_lifetime(None)
         // a ping before every acquire would cost one more thread hop per query
         .test_before_acquire(false)
         .after_connect(move |conn, _meta| {
