@@ -130,15 +130,15 @@ impl Database {
         let url = crate::vault::redact_url(url);
         create_schema(&pool).await?;
         // Prepared before: another key must not migrate or write here.
-        let earlier = if prepared(&pool).await? && meta(&pool, CHECK_ROW).await?.is_some() {
+        let was_prepared = prepared(&pool).await?;
+        let earlier = if was_prepared && meta(&pool, CHECK_ROW).await?.is_some() {
             Some(Database::proven(pool.clone(), url.clone(), &key, instance.clone()).await?)
-        } else {
+        } else if was_prepared && meta(&pool, HASH_SALT_ROW).await?.is_some() {
             // Values sealed under some key, but no check to prove this one
             // against: a check written now would lock that key out.
-            if prepared(&pool).await? && meta(&pool, HASH_SALT_ROW).await?.is_some() {
-                pool.close().await;
-                return Err(missing_check());
-            }
+            pool.close().await;
+            return Err(missing_check());
+        } else {
             None
         };
         migrate(&pool).await?;
